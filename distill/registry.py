@@ -1,0 +1,204 @@
+"""The model registry: `<state_dir>/models/<name>/<version>/manifest.json` plus the model's files.
+
+Registration is atomic: files are written into a hidden staging folder, the manifest last, and the
+folder is renamed into place. A crash mid-way leaves only a staging folder, which is never listed and is
+swept on the next open.
+
+>>> reg = Registry(Path(".kdgate"))
+>>> with reg.stage("classify-student") as staging:
+...     (staging.path / "model.onnx").write_bytes(...)
+...     staging.commit(manifest)          # -> classify-student@<next version>
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MANIFEST = "manifest.json"
+STAGING_PREFIX = ".staging-"
+
+
+class RegistryError(Exception):
+    """A model reference that cannot be resolved or a manifest that does not validate."""
+
+
+class Lineage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    teacher: str | None = None  # ref of the teacher this model was distilled from
+    parent: str | None = None  # previous student version it was warm-started from
+    data: dict[str, Any] = Field(default_factory=dict)  # source, split, seed, sizes, time window
+    recipe: dict[str, Any] = Field(default_factory=dict)  # name + hyper-parameters
+    seed: int | None = None
+    created: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+
+class FaultSpec(BaseModel):
+    """Faults that a `kind="fault"` model adds to the model it wraps (rehearsals and reliability tests)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    wraps: str  # ref of the real model
+    latency_ms: float = Field(0.0, ge=0)  # added to every batch
+    error_rate: float = Field(0.0, ge=0, le=1)  # share of batches that raise
+    wrong_rate: float = Field(0.0, ge=0, le=1)  # share of inputs whose answer is permuted
+    permutation: list[int] | None = None  # label i -> permutation[i]; default: shift by one
+    seed: int = 0
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    version: int = Field(ge=1)
+    task: Literal["classify", "generate"]
+    role: Literal["teacher", "student"]
+    kind: Literal["model", "fault"] = "model"
+    format: Literal["torch", "onnx", "fault"]
+    files: list[str] = Field(default_factory=list)  # paths relative to the model folder
+    labels: list[str] = Field(default_factory=list)
+    tokenizer: str | None = None  # relative path of tokenizer.json
+    max_length: int = 64
+    lineage: Lineage = Field(default_factory=Lineage)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    fault: FaultSpec | None = None
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    name: str
+    version: int
+
+    @classmethod
+    def parse(cls, ref: str) -> ModelRef:
+        name, sep, version = ref.partition("@")
+        if not sep or not name or not (version.isascii() and version.isdigit()) or int(version) < 1:
+            raise RegistryError(
+                f"model ref must look like name@version (e.g. classify-student@1), got {ref!r}"
+            )
+        return cls(name, int(version))
+
+    def __str__(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+class Staging:
+    """A hidden folder being filled with a new model version; `commit` publishes it atomically."""
+
+    def __init__(self, registry: Registry, name: str) -> None:
+        self.registry = registry
+        self.name = name
+        self.path = registry.root / f"{STAGING_PREFIX}{name}-{uuid.uuid4().hex[:8]}"
+        self.path.mkdir(parents=True)
+        self.committed: Manifest | None = None
+
+    def commit(self, manifest: Manifest) -> Manifest:
+        if manifest.name != self.name:
+            raise RegistryError(f"manifest name {manifest.name!r} does not match staging name {self.name!r}")
+        missing = [f for f in manifest.files if not (self.path / f).exists()]
+        if missing:
+            raise RegistryError(f"manifest lists files that were not written: {missing}")
+        for written in self.path.rglob("*"):
+            if written.is_file():
+                _fsync_file(written)
+        _write_json_durably(self.path / MANIFEST, manifest.model_dump(mode="json"))
+        target = self.registry.root / manifest.name / str(manifest.version)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():
+            raise RegistryError(f"{manifest.ref} already exists in the registry")
+        os.rename(self.path, target)  # atomic on one filesystem: the version appears whole or not at all
+        _fsync_dir(target.parent)
+        self.committed = manifest
+        return manifest
+
+
+class Registry:
+    def __init__(self, state_dir: Path) -> None:
+        self.root = Path(state_dir) / "models"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._sweep_staging()
+
+    def _sweep_staging(self) -> None:
+        for leftover in self.root.glob(f"{STAGING_PREFIX}*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+    def list(self) -> list[Manifest]:
+        manifests = []
+        for path in sorted(self.root.glob(f"*/*/{MANIFEST}")):
+            if path.parent.parent.name.startswith(".") or path.parent.name.startswith("."):
+                continue
+            manifests.append(self._read(path))
+        return sorted(manifests, key=lambda m: (m.task, m.name, m.version))
+
+    def _read(self, path: Path) -> Manifest:
+        try:
+            return Manifest.model_validate_json(path.read_text())
+        except ValueError as exc:
+            raise RegistryError(f"invalid manifest {path}: {exc}") from exc
+
+    def path(self, ref: str | ModelRef) -> Path:
+        parsed = ref if isinstance(ref, ModelRef) else ModelRef.parse(ref)
+        return self.root / parsed.name / str(parsed.version)
+
+    def get(self, ref: str | ModelRef) -> Manifest:
+        manifest_path = self.path(ref) / MANIFEST
+        if not manifest_path.exists():
+            raise RegistryError(f"no model {ref} in the registry at {self.root}")
+        return self._read(manifest_path)
+
+    def exists(self, ref: str | ModelRef) -> bool:
+        return (self.path(ref) / MANIFEST).exists()
+
+    def latest(self, name: str) -> Manifest | None:
+        versions = [m for m in self.list() if m.name == name]
+        return versions[-1] if versions else None
+
+    def next_version(self, name: str) -> int:
+        latest = self.latest(name)
+        return 1 if latest is None else latest.version + 1
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[Staging]:
+        """A staging folder for a new version of `name`; removed unless committed."""
+        staging = Staging(self, name)
+        try:
+            yield staging
+        finally:
+            if staging.committed is None:
+                shutil.rmtree(staging.path, ignore_errors=True)
+
+
+def _write_json_durably(path: Path, payload: Any) -> None:
+    with path.open("w") as handle:
+        json.dump(payload, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _fsync_file(path: Path) -> None:
+    with path.open("rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,44 @@
+"""Tokenization for the /classify encoders: the fast `tokenizers` library, padded per batch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+TOKENIZER_FILE = "tokenizer.json"
+
+
+class BatchTokenizer:
+    """Wraps a `tokenizer.json`: truncates to `max_length` and pads each batch to its longest text.
+
+    >>> tok = BatchTokenizer.from_dir(model_dir, max_length=64)
+    >>> ids, mask = tok(["good day", "bad day"])   # int64 arrays (B, T)
+    """
+
+    def __init__(self, tokenizer: Tokenizer, max_length: int) -> None:
+        tokenizer = Tokenizer.from_str(tokenizer.to_str())  # private copy: settings below are global to it
+        # The shipped tokenizer.json pads every input to 128; we pad per batch instead (far less work).
+        tokenizer.no_padding()
+        tokenizer.enable_truncation(max_length)
+        self._tok = tokenizer
+        self.max_length = max_length
+        self.pad_id = 0
+
+    @classmethod
+    def from_dir(cls, directory: str | Path, max_length: int) -> BatchTokenizer:
+        return cls(Tokenizer.from_file(str(Path(directory) / TOKENIZER_FILE)), max_length)
+
+    def lengths(self, texts: list[str]) -> list[int]:
+        return [len(e.ids) for e in self._tok.encode_batch(texts)]
+
+    def __call__(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        encodings = self._tok.encode_batch(texts)
+        width = max((len(e.ids) for e in encodings), default=1)
+        ids = np.full((len(texts), width), self.pad_id, dtype=np.int64)  # (B, T)
+        mask = np.zeros((len(texts), width), dtype=np.int64)  # (B, T)
+        for row, enc in enumerate(encodings):
+            ids[row, : len(enc.ids)] = enc.ids
+            mask[row, : len(enc.ids)] = 1
+        return ids, mask

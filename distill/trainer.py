@@ -1,0 +1,86 @@
+"""The small training loop shared by the teacher fine-tune and the student distillation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from distill.encoder import EncoderClassifier
+from distill.tokenize import BatchTokenizer
+
+
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up to 1, then linear decay to 0 (pure; `step` counts from 0)."""
+    if total <= 0:
+        return 0.0
+    if step < warmup:
+        return (step + 1) / warmup
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def length_bucketed_batches(
+    lengths: Sequence[int], batch_size: int, seed: int, bucket_batches: int = 50
+) -> list[np.ndarray]:
+    """Seeded batches of similar lengths: shuffle, sort within windows of `bucket_batches` batches,
+    cut, shuffle the batches. Padding drops ~35% of the tokens on tweets, which is ~35% of the time."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(lengths))
+    lengths_arr = np.asarray(lengths)
+    batches: list[np.ndarray] = []
+    window = batch_size * bucket_batches
+    for start in range(0, len(order), window):
+        chunk = order[start : start + window]
+        chunk = chunk[np.argsort(lengths_arr[chunk], kind="stable")]
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    rng.shuffle(batches)  # type: ignore[arg-type, unused-ignore]
+    return batches
+
+
+LossFn = Callable[[torch.Tensor, np.ndarray], torch.Tensor]  # (logits (B, C), batch indices) -> loss
+
+
+def train(
+    model: EncoderClassifier,
+    texts: list[str],
+    tokenizer: BatchTokenizer,
+    loss_fn: LossFn,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    head_lr: float,
+    seed: int,
+    desc: str,
+    warmup_fraction: float = 0.06,
+) -> dict[str, float]:
+    """Trains `model` in place (AdamW, linear schedule, length-bucketed batches); returns a summary."""
+    torch.manual_seed(seed)
+    head = [p for n, p in model.named_parameters() if n.startswith("head.") and p.requires_grad]
+    body = [p for n, p in model.named_parameters() if not n.startswith("head.") and p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        [{"params": body, "lr": lr}, {"params": head, "lr": head_lr}], weight_decay=0.01
+    )
+    base_lrs = [lr, head_lr]
+    lengths = tokenizer.lengths(texts)
+    plan = [b for epoch in range(epochs) for b in length_bucketed_batches(lengths, batch_size, seed + epoch)]
+    warmup = max(1, int(len(plan) * warmup_fraction))
+    model.train()
+    running = 0.0
+    with tqdm(total=len(plan), desc=desc, unit="batch", dynamic_ncols=True) as bar:
+        for step, batch in enumerate(plan):
+            for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
+                group["lr"] = base * lr_factor(step, len(plan), warmup)
+            ids, mask = tokenizer([texts[i] for i in batch])
+            loss = loss_fn(model(torch.from_numpy(ids), torch.from_numpy(mask)), batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            running = 0.98 * running + 0.02 * loss.item() if step else loss.item()
+            bar.set_postfix(loss=f"{running:.4f}")
+            bar.update()
+    model.eval()
+    return {"steps": float(len(plan)), "final_loss": running}

@@ -1,0 +1,78 @@
+"""Operator endpoints (bearer token): models, traffic split."""
+
+from __future__ import annotations
+
+import hmac
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from gateway.errors import Forbidden, InvalidInput, Unauthorized
+from gateway.pool import SERVED_TASKS
+from gateway.schemas import TrafficUpdate
+from gateway.state import GatewayState
+from gateway.traffic import validate_weights
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+def _state(request: Request) -> GatewayState:
+    state: GatewayState = request.app.state.gw
+    return state
+
+
+def require_admin(
+    request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)
+) -> None:
+    if credentials is None:
+        raise Unauthorized(
+            "admin endpoints need 'Authorization: Bearer <token>' (see <state_dir>/admin.token)"
+        )
+    if not hmac.compare_digest(credentials.credentials.encode(), _state(request).admin_token.encode()):
+        raise Forbidden("wrong admin token")
+
+
+router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
+
+
+@router.get("/models")
+async def list_models(request: Request) -> dict[str, object]:
+    """Every registered model, with whether it is loaded and its current weight."""
+    state = _state(request)
+    loaded = state.pool.models
+    rows = []
+    for manifest in state.registry.list():
+        weights = state.traffic.get(manifest.task)
+        rows.append(
+            {
+                "ref": manifest.ref,
+                "task": manifest.task,
+                "role": manifest.role,
+                "kind": manifest.kind,
+                "format": manifest.format,
+                "loaded": manifest.ref in loaded,
+                "weight": weights.get(manifest.ref, 0),
+                "metrics": manifest.metrics,
+            }
+        )
+    return {"models": rows}
+
+
+@router.get("/traffic")
+async def get_traffic(request: Request) -> dict[str, object]:
+    return {"traffic": _state(request).traffic.all()}
+
+
+@router.put("/traffic/{task}")
+async def set_traffic(task: str, update: TrafficUpdate, request: Request) -> dict[str, object]:
+    """Replaces the split of `task`.
+
+    Body: `{"weights": {"classify-student@1": 25, "classify-teacher@1": 75}}`.
+    """
+    state = _state(request)
+    if task not in SERVED_TASKS:
+        raise InvalidInput(f"unknown task {task!r}; served: {list(SERVED_TASKS)}", field="task")
+    weights = validate_weights(task, update.weights, state.pool.tasks_of())
+    state.traffic.set(task, weights)
+    state.metrics.set_weights(task, weights, [r for r, t in state.pool.tasks_of().items() if t == task])
+    return {"task": task, "weights": weights}

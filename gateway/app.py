@@ -1,0 +1,120 @@
+"""The FastAPI application: lifespan (load models off the loop), health, metrics, error mapping.
+
+>>> app = create_app(Settings(state_dir=Path(".kdgate")))
+>>> uvicorn.run(app, host="127.0.0.1", port=8000)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from gateway import admin, inference
+from gateway.errors import GatewayError, InvalidInput, MalformedRequest
+from gateway.pool import SERVED_TASKS
+from gateway.settings import Settings
+from gateway.state import GatewayState
+
+log = logging.getLogger("kdgate.app")
+
+
+def _load_models(state: GatewayState) -> None:
+    state.pool.load_all()
+    for task in SERVED_TASKS:
+        teacher = state.pool.teacher_of(task)
+        if teacher is None:
+            continue
+        loaded = state.pool.tasks_of()
+        persisted = state.traffic.get(task)
+        if not persisted or any(loaded.get(ref) != task for ref in persisted):
+            state.traffic.set(task, {teacher.ref: 100})  # default, or the old split names a missing model
+        state.metrics.set_weights(task, state.traffic.get(task), [r for r, t in loaded.items() if t == task])
+
+
+def create_app(settings: Settings) -> FastAPI:
+    state = GatewayState.build(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async def load() -> None:
+            try:
+                await asyncio.to_thread(_load_models, state)
+                state.ready = True
+            except Exception as exc:  # readyz reports it; the process stays up for inspection
+                log.exception("loading models failed")
+                state.load_error = f"{type(exc).__name__}: {exc}"
+
+        loader = asyncio.create_task(load())
+        state.tasks["loader"] = loader
+        if state.shadow is not None:
+            state.shadow.start()
+        yield
+        loader.cancel()
+        if state.shadow is not None:
+            await state.shadow.close()  # graceful stop (SIGTERM): score what is queued, flush the log
+        await state.pool.close()
+
+    app = FastAPI(
+        title="kdgate",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Serve a teacher and its distilled students side by side.",
+    )
+    app.state.gw = state
+    app.include_router(inference.router)
+    app.include_router(admin.router)
+    _install_error_handlers(app)
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    async def readyz() -> JSONResponse:
+        if state.ready:
+            return JSONResponse({"status": "ready", "models": sorted(state.pool.models)})
+        body = {"status": "loading" if state.load_error is None else "failed", "error": state.load_error}
+        return JSONResponse(body, status_code=503)
+
+    @app.get("/metrics", tags=["health"])
+    async def metrics() -> Response:
+        if state.shadow is not None:
+            state.shadow.update_rate_gauges()
+        return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(GatewayError)
+    async def gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        location = [str(p) for p in first.get("loc", ()) if p != "body"]
+        field = ".".join(location) or "body"
+        if first.get("type") == "json_invalid":
+            err: GatewayError = MalformedRequest(
+                f"request body is not valid JSON: {first.get('msg')}", "body"
+            )
+        else:
+            err = InvalidInput(f"{field}: {first.get('msg', 'invalid')}", field)
+        details = [{"field": ".".join(map(str, e.get("loc", ()))), "message": e.get("msg")} for e in errors]
+        body = err.body()
+        body["details"] = details
+        return JSONResponse(body, status_code=err.status)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s", request.url.path)
+        return JSONResponse({"error": {"type": "internal", "message": "internal error"}}, status_code=500)

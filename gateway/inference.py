@@ -1,0 +1,135 @@
+"""POST /classify: validate, route, run on the micro-batcher, fall back to the teacher on failure."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+
+import numpy as np
+from fastapi import APIRouter, Header, Request, Response
+
+from distill.runners import softmax
+from gateway.errors import InvalidInput, ModelUnavailable, NotReady, Overloaded
+from gateway.pool import LoadedModel
+from gateway.routing import pick_model
+from gateway.schemas import ClassifyRequest, ClassifyResponse, Prediction
+from gateway.shadow import ShadowItem
+from gateway.state import GatewayState
+
+log = logging.getLogger("kdgate.inference")
+router = APIRouter()
+TASK = "classify"
+MAX_HEADER_CHARS = 256
+
+
+def _state(request: Request) -> GatewayState:
+    state: GatewayState = request.app.state.gw
+    return state
+
+
+def check_limits(texts: list[str], state: GatewayState) -> None:
+    settings = state.settings
+    if not texts:
+        raise InvalidInput("'texts' must hold at least one text", field="texts")
+    if len(texts) > settings.max_texts:
+        raise InvalidInput(f"at most {settings.max_texts} texts per request, got {len(texts)}", field="texts")
+    for i, text in enumerate(texts):
+        where = "text" if len(texts) == 1 else f"texts[{i}]"
+        if not text.strip():
+            raise InvalidInput("text must not be empty", field=where)
+        if len(text) > settings.max_text_chars:
+            raise InvalidInput(
+                f"text longer than {settings.max_text_chars} characters ({len(text)})", field=where
+            )
+
+
+def choose(state: GatewayState, key: str, pinned: str | None) -> LoadedModel:
+    models = state.pool.models
+    if pinned is not None:
+        model = models.get(pinned)
+        if model is None or model.manifest.task != TASK:
+            raise InvalidInput(f"no loaded {TASK} model {pinned!r}", field="x-kdgate-model")
+        return model
+    weights = state.traffic.get(TASK)
+    return models[pick_model(weights, key)]
+
+
+async def run_with_fallback(
+    state: GatewayState, chosen: LoadedModel, texts: list[str]
+) -> tuple[LoadedModel, np.ndarray]:
+    teacher = state.pool.teacher_of(TASK)
+    if teacher is None:
+        raise ModelUnavailable(f"no {TASK} teacher is loaded")
+    if chosen is teacher:
+        return teacher, await teacher.batcher.submit(texts)
+    timeout = state.settings.student_timeout_ms / 1000.0
+    try:
+        return chosen, await asyncio.wait_for(chosen.batcher.submit(texts), timeout)
+    except TimeoutError:
+        reason = "timeout"
+    except Exception:
+        log.warning("student %s failed; the teacher answers", chosen.ref, exc_info=True)
+        reason = "error"
+    state.metrics.fallbacks.labels(TASK, chosen.ref, reason).inc()
+    return teacher, await teacher.batcher.submit(texts)
+
+
+@router.post("/classify", response_model=ClassifyResponse, tags=["inference"])
+async def classify(
+    body: ClassifyRequest,
+    request: Request,
+    response: Response,
+    x_kdgate_key: str | None = Header(None, max_length=MAX_HEADER_CHARS),
+    x_kdgate_model: str | None = Header(None, max_length=MAX_HEADER_CHARS),
+    x_request_id: str | None = Header(None, max_length=MAX_HEADER_CHARS),
+) -> ClassifyResponse:
+    """Classifies one text (`text`) or a batch (`texts`).
+
+    `x-kdgate-key` keeps one caller on one model while the traffic split holds; `x-kdgate-model` pins a
+    loaded model (operators, debugging).
+    """
+    state = _state(request)
+    request_id = x_request_id or uuid.uuid4().hex
+    response.headers["x-request-id"] = request_id
+    if not state.ready:
+        raise NotReady("models are still loading")
+    texts = body.items()
+    check_limits(texts, state)
+    if state.in_flight >= state.settings.max_in_flight:
+        state.metrics.rejected.labels("overloaded").inc()
+        raise Overloaded(f"more than {state.settings.max_in_flight} requests in flight; retry shortly")
+    state.in_flight += 1
+    started = time.perf_counter()
+    chosen = choose(state, x_kdgate_key or request_id, x_kdgate_model)
+    try:
+        served, logits = await run_with_fallback(state, chosen, texts)
+    except Exception as exc:
+        state.metrics.requests.labels(TASK, chosen.ref, "503").inc()
+        if isinstance(exc, ModelUnavailable):
+            raise
+        log.error("the %s teacher failed", TASK, exc_info=True)
+        raise ModelUnavailable(f"the {TASK} teacher failed; retry later") from exc
+    finally:
+        state.in_flight -= 1
+    elapsed = time.perf_counter() - started
+    state.metrics.request_seconds.labels(TASK, served.ref).observe(elapsed)
+    state.metrics.requests.labels(TASK, served.ref, "200").inc()
+    state.window.add(chosen.ref, requests=1, errors=0 if served is chosen else 1)
+    teacher = state.pool.teacher_of(TASK)
+    if state.shadow is not None and teacher is not None:
+        state.shadow.offer(
+            ShadowItem(TASK, request_id, time.time(), served, texts, logits, elapsed * 1000.0), teacher
+        )
+    response.headers["x-kdgate-model"] = served.ref
+    labels = served.manifest.labels
+    probs = softmax(logits)
+    results = [
+        Prediction(
+            label=labels[int(row.argmax())],
+            probabilities={lab: float(p) for lab, p in zip(labels, row, strict=True)},
+        )
+        for row in probs
+    ]
+    return ClassifyResponse(model=served.ref, request_id=request_id, results=results)

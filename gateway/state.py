@@ -1,0 +1,82 @@
+"""Everything one gateway process holds, built once in `create_app` and handed to the routes."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from distill.registry import Registry
+from distill.shadowlog import ShadowLogWriter
+from gateway.metrics import GatewayMetrics
+from gateway.pool import ModelPool
+from gateway.settings import Settings
+from gateway.shadow import ShadowPipeline
+from gateway.traffic import TrafficStore
+from gateway.window import LiveWindow
+
+TOKEN_FILE = "admin.token"
+
+
+@dataclass
+class GatewayState:
+    settings: Settings
+    registry: Registry
+    metrics: GatewayMetrics
+    pool: ModelPool
+    traffic: TrafficStore
+    admin_token: str
+    window: LiveWindow
+    shadow: ShadowPipeline | None
+    ready: bool = False
+    load_error: str | None = None
+    in_flight: int = 0  # requests being answered; touched only on the event loop thread
+    tasks: dict[str, object] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, settings: Settings) -> GatewayState:
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        registry = Registry(settings.state_dir)
+        metrics = GatewayMetrics()
+        pool = ModelPool(registry, settings, metrics)
+        window = LiveWindow(settings.window_seconds)
+        shadow = None
+        if settings.shadow_enabled:
+            writer = ShadowLogWriter(
+                settings.shadow_root or str(settings.state_dir / "shadow"),
+                "classify",
+                flush_rows=settings.shadow_flush_rows,
+                flush_seconds=settings.shadow_flush_seconds,
+                max_bytes=settings.shadow_max_bytes,
+                max_age_seconds=settings.shadow_max_age_seconds,
+                redact_inputs=settings.redact_inputs,
+            ).start()
+            shadow = ShadowPipeline(settings, metrics, pool, window, writer)
+        return cls(
+            settings=settings,
+            registry=registry,
+            metrics=metrics,
+            pool=pool,
+            traffic=TrafficStore(settings.state_dir / "traffic.json"),
+            admin_token=settings.admin_token or ensure_token_file(settings.state_dir),
+            window=window,
+            shadow=shadow,
+        )
+
+
+def token_path(state_dir: Path) -> Path:
+    return state_dir / TOKEN_FILE
+
+
+def ensure_token_file(state_dir: Path) -> str:
+    """The admin token from `<state_dir>/admin.token`, created (mode 0600) with a random token if absent."""
+    path = token_path(state_dir)
+    if path.exists():
+        return path.read_text().strip()
+    token = secrets.token_urlsafe(32)
+    tmp = path.with_suffix(".tmp")
+    tmp.touch(mode=0o600)
+    tmp.chmod(0o600)
+    tmp.write_text(token + "\n")
+    tmp.replace(path)
+    return token

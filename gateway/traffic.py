@@ -1,0 +1,75 @@
+"""Traffic weights per task: validation (pure) and the persisted store."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+
+from gateway.errors import InvalidInput
+
+
+def validate_weights(
+    task: str, weights: Mapping[str, object], models_of: Mapping[str, str]
+) -> dict[str, int]:
+    """Checks a requested split; `models_of` maps every loaded model ref to its task.
+
+    Raises `InvalidInput` naming the offending model or rule; returns the split with integer weights.
+    """
+    if not weights:
+        raise InvalidInput("weights must name at least one model", field="weights")
+    clean: dict[str, int] = {}
+    for ref, weight in weights.items():
+        if ref not in models_of:
+            raise InvalidInput(f"unknown model {ref!r}; loaded: {sorted(models_of)}", field=f"weights.{ref}")
+        if models_of[ref] != task:
+            raise InvalidInput(
+                f"model {ref!r} serves task {models_of[ref]!r}, not {task!r}", field=f"weights.{ref}"
+            )
+        if not _is_whole_number(weight):
+            raise InvalidInput(
+                f"weight of {ref!r} must be an integer, got {weight!r}", field=f"weights.{ref}"
+            )
+        if weight < 0:
+            raise InvalidInput(f"weight of {ref!r} must be ≥ 0, got {weight}", field=f"weights.{ref}")
+        clean[ref] = int(weight)
+    total = sum(clean.values())
+    if total != 100:
+        raise InvalidInput(f"weights must sum to 100, got {total}", field="weights")
+    return {ref: w for ref, w in clean.items() if w > 0}
+
+
+def _is_whole_number(value: object) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return isinstance(value, int) or (math.isfinite(value) and value.is_integer())
+
+
+class TrafficStore:
+    """Weights per task in `<state_dir>/traffic.json`, replaced atomically on every change."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._weights: dict[str, dict[str, int]] = json.loads(path.read_text()) if path.exists() else {}
+
+    def get(self, task: str) -> dict[str, int]:
+        with self._lock:
+            return dict(self._weights.get(task, {}))
+
+    def all(self) -> dict[str, dict[str, int]]:
+        with self._lock:
+            return {task: dict(w) for task, w in self._weights.items()}
+
+    def set(self, task: str, weights: dict[str, int]) -> None:
+        with self._lock:
+            self._weights[task] = dict(weights)
+            tmp = self.path.with_suffix(".json.tmp")
+            with tmp.open("w") as handle:
+                json.dump(self._weights, handle, indent=2, sort_keys=True)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.path)

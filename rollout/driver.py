@@ -1,0 +1,149 @@
+"""The controller loop around the pure state machine: observe → step → persist → apply → record.
+
+Narrow interfaces to the outside (as in Flagger): a `MetricSource` that turns a rollout into an
+`Observation`, a `WeightSetter` that applies a split, an `EvidenceSink` that exports the judge's
+evidence. The state is re-read from the store on every tick, so a restart resumes where it was, and
+the new state is persisted *before* weights are applied: after a crash in between, `resync()` on start
+re-asserts the persisted weights.
+
+>>> controller = Controller(RolloutStore(d), AuditLog(d), source, setter)
+>>> controller.tick()          # every second (local source) or five (Prometheus)
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from rollout import machine
+from rollout.model import (
+    Emit,
+    Evidence,
+    Observation,
+    Phase,
+    RecordEvidence,
+    RolloutConfig,
+    RolloutState,
+    SetWeights,
+)
+from rollout.store import AuditLog, RolloutStore
+
+log = logging.getLogger("kdgate.rollout")
+
+
+class MetricSource(Protocol):
+    def observe(self, state: RolloutState) -> Observation:
+        """What the candidate did since `state.step_started_at`; raise if the source cannot be read."""
+        ...
+
+
+class WeightSetter(Protocol):
+    def set_weights(self, task: str, weights: dict[str, int]) -> None: ...
+
+
+class EvidenceSink(Protocol):
+    def record(self, state: RolloutState, evidence: tuple[Evidence, ...]) -> None: ...
+
+
+class NoRollout(LookupError):
+    """No rollout has ever been started for the task."""
+
+
+class Controller:
+    def __init__(
+        self,
+        store: RolloutStore,
+        audit: AuditLog,
+        source: MetricSource,
+        setter: WeightSetter,
+        sink: EvidenceSink | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.audit = audit
+        self.source = source
+        self.setter = setter
+        self.sink = sink
+        self.clock = clock
+        self.last_evidence: dict[str, tuple[Evidence, ...]] = {}
+        self._lock = threading.RLock()  # ticks and operator commands never interleave
+
+    def resync(self) -> None:
+        """Re-apply the persisted weights of every active rollout (after a restart or a crash)."""
+        with self._lock:
+            for task in self.store.tasks():
+                loaded = self.store.load(task)
+                if loaded is not None and loaded[0].phase.active:
+                    self.setter.set_weights(task, loaded[0].weights())
+
+    def tick(self) -> None:
+        for task in self.store.tasks():
+            try:
+                self.tick_task(task)
+            except Exception:  # one broken task must not stop the others; the next tick retries
+                log.exception("rollout tick failed for %s", task)
+
+    def tick_task(self, task: str) -> RolloutState | None:
+        with self._lock:
+            loaded = self.store.load(task)
+            if loaded is None:
+                return None
+            state, config = loaded
+            if state.phase is not Phase.PROGRESSING:
+                return state
+            try:
+                observation = self.source.observe(state)
+            except Exception as exc:  # "could not measure": counted by the machine, with its own limit
+                log.warning("metric source failed for %s: %s", task, exc)
+                observation = Observation.could_not_measure(f"{type(exc).__name__}: {exc}")
+            new, actions = machine.step(state, observation, config, self.clock())
+            self._apply(state, new, config, actions)
+            return new
+
+    def state(self, task: str) -> tuple[RolloutState, RolloutConfig]:
+        loaded = self.store.load(task)
+        if loaded is None:
+            raise NoRollout(f"no rollout has been started for task {task!r}")
+        return loaded
+
+    def start(
+        self, task: str, baseline: str, candidate: str, config: RolloutConfig, actor: str = machine.OPERATOR
+    ) -> RolloutState:
+        with self._lock:
+            loaded = self.store.load(task)
+            current = loaded[0] if loaded is not None else None
+            new, actions = machine.start(task, baseline, candidate, config, self.clock(), current, actor)
+            self._apply(current or RolloutState.idle(task), new, config, actions)
+            return new
+
+    def command(self, task: str, name: str, reason: str = "", actor: str = machine.OPERATOR) -> RolloutState:
+        """`pause`, `resume`, `promote` or `abort`; raises machine.InvalidTransition when not allowed."""
+        commands = {
+            "pause": machine.pause,
+            "resume": machine.resume,
+            "promote": machine.promote,
+            "abort": machine.abort,
+        }
+        if name not in commands:
+            raise ValueError(f"unknown command {name!r}; one of {sorted(commands)}")
+        with self._lock:
+            state, config = self.state(task)
+            new, actions = commands[name](state, self.clock(), reason, actor)
+            self._apply(state, new, config, actions)
+            return new
+
+    def _apply(self, old: RolloutState, new: RolloutState, config: RolloutConfig, actions: list) -> None:
+        if new != old:
+            self.store.save(new, config)
+        for action in actions:
+            if isinstance(action, SetWeights):
+                self.setter.set_weights(action.task, action.weights)
+            elif isinstance(action, Emit):
+                self.audit.append(action.event)
+            elif isinstance(action, RecordEvidence):
+                self.last_evidence[action.task] = action.evidence
+                if self.sink is not None:
+                    self.sink.record(new, action.evidence)

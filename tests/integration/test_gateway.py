@@ -1,0 +1,232 @@
+"""The /classify request path and the operator API on a real uvicorn with the real (tiny) models."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+
+from distill.faults import register_fault_model
+from distill.registry import FaultSpec, Registry
+
+TEACHER, STUDENT = "classify-teacher@1", "classify-student@1"
+
+
+def test_single_text_is_classified_with_model_and_request_id(serve) -> None:
+    server = serve()
+    response = httpx.post(f"{server.url}/classify", json={"text": "I love my new self-driving car"})
+    assert response.status_code == 200
+    body = response.json()
+    (result,) = body["results"]
+    assert set(result["probabilities"]) == {"negative", "neutral", "positive"}
+    assert result["label"] == max(result["probabilities"], key=result["probabilities"].get)
+    assert sum(result["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert body["model"] == response.headers["x-kdgate-model"] == TEACHER  # default split: teacher 100
+    assert body["request_id"] == response.headers["x-request-id"]
+
+
+def test_batch_is_classified_in_order(serve) -> None:
+    server = serve()
+    texts = ["terrible, I hate it", "it is a car", "wonderful news, so happy"]
+    batch = httpx.post(f"{server.url}/classify", json={"texts": texts}).json()["results"]
+    singles = [httpx.post(f"{server.url}/classify", json={"text": t}).json()["results"][0] for t in texts]
+    assert [r["label"] for r in batch] == [r["label"] for r in singles]
+    for b, s in zip(batch, singles, strict=True):
+        for label in b["probabilities"]:
+            assert b["probabilities"][label] == pytest.approx(s["probabilities"][label], abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "field"),
+    [
+        ({}, 422, "body"),
+        ({"text": ""}, 422, "text"),
+        ({"text": "   "}, 422, "text"),
+        ({"text": 5}, 422, "text"),
+        ({"texts": "not a list"}, 422, "texts"),
+        ({"texts": []}, 422, "texts"),
+        ({"texts": ["ok", ""]}, 422, "texts[1]"),
+        ({"texts": ["ok", 3]}, 422, "texts.1"),
+        ({"texts": ["x"] * 9}, 422, "texts"),
+        ({"text": "x" * 101}, 422, "text"),
+        ({"text": "a", "texts": ["b"]}, 422, "body"),
+        ({"text": "a", "colour": "red"}, 422, "colour"),
+    ],
+)
+def test_bad_input_is_a_4xx_naming_the_field(serve, payload, status, field) -> None:
+    server = serve(max_texts=8, max_text_chars=100)
+    response = httpx.post(f"{server.url}/classify", json=payload)
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["field"] == field
+
+
+def test_malformed_json_is_a_400(serve) -> None:
+    server = serve()
+    response = httpx.post(
+        f"{server.url}/classify",
+        content=b'{"text": "unterminated',
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["type"] == "malformed_request"
+
+
+def test_admin_needs_the_token(serve) -> None:
+    server = serve()
+    assert httpx.get(f"{server.url}/admin/traffic").status_code == 401
+    wrong = httpx.get(f"{server.url}/admin/traffic", headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 403
+    assert (server.settings.state_dir / "admin.token").stat().st_mode & 0o777 == 0o600
+    ok = httpx.get(f"{server.url}/admin/models", headers=server.admin_headers())
+    assert ok.status_code == 200
+    assert {m["ref"] for m in ok.json()["models"]} >= {TEACHER, STUDENT}
+
+
+@pytest.mark.parametrize(
+    ("task", "weights", "field"),
+    [
+        ("classify", {"classify-student@9": 50, TEACHER: 50}, "weights.classify-student@9"),
+        ("classify", {STUDENT: 30, TEACHER: 60}, "weights"),
+        ("classify", {STUDENT: -10, TEACHER: 110}, f"weights.{STUDENT}"),
+        ("classify", {STUDENT: 25.5, TEACHER: 74.5}, f"weights.{STUDENT}"),
+        ("classify", {}, "weights"),
+        ("generate", {STUDENT: 100}, "task"),
+    ],
+)
+def test_bad_traffic_split_is_refused_and_nothing_changes(serve, task, weights, field) -> None:
+    server = serve()
+    response = httpx.put(
+        f"{server.url}/admin/traffic/{task}", json={"weights": weights}, headers=server.admin_headers()
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["field"] == field
+    traffic = httpx.get(f"{server.url}/admin/traffic", headers=server.admin_headers()).json()["traffic"]
+    assert traffic == {"classify": {TEACHER: 100}}
+
+
+def test_traffic_split_survives_a_restart(serve, state_dir: Path) -> None:
+    first = serve()
+    split = {STUDENT: 25, TEACHER: 75}
+    assert (
+        httpx.put(
+            f"{first.url}/admin/traffic/classify", json={"weights": split}, headers=first.admin_headers()
+        ).status_code
+        == 200
+    )
+    first.stop()
+    second = serve()
+    traffic = httpx.get(f"{second.url}/admin/traffic", headers=second.admin_headers()).json()["traffic"]
+    assert traffic["classify"] == split
+    metrics = httpx.get(f"{second.url}/metrics").text
+    assert f'kdgate_traffic_weight{{model="{STUDENT}",task="classify"}} 25.0' in metrics
+
+
+async def _classify_many(url: str, keys: list[str], concurrency: int = 8) -> list[str]:
+    limit = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+
+        async def one(key: str) -> str:
+            async with limit:
+                r = await client.post(
+                    "/classify", json={"text": f"text for {key}"}, headers={"x-kdgate-key": key}
+                )
+                assert r.status_code == 200
+                return r.headers["x-kdgate-model"]
+
+        return await asyncio.gather(*(one(k) for k in keys))
+
+
+def test_weights_25_75_give_a_25_percent_share_and_keys_stick(serve) -> None:
+    server = serve()
+    httpx.put(
+        f"{server.url}/admin/traffic/classify",
+        json={"weights": {STUDENT: 25, TEACHER: 75}},
+        headers=server.admin_headers(),
+    )
+    served = asyncio.run(_classify_many(server.url, [f"user-{i}" for i in range(2000)]))
+    share = Counter(served)[STUDENT] / len(served)
+    assert abs(share - 0.25) <= 0.03, share
+    repeated = asyncio.run(_classify_many(server.url, ["user-7"] * 30))
+    assert len(set(repeated)) == 1
+
+
+def test_pin_header_reaches_the_model_and_unknown_pin_is_refused(serve) -> None:
+    server = serve()
+    pinned = httpx.post(f"{server.url}/classify", json={"text": "hi"}, headers={"x-kdgate-model": STUDENT})
+    assert pinned.headers["x-kdgate-model"] == STUDENT
+    unknown = httpx.post(f"{server.url}/classify", json={"text": "hi"}, headers={"x-kdgate-model": "nope@1"})
+    assert unknown.status_code == 422
+    assert unknown.json()["error"]["field"] == "x-kdgate-model"
+
+
+def _fallbacks(metrics_text: str, model: str, reason: str) -> float:
+    for line in metrics_text.splitlines():
+        if (
+            line.startswith("kdgate_fallbacks_total{")
+            and f'model="{model}"' in line
+            and f'reason="{reason}"' in line
+        ):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_raising_student_falls_back_to_the_teacher(serve, state_dir: Path) -> None:
+    faulty = register_fault_model(Registry(state_dir), FaultSpec(wraps=STUDENT, error_rate=1.0)).ref
+    server = serve()
+    for _ in range(3):
+        r = httpx.post(f"{server.url}/classify", json={"text": "hello"}, headers={"x-kdgate-model": faulty})
+        assert r.status_code == 200
+        assert r.headers["x-kdgate-model"] == TEACHER
+    assert _fallbacks(httpx.get(f"{server.url}/metrics").text, faulty, "error") == 3
+
+
+def test_slow_student_times_out_to_the_teacher(serve, state_dir: Path) -> None:
+    slow = register_fault_model(
+        Registry(state_dir), FaultSpec(wraps=STUDENT, latency_ms=800), name="slow"
+    ).ref
+    server = serve(student_timeout_ms=100)
+    r = httpx.post(f"{server.url}/classify", json={"text": "hello"}, headers={"x-kdgate-model": slow})
+    assert r.status_code == 200 and r.headers["x-kdgate-model"] == TEACHER
+    assert _fallbacks(httpx.get(f"{server.url}/metrics").text, slow, "timeout") == 1
+
+
+def test_burst_over_the_in_flight_bound_gets_429_at_once(serve, state_dir: Path) -> None:
+    slow = register_fault_model(
+        Registry(state_dir), FaultSpec(wraps=STUDENT, latency_ms=300), name="slow"
+    ).ref
+    server = serve(max_in_flight=2, student_timeout_ms=5000)
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            return await asyncio.gather(
+                *(
+                    client.post("/classify", json={"text": f"t{i}"}, headers={"x-kdgate-model": slow})
+                    for i in range(10)
+                )
+            )
+
+    codes = Counter(r.status_code for r in asyncio.run(burst()))
+    assert codes[429] >= 1 and codes[200] >= 2 and set(codes) <= {200, 429}, codes
+    rejected = next(r for r in asyncio.run(burst()) if r.status_code == 429)
+    assert rejected.json()["error"]["type"] == "overloaded"
+
+
+def test_health_ready_metrics_and_docs(serve) -> None:
+    server = serve()
+    assert httpx.get(f"{server.url}/healthz").json() == {"status": "ok"}
+    assert set(httpx.get(f"{server.url}/readyz").json()["models"]) >= {TEACHER, STUDENT}
+    httpx.post(f"{server.url}/classify", json={"text": "hi"})
+    metrics = httpx.get(f"{server.url}/metrics").text
+    for name in (
+        "kdgate_requests_total",
+        "kdgate_request_seconds_bucket",
+        "kdgate_traffic_weight",
+        "kdgate_batch_size_bucket",
+    ):
+        assert name in metrics
+    assert httpx.get(f"{server.url}/docs").status_code == 200
+    assert "/classify" in json.loads(httpx.get(f"{server.url}/openapi.json").text)["paths"]

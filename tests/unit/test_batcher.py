@@ -1,0 +1,189 @@
+"""Unit tests of gateway.batcher.MicroBatcher with a plain deterministic batch function (no model)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import numpy as np
+import pytest
+
+from gateway.batcher import MicroBatcher
+
+T = TypeVar("T")
+
+
+class Recorder:
+    """texts -> (B, 2) rows [len(text), position in batch]; records batch sizes and the calling thread.
+
+    Raises `RuntimeError` for any batch containing the text "boom".
+    """
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self.threads: list[int] = []
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        self.batches.append(list(texts))
+        self.threads.append(threading.get_ident())
+        if "boom" in texts:
+            raise RuntimeError("model exploded")
+        return np.array([[len(t), i] for i, t in enumerate(texts)], dtype=np.float32)  # (B, 2)
+
+    @property
+    def sizes(self) -> list[int]:
+        return [len(b) for b in self.batches]
+
+
+def run(fn: Recorder, body: Callable[[MicroBatcher], Awaitable[T]], max_batch: int = 4) -> T:
+    """Runs `body(batcher)` on a fresh event loop and always closes the batcher."""
+
+    async def main() -> T:
+        batcher = MicroBatcher(fn, max_batch=max_batch, max_wait=0.05, name="test")
+        try:
+            return await asyncio.wait_for(body(batcher), timeout=10)
+        finally:
+            await batcher.close()
+
+    return asyncio.run(main())
+
+
+def own_rows(texts: list[str], result: np.ndarray) -> None:
+    assert result.shape == (len(texts), 2)
+    assert result[:, 0].tolist() == [len(t) for t in texts]
+
+
+def test_concurrent_submits_are_grouped_and_everyone_gets_its_own_rows() -> None:
+    fn = Recorder()
+    texts = ["x" * (i + 1) for i in range(10)]  # distinct lengths: a row identifies its text
+
+    async def body(batcher: MicroBatcher) -> list[np.ndarray]:
+        return await asyncio.gather(*(batcher.submit([t]) for t in texts))
+
+    results = run(fn, body, max_batch=4)
+    assert all(size <= 4 for size in fn.sizes)
+    assert len(fn.batches) < 10
+    assert sum(fn.sizes) == 10
+    assert sorted(t for batch in fn.batches for t in batch) == sorted(texts)
+    for text, result in zip(texts, results, strict=True):
+        own_rows([text], result)
+
+
+def test_multi_text_submits_keep_their_rows_in_order() -> None:
+    fn = Recorder()
+    requests = [["a", "bb", "ccc"], ["dddd"], ["eeeee", "ffffff"], ["g" * 7, "h" * 8, "i" * 9]]
+
+    async def body(batcher: MicroBatcher) -> list[np.ndarray]:
+        return await asyncio.gather(*(batcher.submit(r) for r in requests))
+
+    results = run(fn, body, max_batch=6)
+    assert all(size <= 6 for size in fn.sizes)
+    for texts, result in zip(requests, results, strict=True):
+        own_rows(texts, result)
+
+
+def test_an_item_larger_than_the_remaining_room_opens_the_next_batch() -> None:
+    fn = Recorder()
+
+    async def body(batcher: MicroBatcher) -> list[np.ndarray]:
+        requests = [["a", "bb", "ccc"], ["dddd", "eeeee"], ["f" * 6]]
+        return await asyncio.gather(*(batcher.submit(r) for r in requests))
+
+    results = run(fn, body, max_batch=4)
+    # 3 + 2 > 4: the second request is carried into the next batch, whole, and the third joins it.
+    assert fn.batches == [["a", "bb", "ccc"], ["dddd", "eeeee", "f" * 6]]
+    own_rows(["a", "bb", "ccc"], results[0])
+    own_rows(["dddd", "eeeee"], results[1])
+    own_rows(["f" * 6], results[2])
+    # Each request's slice starts at its own offset inside the batch.
+    assert results[1][:, 1].tolist() == [0, 1]
+    assert results[2][:, 1].tolist() == [2]
+
+
+def test_sequential_submits_each_get_a_batch() -> None:
+    fn = Recorder()
+
+    async def body(batcher: MicroBatcher) -> list[np.ndarray]:
+        return [await batcher.submit([t]) for t in ["a", "bb", "ccc"]]
+
+    results = run(fn, body)
+    assert fn.batches == [["a"], ["bb"], ["ccc"]]
+    for text, result in zip(["a", "bb", "ccc"], results, strict=True):
+        own_rows([text], result)
+
+
+def test_a_failing_batch_fails_every_waiter_and_the_batcher_keeps_serving() -> None:
+    fn = Recorder()
+
+    async def body(batcher: MicroBatcher) -> tuple[list[np.ndarray | BaseException], np.ndarray]:
+        # max_batch 3: ["a"], ["boom"], ["c"] share the failing batch; ["dd"] is in the next one.
+        first = await asyncio.gather(
+            *(batcher.submit([t]) for t in ["a", "boom", "c", "dd"]), return_exceptions=True
+        )
+        later = await batcher.submit(["later"])
+        return first, later
+
+    first, later = run(fn, body, max_batch=3)
+    assert fn.batches[0] == ["a", "boom", "c"]
+    for outcome in first[:3]:
+        assert isinstance(outcome, RuntimeError)
+        assert str(outcome) == "model exploded"
+    assert isinstance(first[3], np.ndarray)
+    own_rows(["dd"], first[3])
+    own_rows(["later"], later)
+
+
+def test_a_failure_propagates_to_a_single_waiter() -> None:
+    fn = Recorder()
+
+    async def body(batcher: MicroBatcher) -> None:
+        with pytest.raises(RuntimeError, match="model exploded"):
+            await batcher.submit(["boom"])
+        own_rows(["ok"], await batcher.submit(["ok"]))
+
+    run(fn, body)
+
+
+def test_the_function_runs_off_the_event_loop_thread() -> None:
+    fn = Recorder()
+
+    async def body(batcher: MicroBatcher) -> int:
+        await asyncio.gather(*(batcher.submit([t]) for t in ["a", "b", "c", "d", "e", "f"]))
+        await batcher.submit(["g"])
+        return threading.get_ident()
+
+    loop_thread = run(fn, body, max_batch=2)
+    assert loop_thread not in fn.threads
+    # One worker thread per model: a model never runs two batches at once.
+    assert len(set(fn.threads)) == 1
+
+
+def test_observe_sees_each_batch_size() -> None:
+    fn = Recorder()
+    observed: list[int] = []
+
+    async def main() -> None:
+        batcher = MicroBatcher(fn, max_batch=4, max_wait=0.05, observe=observed.append)
+        try:
+            await asyncio.gather(*(batcher.submit([str(i)]) for i in range(6)))
+        finally:
+            await batcher.close()
+
+    asyncio.run(main())
+    assert observed == fn.sizes
+    assert sum(observed) == 6
+
+
+def test_a_cancelled_waiter_does_not_break_the_others() -> None:
+    fn = Recorder()
+
+    async def body(batcher: MicroBatcher) -> np.ndarray:
+        doomed = asyncio.ensure_future(batcher.submit(["doomed"]))
+        await asyncio.sleep(0)  # let it enqueue
+        doomed.cancel()
+        return await batcher.submit(["kept"])
+
+    own_rows(["kept"], run(fn, body))
+    assert fn.batches == [["kept"]]  # the cancelled request is dropped before the model runs
