@@ -7,11 +7,12 @@ import hmac
 from fastapi import APIRouter, Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from gateway.errors import Forbidden, InvalidInput, Unauthorized
+from gateway.errors import Conflict, Forbidden, InvalidInput, Unauthorized
 from gateway.pool import SERVED_TASKS
 from gateway.schemas import TrafficUpdate
 from gateway.state import GatewayState
 from gateway.traffic import validate_weights
+from rollout.model import Phase
 
 _bearer = HTTPBearer(auto_error=False)
 
@@ -64,15 +65,25 @@ async def get_traffic(request: Request) -> dict[str, object]:
 
 
 @router.put("/traffic/{task}")
-async def set_traffic(task: str, update: TrafficUpdate, request: Request) -> dict[str, object]:
+async def set_traffic(
+    task: str, update: TrafficUpdate, request: Request, force: bool = False
+) -> dict[str, object]:
     """Replaces the split of `task`.
 
-    Body: `{"weights": {"classify-student@1": 25, "classify-teacher@1": 75}}`.
+    Body: `{"weights": {"classify-student@1": 25, "classify-teacher@1": 75}}`. Refused (409) while a
+    rollout of the task is progressing, unless it is paused or `?force=true` is given.
     """
     state = _state(request)
     if task not in SERVED_TASKS:
         raise InvalidInput(f"unknown task {task!r}; served: {list(SERVED_TASKS)}", field="task")
     weights = validate_weights(task, update.weights, state.pool.tasks_of())
+    rollout = state.controller.store.load(task)
+    if rollout is not None and rollout[0].phase is Phase.PROGRESSING and not force:
+        raise Conflict(
+            f"a rollout of {task!r} is progressing ({rollout[0].candidate} at {rollout[0].weight}%); "
+            "pause it first or pass force=true",
+            field="task",
+        )
     state.traffic.set(task, weights)
     state.metrics.set_weights(task, weights, [r for r, t in state.pool.tasks_of().items() if t == task])
     return {"task": task, "weights": weights}

@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway import admin, inference
+from gateway import admin, inference, rollout_api
 from gateway.errors import GatewayError, InvalidInput, MalformedRequest
 from gateway.pool import SERVED_TASKS
 from gateway.settings import Settings
@@ -38,6 +38,16 @@ def _load_models(state: GatewayState) -> None:
         state.metrics.set_weights(task, state.traffic.get(task), [r for r, t in loaded.items() if t == task])
 
 
+async def _drive_rollouts(state: GatewayState) -> None:
+    """The in-process controller: once the models are loaded, re-assert persisted weights, then tick."""
+    while not state.ready:
+        await asyncio.sleep(0.1)
+    await asyncio.to_thread(state.controller.resync)
+    while True:
+        await asyncio.to_thread(state.controller.tick)
+        await asyncio.sleep(state.settings.rollout_tick_seconds)
+
+
 def create_app(settings: Settings) -> FastAPI:
     state = GatewayState.build(settings)
 
@@ -51,12 +61,14 @@ def create_app(settings: Settings) -> FastAPI:
                 log.exception("loading models failed")
                 state.load_error = f"{type(exc).__name__}: {exc}"
 
-        loader = asyncio.create_task(load())
-        state.tasks["loader"] = loader
+        state.tasks["loader"] = asyncio.create_task(load())
         if state.shadow is not None:
             state.shadow.start()
+        if settings.rollout_driver == "local":
+            state.tasks["rollout"] = asyncio.create_task(_drive_rollouts(state))
         yield
-        loader.cancel()
+        for task in state.tasks.values():
+            task.cancel()
         if state.shadow is not None:
             await state.shadow.close()  # graceful stop (SIGTERM): score what is queued, flush the log
         await state.pool.close()
@@ -70,6 +82,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.gw = state
     app.include_router(inference.router)
     app.include_router(admin.router)
+    app.include_router(rollout_api.router)
     _install_error_handlers(app)
 
     @app.get("/healthz", tags=["health"])

@@ -14,12 +14,11 @@ import os
 from pathlib import Path
 from typing import Annotated
 
-import httpx
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from gateway.state import token_path
+from gateway.cli_common import DEFAULT_STATE, GatewayUrl, StateDir, Token, admin_client, call, console
+from gateway.cli_ops import events, rollout_app, shadow_app
 
 app = typer.Typer(
     help="kdgate — serve a teacher and its distilled students side by side.", no_args_is_help=True
@@ -28,24 +27,9 @@ models_app = typer.Typer(help="Inspect the model registry.", no_args_is_help=Tru
 traffic_app = typer.Typer(help="Read or set the traffic split of a task (admin API).", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(traffic_app, name="traffic")
-console = Console()
-
-StateDir = Annotated[
-    Path,
-    typer.Option(
-        "--state-dir", envvar="KDGATE_STATE_DIR", help="Registry, traffic split, token and logs live here."
-    ),
-]
-GatewayUrl = Annotated[str, typer.Option("--url", envvar="KDGATE_URL", help="Base URL of a running gateway.")]
-Token = Annotated[
-    str | None,
-    typer.Option(
-        "--token",
-        envvar="KDGATE_ADMIN_TOKEN",
-        help="Admin token (default: read from <state-dir>/admin.token).",
-    ),
-]
-DEFAULT_STATE = Path(".kdgate")
+app.add_typer(rollout_app, name="rollout")
+app.add_typer(shadow_app, name="shadow")
+app.command("events")(events)
 
 
 def _offline() -> None:
@@ -130,7 +114,7 @@ def distill(
     if teacher_manifest is None:
         teacher_manifest = build_teacher(registry, recipe, log=console.print)
     student = build_student(registry, recipe, teacher_manifest.ref, log=console.print)
-    console.print_json(json.dumps({"ref": student.ref, "metrics": student.metrics}))
+    typer.echo(json.dumps({"ref": student.ref, "metrics": student.metrics}, indent=2))
 
 
 @models_app.command("list")
@@ -168,7 +152,7 @@ def models_show(
     except RegistryError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from exc
-    console.print_json(manifest.model_dump_json())
+    typer.echo(manifest.model_dump_json(indent=2))
 
 
 @models_app.command("fault")
@@ -188,37 +172,15 @@ def models_fault(
     console.print(f"registered {register_fault_model(Registry(state_dir), spec, name).ref}")
 
 
-def _admin(url: str, token: str | None, state_dir: Path) -> httpx.Client:
-    if token is None:
-        path = token_path(state_dir)
-        if not path.exists():
-            raise typer.BadParameter(f"no --token and no {path}; start the gateway first or pass --token")
-        token = path.read_text().strip()
-    return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=10.0)
-
-
-def _call(client: httpx.Client, method: str, path: str, body: object | None = None) -> dict[str, object]:
-    try:
-        response = client.request(method, path, json=body)
-    except httpx.HTTPError as exc:
-        console.print(f"[red]cannot reach the gateway at {client.base_url}: {exc}[/red]")
-        raise typer.Exit(2) from exc
-    payload = response.json()
-    if response.status_code >= 400:
-        console.print(f"[red]{response.status_code}: {payload.get('error', payload)}[/red]")
-        raise typer.Exit(1)
-    return dict(payload)
-
-
 @traffic_app.command("get")
 def traffic_get(
     url: GatewayUrl = "http://127.0.0.1:8000", token: Token = None, state_dir: StateDir = DEFAULT_STATE
 ) -> None:
     """Show the weights of every task."""
-    with _admin(url, token, state_dir) as client:
-        traffic = _call(client, "GET", "/admin/traffic")["traffic"]
+    with admin_client(url, token, state_dir) as client:
+        traffic = call(client, "GET", "/admin/traffic")["traffic"]
     table = Table("task", "model", "weight")
-    for task, weights in dict(traffic).items():  # type: ignore[call-overload]
+    for task, weights in traffic.items():
         for model, weight in sorted(weights.items()):
             table.add_row(task, model, str(weight))
     console.print(table)
@@ -239,6 +201,6 @@ def traffic_set(
         if not sep or not ref or not value.lstrip("-").isdigit():
             raise typer.BadParameter(f"expected REF=WEIGHT, got {pair!r}", param_hint="WEIGHTS")
         parsed[ref] = int(value)
-    with _admin(url, token, state_dir) as client:
-        result = _call(client, "PUT", f"/admin/traffic/{task}", {"weights": parsed})
+    with admin_client(url, token, state_dir) as client:
+        result = call(client, "PUT", f"/admin/traffic/{task}", {"weights": parsed})
     console.print(f"{task}: {result['weights']}")

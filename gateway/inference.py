@@ -107,6 +107,7 @@ async def classify(
         served, logits = await run_with_fallback(state, chosen, texts)
     except Exception as exc:
         state.metrics.requests.labels(TASK, chosen.ref, "503").inc()
+        state.window.add(chosen.ref, requests=1, errors=1)
         if isinstance(exc, ModelUnavailable):
             raise
         log.error("the %s teacher failed", TASK, exc_info=True)
@@ -116,7 +117,7 @@ async def classify(
     elapsed = time.perf_counter() - started
     state.metrics.request_seconds.labels(TASK, served.ref).observe(elapsed)
     state.metrics.requests.labels(TASK, served.ref, "200").inc()
-    state.window.add(chosen.ref, requests=1, errors=0 if served is chosen else 1)
+    state.window.add(chosen.ref, latency_ms=elapsed * 1000.0, requests=1, errors=0 if served is chosen else 1)
     teacher = state.pool.teacher_of(TASK)
     if state.shadow is not None and teacher is not None:
         state.shadow.offer(

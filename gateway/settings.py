@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field
@@ -46,7 +46,9 @@ class Settings(BaseSettings):
     shadow_max_bytes: int | None = Field(2 * 1024**3, ge=1)  # retention: total size of the log
     shadow_max_age_seconds: float | None = Field(14 * 86400.0, gt=0)  # retention: age of a segment
     redact_inputs: bool = False  # log a sha256 of each input instead of its text
-    window_seconds: float = Field(600.0, gt=0)  # live metric windows (rollout's local source)
+    window_seconds: float = Field(3600.0, gt=0)  # live metric windows (rollout's local source)
+    rollout_driver: Literal["local", "external"] = "local"  # external: `kdgate rollout run` drives
+    rollout_tick_seconds: float = Field(1.0, gt=0)  # how often the in-process judge looks
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,10 +11,13 @@ from distill.registry import Registry
 from distill.shadowlog import ShadowLogWriter
 from gateway.metrics import GatewayMetrics
 from gateway.pool import ModelPool
+from gateway.rollout_bridge import LocalSource, MetricsSink, TrafficSetter
 from gateway.settings import Settings
 from gateway.shadow import ShadowPipeline
 from gateway.traffic import TrafficStore
 from gateway.window import LiveWindow
+from rollout.driver import Controller
+from rollout.store import AuditLog, RolloutStore
 
 TOKEN_FILE = "admin.token"
 
@@ -28,10 +32,11 @@ class GatewayState:
     admin_token: str
     window: LiveWindow
     shadow: ShadowPipeline | None
+    controller: Controller
     ready: bool = False
     load_error: str | None = None
     in_flight: int = 0  # requests being answered; touched only on the event loop thread
-    tasks: dict[str, object] = field(default_factory=dict)
+    tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
 
     @classmethod
     def build(cls, settings: Settings) -> GatewayState:
@@ -52,15 +57,25 @@ class GatewayState:
                 redact_inputs=settings.redact_inputs,
             ).start()
             shadow = ShadowPipeline(settings, metrics, pool, window, writer)
+        traffic = TrafficStore(settings.state_dir / "traffic.json")
+        rollout_dir = settings.state_dir / "rollout"
+        controller = Controller(
+            RolloutStore(rollout_dir),
+            AuditLog(rollout_dir),
+            LocalSource(window),
+            TrafficSetter(traffic, metrics, pool),
+            MetricsSink(metrics),
+        )
         return cls(
             settings=settings,
             registry=registry,
             metrics=metrics,
             pool=pool,
-            traffic=TrafficStore(settings.state_dir / "traffic.json"),
+            traffic=traffic,
             admin_token=settings.admin_token or ensure_token_file(settings.state_dir),
             window=window,
             shadow=shadow,
+            controller=controller,
         )
 
 

@@ -29,7 +29,7 @@ def validate_weights(
             raise InvalidInput(
                 f"model {ref!r} serves task {models_of[ref]!r}, not {task!r}", field=f"weights.{ref}"
             )
-        if not _is_whole_number(weight):
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not _is_whole_number(weight):
             raise InvalidInput(
                 f"weight of {ref!r} must be an integer, got {weight!r}", field=f"weights.{ref}"
             )
@@ -42,9 +42,7 @@ def validate_weights(
     return {ref: w for ref, w in clean.items() if w > 0}
 
 
-def _is_whole_number(value: object) -> bool:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return False
+def _is_whole_number(value: float) -> bool:
     return isinstance(value, int) or (math.isfinite(value) and value.is_integer())
 
 

@@ -10,7 +10,11 @@ import threading
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+
+MAX_LATENCIES_PER_SECOND = 2000  # per model: bounds memory; p99 of a busy second is still well estimated
 
 
 @dataclass
@@ -24,23 +28,29 @@ class Totals:
     disagreed: float = 0.0  # comparisons whose top-1 differed from the teacher's
     kl_sum: float = 0.0  # Σ KL(teacher ‖ student) over comparisons
     dropped: float = 0.0  # shadow items dropped on a full queue
+    latencies_ms: list[float] = field(default_factory=list)  # answer times of requests routed to it
 
     def add(self, other: Totals) -> None:
         for f in fields(self):
-            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+            if f.name != "latencies_ms":
+                setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        self.latencies_ms.extend(other.latencies_ms)
+
+    def p99_ms(self) -> float | None:
+        return float(np.percentile(self.latencies_ms, 99)) if self.latencies_ms else None
 
 
 class LiveWindow:
     """>>> window.add("classify-student@1", compared=1, disagreed=0, kl_sum=0.02)
     >>> window.totals("classify-student@1", seconds=60).compared"""
 
-    def __init__(self, horizon_seconds: float = 600.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, horizon_seconds: float = 600.0, clock: Callable[[], float] = time.time) -> None:
         self.horizon = horizon_seconds
         self._clock = clock
         self._lock = threading.Lock()
         self._buckets: dict[str, deque[tuple[int, Totals]]] = defaultdict(deque)
 
-    def add(self, model: str, **amounts: float) -> None:
+    def add(self, model: str, latency_ms: float | None = None, **amounts: float) -> None:
         second = int(self._clock())
         with self._lock:
             buckets = self._buckets[model]
@@ -49,6 +59,8 @@ class LiveWindow:
             bucket = buckets[-1][1]
             for name, amount in amounts.items():
                 setattr(bucket, name, getattr(bucket, name) + amount)
+            if latency_ms is not None and len(bucket.latencies_ms) < MAX_LATENCIES_PER_SECOND:
+                bucket.latencies_ms.append(latency_ms)
             while buckets and buckets[0][0] < second - self.horizon:
                 buckets.popleft()
 
@@ -62,6 +74,10 @@ class LiveWindow:
                 if second >= int(start):
                     result.add(bucket)
         return result
+
+    def oldest_time(self) -> float:
+        """Start of the horizon: totals since an earlier time would be missing what was evicted."""
+        return self._clock() - self.horizon
 
     def models(self) -> list[str]:
         with self._lock:

@@ -51,3 +51,24 @@ def gateway(state_dir: Path, **settings: object) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+@contextmanager
+def scratch_copy(state_dir: Path) -> Iterator[Path]:
+    """A throwaway copy of a state dir (hard links: instant; the gateway replaces files, never edits)."""
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="kdgate-bench-") as tmp:
+        target = Path(tmp) / "state"
+        shutil.copytree(
+            state_dir,
+            target,
+            copy_function=os.link,
+            ignore=shutil.ignore_patterns("shadow", "rollout", "traffic.json"),
+        )
+        yield target
+
+
+def admin_headers(state_dir: Path) -> dict[str, str]:
+    return {"Authorization": f"Bearer {(state_dir / 'admin.token').read_text().strip()}"}

@@ -21,6 +21,7 @@ from typing import Protocol
 from rollout import machine
 from rollout.model import (
     Emit,
+    Event,
     Evidence,
     Observation,
     Phase,
@@ -46,6 +47,8 @@ class WeightSetter(Protocol):
 
 class EvidenceSink(Protocol):
     def record(self, state: RolloutState, evidence: tuple[Evidence, ...]) -> None: ...
+
+    def transition(self, event: Event, state: RolloutState) -> None: ...
 
 
 class NoRollout(LookupError):
@@ -143,6 +146,8 @@ class Controller:
                 self.setter.set_weights(action.task, action.weights)
             elif isinstance(action, Emit):
                 self.audit.append(action.event)
+                if self.sink is not None:
+                    self.sink.transition(action.event, new)
             elif isinstance(action, RecordEvidence):
                 self.last_evidence[action.task] = action.evidence
                 if self.sink is not None:

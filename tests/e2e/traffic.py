@@ -1,0 +1,65 @@
+"""A bounded client loop for end-to-end scenarios: a few threads posting /classify until told to stop."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import Counter
+
+import httpx
+
+
+class TrafficLoop:
+    """Posts real tweets with distinct routing keys until `stop()`, `max_requests` or `max_seconds`."""
+
+    def __init__(
+        self,
+        url: str,
+        texts: list[str],
+        threads: int = 4,
+        max_requests: int = 50_000,
+        max_seconds: float = 180.0,
+    ) -> None:
+        self.url = url
+        self.texts = texts
+        self.max_requests = max_requests
+        self.max_seconds = max_seconds
+        self.codes: Counter[int] = Counter()
+        self.served: Counter[str] = Counter()
+        self._ids = itertools.count()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def __enter__(self) -> TrafficLoop:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + self.max_seconds
+        with httpx.Client(base_url=self.url, timeout=30) as client:
+            while not self._stop.is_set() and time.monotonic() < deadline:
+                i = next(self._ids)
+                if i >= self.max_requests:
+                    return
+                text = self.texts[i % len(self.texts)]
+                try:
+                    r = client.post("/classify", json={"text": text}, headers={"x-kdgate-key": f"user-{i}"})
+                except httpx.HTTPError:
+                    with self._lock:
+                        self.codes[0] += 1
+                    continue
+                with self._lock:
+                    self.codes[r.status_code] += 1
+                    if r.status_code == 200:
+                        self.served[r.headers["x-kdgate-model"]] += 1
