@@ -24,17 +24,16 @@ from tokenizers import Tokenizer
 from distill.data import LabelledTexts, Split, load_dataset, split_dataset
 from distill.encoder import EncoderClassifier, truncated_copy
 from distill.evaluate import accuracy, compare_to_teacher
-from distill.export import check_parity, export_onnx, onnx_logits, quantize_int8, torch_logits
+from distill.export import check_parity, export_onnx, onnx_logits, torch_logits
 from distill.losses import kd_loss
 from distill.modelio import load_classifier, pretrained_classifier, save_classifier
 from distill.registry import Lineage, Manifest, Registry
+from distill.student_export import ONNX_FP32, export_student
 from distill.tokenize import TOKENIZER_FILE, BatchTokenizer
 from distill.trainer import train
 
 TEACHER_NAME = "classify-teacher"
 STUDENT_NAME = "classify-student"
-ONNX_FP32 = "model.onnx"
-ONNX_INT8 = "model.int8.onnx"
 
 Log = Callable[[str], None]
 
@@ -230,37 +229,24 @@ def build_student(
     )
     teacher_test = teacher_soft_labels(registry, teacher, split.test, log)
     with registry.stage(STUDENT_NAME) as staging:
-        files = save_classifier(model, staging.path)  # the PyTorch weights: warm start for re-distillation
-        export_onnx(model, staging.path / ONNX_FP32, tokenizer)
-        fp32 = onnx_logits(staging.path / ONNX_FP32, tokenizer, split.test.texts)
-        parity = check_parity(torch_logits(model, tokenizer, split.test.texts), fp32)
-        quantize_int8(staging.path / ONNX_FP32, staging.path / ONNX_INT8)
-        int8 = onnx_logits(staging.path / ONNX_INT8, tokenizer, split.test.texts)
-        fp32_acc, int8_acc = accuracy(fp32, split.test.labels), accuracy(int8, split.test.labels)
-        use_int8 = fp32_acc - int8_acc <= recipe.int8_max_accuracy_drop
-        served_file, served = (ONNX_INT8, int8) if use_int8 else (ONNX_FP32, fp32)
-        if not use_int8:
-            (staging.path / ONNX_INT8).unlink()
+        exported = export_student(
+            model, staging.path, tokenizer, split.test.texts, split.test.labels, recipe.int8_max_accuracy_drop
+        )
         metrics = {
-            "test_accuracy": accuracy(served, split.test.labels),
-            **{k: v for k, v in compare_to_teacher(teacher_test, served).items()},
-            "fp32_test_accuracy": fp32_acc,
-            "int8_test_accuracy": int8_acc,
-            "quantized": "int8" if use_int8 else "fp32",
-            "onnx_parity_max_abs_diff": parity.max_abs_diff,
-            "onnx_parity_argmax_agreement": parity.argmax_agreement,
+            "test_accuracy": accuracy(exported.test_logits, split.test.labels),
+            **compare_to_teacher(teacher_test, exported.test_logits),
+            **exported.metrics,
             "teacher_test_accuracy": teacher.metrics.get("test_accuracy"),
             "train_seconds": round(time.monotonic() - started, 1),
             "final_train_loss": summary["final_loss"],
         }
-        # Served file first: runners load the first .onnx in `files`.
         manifest = Manifest(
             name=STUDENT_NAME,
             version=registry.next_version(STUDENT_NAME),
             task="classify",
             role="student",
             format="onnx",
-            files=[served_file, *files] + ([ONNX_FP32] if use_int8 else []),
+            files=exported.files,
             labels=teacher.labels,
             tokenizer=TOKENIZER_FILE,
             max_length=teacher.max_length,

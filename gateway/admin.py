@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 
 from fastapi import APIRouter, Depends, Request
@@ -57,6 +58,15 @@ async def list_models(request: Request) -> dict[str, object]:
             }
         )
     return {"models": rows}
+
+
+@router.post("/models/reload")
+async def reload_models(request: Request) -> dict[str, object]:
+    """Load models registered since the start (e.g. by `kdgate distill`) without a restart."""
+    state = _state(request)
+    before = set(state.pool.models)
+    await asyncio.to_thread(state.pool.load_all)
+    return {"loaded": sorted(set(state.pool.models) - before)}
 
 
 @router.get("/traffic")

@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from gateway import admin, inference, rollout_api
 from gateway.errors import GatewayError, InvalidInput, MalformedRequest
 from gateway.pool import SERVED_TASKS
+from gateway.redistill_loop import redistill_loop
 from gateway.settings import Settings
 from gateway.state import GatewayState
 
@@ -64,6 +65,8 @@ def create_app(settings: Settings) -> FastAPI:
         state.tasks["loader"] = asyncio.create_task(load())
         if state.shadow is not None:
             state.shadow.start()
+        if settings.redistill_enabled:
+            state.tasks["redistill"] = asyncio.create_task(redistill_loop(state))
         if settings.rollout_driver == "local":
             state.tasks["rollout"] = asyncio.create_task(_drive_rollouts(state))
         yield

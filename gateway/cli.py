@@ -86,11 +86,53 @@ def distill(
     examples: Annotated[
         int | None, typer.Option(help="Train-split texts to distil on (default 20000).")
     ] = None,
-    epochs: Annotated[int, typer.Option(help="Passes over those texts.")] = 1,
+    epochs: Annotated[
+        int | None, typer.Option(help="Passes over the data (default 1; 2 from shadow).")
+    ] = None,
     teacher: Annotated[str | None, typer.Option(help="Teacher ref (default: the latest teacher).")] = None,
+    from_shadow: Annotated[
+        bool, typer.Option(help="Re-distil the latest student from the shadow log.")
+    ] = False,
+    since: Annotated[float | None, typer.Option(help="Shadow window start, epoch seconds.")] = None,
+    until: Annotated[
+        float | None, typer.Option(help="Shadow window end, epoch seconds (default now).")
+    ] = None,
+    shadow_root: Annotated[
+        str | None, typer.Option(help="Shadow log URL (default <state-dir>/shadow).")
+    ] = None,
+    threads: Annotated[int, typer.Option(help="Training threads (re-distillation).")] = 1,
+    parent: Annotated[str | None, typer.Option(help="Student to re-distil (default: the latest).")] = None,
+    gate: Annotated[
+        str | None, typer.Option(help="Gate overrides as JSON, e.g. '{\"min_agreement\": 0.85}'.")
+    ] = None,
+    corrupt_targets: Annotated[
+        bool, typer.Option(hidden=True, help="Rehearsal: a candidate the gate must refuse.")
+    ] = False,
+    result_json: Annotated[
+        Path | None, typer.Option(help="Also write the run's result here (for the loop).")
+    ] = None,
 ) -> None:
-    """Distil a new student version from the teacher and register it (builds a teacher if none exists)."""
+    """Distil a new student version from the teacher and register it (builds a teacher if none exists).
+
+    With --from-shadow: re-distil the current student from the teacher's logged soft outputs on live
+    traffic (plus replay of seed data), gate it against its parent, and register it only if it passes.
+    """
     _offline()
+    if from_shadow:
+        _redistill(
+            state_dir,
+            since,
+            until,
+            shadow_root,
+            epochs or 2,
+            threads,
+            seed,
+            corrupt_targets,
+            result_json,
+            parent,
+            gate,
+        )
+        return
     from distill.classify_build import TEACHER_NAME, ClassifyRecipe, build_student, build_teacher
     from distill.registry import Registry
 
@@ -102,7 +144,7 @@ def distill(
         temperature=temperature,
         alpha=alpha,
         student_layers=layers,
-        student_epochs=epochs,
+        student_epochs=epochs or 1,
     )
     recipe = base if examples is None else ClassifyRecipe(**{**base.__dict__, "student_examples": examples})
     try:
@@ -115,6 +157,55 @@ def distill(
         teacher_manifest = build_teacher(registry, recipe, log=console.print)
     student = build_student(registry, recipe, teacher_manifest.ref, log=console.print)
     typer.echo(json.dumps({"ref": student.ref, "metrics": student.metrics}, indent=2))
+
+
+def _redistill(
+    state_dir: Path,
+    since: float | None,
+    until: float | None,
+    shadow_root: str | None,
+    epochs: int,
+    threads: int,
+    seed: int,
+    corrupt_targets: bool,
+    result_json: Path | None,
+    parent: str | None,
+    gate: str | None,
+) -> None:
+    from distill.gate import GateConfig
+    from distill.redistill import RedistillRecipe, redistill
+    from distill.registry import Registry
+
+    try:
+        gate_config = GateConfig(**json.loads(gate)) if gate else GateConfig()
+    except (ValueError, TypeError) as exc:
+        raise typer.BadParameter(f"--gate must be a JSON object of GateConfig fields: {exc}") from exc
+    recipe = RedistillRecipe(
+        since=since,
+        until=until,
+        epochs=epochs,
+        threads=threads,
+        seed=seed,
+        corrupt_targets=corrupt_targets,
+        gate=gate_config,
+    )
+    try:
+        root = shadow_root or str(state_dir / "shadow")
+        result = redistill(Registry(state_dir), recipe, root, parent_ref=parent, log=console.print)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    summary = {
+        "registered": result.manifest.ref if result.manifest else None,
+        "gate": result.gate.to_dict(),
+        "data": result.data,
+        "seconds": result.seconds,
+    }
+    if result_json is not None:
+        result_json.write_text(json.dumps(summary))
+    typer.echo(json.dumps(summary, indent=2))
+    if not result.gate.passed:
+        raise typer.Exit(3)  # refused by the gate: distinct from errors (1) for scripts and the loop
 
 
 @models_app.command("list")

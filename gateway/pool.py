@@ -35,11 +35,18 @@ class ModelPool:
         self.models: dict[str, LoadedModel] = {}
 
     def load_all(self) -> None:
-        """Loads every registered model of a served task (blocking: call it off the event loop)."""
+        """Loads every registered model of a served task not loaded yet (blocking: call it off the loop).
+
+        The new mapping replaces the old in one assignment: request handlers iterating the old one on the
+        event loop never see it change size under them.
+        """
+        added = {}
         for manifest in self.registry.list():
             if manifest.task in SERVED_TASKS and manifest.ref not in self.models:
-                self.models[manifest.ref] = self._load(manifest)
+                added[manifest.ref] = self._load(manifest)
                 log.info("loaded %s (%s, %s)", manifest.ref, manifest.role, manifest.format)
+        if added:
+            self.models = {**self.models, **added}
 
     def _load(self, manifest: Manifest) -> LoadedModel:
         threads = (

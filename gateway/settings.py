@@ -50,6 +50,16 @@ class Settings(BaseSettings):
     rollout_driver: Literal["local", "external"] = "local"  # external: `kdgate rollout run` drives
     rollout_tick_seconds: float = Field(1.0, gt=0)  # how often the in-process judge looks
 
+    redistill_enabled: bool = False  # the continual loop: shadow log → new student → gate → canary
+    redistill_min_new_records: int = Field(2000, ge=20)  # new shadow records that trigger a run...
+    redistill_drift: float = Field(0.05, gt=0, le=1)  # ...or live disagreement this far above offline
+    redistill_check_seconds: float = Field(30.0, gt=0)
+    redistill_threads: int = Field(1, ge=1)  # training threads; the run is also niced (below serving)
+    redistill_nice: int = Field(10, ge=0, le=19)
+    redistill_auto_rollout: bool = True  # start a canary of every student that passes the gate
+    redistill_rollout: dict[str, Any] = Field(default_factory=dict)  # overrides of the canary's RolloutConfig
+    redistill_gate: dict[str, float] = Field(default_factory=dict)  # overrides of distill.gate.GateConfig
+
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Settings from env, then the YAML file, then explicit overrides (CLI flags) — later wins."""

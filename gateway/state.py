@@ -35,6 +35,7 @@ class GatewayState:
     controller: Controller
     ready: bool = False
     load_error: str | None = None
+    protect_shadow_after: float | None = None  # set while a re-distillation reads the log from then on
     in_flight: int = 0  # requests being answered; touched only on the event loop thread
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
 
@@ -44,6 +45,7 @@ class GatewayState:
         registry = Registry(settings.state_dir)
         metrics = GatewayMetrics()
         pool = ModelPool(registry, settings, metrics)
+        holder: list[GatewayState] = []  # the writer's retention asks the (not yet built) state
         window = LiveWindow(settings.window_seconds)
         shadow = None
         if settings.shadow_enabled:
@@ -55,6 +57,7 @@ class GatewayState:
                 max_bytes=settings.shadow_max_bytes,
                 max_age_seconds=settings.shadow_max_age_seconds,
                 redact_inputs=settings.redact_inputs,
+                protect_after=lambda: holder[0].protect_shadow_after if holder else None,
             ).start()
             shadow = ShadowPipeline(settings, metrics, pool, window, writer)
         traffic = TrafficStore(settings.state_dir / "traffic.json")
@@ -66,7 +69,7 @@ class GatewayState:
             TrafficSetter(traffic, metrics, pool),
             MetricsSink(metrics),
         )
-        return cls(
+        state = cls(
             settings=settings,
             registry=registry,
             metrics=metrics,
@@ -77,6 +80,8 @@ class GatewayState:
             shadow=shadow,
             controller=controller,
         )
+        holder.append(state)
+        return state
 
 
 def token_path(state_dir: Path) -> Path:

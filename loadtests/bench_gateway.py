@@ -1,6 +1,6 @@
 """Gateway overhead and throughput on /classify with a real `kdgate serve` subprocess.
 
-    .venv/bin/python loadtests/bench_gateway.py --state-dir .kdgate
+    .venv/bin/python -m loadtests.bench_gateway --state-dir .kdgate
 
 1. Overhead at concurrency 1: HTTP p50/p99 minus in-process p50/p99 of the same model (teacher, pinned).
 2. Teacher at 100%: latency and throughput at concurrency 8 and 32, micro-batching on (max batch 32,

@@ -1,6 +1,6 @@
 """Offline figures of the /classify teacher and student: accuracy, agreement, KL, latency, size.
 
-    .venv/bin/python loadtests/bench_models.py --state-dir .kdgate [--no-kd-baseline]
+    .venv/bin/python -m loadtests.bench_models --state-dir .kdgate [--no-kd-baseline]
 
 Writes loadtests/results/bench_models.json. Latency is in-process (no HTTP), one thread per model
 unless --threads says otherwise; the machine should be otherwise idle.

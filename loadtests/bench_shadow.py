@@ -1,6 +1,6 @@
 """What shadow scoring costs the client, and what a shadow record costs on disk.
 
-    .venv/bin/python loadtests/bench_shadow.py --state-dir .kdgate
+    .venv/bin/python -m loadtests.bench_shadow --state-dir .kdgate
 
 Student at 100% of /classify traffic, concurrency 8, shadow at 0% vs 100% (the teacher re-scores every
 request in the background on the same 2 cores). Then bytes per record of the Parquet log: whole record

@@ -9,7 +9,7 @@ and the cumulative observation since the step started goes through `rollout.mach
 Deterministic for a seed, whatever --jobs. Prints a table and saves JSON.
 
 Example:
-    .venv/bin/python loadtests/sim_judge.py --aa-streams 500 --regression-streams 200 --seed 1
+    .venv/bin/python -m loadtests.sim_judge --aa-streams 500 --regression-streams 200 --seed 1
 """
 
 from __future__ import annotations

@@ -1,0 +1,76 @@
+"""The gate a re-distilled candidate must pass before it is registered (pure decision logic).
+
+Each check compares the candidate with configured minimums and with the current student (its parent)
+on the same data: the recent shadow hold-out (agreement with the teacher, KL) and the seed test split
+(task accuracy). A candidate that fails any check is not registered; the reasons say which and by how much.
+
+>>> gate(Figures(0.93, 0.04, 0.76), Figures(0.88, 0.06, 0.765), GateConfig()).passed
+True
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class Figures:
+    recent_agreement: float  # top-1 agreement with the teacher on the held-out recent shadow slice
+    recent_kl: float  # mean KL(teacher ‖ model) on that slice, nats
+    seed_accuracy: float  # accuracy on the seed test split (never trained on)
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    min_agreement: float = 0.80  # on recent traffic
+    max_kl: float = 0.25
+    min_accuracy: float = 0.60  # on the seed test split
+    max_agreement_drop: float = 0.01  # vs the parent on recent traffic (it should rise, not fall)
+    max_kl_rise: float = 0.02
+    max_accuracy_drop: float = 0.01  # forgetting budget on the seed task (1 point)
+
+
+@dataclass(frozen=True)
+class GateResult:
+    passed: bool
+    reasons: list[str] = field(default_factory=list)
+    candidate: Figures | None = None
+    parent: Figures | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "passed": self.passed,
+            "reasons": self.reasons,
+            "candidate": asdict(self.candidate) if self.candidate else None,
+            "parent": asdict(self.parent) if self.parent else None,
+        }
+
+
+def gate(candidate: Figures, parent: Figures | None, config: GateConfig) -> GateResult:
+    """Every failed check becomes a reason; the candidate passes only with none."""
+    reasons = []
+    if candidate.recent_agreement < config.min_agreement:
+        reasons.append(
+            f"agreement on recent traffic {candidate.recent_agreement:.4f} < {config.min_agreement}"
+        )
+    if candidate.recent_kl > config.max_kl:
+        reasons.append(f"KL on recent traffic {candidate.recent_kl:.4f} > {config.max_kl}")
+    if candidate.seed_accuracy < config.min_accuracy:
+        reasons.append(f"seed test accuracy {candidate.seed_accuracy:.4f} < {config.min_accuracy}")
+    if parent is not None:
+        if candidate.recent_agreement < parent.recent_agreement - config.max_agreement_drop:
+            reasons.append(
+                f"agreement on recent traffic {candidate.recent_agreement:.4f} is worse than the "
+                f"parent's {parent.recent_agreement:.4f} by more than {config.max_agreement_drop}"
+            )
+        if candidate.recent_kl > parent.recent_kl + config.max_kl_rise:
+            reasons.append(
+                f"KL on recent traffic {candidate.recent_kl:.4f} is worse than the parent's "
+                f"{parent.recent_kl:.4f} by more than {config.max_kl_rise}"
+            )
+        if candidate.seed_accuracy < parent.seed_accuracy - config.max_accuracy_drop:
+            reasons.append(
+                f"seed test accuracy {candidate.seed_accuracy:.4f} dropped below the parent's "
+                f"{parent.seed_accuracy:.4f} by more than {config.max_accuracy_drop}"
+            )
+    return GateResult(not reasons, reasons, candidate, parent)
