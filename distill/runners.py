@@ -18,6 +18,8 @@ from distill.modelio import load_classifier
 from distill.registry import Manifest, Registry, RegistryError
 from distill.tokenize import BatchTokenizer
 
+ONNX_COPY = "model.onnx"  # the parity-checked ONNX export a PyTorch teacher keeps beside its weights
+
 
 class Runner(Protocol):
     manifest: Manifest
@@ -101,17 +103,24 @@ class OnnxClassifierRunner(_ClassifierRunner):
         return np.asarray(logits, dtype=np.float32)
 
 
-def load_runner(registry: Registry, ref: str, threads: int = 1) -> Runner:
-    """Builds the runner a manifest asks for; a fault model wraps the runner of the model it names."""
+def load_runner(registry: Registry, ref: str, threads: int = 1, prefer_onnx: bool = False) -> Runner:
+    """Builds the runner a manifest asks for; a fault model wraps the runner of the model it names.
+
+    `prefer_onnx`: a PyTorch model that also ships a parity-checked `model.onnx` (the teacher does) runs
+    on ONNX Runtime instead — about twice as fast on CPU, with its own thread count.
+    """
     manifest = registry.get(ref)
     directory = registry.path(ref)
     if manifest.kind == "fault":
         if manifest.fault is None:
             raise RegistryError(f"{ref} is a fault model without a fault spec")
-        return FaultyRunner(manifest, load_runner(registry, manifest.fault.wraps, threads), manifest.fault)
+        inner = load_runner(registry, manifest.fault.wraps, threads, prefer_onnx)
+        return FaultyRunner(manifest, inner, manifest.fault)
     if manifest.task != "classify":
         raise RegistryError(f"{ref}: no runner for task {manifest.task!r} yet")
     if manifest.format == "torch":
+        if prefer_onnx and ONNX_COPY in manifest.files:
+            return OnnxClassifierRunner(manifest, directory, threads, model_file=ONNX_COPY)
         return TorchClassifierRunner(manifest, directory, threads)
     if manifest.format == "onnx":
         return OnnxClassifierRunner(manifest, directory, threads)

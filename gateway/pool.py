@@ -52,7 +52,8 @@ class ModelPool:
         threads = (
             self.settings.teacher_threads if manifest.role == "teacher" else self.settings.student_threads
         )
-        runner = load_runner(self.registry, manifest.ref, threads=threads)
+        prefer_onnx = self.settings.teacher_runtime == "onnx"
+        runner = load_runner(self.registry, manifest.ref, threads=threads, prefer_onnx=prefer_onnx)
         histogram = self.metrics.batch_size.labels(manifest.task, manifest.ref)
         batcher = MicroBatcher(
             runner.predict_logits,

@@ -33,6 +33,7 @@ class Settings(BaseSettings):
     student_timeout_ms: float = Field(1000.0, gt=0)  # a student slower than this → the teacher answers
     teacher_threads: int = Field(1, ge=1)  # intra-op threads per model: 2 cores are shared by all models
     student_threads: int = Field(1, ge=1)
+    teacher_runtime: Literal["onnx", "torch"] = "onnx"  # the teacher's parity-checked ONNX copy is ~2x faster
     teacher: dict[str, str] = Field(default_factory=dict)  # task -> teacher ref (default: latest teacher)
 
     shadow_enabled: bool = True  # score students against the teacher on live traffic, off the request path
@@ -40,6 +41,7 @@ class Settings(BaseSettings):
     shadow_rates: dict[str, float] = Field(default_factory=dict)  # per model ref overrides of shadow_rate
     shadow_queue_size: int = Field(1024, ge=1)  # pending shadow items; beyond it items are dropped, counted
     shadow_batch: int = Field(32, ge=1)  # items scored per teacher call
+    shadow_nice: int = Field(10, ge=0, le=19)  # the shadow teacher runs below serving on the same cores
     shadow_root: str | None = None  # fsspec URL of the shadow log (default <state_dir>/shadow)
     shadow_flush_rows: int = Field(512, ge=1)  # a segment is written every N records...
     shadow_flush_seconds: float = Field(2.0, gt=0)  # ...or after this long, whichever comes first

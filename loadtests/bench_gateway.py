@@ -61,7 +61,7 @@ async def load(
 
 
 def in_process(state_dir: Path, ref: str, texts: list[str], requests: int) -> dict[str, float]:
-    runner = load_runner(Registry(state_dir), ref, threads=1)
+    runner = load_runner(Registry(state_dir), ref, threads=1, prefer_onnx=True)  # as served (teacher_runtime)
     for text in texts[:20]:
         runner.predict_logits([text])
     latencies = []
@@ -89,7 +89,12 @@ def main() -> None:
         raise SystemExit(f"no teacher in {args.state_dir}; run `kdgate serve` once first")
     texts = load_split(ClassifyRecipe()).test.texts[:500]
 
-    report: dict[str, object] = {"teacher": teacher.ref, "cpus": os.cpu_count(), "requests": args.requests}
+    report: dict[str, object] = {
+        "teacher": teacher.ref,
+        "teacher_runtime": "onnx",
+        "cpus": os.cpu_count(),
+        "requests": args.requests,
+    }
     direct = in_process(args.state_dir, teacher.ref, texts, args.requests)
     with gateway(args.state_dir, max_wait_ms=0, max_in_flight=256) as url:
         http = asyncio.run(load(url, texts, 1, args.requests, teacher.ref))

