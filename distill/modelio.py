@@ -6,7 +6,6 @@ import json
 import shutil
 from pathlib import Path
 
-import torch
 from safetensors.torch import load_file, save_file
 from transformers import BertConfig, BertModel
 from transformers.utils import logging as hf_logging
@@ -58,14 +57,3 @@ def load_classifier(directory: Path) -> EncoderClassifier:
     model = EncoderClassifier(BertConfig.from_dict(raw), num_labels)
     model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
     return model.eval()
-
-
-def copy_tokenizer(directory: Path) -> str:
-    shutil.copyfile(base_encoder_dir() / TOKENIZER_FILE, directory / TOKENIZER_FILE)
-    return TOKENIZER_FILE
-
-
-@torch.no_grad()
-def torch_logits(model: EncoderClassifier, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    model.eval()
-    return model(ids, mask)

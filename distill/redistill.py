@@ -32,8 +32,8 @@ from distill.modelio import load_classifier
 from distill.registry import Lineage, Manifest, Registry
 from distill.runners import load_runner
 from distill.shadowread import read_shadow
-from distill.student_export import export_student
-from distill.tokenize import TOKENIZER_FILE, BatchTokenizer
+from distill.student_export import export_student, student_manifest
+from distill.tokenize import BatchTokenizer
 from distill.trainer import train
 
 RUNS_FILE = "runs.jsonl"
@@ -235,28 +235,22 @@ def redistill(
                 "train_seconds": round(time.monotonic() - started, 1),
             }
             manifest = staging.commit(
-                Manifest(
-                    name=STUDENT_NAME,
-                    version=registry.next_version(STUDENT_NAME),
-                    task="classify",
-                    role="student",
-                    format="onnx",
-                    files=exported.files,
-                    labels=parent.labels,
-                    tokenizer=TOKENIZER_FILE,
-                    max_length=parent.max_length,
-                    lineage=Lineage(
+                student_manifest(
+                    registry,
+                    exported,
+                    parent,
+                    Lineage(
                         teacher=teacher.ref,
                         parent=parent.ref,
                         data={"source": "shadow", "window": window, "seed_source": seed_recipe.dataset},
                         recipe={
                             "name": "redistill-from-shadow",
-                            **_recipe_dict(recipe),
+                            **asdict(recipe),
                             "seed_recipe": asdict(seed_recipe),
                         },
                         seed=recipe.seed,
                     ),
-                    metrics=metrics,
+                    metrics,
                 )
             )
     result = RedistillResult(verdict, manifest, window, round(time.monotonic() - started, 1))
@@ -289,10 +283,6 @@ def _seed_recipe(parent: Manifest) -> ClassifyRecipe:
     return ClassifyRecipe(**given)
 
 
-def _recipe_dict(recipe: RedistillRecipe) -> dict[str, object]:
-    return asdict(recipe)
-
-
 def _record_run(
     registry: Registry, parent: Manifest, result: RedistillResult, recipe: RedistillRecipe
 ) -> None:
@@ -306,7 +296,7 @@ def _record_run(
         "gate": result.gate.to_dict(),
         "data": result.data,
         "seconds": result.seconds,
-        "recipe": _recipe_dict(recipe),
+        "recipe": asdict(recipe),
     }
     with path.open("a") as handle:
         handle.write(json.dumps(entry) + "\n")

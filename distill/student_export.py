@@ -15,8 +15,10 @@ from distill.encoder import EncoderClassifier
 from distill.evaluate import accuracy
 from distill.export import check_parity, export_onnx, onnx_logits, quantize_int8, torch_logits
 from distill.modelio import save_classifier
-from distill.tokenize import BatchTokenizer
+from distill.registry import Lineage, Manifest, Registry
+from distill.tokenize import TOKENIZER_FILE, BatchTokenizer
 
+STUDENT_NAME = "classify-student"
 ONNX_FP32 = "model.onnx"
 ONNX_INT8 = "model.int8.onnx"
 
@@ -60,3 +62,26 @@ def export_student(
     }
     listed = [served_file, *files] + ([ONNX_FP32] if use_int8 else [])
     return ExportedStudent(listed, served_file, served, metrics)
+
+
+def student_manifest(
+    registry: Registry,
+    exported: ExportedStudent,
+    like: Manifest,
+    lineage: Lineage,
+    metrics: dict[str, object],
+) -> Manifest:
+    """The next `classify-student` version, with labels and tokenizer settings taken from `like`."""
+    return Manifest(
+        name=STUDENT_NAME,
+        version=registry.next_version(STUDENT_NAME),
+        task="classify",
+        role="student",
+        format="onnx",
+        files=exported.files,
+        labels=like.labels,
+        tokenizer=TOKENIZER_FILE,
+        max_length=like.max_length,
+        lineage=lineage,
+        metrics=metrics,
+    )

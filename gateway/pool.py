@@ -79,10 +79,6 @@ class ModelPool:
         ]
         return max(teachers, key=lambda m: m.manifest.version) if teachers else None
 
-    def teacher_ref(self, task: str) -> str:
-        teacher = self.teacher_of(task)
-        return teacher.ref if teacher is not None else ""
-
     async def close(self) -> None:
         for model in self.models.values():
             await model.batcher.close()

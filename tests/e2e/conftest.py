@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -25,15 +24,9 @@ import yaml
 from distill.classify_build import load_split
 from tests.conftest import TINY_RECIPE
 from tests.integration.conftest import serve  # noqa: F401
+from tests.support import free_port
 
 SCRAPE_INTERVAL_S = 1.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:

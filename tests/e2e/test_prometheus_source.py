@@ -23,34 +23,13 @@ import pytest
 from rollout.admin_client import GatewayAdminClient, GatewayAdminError
 from rollout.model import Phase, RolloutState
 from rollout.prometheus import MetricSourceUnavailable, PrometheusSource
-from tests.e2e.conftest import free_port
+from tests.support import free_port, metric_sum, send_keyed
 
 TEACHER, STUDENT = "classify-teacher@1", "classify-student@1"
 
 
 def rollout_state(candidate: str, started_at: float) -> RolloutState:
     return RolloutState(Phase.PROGRESSING, "classify", TEACHER, candidate, 2, 50, started_at)
-
-
-def gateway_counter(text: str, name: str, **labels: str) -> float:
-    """Sum of the gateway's own exposition lines of `name` whose labels include `labels`."""
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
-async def send(url: str, n: int, prefix: str, concurrency: int = 4) -> list[httpx.Response]:
-    limit = asyncio.Semaphore(concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-
-        async def one(i: int) -> httpx.Response:
-            async with limit:
-                body, headers = {"text": f"{prefix} review {i} was fine"}, {"x-kdgate-key": f"{prefix}-{i}"}
-                return await client.post("/classify", json=body, headers=headers)
-
-        return await asyncio.gather(*(one(i) for i in range(n)))
 
 
 def wait_until(predicate: Any, timeout: float, what: str) -> None:
@@ -75,7 +54,7 @@ def test_observation_matches_the_gateways_own_counters(serve, prometheus_server)
     assert traffic["classify"] == {STUDENT: 50, TEACHER: 50}
 
     started_at = time.time() - 0.5
-    responses = asyncio.run(send(server.url, 200, "prom"))
+    responses = asyncio.run(send_keyed(server.url, 200, "prom"))
     assert all(r.status_code == 200 for r in responses)
     n_student = [r.headers["x-kdgate-model"] for r in responses].count(STUDENT)
     assert 40 < n_student < 160
@@ -84,16 +63,16 @@ def test_observation_matches_the_gateways_own_counters(serve, prometheus_server)
         return httpx.get(f"{server.url}/metrics").text
 
     wait_until(
-        lambda: gateway_counter(gateway_text(), "kdgate_shadow_total", model=STUDENT) >= n_student,
+        lambda: metric_sum(gateway_text(), "kdgate_shadow_total", model=STUDENT) >= n_student,
         30,
         "the shadow worker to score every student request",
     )
     text = gateway_text()
-    requests = gateway_counter(text, "kdgate_requests_total", model=STUDENT) + gateway_counter(
+    requests = metric_sum(text, "kdgate_requests_total", model=STUDENT) + metric_sum(
         text, "kdgate_fallbacks_total", model=STUDENT
     )
-    compared = gateway_counter(text, "kdgate_shadow_compared_total", model=STUDENT)
-    kl_sum = gateway_counter(text, "kdgate_shadow_kl_sum", model=STUDENT)
+    compared = metric_sum(text, "kdgate_shadow_compared_total", model=STUDENT)
+    kl_sum = metric_sum(text, "kdgate_shadow_kl_sum", model=STUDENT)
     assert requests == n_student and compared > 0
 
     # Wait until Prometheus has scraped the gateway after the traffic: its latest raw values are the

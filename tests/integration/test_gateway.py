@@ -12,6 +12,7 @@ import pytest
 
 from distill.faults import register_fault_model
 from distill.registry import FaultSpec, Registry
+from tests.support import metric_sum
 
 TEACHER, STUDENT = "classify-teacher@1", "classify-student@1"
 
@@ -163,17 +164,6 @@ def test_pin_header_reaches_the_model_and_unknown_pin_is_refused(serve) -> None:
     assert unknown.json()["error"]["field"] == "x-kdgate-model"
 
 
-def _fallbacks(metrics_text: str, model: str, reason: str) -> float:
-    for line in metrics_text.splitlines():
-        if (
-            line.startswith("kdgate_fallbacks_total{")
-            and f'model="{model}"' in line
-            and f'reason="{reason}"' in line
-        ):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
-
-
 def test_raising_student_falls_back_to_the_teacher(serve, state_dir: Path) -> None:
     faulty = register_fault_model(Registry(state_dir), FaultSpec(wraps=STUDENT, error_rate=1.0)).ref
     server = serve()
@@ -181,7 +171,8 @@ def test_raising_student_falls_back_to_the_teacher(serve, state_dir: Path) -> No
         r = httpx.post(f"{server.url}/classify", json={"text": "hello"}, headers={"x-kdgate-model": faulty})
         assert r.status_code == 200
         assert r.headers["x-kdgate-model"] == TEACHER
-    assert _fallbacks(httpx.get(f"{server.url}/metrics").text, faulty, "error") == 3
+    text = httpx.get(f"{server.url}/metrics").text
+    assert metric_sum(text, "kdgate_fallbacks_total", model=faulty, reason="error") == 3
 
 
 def test_slow_student_times_out_to_the_teacher(serve, state_dir: Path) -> None:
@@ -191,7 +182,8 @@ def test_slow_student_times_out_to_the_teacher(serve, state_dir: Path) -> None:
     server = serve(student_timeout_ms=100)
     r = httpx.post(f"{server.url}/classify", json={"text": "hello"}, headers={"x-kdgate-model": slow})
     assert r.status_code == 200 and r.headers["x-kdgate-model"] == TEACHER
-    assert _fallbacks(httpx.get(f"{server.url}/metrics").text, slow, "timeout") == 1
+    text = httpx.get(f"{server.url}/metrics").text
+    assert metric_sum(text, "kdgate_fallbacks_total", model=slow, reason="timeout") == 1
 
 
 def test_burst_over_the_in_flight_bound_gets_429_at_once(serve, state_dir: Path) -> None:

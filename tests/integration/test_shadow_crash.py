@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,14 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from distill.shadowread import read_shadow
+from tests.support import free_port
 
 STUDENT = "classify-student@1"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start_gateway(state_dir: Path, **settings: object) -> tuple[subprocess.Popen[bytes], str]:
