@@ -12,6 +12,7 @@ passes is registered, with its data window and gate figures in the lineage.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -37,6 +38,7 @@ from distill.tokenize import BatchTokenizer
 from distill.trainer import train
 
 RUNS_FILE = "runs.jsonl"
+PIN_MAX_AGE_S = 86400.0
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,7 @@ class RedistillRecipe:
     threads: int = 1  # leave the other core to serving
     seed: int = 0
     warm_start: bool = True  # from the parent's PyTorch weights
+    checkpoint_every: int = 25  # training steps between checkpoints (a killed run resumes from the last)
     # Rehearsal only: rotate every target to the wrong class, producing a candidate the gate must refuse.
     corrupt_targets: bool = False
     gate: GateConfig = field(default_factory=GateConfig)
@@ -117,11 +120,13 @@ def redistill(
     if parent is None or parent.lineage.teacher is None:
         raise ValueError("no student with a teacher to re-distil from; build one first (kdgate distill)")
     teacher = registry.get(parent.lineage.teacher)
-    until = recipe.until if recipe.until is not None else time.time()
+    run = InterruptibleRun.open(registry, parent, recipe)  # an interrupted identical run: same window
+    until = run.until
 
     # 1. The window, its newest slice held out for the gate.
     texts, logits, stamps = window_records(shadow_root, teacher.ref, recipe.since, until)
     if len(texts) < 20:
+        run.finish()  # nothing to resume: the next run takes a fresh window
         raise ValueError(f"only {len(texts)} usable shadow records in the window; need at least 20")
     order = np.argsort(stamps, kind="stable")
     n_hold = max(1, int(len(texts) * recipe.holdout_fraction))
@@ -196,6 +201,8 @@ def redistill(
         head_lr=recipe.head_lr,
         seed=recipe.seed,
         desc=f"{STUDENT_NAME}: re-distil",
+        checkpoint=run.checkpoint,
+        checkpoint_every=recipe.checkpoint_every,
     )
 
     # 4. Export like any student, then gate against the parent on the same data.
@@ -255,12 +262,65 @@ def redistill(
             )
     result = RedistillResult(verdict, manifest, window, round(time.monotonic() - started, 1))
     _record_run(registry, parent, result, recipe)
+    run.finish()
     log(
         f"registered {manifest.ref}"
         if manifest
         else f"gate refused the candidate: {'; '.join(verdict.reasons)}"
     )
     return result
+
+
+@dataclass(frozen=True)
+class InterruptibleRun:
+    """What makes a run resumable after a crash or kill: its window end is pinned on disk before it
+    trains (a rerun without `until` would otherwise take "now" and train on a different window), and
+    the trainer checkpoints under a name derived from everything that defines the run.
+
+    `<state_dir>/distill/inflight.json` holds the pinned runs; `<state_dir>/distill/checkpoints/`
+    their checkpoints. Both are removed when the run ends (registered or refused).
+    """
+
+    inflight: Path
+    key: str  # parent + recipe without `until`
+    until: float
+    checkpoint: Path
+
+    @classmethod
+    def open(cls, registry: Registry, parent: Manifest, recipe: RedistillRecipe) -> InterruptibleRun:
+        folder = Path(registry.root.parent) / "distill"
+        inflight = folder / "inflight.json"
+        spec = {"parent": parent.ref, "recipe": {**asdict(recipe), "until": None, "checkpoint_every": None}}
+        key = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        now = time.time()
+        # A pin older than a day belongs to a run that is not coming back: train on a fresh window.
+        pinned = {k: v for k, v in _read_json(inflight).items() if now - float(v) < PIN_MAX_AGE_S}
+        until = recipe.until if recipe.until is not None else pinned.get(key, now)
+        if recipe.until is None and key not in pinned:
+            folder.mkdir(parents=True, exist_ok=True)
+            _write_json_atomically(inflight, {**pinned, key: until})
+        checkpoint = folder / "checkpoints" / f"{key}-{until:.3f}.pt"
+        return cls(inflight, key, float(until), checkpoint)
+
+    def finish(self) -> None:
+        pinned = _read_json(self.inflight)
+        if pinned.pop(self.key, None) is not None:
+            _write_json_atomically(self.inflight, pinned)
+        self.checkpoint.unlink(missing_ok=True)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        loaded = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def _write_json_atomically(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, sort_keys=True))
+    tmp.replace(path)
 
 
 def _figures(

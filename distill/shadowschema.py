@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: served_ids (the generated token ids of /generate)
 
 SHADOW_SCHEMA = pa.schema(
     [
@@ -47,6 +47,7 @@ SHADOW_SCHEMA = pa.schema(
         pa.field("teacher_topk_logprobs", pa.list_(pa.list_(pa.float16()))),  # (T, k)
         pa.field("teacher_tail_mass", pa.list_(pa.float16())),  # (T,) probability outside the top-k
         pa.field("token_agree", pa.list_(pa.bool_())),  # (T,)
+        pa.field("served_ids", pa.list_(pa.int32())),  # (T,) the served model's completion token ids
     ],
     metadata={"kdgate.shadow.schema_version": str(SCHEMA_VERSION)},
 )
@@ -54,7 +55,7 @@ SHADOW_SCHEMA = pa.schema(
 REQUIRED_KEYS = ("request_id", "served_model", "teacher_model", "served_label", "served_probs", "latency_ms")
 OPTIONAL_KEYS = (
     "ts", "task", "input_text", "input_sha256", "teacher_logits", "agree", "kl",
-    "teacher_topk_ids", "teacher_topk_logprobs", "teacher_tail_mass", "token_agree",
+    "teacher_topk_ids", "teacher_topk_logprobs", "teacher_tail_mass", "token_agree", "served_ids",
 )  # fmt: skip
 # Array fields: (numpy dtype that validates the value at append, expected ndim).
 _ARRAYS: dict[str, tuple[type[np.generic], int]] = {
@@ -64,6 +65,7 @@ _ARRAYS: dict[str, tuple[type[np.generic], int]] = {
     "teacher_topk_logprobs": (np.float32, 2),
     "teacher_tail_mass": (np.float32, 1),
     "token_agree": (np.bool_, 1),
+    "served_ids": (np.int32, 1),
 }
 
 PARQUET_OPTIONS: dict[str, Any] = {

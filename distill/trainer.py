@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -10,6 +13,8 @@ from tqdm.auto import tqdm
 
 from distill.encoder import EncoderClassifier
 from distill.tokenize import BatchTokenizer
+
+log = logging.getLogger("kdgate.trainer")
 
 
 def lr_factor(step: int, total: int, warmup: int) -> float:
@@ -55,8 +60,16 @@ def train(
     seed: int,
     desc: str,
     warmup_fraction: float = 0.06,
+    checkpoint: Path | None = None,
+    checkpoint_every: int = 25,
 ) -> dict[str, float]:
-    """Trains `model` in place (AdamW, linear schedule, length-bucketed batches); returns a summary."""
+    """Trains `model` in place (AdamW, linear schedule, length-bucketed batches); returns a summary.
+
+    With `checkpoint`, the model, optimizer, RNG state and step are saved there every
+    `checkpoint_every` steps (atomically), and a run that finds a checkpoint for the same plan resumes
+    from it: the batch plan is a pure function of the seed, so the resumed run ends with the weights an
+    uninterrupted one would have. The caller names the file after everything that defines the run.
+    """
     torch.manual_seed(seed)
     head = [p for n, p in model.named_parameters() if n.startswith("head.") and p.requires_grad]
     body = [p for n, p in model.named_parameters() if not n.startswith("head.") and p.requires_grad]
@@ -69,8 +82,13 @@ def train(
     warmup = max(1, int(len(plan) * warmup_fraction))
     model.train()
     running = 0.0
-    with tqdm(total=len(plan), desc=desc, unit="batch", dynamic_ncols=True) as bar:
+    start = 0
+    if checkpoint is not None:
+        start, running = _resume(checkpoint, model, optimizer, len(plan))
+    with tqdm(total=len(plan), initial=start, desc=desc, unit="batch", dynamic_ncols=True) as bar:
         for step, batch in enumerate(plan):
+            if step < start:
+                continue
             for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
                 group["lr"] = base * lr_factor(step, len(plan), warmup)
             ids, mask = tokenizer([texts[i] for i in batch])
@@ -82,5 +100,56 @@ def train(
             running = 0.98 * running + 0.02 * loss.item() if step else loss.item()
             bar.set_postfix(loss=f"{running:.4f}")
             bar.update()
+            if checkpoint is not None and (step + 1) % checkpoint_every == 0 and step + 1 < len(plan):
+                _save(checkpoint, model, optimizer, step + 1, len(plan), running)
     model.eval()
-    return {"steps": float(len(plan)), "final_loss": running}
+    if checkpoint is not None:
+        checkpoint.unlink(missing_ok=True)  # finished: a later run with the same spec starts afresh
+    return {"steps": float(len(plan)), "final_loss": running, "resumed_from_step": float(start)}
+
+
+def _save(
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    step: int,
+    total: int,
+    running: float,
+) -> None:
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "rng": torch.get_rng_state(),
+        "step": step,
+        "total": total,
+        "running": running,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    with tmp.open("rb") as handle:
+        os.fsync(handle.fileno())
+    tmp.replace(path)  # a crash mid-save leaves the previous checkpoint whole
+
+
+def _resume(
+    path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, total: int
+) -> tuple[int, float]:
+    """The step to resume from and the running loss there ((0, 0.0): no usable checkpoint)."""
+    if not path.exists():
+        return 0, 0.0
+    try:
+        state = torch.load(path, weights_only=True)
+    except Exception as exc:  # unreadable: train from the start rather than fail the run
+        log.warning("ignoring unreadable checkpoint %s: %s", path, exc)
+        return 0, 0.0
+    if state.get("total") != total:
+        log.warning(
+            "ignoring checkpoint %s: it is for a plan of %s steps, not %s", path, state.get("total"), total
+        )
+        return 0, 0.0
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"])
+    log.info("resuming %s from step %d of %d", path.name, state["step"], total)
+    return int(state["step"]), float(state["running"])

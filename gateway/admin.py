@@ -41,7 +41,7 @@ router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(requir
 async def list_models(request: Request) -> dict[str, object]:
     """Every registered model, with whether it is loaded and its current weight."""
     state = _state(request)
-    loaded = state.pool.models
+    loaded = state.pool.tasks_of()
     rows = []
     for manifest in state.registry.list():
         weights = state.traffic.get(manifest.task)
@@ -64,9 +64,9 @@ async def list_models(request: Request) -> dict[str, object]:
 async def reload_models(request: Request) -> dict[str, object]:
     """Load models registered since the start (e.g. by `kdgate distill`) without a restart."""
     state = _state(request)
-    before = set(state.pool.models)
+    before = set(state.pool.tasks_of())
     await asyncio.to_thread(state.pool.load_all)
-    return {"loaded": sorted(set(state.pool.models) - before)}
+    return {"loaded": sorted(set(state.pool.tasks_of()) - before)}
 
 
 @router.get("/traffic")

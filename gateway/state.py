@@ -14,6 +14,7 @@ from gateway.pool import ModelPool
 from gateway.rollout_bridge import LocalSource, MetricsSink, TrafficSetter
 from gateway.settings import Settings
 from gateway.shadow import ShadowPipeline
+from gateway.shadow_generate import GenerateShadow
 from gateway.traffic import TrafficStore
 from gateway.window import LiveWindow
 from rollout.driver import Controller
@@ -32,6 +33,7 @@ class GatewayState:
     admin_token: str
     window: LiveWindow
     shadow: ShadowPipeline | None
+    generate_shadow: GenerateShadow | None
     controller: Controller
     ready: bool = False
     load_error: str | None = None
@@ -47,19 +49,23 @@ class GatewayState:
         pool = ModelPool(registry, settings, metrics)
         holder: list[GatewayState] = []  # the writer's retention asks the (not yet built) state
         window = LiveWindow(settings.window_seconds)
-        shadow = None
+        shadow = generate_shadow = None
         if settings.shadow_enabled:
-            writer = ShadowLogWriter(
-                settings.shadow_root or str(settings.state_dir / "shadow"),
-                "classify",
-                flush_rows=settings.shadow_flush_rows,
-                flush_seconds=settings.shadow_flush_seconds,
-                max_bytes=settings.shadow_max_bytes,
-                max_age_seconds=settings.shadow_max_age_seconds,
-                redact_inputs=settings.redact_inputs,
-                protect_after=lambda: holder[0].protect_shadow_after if holder else None,
-            ).start()
-            shadow = ShadowPipeline(settings, metrics, pool, window, writer)
+
+            def writer(task: str) -> ShadowLogWriter:
+                return ShadowLogWriter(
+                    settings.shadow_root or str(settings.state_dir / "shadow"),
+                    task,
+                    flush_rows=settings.shadow_flush_rows,
+                    flush_seconds=settings.shadow_flush_seconds,
+                    max_bytes=settings.shadow_max_bytes,
+                    max_age_seconds=settings.shadow_max_age_seconds,
+                    redact_inputs=settings.redact_inputs,
+                    protect_after=lambda: holder[0].protect_shadow_after if holder else None,
+                ).start()
+
+            shadow = ShadowPipeline(settings, metrics, pool, window, writer("classify"))
+            generate_shadow = GenerateShadow(settings, metrics, pool, window, writer("generate"))
         traffic = TrafficStore(settings.state_dir / "traffic.json")
         rollout_dir = settings.state_dir / "rollout"
         controller = Controller(
@@ -78,6 +84,7 @@ class GatewayState:
             admin_token=settings.admin_token or ensure_token_file(settings.state_dir),
             window=window,
             shadow=shadow,
+            generate_shadow=generate_shadow,
             controller=controller,
         )
         holder.append(state)

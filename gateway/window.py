@@ -28,6 +28,8 @@ class Totals:
     disagreed: float = 0.0  # comparisons whose top-1 differed from the teacher's
     kl_sum: float = 0.0  # Σ KL(teacher ‖ student) over comparisons
     dropped: float = 0.0  # shadow items dropped on a full queue
+    completions: float = 0.0  # /generate: shadowed completions (compared etc. count tokens there)
+    degenerate: float = 0.0  # /generate: of which repetition loops
     latencies_ms: list[float] = field(default_factory=list)  # answer times of requests routed to it
 
     def add(self, other: Totals) -> None:

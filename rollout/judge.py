@@ -129,7 +129,7 @@ def bound_alpha(config: RolloutConfig) -> float:
     the rollout from the rate guards has probability at most config.alpha when every rate is truly
     within its threshold. (The p99 guards are point comparisons and are not covered by this budget.)
     """
-    guards = 2 + (config.max_kl is not None)
+    guards = 2 + (config.max_kl is not None) + (config.max_degenerate_rate is not None)
     return config.alpha / (guards * len(config.steps))
 
 
@@ -206,6 +206,19 @@ def judge_errors(obs: Observation, config: RolloutConfig, alpha: float) -> Evide
     return _rate_guard("error_burn", k, n, scale, limit, alpha, config.min_requests, "requests")
 
 
+def judge_degeneracy(obs: Observation, config: RolloutConfig, alpha: float) -> Evidence:
+    threshold = config.max_degenerate_rate
+    assert threshold is not None
+    n, k = _amount(obs.completions), _amount(obs.degenerate)
+    if n is None or k is None or k > n:
+        return _inconclusive("degenerate", 0, threshold, f"invalid counts {obs.degenerate}/{obs.completions}")
+    if n == 0:
+        return _inconclusive("degenerate", 0, threshold, "no shadowed completions yet")
+    # Completions are far fewer than compared tokens: judged once there are min_requests/10 of them.
+    min_n = max(1, config.min_requests // 10)
+    return _rate_guard("degenerate", k, n, 1.0, threshold, alpha, min_n, "completions")
+
+
 def _point(metric: str, verdict: Verdict, estimate: float, n: float, threshold: float, text: str) -> Evidence:
     return Evidence(metric, verdict, estimate, None, None, int(n), threshold, f"{verdict.value}: {text}")
 
@@ -248,13 +261,16 @@ def judge(obs: Observation, config: RolloutConfig) -> list[Evidence]:
     alpha = bound_alpha(config)
     if obs.unreadable:
         why = f"metric source could not be read: {obs.detail}".rstrip(": ")
-        names = ["disagreement", "kl", "error_burn", "p99_ms", "p99_ratio"]
+        names = ["disagreement", "kl", "degenerate", "error_burn", "p99_ms", "p99_ratio"]
         skip = {"kl"} if config.max_kl is None else set()
+        skip |= {"degenerate"} if config.max_degenerate_rate is None else set()
         skip |= {"p99_ratio"} if config.max_p99_ratio_vs_baseline is None else set()
         return [_inconclusive(m, 0, None, why) for m in names if m not in skip]
     out = [judge_disagreement(obs, config, alpha)]
     if config.max_kl is not None:
         out.append(judge_kl(obs, config, alpha))
+    if config.max_degenerate_rate is not None:
+        out.append(judge_degeneracy(obs, config, alpha))
     out.append(judge_errors(obs, config, alpha))
     out.append(judge_p99(obs, config))
     if config.max_p99_ratio_vs_baseline is not None:

@@ -91,6 +91,9 @@ class RolloutConfig:
     # Burn 2 ≈ "twice the budget": tolerant of a noisy but healthy candidate, quick on a broken one.
     error_budget: float = 0.01
     max_burn_rate: float = 2.0
+    # /generate: maximum share of shadowed completions that are repetition loops; None disables it.
+    # Agreement alone rewards a looping student (the teacher copies the loop), so this is its own guard.
+    max_degenerate_rate: float | None = None
     # Candidate p99 latency SLO in ms, and optionally a maximum ratio to the baseline's p99.
     p99_slo_ms: float = 250.0
     max_p99_ratio_vs_baseline: float | None = None
@@ -151,6 +154,8 @@ class RolloutConfig:
         if not self.error_budget * self.max_burn_rate < 1.0:
             raise InvalidRolloutConfig("max_burn_rate", "error_budget * max_burn_rate must be < 1")
         self._check("p99_slo_ms", self.p99_slo_ms, 0.0, math.inf)
+        if self.max_degenerate_rate is not None:
+            self._check("max_degenerate_rate", self.max_degenerate_rate, 0.0, 1.0)
         if self.max_p99_ratio_vs_baseline is not None:
             self._check("max_p99_ratio_vs_baseline", self.max_p99_ratio_vs_baseline, 0.0, math.inf)
         self._check("alpha", self.alpha, 0.0, 1.0)
@@ -256,6 +261,8 @@ class Observation:
     kl_sum: float = 0.0  # sum of per-sample KL(teacher ‖ candidate), nats, ideally clipped at kl_cap
     requests: float = 0  # requests the candidate served
     errors: float = 0  # errors + fallbacks among them
+    completions: float = 0  # /generate: shadowed completions
+    degenerate: float = 0  # of which repetition loops
     p99_ms: float | None = None
     baseline_p99_ms: float | None = None
     unreadable: bool = False

@@ -32,3 +32,20 @@ def state_dir(built_state: Path, tmp_path: Path) -> Path:
     target = tmp_path / "state"
     shutil.copytree(built_state, target, copy_function=os.link)
     return target
+
+
+@pytest.fixture(scope="session")
+def generate_built_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A state dir holding generate-teacher@1 (the real SmolLM2) and a tiny generate-student@1."""
+    from tests.lm_support import build_generate_state
+
+    state = tmp_path_factory.mktemp("generate-state")
+    build_generate_state(state)
+    return state
+
+
+@pytest.fixture
+def generate_state_dir(generate_built_state: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "gstate"
+    shutil.copytree(generate_built_state, target, copy_function=os.link)
+    return target

@@ -1,4 +1,4 @@
-"""A bounded client loop for end-to-end scenarios: a few threads posting /classify until told to stop."""
+"""A bounded client loop for end-to-end scenarios: a few threads posting requests until told to stop."""
 
 from __future__ import annotations
 
@@ -6,12 +6,17 @@ import itertools
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
+from typing import Any
 
 import httpx
 
 
 class TrafficLoop:
-    """Posts real tweets with distinct routing keys until `stop()`, `max_requests` or `max_seconds`."""
+    """Posts real texts with distinct routing keys until `stop()`, `max_requests` or `max_seconds`.
+
+    `path` and `body` choose the endpoint: /classify with `{"text": ...}` by default.
+    """
 
     def __init__(
         self,
@@ -20,9 +25,13 @@ class TrafficLoop:
         threads: int = 4,
         max_requests: int = 50_000,
         max_seconds: float = 180.0,
+        path: str = "/classify",
+        body: Callable[[str], dict[str, Any]] = lambda text: {"text": text},
     ) -> None:
         self.url = url
         self.texts = texts
+        self.path = path
+        self.body = body
         self.max_requests = max_requests
         self.max_seconds = max_seconds
         self.codes: Counter[int] = Counter()
@@ -47,14 +56,14 @@ class TrafficLoop:
 
     def _run(self) -> None:
         deadline = time.monotonic() + self.max_seconds
-        with httpx.Client(base_url=self.url, timeout=30) as client:
+        with httpx.Client(base_url=self.url, timeout=60) as client:
             while not self._stop.is_set() and time.monotonic() < deadline:
                 i = next(self._ids)
                 if i >= self.max_requests:
                     return
                 text = self.texts[i % len(self.texts)]
                 try:
-                    r = client.post("/classify", json={"text": text}, headers={"x-kdgate-key": f"user-{i}"})
+                    r = client.post(self.path, json=self.body(text), headers={"x-kdgate-key": f"user-{i}"})
                 except httpx.HTTPError:
                     with self._lock:
                         self.codes[0] += 1

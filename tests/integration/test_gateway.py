@@ -95,7 +95,8 @@ def test_admin_needs_the_token(serve) -> None:
         ("classify", {STUDENT: -10, TEACHER: 110}, f"weights.{STUDENT}"),
         ("classify", {STUDENT: 25.5, TEACHER: 74.5}, f"weights.{STUDENT}"),
         ("classify", {}, "weights"),
-        ("generate", {STUDENT: 100}, "task"),
+        ("translate", {STUDENT: 100}, "task"),
+        ("generate", {STUDENT: 100}, f"weights.{STUDENT}"),  # a classify model cannot serve generate
     ],
 )
 def test_bad_traffic_split_is_refused_and_nothing_changes(serve, task, weights, field) -> None:

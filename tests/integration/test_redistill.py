@@ -4,6 +4,10 @@ a tweet classifier), written by the real shadow writer; the candidate is gated a
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +21,7 @@ from distill.runners import load_runner
 from distill.shadowlog import ShadowLogWriter
 
 TEACHER, STUDENT = "classify-teacher@1", "classify-student@1"
+ROOT = Path(__file__).resolve().parents[2]
 # The tiny test models are weak: absolute minimums are off, the comparisons with the parent are on.
 LOOSE = GateConfig(
     min_agreement=0.0,
@@ -85,3 +90,48 @@ def test_candidate_trained_on_corrupted_targets_is_refused(shifted) -> None:
     assert [m.ref for m in registry.list() if m.role == "student"] == [STUDENT]  # nothing registered
     runs = [json.loads(line) for line in (state_dir / "distill" / "runs.jsonl").read_text().splitlines()]
     assert runs[-1]["registered"] is None and runs[-1]["gate"]["reasons"] == result.gate.reasons
+
+
+def test_a_killed_run_resumes_on_the_same_window_and_ends_with_the_same_student(shifted) -> None:
+    """kill -9 mid-training, rerun with the same recipe and no `until`: the run resumes from its last
+    checkpoint on the window pinned before the kill, and its student equals an uninterrupted run's."""
+    state_dir, root, start = shifted
+    reference_dir = state_dir.parent / "reference"
+    shutil.copytree(state_dir, reference_dir, copy_function=os.link)
+    recipe = f"RedistillRecipe(since={start - 1!r}, gate=LOOSE, epochs=2, checkpoint_every=2)"
+    script = (
+        "from pathlib import Path\n"
+        "from distill.redistill import RedistillRecipe, redistill\n"
+        "from distill.registry import Registry\n"
+        "from tests.integration.test_redistill import LOOSE\n"
+        f"redistill(Registry(Path({str(state_dir)!r})), {recipe}, {root!r})\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT)
+    checkpoints = state_dir / "distill" / "checkpoints"
+    deadline = time.monotonic() + 300
+    while not any(checkpoints.glob("*.pt")):
+        assert proc.poll() is None, "the run ended before its first checkpoint"
+        assert time.monotonic() < deadline, "no checkpoint was written"
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait(timeout=30)
+    pinned = json.loads((state_dir / "distill" / "inflight.json").read_text())
+    (until,) = pinned.values()
+
+    resumed = redistill(
+        Registry(state_dir),
+        RedistillRecipe(since=start - 1, gate=LOOSE, epochs=2, checkpoint_every=2),
+        root,
+        log=lambda _: None,
+    )
+    reference = redistill(
+        Registry(reference_dir),
+        RedistillRecipe(since=start - 1, until=until, gate=LOOSE, epochs=2),
+        str(reference_dir / "shadow"),
+        log=lambda _: None,
+    )
+    assert resumed.data["until"] == reference.data["until"] == until
+    assert resumed.data["counts"] == reference.data["counts"]
+    assert resumed.gate.candidate == reference.gate.candidate  # identical figures: identical student
+    assert json.loads((state_dir / "distill" / "inflight.json").read_text()) == {}
+    assert not any(checkpoints.glob("*.pt"))

@@ -15,7 +15,7 @@ import pytest
 
 from distill.shadowlog import TMP_PREFIX, ShadowLogClosed, ShadowLogWriter, list_segments, task_dir
 from distill.shadowread import read_shadow, shadow_stats
-from distill.shadowschema import SHADOW_SCHEMA
+from distill.shadowschema import SCHEMA_VERSION, SHADOW_SCHEMA
 
 T0 = 1_750_000_000.0
 
@@ -75,7 +75,7 @@ def test_round_trip(mem_root: str) -> None:
     rows = t.to_pylist()
     assert [r["request_id"] for r in rows] == ["r0", "r1", "r2"]
     r0, r1, r2 = rows
-    assert r0["schema_version"] == 1 and r0["task"] == "classify"
+    assert r0["schema_version"] == SCHEMA_VERSION and r0["task"] == "classify"
     assert r0["ts"] == datetime.fromtimestamp(T0 - 5, UTC)
     assert r1["ts"] == datetime.fromtimestamp(T0, UTC)  # missing ts: the writer's clock
     assert r0["input_text"] == "input number 0" and len(r0["input_sha256"]) == 64

@@ -1,0 +1,176 @@
+"""Shadow scoring for /generate: the teacher reads the student's own completion, after it was sent.
+
+No teacher generation on this path: one teacher-forced pass over prompt + completion gives, per
+generated position, the teacher's top-k ids and logprobs and its tail mass; one student pass over the
+same tokens gives the student's distribution there. From both: per-token agreement (teacher argmax ==
+student token), KL(teacher ‖ student) on the top-k support + tail, the tokens the teacher accepts
+before its first disagreement, and degeneracy (a repetition loop agrees well with a teacher that copies
+it, so degeneracy is measured and guarded separately). Teacher-served completions are logged without a
+second teacher call.
+
+Request path: `offer()` decides and enqueues (bounded; full → dropped and counted). One worker thread,
+niced below serving, scores items one by one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from distill.degeneracy import distinct_n, is_degenerate
+from distill.lm_runner import kl_against
+from distill.shadowlog import ShadowLogWriter
+from gateway.generation import Finished
+from gateway.metrics import GatewayMetrics
+from gateway.pool import LoadedLM, ModelPool
+from gateway.settings import Settings
+from gateway.shadow import lower_priority, should_shadow
+from gateway.window import LiveWindow
+
+log = logging.getLogger("kdgate.shadow.generate")
+TASK = "generate"
+
+
+@dataclass(frozen=True)
+class GenerateShadowItem:
+    request_id: str
+    at: float  # wall clock, epoch seconds
+    served: LoadedLM
+    prompt_text: str  # the prompt as the model read it (chat template applied)
+    prompt_ids: list[int]
+    finished: Finished  # the completion: ids, text, how it ended, the served model's own logprobs
+    latency_ms: float
+
+    @property
+    def completion_ids(self) -> list[int]:
+        return self.finished.completion_ids
+
+
+def accepted_prefix(agree: np.ndarray) -> int:
+    """Tokens the teacher accepts before its first disagreement (all of them if it never disagrees)."""
+    misses = np.flatnonzero(~agree)
+    return int(misses[0]) if misses.size else int(agree.size)
+
+
+class GenerateShadow:
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: GatewayMetrics,
+        pool: ModelPool,
+        window: LiveWindow,
+        writer: ShadowLogWriter,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.pool = pool
+        self.window = window
+        self.writer = writer
+        self.queue: queue.Queue[GenerateShadowItem | None] = queue.Queue(settings.shadow_generate_queue_size)
+        self._thread = threading.Thread(target=self._run, name="shadow-generate", daemon=True)
+
+    def start(self) -> GenerateShadow:
+        self._thread.start()
+        return self
+
+    def rate_of(self, model: str) -> float:
+        return self.settings.shadow_rates.get(model, self.settings.shadow_rate)
+
+    def offer(self, item: GenerateShadowItem, teacher: LoadedLM) -> None:
+        """Called on the request path: O(1), never blocks. Counts are in completion tokens."""
+        model, tokens = item.served.ref, len(item.completion_ids)
+        if not item.completion_ids:
+            return
+        if item.served is not teacher:
+            self.window.add(model, eligible=tokens)
+            self.metrics.shadow_eligible.labels(TASK, model).inc(tokens)
+            if not should_shadow(item.request_id, self.rate_of(model)):
+                return
+        try:
+            self.queue.put_nowait(item)
+        except queue.Full:
+            self.metrics.shadow.labels(TASK, model, "dropped").inc(tokens)
+            self.window.add(model, dropped=tokens)
+
+    def close(self, drain_seconds: float = 10.0) -> None:
+        """Graceful stop: score what is queued (bounded by `drain_seconds`), then flush the log."""
+        with contextlib.suppress(queue.Full):
+            self.queue.put(None, timeout=drain_seconds)
+        self._thread.join(timeout=drain_seconds)
+        self.writer.close()
+
+    def _run(self) -> None:
+        lower_priority(self.settings.shadow_nice)
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            try:
+                self.writer.append(self._score(item))
+            except Exception:
+                log.warning("shadow scoring failed for %s", item.request_id, exc_info=True)
+                self.metrics.shadow.labels(TASK, item.served.ref, "error").inc(len(item.completion_ids))
+
+    def _score(self, item: GenerateShadowItem) -> dict[str, object]:
+        teacher = self.pool.lm_teacher()
+        if teacher is None:
+            raise RuntimeError("no generate teacher loaded to shadow with")
+        model, ids = item.served.ref, item.completion_ids
+        record: dict[str, object] = {
+            "request_id": item.request_id,
+            "ts": item.at,
+            "task": TASK,
+            "served_model": model,
+            "teacher_model": teacher.ref,
+            "input_text": item.prompt_text,
+            "served_label": item.finished.reason,
+            "served_ids": ids,
+            "served_probs": np.exp(item.finished.token_logprobs),  # (T,) as generated
+            "latency_ms": item.latency_ms,
+        }
+        own = item.finished.topk
+        if item.served is teacher:  # its own completion: top-k recorded while generating, no second pass
+            if own is not None:
+                record.update(
+                    teacher_topk_ids=np.stack(own.ids),
+                    teacher_topk_logprobs=np.stack(own.logprobs),
+                    teacher_tail_mass=np.asarray(own.tail, dtype=np.float32),
+                )
+            return record
+        student_logits = item.served.lm.completion_logits(item.prompt_ids, ids)  # (T, V)
+        scores = teacher.lm.score(item.prompt_ids, ids, self.settings.shadow_topk)
+        agree = scores.agreement(ids)  # (T,)
+        kl = kl_against(scores, student_logits)  # (T,)
+        disagreed = int((~agree).sum())
+        degenerate = is_degenerate(ids)
+        m = self.metrics
+        m.shadow.labels(TASK, model, "compared").inc(len(ids))
+        m.shadow_compared.labels(TASK, model).inc(len(ids))
+        m.shadow_disagreed.labels(TASK, model).inc(disagreed)
+        for value in kl:
+            m.shadow_kl.labels(TASK, model).observe(float(value))
+        m.shadow_accepted.labels(TASK, model).observe(accepted_prefix(agree))
+        m.shadow_completions.labels(TASK, model).inc()
+        m.shadow_degenerate.labels(TASK, model).inc(int(degenerate))
+        m.shadow_distinct2.labels(TASK, model).observe(distinct_n(ids, 2))
+        self.window.add(
+            model,
+            compared=len(ids),
+            disagreed=disagreed,
+            kl_sum=float(kl.sum()),
+            completions=1,
+            degenerate=int(degenerate),
+        )
+        record.update(
+            teacher_topk_ids=scores.topk_ids,
+            teacher_topk_logprobs=scores.topk_logprobs,
+            teacher_tail_mass=scores.tail_mass,
+            token_agree=agree,
+            kl=float(kl.mean()),  # per token; `agree` stays null: agreement is per token here
+        )
+        return record

@@ -1,0 +1,82 @@
+"""Progressive rollouts of /generate on a real gateway: per-token shadow proxies and the degeneracy guard.
+
+The candidates wrap the real SmolLM2 teacher (a fault model with no fault is a student that agrees with
+the teacher; with `wrong_rate=1` it falls into a repetition loop on every prompt). The loop is what
+on-policy agreement alone can miss — the teacher, reading the loop, predicts more of it — so the test
+loosens the disagreement guard and expects the degeneracy guard to catch it.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from distill.faults import register_fault_model
+from distill.registry import FaultSpec, Registry
+from tests.e2e.traffic import TrafficLoop
+
+TEACHER = "generate-teacher@1"
+FAST = {
+    "steps": [50, 100],
+    "min_dwell_s": 1.0,
+    "min_samples": 60,  # compared tokens
+    "min_requests": 10,
+    "error_budget": 0.1,
+    "p99_slo_ms": 5000.0,  # per output token: two engines and the shadow share 2 cores here
+}
+QUESTIONS = [
+    "What is the capital of France?",
+    "Name three colours.",
+    "What do bees make?",
+    "Summarize: shares fell sharply on Monday after weak earnings.",
+    "What is the sentiment of: I love this phone!",
+    "Continue: The match ended in a draw after",
+]
+
+
+def chat(text: str) -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": text}], "max_tokens": 12}
+
+
+def start(server: Any, candidate: str, **overrides: Any) -> httpx.Response:
+    body = {"task": "generate", "candidate": candidate, **FAST, **overrides}
+    return httpx.post(f"{server.url}/admin/rollouts", json=body, headers=server.admin_headers())
+
+
+def wait_for_end(server: Any, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        current = httpx.get(f"{server.url}/admin/rollouts/generate", headers=server.admin_headers()).json()
+        if current["state"]["phase"] in {"promoted", "rolled_back", "paused"} or time.monotonic() > deadline:
+            return current
+        time.sleep(0.25)
+
+
+def test_agreeing_candidate_is_promoted(serve, generate_state_dir: Path) -> None:
+    good = register_fault_model(Registry(generate_state_dir), FaultSpec(wraps=TEACHER), name="gen-copy").ref
+    server = serve(state_dir=generate_state_dir, rollout_tick_seconds=0.25)
+    assert start(server, good, max_disagreement=0.2, max_degenerate_rate=0.5).status_code == 201
+    with TrafficLoop(server.url, QUESTIONS, threads=3, path="/generate", body=chat) as loop:
+        final = wait_for_end(server, timeout=240)
+    assert final["state"]["phase"] == "promoted", final
+    assert set(loop.codes) == {200}
+    verdicts = {e["metric"]: e["verdict"] for e in final["evidence"]}
+    assert verdicts["degenerate"] == "pass"
+
+
+def test_repetition_loop_is_rolled_back_by_the_degeneracy_guard(serve, generate_state_dir: Path) -> None:
+    looping = register_fault_model(
+        Registry(generate_state_dir), FaultSpec(wraps=TEACHER, wrong_rate=1.0), name="gen-loop"
+    ).ref
+    server = serve(state_dir=generate_state_dir, rollout_tick_seconds=0.25)
+    assert start(server, looping, max_disagreement=0.95, max_kl=9.0).status_code == 201
+    with TrafficLoop(server.url, QUESTIONS, threads=3, path="/generate", body=chat):
+        final = wait_for_end(server, timeout=240)
+    assert final["state"]["phase"] == "rolled_back", final
+    failed = {e["metric"] for e in final["evidence"] if e["verdict"] == "fail"}
+    assert failed == {"degenerate"}, final["evidence"]
+    traffic = httpx.get(f"{server.url}/admin/traffic", headers=server.admin_headers()).json()["traffic"]
+    assert traffic["generate"] == {TEACHER: 100}
