@@ -19,6 +19,7 @@ from rich.table import Table
 
 from gateway.cli_common import DEFAULT_STATE, GatewayUrl, StateDir, Token, admin_client, call, console
 from gateway.cli_ops import events, rollout_app, shadow_app
+from gateway.cli_watch import watch
 
 app = typer.Typer(
     help="kdgate — serve a teacher and its distilled students side by side.", no_args_is_help=True
@@ -30,6 +31,11 @@ app.add_typer(traffic_app, name="traffic")
 app.add_typer(rollout_app, name="rollout")
 app.add_typer(shadow_app, name="shadow")
 app.command("events")(events)
+distill_app = typer.Typer(
+    help="Distil students: a new version from the teacher or the shadow log, or continually (watch)."
+)
+app.add_typer(distill_app, name="distill")
+distill_app.command("watch")(watch)
 
 
 def _offline() -> None:
@@ -75,8 +81,9 @@ def serve(
     )
 
 
-@app.command()
+@distill_app.callback(invoke_without_command=True)
 def distill(
+    ctx: typer.Context,
     task: Annotated[str, typer.Option(help="Task of the student to build.")] = "classify",
     state_dir: StateDir = DEFAULT_STATE,
     dataset: Annotated[
@@ -130,6 +137,8 @@ def distill(
     With --from-shadow: re-distil the current student from the teacher's logged soft outputs on live
     traffic (plus replay of seed data), gate it against its parent, and register it only if it passes.
     """
+    if ctx.invoked_subcommand is not None:
+        return
     _offline()
     if from_shadow:
         _redistill(

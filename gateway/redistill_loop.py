@@ -60,36 +60,46 @@ def serving_student(state: GatewayState) -> str | None:
     return latest.ref if latest else None
 
 
+def redistill_command(
+    state_dir: Path,
+    since: float | None,
+    until: float,
+    parent: str,
+    result_json: Path,
+    threads: int = 1,
+    gate: dict[str, float] | None = None,
+    shadow_root: str | None = None,
+) -> list[str]:
+    """The `kdgate distill --from-shadow` child process of one run (the loop and `distill watch`)."""
+    kdgate = str(Path(sys.executable).with_name("kdgate"))
+    cmd = [kdgate, "distill", "--task", TASK, "--from-shadow", "--state-dir", str(state_dir)]
+    cmd += ["--until", repr(until), "--threads", str(threads), "--parent", parent]
+    cmd += ["--result-json", str(result_json)]
+    if since is not None:
+        cmd += ["--since", repr(since)]
+    if gate:
+        cmd += ["--gate", json.dumps(gate)]
+    if shadow_root:
+        cmd += ["--shadow-root", shadow_root]
+    return cmd
+
+
 async def run_redistill(
     state: GatewayState, since: float | None, until: float, parent: str
 ) -> dict[str, Any]:
     settings = state.settings
-    kdgate = str(Path(sys.executable).with_name("kdgate"))
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
-        cmd = [
-            kdgate,
-            "distill",
-            "--task",
-            TASK,
-            "--from-shadow",
-            "--state-dir",
-            str(settings.state_dir),
-            "--until",
-            repr(until),
-            "--threads",
-            str(settings.redistill_threads),
-            "--parent",
+        cmd = redistill_command(
+            settings.state_dir,
+            since,
+            until,
             parent,
-            "--result-json",
-            str(out),
-        ]
-        if since is not None:
-            cmd += ["--since", repr(since)]
-        if settings.redistill_gate:
-            cmd += ["--gate", json.dumps(settings.redistill_gate)]
-        if settings.shadow_root:
-            cmd += ["--shadow-root", settings.shadow_root]
+            out,
+            settings.redistill_threads,
+            settings.redistill_gate,
+            settings.shadow_root,
+        )
         proc = await asyncio.create_subprocess_exec(
             *cmd,
             stdout=asyncio.subprocess.DEVNULL,

@@ -113,10 +113,12 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=8, help="requests per model and concurrency")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--shadow-requests", type=int, default=24)
+    parser.add_argument("--student", help="student ref (default: the latest generate student)")
     parser.add_argument("--out", type=Path, default=Path("loadtests/results/bench_generate.json"))
     args = parser.parse_args()
     registry = Registry(args.state_dir)
-    teacher, student = registry.latest("generate-teacher"), registry.latest("generate-student")
+    teacher = registry.latest("generate-teacher")
+    student = registry.get(args.student) if args.student else registry.latest("generate-student")
     if teacher is None or student is None:
         raise SystemExit(f"no generate models in {args.state_dir}; run `kdgate serve` once first")
     batch = prompts(args.requests + args.shadow_requests)

@@ -36,7 +36,7 @@ def state_dir(built_state: Path, tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def generate_built_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A state dir holding generate-teacher@1 (the real SmolLM2) and a tiny generate-student@1."""
+    """A state dir holding generate-teacher@1 (the real SmolLM2) and a tiny-budget generate-student@1."""
     from tests.lm_support import build_generate_state
 
     state = tmp_path_factory.mktemp("generate-state")

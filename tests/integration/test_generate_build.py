@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -20,9 +22,10 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def generate_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    state = tmp_path_factory.mktemp("generate-state")
-    ensure_default_generate_models(Registry(state), TINY_GENERATE_RECIPE, log=lambda _: None)
+def generate_state(generate_built_state: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the session's build (conftest: teacher + TINY_GENERATE_RECIPE student)."""
+    state = tmp_path_factory.mktemp("generate-build") / "state"
+    shutil.copytree(generate_built_state, state, copy_function=os.link)
     return state
 
 
