@@ -19,7 +19,6 @@ import asyncio
 import collections
 import logging
 import threading
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
@@ -101,8 +100,6 @@ class Job:
     loop: asyncio.AbstractEventLoop
     queue: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
     cancelled: bool = False  # set from the event loop when the client goes away
-    submitted: float = field(default_factory=time.perf_counter)
-    first_token_at: float | None = None
     # decoding state (worker thread only)
     state: DecodeState | None = None
     logits: torch.Tensor | None = None
@@ -144,10 +141,6 @@ class GenerationEngine:
     def start(self) -> GenerationEngine:
         self._thread.start()
         return self
-
-    @property
-    def held(self) -> int:
-        return self._held
 
     def submit(self, prompt_ids: list[int], params: GenerationParams, loop: asyncio.AbstractEventLoop) -> Job:
         job = Job(prompt_ids, params, loop, topk=TopK() if self.record_topk else None)
@@ -197,8 +190,6 @@ class GenerationEngine:
                 return self._finish(job, "stop")
             job.completion_ids.append(token)
             self._record(job, token)
-            if job.first_token_at is None:
-                job.first_token_at = time.perf_counter()
             text = self.lm.decode_text(job.completion_ids)
             visible, stopped = stop_scan(text, list(p.stop))
             if stopped:

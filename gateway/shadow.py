@@ -50,6 +50,11 @@ def lower_priority(nice: int) -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
 
 
+def configured_rate(settings: Settings, model: str) -> float:
+    """The share of `model`'s requests to shadow: its override in `shadow_rates`, else `shadow_rate`."""
+    return settings.shadow_rates.get(model, settings.shadow_rate)
+
+
 def should_shadow(request_id: str, rate: float) -> bool:
     """Pure and reproducible: the same request id is always (not) sampled at a given rate."""
     return rate >= 1.0 or (rate > 0.0 and unit_hash("shadow", request_id) < rate)
@@ -83,7 +88,7 @@ class ShadowPipeline:
         )
 
     def rate_of(self, model: str) -> float:
-        return self.settings.shadow_rates.get(model, self.settings.shadow_rate)
+        return configured_rate(self.settings, model)
 
     def offer(self, item: ShadowItem, teacher: LoadedModel) -> None:
         """Called on the request path: O(1), never blocks."""

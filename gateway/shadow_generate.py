@@ -29,7 +29,7 @@ from gateway.generation import Finished
 from gateway.metrics import GatewayMetrics
 from gateway.pool import LoadedLM, ModelPool
 from gateway.settings import Settings
-from gateway.shadow import lower_priority, should_shadow
+from gateway.shadow import configured_rate, lower_priority, should_shadow
 from gateway.window import LiveWindow
 
 log = logging.getLogger("kdgate.shadow.generate")
@@ -78,9 +78,6 @@ class GenerateShadow:
         self._thread.start()
         return self
 
-    def rate_of(self, model: str) -> float:
-        return self.settings.shadow_rates.get(model, self.settings.shadow_rate)
-
     def offer(self, item: GenerateShadowItem, teacher: LoadedLM) -> None:
         """Called on the request path: O(1), never blocks. Counts are in completion tokens."""
         model, tokens = item.served.ref, len(item.completion_ids)
@@ -89,7 +86,7 @@ class GenerateShadow:
         if item.served is not teacher:
             self.window.add(model, eligible=tokens)
             self.metrics.shadow_eligible.labels(TASK, model).inc(tokens)
-            if not should_shadow(item.request_id, self.rate_of(model)):
+            if not should_shadow(item.request_id, configured_rate(self.settings, model)):
                 return
         try:
             self.queue.put_nowait(item)

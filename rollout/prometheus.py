@@ -120,14 +120,25 @@ class PrometheusSource:
         def increase(metric: str, model: str = cand, extra: str = "") -> str:
             return counter_increase(_selector(metric, task, model, extra), window_s)
 
+        # /generate is judged on time per output token (request time grows with the answer's length).
+        latency = (
+            "kdgate_time_per_output_token_seconds_bucket"
+            if task == "generate"
+            else "kdgate_request_seconds_bucket"
+        )
+
         def p99(model: str) -> str:
             # increase() rather than rate(): the quantile is scale-free, and born series stay counted.
-            buckets = increase("kdgate_request_seconds_bucket", model)
+            buckets = increase(latency, model)
             return f"histogram_quantile(0.99, sum by (le) ({buckets})) * 1000"
 
         requests, fallbacks = increase("kdgate_requests_total"), increase("kdgate_fallbacks_total")
         errors_5xx = increase("kdgate_requests_total", extra='code=~"5.."')
-        return {
+        generate_only = {
+            "completions": f"sum({increase('kdgate_shadow_completions_total')})",
+            "degenerate": f"sum({increase('kdgate_shadow_degenerate_total')})",
+        }
+        return ({} if task != "generate" else generate_only) | {
             "compared": f"sum({increase('kdgate_shadow_compared_total')})",
             "disagreed": f"sum({increase('kdgate_shadow_disagreed_total')})",
             "kl_sum": f"sum({increase('kdgate_shadow_kl_sum')})",
@@ -147,7 +158,7 @@ class PrometheusSource:
         }
 
         def count(name: str) -> float:
-            value = values[name]
+            value = values.get(name)
             return value if value is not None and math.isfinite(value) else 0.0
 
         def latency(name: str) -> float | None:
@@ -160,6 +171,8 @@ class PrometheusSource:
             kl_sum=count("kl_sum"),
             requests=count("requests"),
             errors=count("errors"),
+            completions=count("completions"),
+            degenerate=count("degenerate"),
             p99_ms=latency("p99_ms"),
             baseline_p99_ms=latency("baseline_p99_ms"),
         )

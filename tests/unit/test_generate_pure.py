@@ -12,7 +12,8 @@ from distill.lm_topk import topk_kl, topk_targets
 from gateway.sampling import pick_token, stop_scan
 from gateway.shadow_generate import accepted_prefix
 from rollout.judge import judge
-from rollout.model import Observation, RolloutConfig
+from rollout.model import Observation, Phase, RolloutConfig, RolloutState
+from rollout.prometheus import PrometheusSource
 
 
 def test_greedy_and_a_tiny_nucleus_pick_the_argmax() -> None:
@@ -77,3 +78,15 @@ def test_degeneracy_guard_fails_a_looping_candidate_and_passes_a_clean_one() -> 
     assert verdicts["degenerate"] == "fail" and verdicts["disagreement"] == "pass"
     assert {e.metric: e.verdict.value for e in judge(clean, config)}["degenerate"] == "pass"
     assert "degenerate" not in {e.metric for e in judge(looping, RolloutConfig(max_disagreement=0.9))}
+
+
+def test_prometheus_source_judges_generate_on_time_per_token_and_degeneracy() -> None:
+    source = PrometheusSource("http://127.0.0.1:9")  # queries() builds PromQL only; nothing is sent
+    generate = RolloutState(Phase.PROGRESSING, "generate", "t@1", "s@2", 0, 5, 0.0)
+    queries = source.queries(generate, 60)
+    assert "kdgate_time_per_output_token_seconds_bucket" in queries["p99_ms"]
+    assert "kdgate_shadow_degenerate_total" in queries["degenerate"]
+    assert "kdgate_shadow_completions_total" in queries["completions"]
+    classify = source.queries(RolloutState(Phase.PROGRESSING, "classify", "t@1", "s@2", 0, 5, 0.0), 60)
+    assert "kdgate_request_seconds_bucket" in classify["p99_ms"] and "degenerate" not in classify
+    source.close()
