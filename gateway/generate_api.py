@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import StreamingResponse
+from starlette.background import BackgroundTask
 
 from gateway.errors import InvalidInput, ModelUnavailable, NotReady, Overloaded
 from gateway.generation import Delta, Event, Failed, Finished, GenerationParams, Job
@@ -76,7 +77,7 @@ class Outcome:
     served: LoadedLM
     started: float
     first_token_at: float | None = None
-    reason: str = "error"  # stop | length | cancelled | error
+    reason: str = "pending"  # then: stop | length | cancelled | error
     completion_ids: list[int] = field(default_factory=list)
     text: str = ""
     finished: Finished | None = None
@@ -164,6 +165,7 @@ async def generate(
         job, first = await start_generation(state, outcome, teacher, prompt_ids, params)
     except Exception as exc:
         state.in_flight -= 1
+        outcome.reason = "error"
         _account(
             state,
             outcome,
@@ -178,12 +180,16 @@ async def generate(
         raise ModelUnavailable(f"the {TASK} teacher failed; retry later") from exc
     if isinstance(first, Failed):  # the teacher itself failed before its first token
         state.in_flight -= 1
+        outcome.reason = "error"
         _account(state, outcome, teacher, request_id, prompt_ids, code="503")
         raise ModelUnavailable(f"the {TASK} teacher failed; retry later")
     if body.stream:
         headers = {"x-request-id": request_id, "x-kdgate-model": outcome.served.ref}
-        stream = _stream(state, outcome, teacher, request_id, prompt_ids, _events(job, first, outcome), job)
-        return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
+        end = StreamEnd(state, outcome, teacher, request_id, prompt_ids, job)
+        stream = _stream(_events(job, first, outcome), outcome, len(prompt_ids), end)
+        return StreamingResponse(
+            stream, media_type="text/event-stream", headers=headers, background=BackgroundTask(end)
+        )
     try:
         await _complete(state, outcome, teacher, prompt_ids, params, request, job, first)
     finally:
@@ -226,7 +232,7 @@ async def _complete(
 
 
 def _code(outcome: Outcome) -> str:
-    return {"error": "503", "cancelled": "499"}.get(outcome.reason, "200")
+    return {"error": "503", "pending": "503", "cancelled": "499"}.get(outcome.reason, "200")
 
 
 async def _events(job: Job, first: Event, outcome: Outcome) -> AsyncIterator[Event]:
@@ -273,35 +279,53 @@ async def _watch_disconnect(
             job.cancel()
 
 
+@dataclass
+class StreamEnd:
+    """Ends a streamed request exactly once: frees its slot, stops its job, accounts for it.
+
+    Called from the stream's `finally` and again as the response's background task: Starlette skips
+    the body iterator entirely when the client hangs up before the first chunk (its `finally` never
+    runs then), but runs the background task either way.
+    """
+
+    state: GatewayState
+    outcome: Outcome
+    teacher: LoadedLM
+    request_id: str
+    prompt_ids: list[int]
+    job: Job
+    done: bool = False
+
+    def __call__(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        if self.outcome.finished is None:
+            self.job.cancel()  # the client went away (or the send failed): stop generating for it
+            if self.outcome.reason == "pending":
+                self.outcome.reason = "cancelled"
+        self.state.in_flight -= 1
+        _account(
+            self.state, self.outcome, self.teacher, self.request_id, self.prompt_ids, code=_code(self.outcome)
+        )
+
+
 async def _stream(
-    state: GatewayState,
-    outcome: Outcome,
-    teacher: LoadedLM,
-    request_id: str,
-    prompt_ids: list[int],
-    events: AsyncIterator[Event],
-    job: Job,
+    events: AsyncIterator[Event], outcome: Outcome, prompt_tokens: int, end: StreamEnd
 ) -> AsyncIterator[str]:
-    finished = False
     try:
         async for event in events:
             if isinstance(event, Delta):
                 yield _sse({"text": event.text})
             elif isinstance(event, Finished):
-                usage = {"prompt_tokens": len(prompt_ids), "completion_tokens": len(event.completion_ids)}
+                usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(event.completion_ids)}
                 yield _sse({"finish_reason": event.reason, "usage": usage, "model": outcome.served.ref})
                 yield "data: [DONE]\n\n"
             else:
-                yield _sse(
-                    {"error": {"type": "model_unavailable", "message": f"{outcome.served.ref} failed"}}
-                )
-        finished = True
+                error = {"type": "model_unavailable", "message": f"{outcome.served.ref} failed"}
+                yield _sse({"error": error})
     finally:
-        if not finished:  # the client went away (or the send failed): stop generating for it
-            job.cancel()
-            outcome.reason = "cancelled"
-        state.in_flight -= 1
-        _account(state, outcome, teacher, request_id, prompt_ids, code=_code(outcome))
+        end()
 
 
 def _account(
