@@ -18,6 +18,7 @@ import contextlib
 import logging
 import queue
 import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,6 +74,7 @@ class GenerateShadow:
         self.writer = writer
         self.queue: queue.Queue[GenerateShadowItem | None] = queue.Queue(settings.shadow_generate_queue_size)
         self._thread = threading.Thread(target=self._run, name="shadow-generate", daemon=True)
+        self._stop_at: float | None = None  # set by close(): past it, queued items are dropped
 
     def start(self) -> GenerateShadow:
         self._thread.start()
@@ -95,16 +97,24 @@ class GenerateShadow:
             self.window.add(model, dropped=tokens)
 
     def close(self, drain_seconds: float = 10.0) -> None:
-        """Graceful stop: score what is queued (bounded by `drain_seconds`), then flush the log."""
+        """Graceful stop: score what is queued until `drain_seconds` have passed, drop the rest (each
+        item costs teacher passes: a long queue must not keep the cores busy after the stop), then
+        flush the log."""
+        self._stop_at = time.monotonic() + drain_seconds
         with contextlib.suppress(queue.Full):
-            self.queue.put(None, timeout=drain_seconds)
-        self._thread.join(timeout=drain_seconds)
+            self.queue.put_nowait(None)
+        self._thread.join(timeout=drain_seconds + 5.0)
         self.writer.close()
 
     def _run(self) -> None:
         lower_priority(self.settings.shadow_nice)
         while True:
-            item = self.queue.get()
+            if self._stop_at is not None and time.monotonic() > self._stop_at:
+                return  # stopping, past the drain deadline: what is still queued is dropped
+            try:
+                item = self.queue.get(timeout=0.5)  # wakes up to notice a passed deadline
+            except queue.Empty:
+                continue
             if item is None:
                 return
             try:
