@@ -57,7 +57,7 @@ def wait_for_end(server: Any, timeout: float) -> dict[str, Any]:
 
 def test_agreeing_candidate_is_promoted(serve, generate_state_dir: Path) -> None:
     good = register_fault_model(Registry(generate_state_dir), FaultSpec(wraps=TEACHER), name="gen-copy").ref
-    server = serve(state_dir=generate_state_dir, rollout_tick_seconds=0.25)
+    server = serve(state_dir=generate_state_dir, rollout_tick_seconds=0.25, shadow_generate_queue_size=8)
     assert start(server, good, max_disagreement=0.2, max_degenerate_rate=0.5).status_code == 201
     with TrafficLoop(server.url, QUESTIONS, threads=3, path="/generate", body=chat) as loop:
         final = wait_for_end(server, timeout=240)
@@ -71,7 +71,7 @@ def test_repetition_loop_is_rolled_back_by_the_degeneracy_guard(serve, generate_
     looping = register_fault_model(
         Registry(generate_state_dir), FaultSpec(wraps=TEACHER, wrong_rate=1.0), name="gen-loop"
     ).ref
-    server = serve(state_dir=generate_state_dir, rollout_tick_seconds=0.25)
+    server = serve(state_dir=generate_state_dir, rollout_tick_seconds=0.25, shadow_generate_queue_size=8)
     assert start(server, looping, max_disagreement=0.95, max_kl=9.0).status_code == 201
     with TrafficLoop(server.url, QUESTIONS, threads=3, path="/generate", body=chat):
         final = wait_for_end(server, timeout=240)
