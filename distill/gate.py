@@ -17,7 +17,9 @@ from dataclasses import asdict, dataclass, field
 class Figures:
     recent_agreement: float  # top-1 agreement with the teacher on the held-out recent shadow slice
     recent_kl: float  # mean KL(teacher ‖ model) on that slice, nats
-    seed_accuracy: float  # accuracy on the seed test split (never trained on)
+    seed_accuracy: float  # accuracy on the seed test split (never trained on); /generate: seed held-out
+    # agreement, the task proxy a generation model has
+    degenerate_rate: float | None = None  # /generate: share of greedy completions that loop
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,7 @@ class GateConfig:
     max_agreement_drop: float = 0.01  # vs the parent on recent traffic (it should rise, not fall)
     max_kl_rise: float = 0.02
     max_accuracy_drop: float = 0.01  # forgetting budget on the seed task (1 point)
+    max_degenerate_rate: float | None = None  # /generate: a candidate that loops more often is refused
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,9 @@ def gate(candidate: Figures, parent: Figures | None, config: GateConfig) -> Gate
         reasons.append(f"KL on recent traffic {candidate.recent_kl:.4f} > {config.max_kl}")
     if candidate.seed_accuracy < config.min_accuracy:
         reasons.append(f"seed test accuracy {candidate.seed_accuracy:.4f} < {config.min_accuracy}")
+    rate, ceiling = candidate.degenerate_rate, config.max_degenerate_rate
+    if rate is not None and ceiling is not None and rate > ceiling:
+        reasons.append(f"{rate:.2f} of greedy completions loop > {ceiling}")
     if parent is not None:
         if candidate.recent_agreement < parent.recent_agreement - config.max_agreement_drop:
             reasons.append(

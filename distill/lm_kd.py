@@ -81,7 +81,8 @@ class KDBatch:
     topk_ids: torch.Tensor  # (N, k) the teacher's top-k at the N = loss_mask.sum() positions, row-major
     topk_logprobs: torch.Tensor  # (N, k)
     tail: torch.Tensor  # (N,)
-    targets: torch.Tensor  # (N,) the completion tokens (the teacher's own for teacher completions)
+    targets: torch.Tensor  # (N,) the teacher's argmax: its own token on teacher completions, and the
+    # right hard target on a student's (shadow) completion, whose tokens may be the student's mistakes
 
 
 def make_batch(data: TargetSet, indices: Iterable[int], pad_id: int) -> KDBatch:
@@ -97,14 +98,13 @@ def make_batch(data: TargetSet, indices: Iterable[int], pad_id: int) -> KDBatch:
         mask[b, data.prompt_lens[i] - 1 : len(seq) - 1] = True
         spans.append(np.arange(t_starts[i], t_starts[i + 1]))
     picked = np.concatenate(spans)
-    completions = np.concatenate([data.completion(i) for i in rows]).astype(np.int64)
     return KDBatch(
         ids,
         mask,
         torch.from_numpy(data.topk_ids[picked].astype(np.int64)),
         torch.from_numpy(data.topk_logprobs[picked]),
         torch.from_numpy(data.tail[picked]),
-        torch.from_numpy(completions),
+        torch.from_numpy(data.topk_ids[picked, 0].astype(np.int64)),
     )
 
 

@@ -4,8 +4,9 @@ Requests queue their texts; one asyncio task per model takes the first waiting r
 `max_wait` for more (until `max_batch` texts), and runs the model on the model's own single worker
 thread. With `max_wait=0` (the default) it is work-conserving: an idle model runs at once on what is
 queued, and a busy model's arrivals pile up into the next batch by themselves — at concurrency 1 a
-wait is pure latency, and under load the queue already holds a batch (loadtests/bench_gateway.py). The event loop only moves lists around; a model never runs two batches at once, so its thread
-count is exactly what its runner was given.
+wait is pure latency, and under load the queue already holds a batch (loadtests/bench_gateway.py).
+The event loop only moves lists around; a model never runs two batches at once, so its thread count
+is exactly what its runner was given.
 """
 
 from __future__ import annotations

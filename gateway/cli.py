@@ -11,15 +11,21 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
+from distill.gate import GateConfig
 from gateway.cli_common import DEFAULT_STATE, GatewayUrl, StateDir, Token, admin_client, call, console
 from gateway.cli_ops import events, rollout_app, shadow_app
 from gateway.cli_watch import watch
+
+if TYPE_CHECKING:
+    from distill.gate import GateResult
+    from distill.registry import Manifest
 
 app = typer.Typer(
     help="kdgate — serve a teacher and its distilled students side by side.", no_args_is_help=True
@@ -107,9 +113,7 @@ def distill(
     examples: Annotated[
         int | None, typer.Option(help="Train-split texts to distil on (default 20000).")
     ] = None,
-    epochs: Annotated[
-        int | None, typer.Option(help="Passes over the data (default 1; 2 from shadow).")
-    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="Passes over the data (default 1).")] = None,
     teacher: Annotated[str | None, typer.Option(help="Teacher ref (default: the latest teacher).")] = None,
     from_shadow: Annotated[
         bool, typer.Option(help="Re-distil the latest student from the shadow log.")
@@ -141,13 +145,18 @@ def distill(
     if ctx.invoked_subcommand is not None:
         return
     _offline()
+    if from_shadow and task == "generate":
+        _redistill_generate(
+            state_dir, since, until, shadow_root, budget, threads, seed, result_json, parent, gate
+        )
+        return
     if from_shadow:
         _redistill(
             state_dir,
             since,
             until,
             shadow_root,
-            epochs or 2,
+            epochs or 1,
             threads,
             seed,
             corrupt_targets,
@@ -224,14 +233,10 @@ def _redistill(
     parent: str | None,
     gate: str | None,
 ) -> None:
-    from distill.gate import GateConfig
     from distill.redistill import RedistillRecipe, redistill
     from distill.registry import Registry
 
-    try:
-        gate_config = GateConfig(**json.loads(gate)) if gate else GateConfig()
-    except (ValueError, TypeError) as exc:
-        raise typer.BadParameter(f"--gate must be a JSON object of GateConfig fields: {exc}") from exc
+    gate_config = _gate_config(gate, GateConfig())
     recipe = RedistillRecipe(
         since=since,
         until=until,
@@ -247,16 +252,62 @@ def _redistill(
     except ValueError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from exc
+    _report(result.manifest, result.gate, result.data, result.seconds, result_json)
+
+
+def _redistill_generate(
+    state_dir: Path,
+    since: float | None,
+    until: float | None,
+    shadow_root: str | None,
+    budget: float | None,
+    threads: int,
+    seed: int,
+    result_json: Path | None,
+    parent: str | None,
+    gate: str | None,
+) -> None:
+    from distill.lm_redistill import GENERATE_GATE, LMRedistillRecipe, redistill_generate
+    from distill.registry import Registry
+
+    recipe = LMRedistillRecipe(
+        since=since, until=until, threads=threads, seed=seed, gate=_gate_config(gate, GENERATE_GATE)
+    )
+    if budget:
+        recipe = replace(recipe, budget_minutes=budget)
+    try:
+        root = shadow_root or str(state_dir / "shadow")
+        result = redistill_generate(Registry(state_dir), recipe, root, parent_ref=parent, log=console.print)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    _report(result.manifest, result.gate, result.data, result.seconds, result_json)
+
+
+def _gate_config(overrides: str | None, base: GateConfig) -> GateConfig:
+    try:
+        return replace(base, **json.loads(overrides)) if overrides else base
+    except (ValueError, TypeError) as exc:
+        raise typer.BadParameter(f"--gate must be a JSON object of GateConfig fields: {exc}") from exc
+
+
+def _report(
+    registered: Manifest | None,
+    verdict: GateResult,
+    data: dict[str, object],
+    seconds: float,
+    result_json: Path | None,
+) -> None:
     summary = {
-        "registered": result.manifest.ref if result.manifest else None,
-        "gate": result.gate.to_dict(),
-        "data": result.data,
-        "seconds": result.seconds,
+        "registered": registered.ref if registered else None,
+        "gate": verdict.to_dict(),
+        "data": data,
+        "seconds": seconds,
     }
     if result_json is not None:
         result_json.write_text(json.dumps(summary))
     typer.echo(json.dumps(summary, indent=2))
-    if not result.gate.passed:
+    if not verdict.passed:
         raise typer.Exit(3)  # refused by the gate: distinct from errors (1) for scripts and the loop
 
 

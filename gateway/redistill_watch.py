@@ -14,7 +14,6 @@ gateway, not both: they would train twice on the same window.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import tempfile
 import time
@@ -28,7 +27,7 @@ from distill.classify_build import STUDENT_NAME
 from distill.registry import Registry
 from distill.shadowread import read_shadow
 from distill.trigger import TriggerConfig, should_redistill
-from gateway.redistill_loop import TASK, LoopStore, redistill_command
+from gateway.redistill_loop import TASK, LoopStore, below_serving, redistill_command
 
 
 class GatewayClient:
@@ -69,6 +68,7 @@ class WatchConfig:
     trigger: TriggerConfig = field(default_factory=TriggerConfig)
     threads: int = 1  # training threads; the run is also niced below the gateway
     nice: int = 10
+    idle_class: bool = True  # SCHED_IDLE as well (see below_serving)
     auto_rollout: bool = True  # start a canary of every candidate that passes the gate
     rollout: dict[str, Any] = field(default_factory=dict)  # overrides of the canary's RolloutConfig
     gate: dict[str, float] = field(default_factory=dict)  # overrides of distill.gate.GateConfig
@@ -136,8 +136,8 @@ class RedistillWatch:
                 self.config.gate,
                 self.config.shadow_root,
             )
-            nice = self.config.nice
-            done = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=lambda: os.nice(nice))
+            lower = below_serving(self.config.nice, self.config.idle_class)
+            done = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=lower)
             if not out.exists():
                 raise RuntimeError(f"re-distillation exited {done.returncode}: {done.stderr[-2000:]}")
             result: dict[str, Any] = json.loads(out.read_text())

@@ -5,11 +5,14 @@
 On a scratch copy of a state dir with the default /classify models:
 1. the shadow log gets 10k BBC paragraphs (a domain the tweet student never saw) with the teacher's
    logits, written by the real writer (as if the student had served them with shadow at 100%);
-2. a gateway serves /classify with the student at 100% (shadow off, so only training competes), and
+2. trigger → registered on an idle machine: the training child (`kdgate distill --from-shadow`) with
+   both cores (2 threads), nothing served;
+3. a gateway serves /classify with the student at 100% (shadow off, so only training competes), and
    the client measures p99 at concurrency 8 while idle;
-3. the loop's training child (`kdgate distill --from-shadow`, 1 thread, nice 10) runs while the same
-   load continues: its wall time is "trigger → registered", and the p99 during it is the served cost;
-4. the gate's figures: agreement and KL with the teacher on the newest 20% of the window (never
+4. the loop's training child as the loop starts it (1 thread, nice 10, SCHED_IDLE unless
+   `--no-idle-class`) runs while the same load continues: its wall time is "trigger → registered
+   under load", and the p99 during it is the served cost;
+5. the gate's figures: agreement and KL with the teacher on the newest 20% of the window (never
    trained on) and seed test-split accuracy, parent vs candidate.
 Writes loadtests/results/bench_redistill.json.
 """
@@ -21,7 +24,6 @@ import asyncio
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,6 +37,7 @@ from distill.data import bbc_paragraphs
 from distill.registry import Registry
 from distill.runners import load_runner
 from distill.shadowlog import ShadowLogWriter
+from gateway.redistill_loop import below_serving, redistill_command
 from loadtests._server import admin_headers, gateway, scratch_copy
 
 CONCURRENCY = 8
@@ -59,6 +62,14 @@ def write_shadow(state: Path, texts: list[str], teacher_ref: str, student_ref: s
                     "latency_ms": 1.0,
                 }
             )
+
+
+QUIET: dict[str, Any] = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+
+
+def child_command(state: Path, parent: str, threads: int, result_json: Path) -> list[str]:
+    """One run as the loop starts it (the window: the whole log; `until` now)."""
+    return redistill_command(state, None, time.time(), parent, result_json, threads)
 
 
 async def load_until(url: str, texts: list[str], done: Any, min_requests: int) -> list[float]:
@@ -94,6 +105,10 @@ def main() -> None:
     parser.add_argument("--state-dir", type=Path, default=Path(".kdgate"))
     parser.add_argument("--records", type=int, default=10_000)
     parser.add_argument("--out", type=Path, default=Path("loadtests/results/bench_redistill.json"))
+    parser.add_argument("--nice", type=int, default=10)
+    parser.add_argument(
+        "--idle-class", action=argparse.BooleanOptionalAction, default=True, help="SCHED_IDLE under load"
+    )
     args = parser.parse_args()
     registry = Registry(args.state_dir)
     teacher, student = registry.latest(TEACHER_NAME), registry.get(f"{STUDENT_NAME}@1")
@@ -104,11 +119,14 @@ def main() -> None:
     report: dict[str, Any] = {
         "records": len(paragraphs),
         "concurrency": CONCURRENCY,
-        "threads": 1,
-        "nice": 10,
+        "under_load": {"threads": 1, "nice": args.nice, "sched_idle": args.idle_class},
     }
     with scratch_copy(args.state_dir) as state:
         write_shadow(state, paragraphs, teacher.ref, student.ref)
+        started = time.monotonic()
+        child = subprocess.Popen(child_command(state, student.ref, 2, Path(os.devnull)), **QUIET)
+        child.wait()
+        report["trigger_to_registered_idle_2_threads_s"] = round(time.monotonic() - started, 1)
         with gateway(state, shadow_enabled=False) as url:
             split = {"weights": {student.ref: 100}}
             httpx.put(
@@ -117,15 +135,11 @@ def main() -> None:
             report["serving_idle"] = percentiles(asyncio.run(load_until(url, tweets, lambda: True, 3000)))
             with tempfile.TemporaryDirectory() as tmp:
                 out = Path(tmp) / "result.json"
-                kdgate = str(Path(sys.executable).with_name("kdgate"))
-                cmd = [kdgate, "distill", "--task", "classify", "--from-shadow", "--state-dir", str(state)]
-                cmd += ["--threads", "1", "--parent", student.ref, "--result-json", str(out)]
+                lower = below_serving(args.nice, args.idle_class)
                 started = time.monotonic()
-                child = subprocess.Popen(
-                    cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=lambda: os.nice(10)
-                )
+                child = subprocess.Popen(child_command(state, student.ref, 1, out), preexec_fn=lower, **QUIET)
                 during = asyncio.run(load_until(url, tweets, lambda: child.poll() is not None, 100))
-                report["trigger_to_registered_s"] = round(time.monotonic() - started, 1)
+                report["trigger_to_registered_under_load_s"] = round(time.monotonic() - started, 1)
                 report["serving_during_training"] = percentiles(during)
                 result = json.loads(out.read_text())
     gate = result["gate"]
