@@ -16,7 +16,14 @@ def watch(
     url: GatewayUrl = "http://127.0.0.1:8000",
     state_dir: StateDir = DEFAULT_STATE,
     token: Token = None,
-    min_new_records: Annotated[int, typer.Option(help="New shadow records that trigger a run.")] = 2000,
+    task: Annotated[
+        str, typer.Option(help="Task whose student to re-distil: classify or generate.")
+    ] = "classify",
+    min_new_records: Annotated[
+        int | None,
+        typer.Option(help="New shadow records that trigger a run (default 2000 classify, 300 generate)."),
+    ] = None,
+    budget: Annotated[float | None, typer.Option(help="Generate: minutes of KD per run (default 3).")] = None,
     drift: Annotated[
         float, typer.Option(help="...or live disagreement this far above the student's offline figure.")
     ] = 0.05,
@@ -46,9 +53,14 @@ def watch(
         if not path.exists():
             raise typer.BadParameter(f"no --token and no {path}; start the gateway first or pass --token")
         token = path.read_text().strip()
+    if task not in ("classify", "generate"):
+        raise typer.BadParameter(f"unknown task {task!r} (classify or generate)", param_hint="--task")
+    minimum = min_new_records or (2000 if task == "classify" else 300)
     try:
         config = WatchConfig(
-            trigger=TriggerConfig(min_new_records, drift),
+            task=task,
+            budget_minutes=budget,
+            trigger=TriggerConfig(minimum, drift),
             threads=threads,
             auto_rollout=rollout,
             rollout=json.loads(rollout_config) if rollout_config else {},

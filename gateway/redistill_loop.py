@@ -19,14 +19,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from distill.classify_build import STUDENT_NAME
 from distill.shadowread import read_shadow
 from distill.trigger import TriggerConfig, should_redistill
 from gateway.rollout_api import RolloutStart, build_config
 from gateway.state import GatewayState
 
 log = logging.getLogger("kdgate.redistill")
-TASK = "classify"
+TASK = "classify"  # the task `kdgate distill watch` re-distils
+
+
+def loop_store_path(state_dir: Path, task: str) -> Path:
+    """Where the loop remembers the end of its last window (classify keeps its original file name)."""
+    return state_dir / "distill" / ("loop.json" if task == "classify" else f"loop-{task}.json")
 
 
 class LoopStore:
@@ -45,20 +49,27 @@ class LoopStore:
         tmp.replace(self.path)
 
 
-def serving_student(state: GatewayState) -> str | None:
+def serving_student(state: GatewayState, task: str = TASK) -> str | None:
     """The student with the largest weight now (the parent of the next one), else the latest student."""
-    weights = state.traffic.get(TASK)
+    weights = state.traffic.get(task)
+    manifests = {r: state.pool.manifest_of(r) for r in weights}
     students = [
-        r
-        for r in weights
-        if r in state.pool.models
-        and state.pool.models[r].manifest.role == "student"
-        and state.pool.models[r].manifest.kind == "model"
+        r for r, m in manifests.items() if m is not None and m.role == "student" and m.kind == "model"
     ]
     if students:
         return max(sorted(students), key=lambda r: weights[r])
-    latest = state.registry.latest(STUDENT_NAME)
+    latest = state.registry.latest(f"{task}-student")
     return latest.ref if latest else None
+
+
+def offline_disagreement(metrics: dict[str, Any]) -> float | None:
+    """The student's own disagreement with the teacher when it was registered (classify records it;
+    a generate student records its held-out token agreement)."""
+    if "disagreement" in metrics:
+        return float(metrics["disagreement"])
+    if "heldout_agreement" in metrics:
+        return 1.0 - float(metrics["heldout_agreement"])
+    return None
 
 
 def below_serving(nice: int, idle_class: bool) -> Callable[[], None]:
@@ -82,10 +93,12 @@ def redistill_command(
     threads: int = 1,
     gate: dict[str, float] | None = None,
     shadow_root: str | None = None,
+    task: str = TASK,
+    budget_minutes: float | None = None,
 ) -> list[str]:
     """The `kdgate distill --from-shadow` child process of one run (the loop and `distill watch`)."""
     kdgate = str(Path(sys.executable).with_name("kdgate"))
-    cmd = [kdgate, "distill", "--task", TASK, "--from-shadow", "--state-dir", str(state_dir)]
+    cmd = [kdgate, "distill", "--task", task, "--from-shadow", "--state-dir", str(state_dir)]
     cmd += ["--until", repr(until), "--threads", str(threads), "--parent", parent]
     cmd += ["--result-json", str(result_json)]
     if since is not None:
@@ -94,11 +107,13 @@ def redistill_command(
         cmd += ["--gate", json.dumps(gate)]
     if shadow_root:
         cmd += ["--shadow-root", shadow_root]
+    if budget_minutes is not None:
+        cmd += ["--budget", repr(budget_minutes)]
     return cmd
 
 
 async def run_redistill(
-    state: GatewayState, since: float | None, until: float, parent: str
+    state: GatewayState, since: float | None, until: float, parent: str, task: str = TASK
 ) -> dict[str, Any]:
     settings = state.settings
     with tempfile.TemporaryDirectory() as tmp:
@@ -112,6 +127,8 @@ async def run_redistill(
             settings.redistill_threads,
             settings.redistill_gate,
             settings.shadow_root,
+            task,
+            settings.redistill_generate_budget_minutes if task == "generate" else None,
         )
         proc = await asyncio.create_subprocess_exec(
             *cmd,
@@ -127,47 +144,51 @@ async def run_redistill(
 
 
 async def redistill_loop(state: GatewayState) -> None:
+    """Checks each task of `redistill_tasks` in turn; runs are one at a time across tasks (both cores
+    are shared with serving)."""
     settings = state.settings
-    store = LoopStore(settings.state_dir / "distill" / "loop.json")
     root = settings.shadow_root or str(settings.state_dir / "shadow")
-    trigger_config = TriggerConfig(settings.redistill_min_new_records, settings.redistill_drift)
+    minimums = {
+        "classify": settings.redistill_min_new_records,
+        "generate": settings.redistill_min_new_completions,
+    }
     while not state.ready:
         await asyncio.sleep(0.2)
     while True:
         await asyncio.sleep(settings.redistill_check_seconds)
-        try:
-            await _check_once(state, store, root, trigger_config)
-        except Exception:  # the loop survives a failed run; the next check tries again
-            log.exception("re-distillation check failed")
-        finally:
-            state.protect_shadow_after = None
+        for task in settings.redistill_tasks:
+            store = LoopStore(loop_store_path(settings.state_dir, task))
+            trigger_config = TriggerConfig(minimums[task], settings.redistill_drift)
+            try:
+                await _check_once(state, task, store, root, trigger_config)
+            except Exception:  # the loop survives a failed run; the next check tries again
+                log.exception("re-distillation check failed for %s", task)
+            finally:
+                state.protect_shadow_after = None
 
 
 async def _check_once(
-    state: GatewayState, store: LoopStore, root: str, trigger_config: TriggerConfig
+    state: GatewayState, task: str, store: LoopStore, root: str, trigger_config: TriggerConfig
 ) -> None:
-    current = state.controller.store.load(TASK)
+    current = state.controller.store.load(task)
     if current is not None and current[0].phase.active:
         return  # one candidate at a time: wait for the running canary to finish
     since = store.last_until()
-    new_records = (await asyncio.to_thread(read_shadow, root, TASK, since=since, columns=["ts"])).num_rows
-    parent = serving_student(state)
+    new_records = (await asyncio.to_thread(read_shadow, root, task, since=since, columns=["ts"])).num_rows
+    parent = serving_student(state, task)
     if parent is None:
         return
     totals = state.window.totals(parent)
     live = totals.disagreed / totals.compared if totals.compared else None
-    offline = (
-        state.pool.models[parent].manifest.metrics.get("disagreement")
-        if parent in state.pool.models
-        else None
-    )
+    loaded = state.pool.manifest_of(parent)
+    offline = offline_disagreement(loaded.metrics) if loaded is not None else None
     trigger = should_redistill(new_records, live, int(totals.compared), offline, trigger_config)
     if not trigger.fire:
         return
     until = time.time()
     log.info("re-distilling %s: %s", parent, trigger.reason)
     state.protect_shadow_after = since if since is not None else 0.0  # retention keeps what training reads
-    result = await run_redistill(state, since, until, parent)
+    result = await run_redistill(state, since, until, parent, task)
     store.save(until)
     candidate = result.get("registered")
     if candidate is None:
@@ -175,8 +196,11 @@ async def _check_once(
         return
     await asyncio.to_thread(state.pool.load_all)
     if state.settings.redistill_auto_rollout:
-        body = RolloutStart(task=TASK, candidate=candidate, **state.settings.redistill_rollout)
-        config = build_config(body, state.pool.models[candidate].manifest)
-        baseline = max(sorted(state.traffic.get(TASK)), key=lambda r: state.traffic.get(TASK)[r])
-        await asyncio.to_thread(state.controller.start, TASK, baseline, candidate, config, "judge")
+        body = RolloutStart(task=task, candidate=candidate, **state.settings.redistill_rollout)
+        manifest = state.pool.manifest_of(candidate)
+        assert manifest is not None, f"{candidate} was registered but did not load"
+        config = build_config(body, manifest)
+        weights = state.traffic.get(task)
+        baseline = max(sorted(weights), key=lambda r: weights[r])
+        await asyncio.to_thread(state.controller.start, task, baseline, candidate, config, "judge")
         log.info("canary of %s started against %s", candidate, baseline)

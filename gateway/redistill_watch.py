@@ -1,4 +1,4 @@
-"""`kdgate distill watch`: the continual /classify loop as its own process, beside a running gateway.
+"""`kdgate distill watch`: the continual loop (one task) as its own process, beside a running gateway.
 
 It shares the gateway's state dir (registry and shadow log on the same disk, or the same object store)
 and talks to the gateway only over its admin API: it reads the split and the rollout, and after a gated
@@ -22,12 +22,18 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pyarrow as pa
 
-from distill.classify_build import STUDENT_NAME
 from distill.registry import Registry
 from distill.shadowread import read_shadow
 from distill.trigger import TriggerConfig, should_redistill
-from gateway.redistill_loop import TASK, LoopStore, below_serving, redistill_command
+from gateway.redistill_loop import (
+    LoopStore,
+    below_serving,
+    loop_store_path,
+    offline_disagreement,
+    redistill_command,
+)
 
 
 class GatewayClient:
@@ -43,28 +49,38 @@ class GatewayClient:
             raise RuntimeError(f"{method} {path} -> {response.status_code}: {response.text[:300]}")
         return response.json()
 
-    def rollout_phase(self) -> str | None:
-        response = self._client.get(f"{self.base_url}/admin/rollouts/{TASK}")
+    def rollout_phase(self, task: str) -> str | None:
+        response = self._client.get(f"{self.base_url}/admin/rollouts/{task}")
         if response.status_code == 404:
             return None
         response.raise_for_status()
         return str(response.json()["state"]["phase"])
 
-    def weights(self) -> dict[str, int]:
+    def weights(self, task: str) -> dict[str, int]:
         traffic: dict[str, dict[str, int]] = self._call("GET", "/admin/traffic")["traffic"]
-        return traffic.get(TASK, {})
+        return traffic.get(task, {})
 
     def reload(self) -> list[str]:
         return list(self._call("POST", "/admin/models/reload")["loaded"])
 
-    def start_rollout(self, candidate: str, overrides: dict[str, Any]) -> dict[str, Any]:
-        body = {"task": TASK, "candidate": candidate, **overrides}
+    def start_rollout(self, task: str, candidate: str, overrides: dict[str, Any]) -> dict[str, Any]:
+        body = {"task": task, "candidate": candidate, **overrides}
         result: dict[str, Any] = self._call("POST", "/admin/rollouts", json=body)
         return result
 
 
+def live_disagreement(table: pa.Table, parent: str) -> tuple[float | None, int]:
+    """The parent's disagreement with the teacher in shadow records, and how many comparisons it rests
+    on: per request for /classify (`agree`), per token for /generate (`token_agree`)."""
+    rows = [r for r in table.to_pylist() if r["served_model"] == parent]
+    flags = [r["agree"] for r in rows if r.get("agree") is not None]
+    flags += [a for r in rows for a in (r.get("token_agree") or [])]
+    return (1.0 - sum(flags) / len(flags) if flags else None), len(flags)
+
+
 @dataclass(frozen=True)
 class WatchConfig:
+    task: str = "classify"
     trigger: TriggerConfig = field(default_factory=TriggerConfig)
     threads: int = 1  # training threads; the run is also niced below the gateway
     nice: int = 10
@@ -73,6 +89,7 @@ class WatchConfig:
     rollout: dict[str, Any] = field(default_factory=dict)  # overrides of the canary's RolloutConfig
     gate: dict[str, float] = field(default_factory=dict)  # overrides of distill.gate.GateConfig
     shadow_root: str | None = None  # default <state_dir>/shadow
+    budget_minutes: float | None = None  # /generate: KD wall time of a run (default: the recipe's)
 
 
 class RedistillWatch:
@@ -81,34 +98,38 @@ class RedistillWatch:
         self.gateway = gateway
         self.config = config
         self.registry = Registry(state_dir)
-        self.store = LoopStore(state_dir / "distill" / "loop.json")
+        self.task = config.task
+        self.store = LoopStore(loop_store_path(state_dir, config.task))
         self.root = config.shadow_root or str(state_dir / "shadow")
 
     def parent(self) -> str | None:
         """The serving student with the largest weight, else the latest registered student."""
-        weights = self.gateway.weights()
-        students = {m.ref for m in self.registry.list() if m.role == "student" and m.kind == "model"}
+        weights = self.gateway.weights(self.task)
+        students = {
+            m.ref
+            for m in self.registry.list()
+            if m.role == "student" and m.kind == "model" and m.task == self.task
+        }
         serving = [r for r in weights if r in students]
         if serving:
             return max(sorted(serving), key=lambda r: weights[r])
-        latest = self.registry.latest(STUDENT_NAME)
+        latest = self.registry.latest(f"{self.task}-student")
         return latest.ref if latest else None
 
     def check_once(self) -> str:
         """One look: maybe train, gate, register, load, start a canary. Returns what happened."""
-        phase = self.gateway.rollout_phase()
+        phase = self.gateway.rollout_phase(self.task)
         if phase in ("progressing", "paused"):
-            return f"a {TASK} rollout is {phase}: waiting for it to finish"
+            return f"a {self.task} rollout is {phase}: waiting for it to finish"
         parent = self.parent()
         if parent is None:
             return "no student to re-distil"
         since = self.store.last_until()
-        table = read_shadow(self.root, TASK, since=since, columns=["served_model", "agree"])
-        mine = [a for m, a in zip(*table.to_pydict().values(), strict=True) if m == parent and a is not None]
-        live = 1.0 - sum(mine) / len(mine) if mine else None
-        offline = self.registry.get(parent).metrics.get("disagreement")
-        offline = float(offline) if isinstance(offline, int | float) else None
-        trigger = should_redistill(table.num_rows, live, len(mine), offline, self.config.trigger)
+        columns = ["served_model", "agree", "token_agree"]
+        table = read_shadow(self.root, self.task, since=since, columns=columns)
+        live, compared = live_disagreement(table, parent)
+        offline = offline_disagreement(self.registry.get(parent).metrics)
+        trigger = should_redistill(table.num_rows, live, compared, offline, self.config.trigger)
         if not trigger.fire:
             return f"no run: {trigger.reason}"
         until = time.time()
@@ -120,7 +141,7 @@ class RedistillWatch:
         loaded = self.gateway.reload()
         if not self.config.auto_rollout:
             return f"{trigger.reason}; registered {candidate} (loaded: {loaded})"
-        self.gateway.start_rollout(candidate, self.config.rollout)
+        self.gateway.start_rollout(self.task, candidate, self.config.rollout)
         return f"{trigger.reason}; registered {candidate}; canary started"
 
     def _train(self, since: float | None, until: float, parent: str) -> dict[str, Any]:
@@ -135,6 +156,8 @@ class RedistillWatch:
                 self.config.threads,
                 self.config.gate,
                 self.config.shadow_root,
+                self.task,
+                self.config.budget_minutes,
             )
             lower = below_serving(self.config.nice, self.config.idle_class)
             done = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=lower)

@@ -68,6 +68,9 @@ GENERATE_DEFAULTS: dict[str, Any] = {
     "min_samples": 2000,  # compared tokens per step (~30-60 completions)
     "disagreement_margin": 0.05,  # per-token agreement is noisier than per-text, and tokens correlate
     "max_degenerate_rate": 0.1,  # repetition loops among shadowed completions
+    # Per-token KL of a 4-layer student against its 30-layer teacher passes 10 nats on hard tokens
+    # (classify's cap); the guard's bound needs the cap above any threshold it checks.
+    "kl_cap": 20.0,
 }
 GENERATE_KL_SLACK = 1.5  # max KL per token = offline KL x this, when the manifest has one
 GENERATE_MAX_KL = 3.0  # nats per token otherwise
@@ -83,7 +86,8 @@ def build_config(body: RolloutStart, candidate: Manifest) -> RolloutConfig:
         agreement = _number(candidate.metrics.get("heldout_agreement"))
         offline = None if agreement is None else round(1.0 - agreement, 4)
         kl = _number(candidate.metrics.get("heldout_kl"))
-        defaults["max_kl"] = GENERATE_MAX_KL if kl is None else round(kl * GENERATE_KL_SLACK, 4)
+        derived = GENERATE_MAX_KL if kl is None else round(kl * GENERATE_KL_SLACK, 4)
+        defaults["max_kl"] = min(derived, 0.95 * defaults["kl_cap"])
     given = body.model_dump(exclude_none=True, exclude={"task", "candidate", "baseline"})
     if "steps" in given:
         given["steps"] = tuple(given["steps"])

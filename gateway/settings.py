@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     redistill_min_new_records: int = Field(2000, ge=20)  # new shadow records that trigger a run...
     redistill_drift: float = Field(0.05, gt=0, le=1)  # ...or live disagreement this far above offline
     redistill_check_seconds: float = Field(30.0, gt=0)
+    redistill_tasks: list[Literal["classify", "generate"]] = ["classify"]  # tasks the loop re-distils
+    redistill_min_new_completions: int = Field(300, ge=10)  # /generate: shadowed completions per run
+    redistill_generate_budget_minutes: float = Field(3.0, gt=0)  # KD wall time of a /generate run
     redistill_threads: int = Field(1, ge=1)  # training threads; the run is also niced (below serving)
     redistill_nice: int = Field(10, ge=0, le=19)
     redistill_idle_class: bool = True  # also SCHED_IDLE: training only takes cores serving leaves idle

@@ -137,8 +137,11 @@ class RolloutConfig:
         self._check_int("failure_limit", self.failure_limit, 1)
         if self.inconclusive_limit is not None:
             self._check_int("inconclusive_limit", self.inconclusive_limit, 1)
-        if self.offline_disagreement is not None:
-            self._check("offline_disagreement", self.offline_disagreement, 0.0, 1.0, lo_open=False)
+        offline = self.offline_disagreement
+        if offline is not None and not (_finite(offline) and 0.0 <= offline <= 1.0):
+            # A measurement, not a guard: a student that disagreed on every held-out token measured 1.0;
+            # with an absolute max_disagreement its rollout is still judged.
+            raise InvalidRolloutConfig("offline_disagreement", f"must be in [0.0, 1.0], got {offline!r}")
         self._check("disagreement_margin", self.disagreement_margin, 0.0, 1.0, lo_open=False)
         if self.max_disagreement is not None:
             self._check("max_disagreement", self.max_disagreement, 0.0, 1.0)

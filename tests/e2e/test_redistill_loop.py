@@ -7,11 +7,14 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
 
 from distill.data import bbc_paragraphs
+from distill.generate_build import TINY_GENERATE_RECIPE, build_generate_student
+from distill.registry import Registry
 from distill.shadowread import read_shadow
 from tests.e2e.test_rollout_local import FAST, STUDENT
 from tests.e2e.traffic import TrafficLoop
@@ -97,3 +100,70 @@ def test_standalone_watch_redistils_and_starts_a_canary_on_the_gateway(serve, st
     # A second look right away does nothing: the canary is running.
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert "rollout is progressing" in again.stdout, again.stdout
+
+
+def test_generate_traffic_is_redistilled_and_promoted(serve, generate_state_dir: Path) -> None:
+    """The same loop for /generate: shadowed completions → a new student → gate → canary → promoted.
+
+    The session's tiny student only emits garbage (it agrees with the teacher on no token), so the test
+    first builds one that writes sentences (4 layers, 45 s of KD). Its figures rest on a few
+    completions: the gate's floors are off and its margins and the canary's thresholds are wide; the
+    loop's steps are what is tested."""
+    sensible = replace(TINY_GENERATE_RECIPE, student_layers=(0, 1, 2, 3), budget_minutes=0.75, max_steps=None)
+    student = build_generate_student(Registry(generate_state_dir), sensible, log=lambda _: None).ref
+    candidate = f"generate-student@{int(student.split('@')[1]) + 1}"
+    server = serve(
+        state_dir=generate_state_dir,
+        redistill_enabled=True,
+        redistill_tasks=["generate"],
+        redistill_min_new_completions=24,
+        redistill_check_seconds=1.0,
+        redistill_threads=2,
+        redistill_generate_budget_minutes=0.2,
+        redistill_gate={
+            "min_agreement": 0.0,
+            "max_kl": 19.0,  # below the generate kl_cap (20)
+            "min_accuracy": 0.0,
+            "max_degenerate_rate": 1.0,
+        },
+        redistill_rollout={
+            **FAST,
+            "steps": [50, 100],
+            "min_samples": 60,  # compared tokens
+            "p99_slo_ms": 5000.0,  # per output token, with the shadow teacher on the same 2 cores
+            "min_requests": 10,
+            "max_disagreement": 0.95,
+            "max_kl": 19.0,  # below the generate kl_cap (20)
+            "max_degenerate_rate": 0.99,
+        },
+        rollout_tick_seconds=0.25,
+        shadow_flush_seconds=0.2,
+        shadow_generate_queue_size=8,
+    )
+    headers = server.admin_headers()
+    split = {"weights": {student: 100}}
+    assert httpx.put(f"{server.url}/admin/traffic/generate", json=split, headers=headers).status_code == 200
+    topics = [
+        f"Write one sentence about {t}." for t in ("rain", "a goal", "a phone", "shares", "bread", "trains")
+    ]
+    phase = None
+    deadline = time.monotonic() + 420
+    body = lambda text: {"messages": [{"role": "user", "content": text}], "max_tokens": 12}  # noqa: E731
+    with TrafficLoop(server.url, topics, threads=2, max_seconds=420, path="/generate", body=body) as loop:
+        while time.monotonic() < deadline:
+            r = httpx.get(f"{server.url}/admin/rollouts/generate", headers=headers)
+            if r.status_code == 200:
+                state = r.json()["state"]
+                phase = state["phase"]
+                if state["candidate"] == candidate and phase in ("promoted", "rolled_back"):
+                    break
+            time.sleep(1.0)
+    assert phase == "promoted", phase
+    assert set(loop.codes) == {200}
+    models = httpx.get(f"{server.url}/admin/models", headers=headers).json()["models"]
+    manifest = next(m for m in models if m["ref"] == candidate)
+    assert manifest["metrics"]["gate"]["passed"]
+    runs = [
+        json.loads(line) for line in (generate_state_dir / "distill" / "runs.jsonl").read_text().splitlines()
+    ]
+    assert runs[-1]["task"] == "generate" and runs[-1]["registered"] == candidate

@@ -282,6 +282,7 @@ def test_no_data_never_passes(obs: Observation) -> None:
         ({"min_samples": 2.5}, "min_samples"),
         ({"offline_disagreement": 1.5}, "offline_disagreement"),
         ({"offline_disagreement": 0.99}, "disagreement_margin"),
+        ({"offline_disagreement": 1.0}, "disagreement_margin"),  # valid alone; no margin can sit above it
         ({"max_disagreement": 0.0}, "max_disagreement"),
         ({"max_kl": -0.1}, "max_kl"),
         ({"max_kl": 20.0}, "max_kl"),  # above the cap
@@ -334,3 +335,8 @@ def test_state_and_event_round_trip_through_json() -> None:
 def test_corrupt_state_is_refused(bad: dict[str, Any]) -> None:
     with pytest.raises(rollout.model.CorruptState):
         RolloutState.from_dict(bad)
+
+
+def test_an_offline_disagreement_of_one_is_accepted_with_an_absolute_maximum() -> None:
+    cfg = RolloutConfig(offline_disagreement=1.0, max_disagreement=0.95)
+    assert cfg.disagreement_max == 0.95

@@ -1,0 +1,106 @@
+"""/generate re-distillation from the shadow log, on real models: a real gateway serves the student with
+the shadow on, `kdgate distill --task generate --from-shadow` (the real CLI) trains generate-student@2
+from those records, gates it and registers it with its lineage; a candidate trained to loop is refused."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from distill.gate import GateConfig
+from distill.lm_redistill import LMRedistillRecipe, redistill_generate
+from distill.registry import Registry
+from distill.shadowread import read_shadow
+
+STUDENT = "generate-student@1"
+TOPICS = ["the weather", "football", "a new phone", "the stock market", "a cooking recipe", "a train strike"]
+# Tiny test models are weak: absolute floors off; the comparisons with the parent stay on.
+LOOSE = {"min_agreement": 0.0, "max_kl": 50.0, "min_accuracy": 0.0, "max_degenerate_rate": 1.0}
+
+
+def prompts(n: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "messages": [
+                {"role": "user", "content": f"Write one sentence about {TOPICS[i % len(TOPICS)]} ({i})."}
+            ],
+            "max_tokens": 12,
+        }
+        for i in range(n)
+    ]
+
+
+@pytest.fixture
+def shadowed_state(serve: Any, generate_state_dir: Path) -> Path:
+    """generate_state_dir after 30 student-served /generate requests, all shadowed by the teacher."""
+    server = serve(state_dir=generate_state_dir, shadow_flush_seconds=0.2)
+    split = {"weights": {STUDENT: 100}}
+    admin = server.admin_headers()
+    httpx.put(f"{server.url}/admin/traffic/generate", json=split, headers=admin).raise_for_status()
+    for body in prompts(30):
+        r = httpx.post(f"{server.url}/generate", json=body, timeout=60)
+        assert r.status_code == 200 and r.json()["model"] == STUDENT
+    deadline = time.monotonic() + 120
+    root = str(generate_state_dir / "shadow")
+    while read_shadow(root, "generate", columns=["ts"]).num_rows < 30:
+        assert time.monotonic() < deadline, "the shadow did not log every completion"
+        time.sleep(0.5)
+    return generate_state_dir
+
+
+def test_cli_redistills_the_generate_student_from_shadow_records(
+    shadowed_state: Path, tmp_path: Path
+) -> None:
+    kdgate = str(Path(sys.executable).with_name("kdgate"))
+    cmd = [kdgate, "distill", "--task", "generate", "--from-shadow", "--state-dir", str(shadowed_state)]
+    cmd += ["--budget", "0.25", "--gate", json.dumps(LOOSE), "--threads", "2"]
+    cmd += ["--result-json", str(tmp_path / "result.json")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp_path / "result.json").read_text())
+    assert summary["registered"] == "generate-student@2" and summary["gate"]["passed"]
+    assert summary["data"]["counts"]["shadow_window"] + summary["data"]["counts"]["holdout"] == 30
+
+    manifest = Registry(shadowed_state).get("generate-student@2")
+    assert manifest.task == "generate" and manifest.role == "student"
+    assert manifest.lineage.parent == STUDENT and manifest.lineage.teacher == "generate-teacher@1"
+    assert manifest.lineage.data["source"] == "shadow"
+    assert manifest.lineage.recipe["name"] == "redistill-generate-from-shadow"
+    for key in ("heldout_agreement", "heldout_kl", "seed_heldout_agreement", "degenerate_rate", "gate"):
+        assert key in manifest.metrics
+    shown = subprocess.run(
+        [kdgate, "models", "show", "generate-student@2", "--state-dir", str(shadowed_state)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert shown.returncode == 0 and "redistill-generate-from-shadow" in shown.stdout
+    runs = (shadowed_state / "distill" / "runs.jsonl").read_text().splitlines()
+    assert json.loads(runs[-1])["task"] == "generate"
+
+
+def test_a_candidate_trained_to_loop_is_refused_and_not_registered(shadowed_state: Path) -> None:
+    registry = Registry(shadowed_state)
+    recipe = LMRedistillRecipe(
+        corrupt_targets=True,
+        budget_minutes=1.0,
+        max_steps=25,
+        lr=2e-3,
+        threads=2,
+        gate=GateConfig(
+            **{**LOOSE, "max_agreement_drop": 0.01, "max_kl_rise": 0.1, "max_accuracy_drop": 0.02}
+        ),
+    )
+    result = redistill_generate(registry, recipe, str(shadowed_state / "shadow"), log=lambda _: None)
+    assert not result.gate.passed and result.manifest is None
+    assert any("worse than the parent" in r or "dropped below" in r for r in result.gate.reasons), result.gate
+    assert [m.ref for m in registry.list() if m.name == "generate-student"] == [STUDENT]
+    entry = json.loads((shadowed_state / "distill" / "runs.jsonl").read_text().splitlines()[-1])
+    assert entry["registered"] is None and entry["gate"]["reasons"] == result.gate.reasons
