@@ -84,7 +84,7 @@ class WatchConfig:
     trigger: TriggerConfig = field(default_factory=TriggerConfig)
     threads: int = 1  # training threads; the run is also niced below the gateway
     nice: int = 10
-    idle_class: bool = True  # SCHED_IDLE as well (see below_serving)
+    idle_class: bool = False  # SCHED_IDLE as well (see below_serving and the setting's comment)
     auto_rollout: bool = True  # start a canary of every candidate that passes the gate
     rollout: dict[str, Any] = field(default_factory=dict)  # overrides of the canary's RolloutConfig
     gate: dict[str, float] = field(default_factory=dict)  # overrides of distill.gate.GateConfig

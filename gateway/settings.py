@@ -73,7 +73,9 @@ class Settings(BaseSettings):
     redistill_generate_budget_minutes: float = Field(3.0, gt=0)  # KD wall time of a /generate run
     redistill_threads: int = Field(1, ge=1)  # training threads; the run is also niced (below serving)
     redistill_nice: int = Field(10, ge=0, le=19)
-    redistill_idle_class: bool = True  # also SCHED_IDLE: training only takes cores serving leaves idle
+    # SCHED_IDLE as well: training only takes cores serving leaves idle. Off by default: under
+    # sustained full load it starves (a run never ends); the nice value alone still makes progress.
+    redistill_idle_class: bool = False
     redistill_auto_rollout: bool = True  # start a canary of every student that passes the gate
     redistill_rollout: dict[str, Any] = Field(default_factory=dict)  # overrides of the canary's RolloutConfig
     redistill_gate: dict[str, float] = Field(default_factory=dict)  # overrides of distill.gate.GateConfig

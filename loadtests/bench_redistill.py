@@ -9,8 +9,8 @@ On a scratch copy of a state dir with the default /classify models:
    both cores (2 threads), nothing served;
 3. a gateway serves /classify with the student at 100% (shadow off, so only training competes), and
    the client measures p99 at concurrency 8 while idle;
-4. the loop's training child as the loop starts it (1 thread, nice 10, SCHED_IDLE unless
-   `--no-idle-class`) runs while the same load continues: its wall time is "trigger → registered
+4. the loop's training child as the loop starts it (1 thread, nice 10; SCHED_IDLE with
+   `--idle-class`) runs while the same load continues: its wall time is "trigger → registered
    under load", and the p99 during it is the served cost;
 5. the gate's figures: agreement and KL with the teacher on the newest 20% of the window (never
    trained on) and seed test-split accuracy, parent vs candidate.
@@ -107,7 +107,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("loadtests/results/bench_redistill.json"))
     parser.add_argument("--nice", type=int, default=10)
     parser.add_argument(
-        "--idle-class", action=argparse.BooleanOptionalAction, default=True, help="SCHED_IDLE under load"
+        "--idle-class", action=argparse.BooleanOptionalAction, default=False, help="SCHED_IDLE under load"
     )
     args = parser.parse_args()
     registry = Registry(args.state_dir)

@@ -106,10 +106,10 @@ def test_generate_traffic_is_redistilled_and_promoted(serve, generate_state_dir:
     """The same loop for /generate: shadowed completions → a new student → gate → canary → promoted.
 
     The session's tiny student only emits garbage (it agrees with the teacher on no token), so the test
-    first builds one that writes sentences (4 layers, 45 s of KD). Its figures rest on a few
+    first builds one that writes sentences (4 layers, 30 s of KD). Its figures rest on a few
     completions: the gate's floors are off and its margins and the canary's thresholds are wide; the
     loop's steps are what is tested."""
-    sensible = replace(TINY_GENERATE_RECIPE, student_layers=(0, 1, 2, 3), budget_minutes=0.75, max_steps=None)
+    sensible = replace(TINY_GENERATE_RECIPE, student_layers=(0, 1, 2, 3), budget_minutes=0.5, max_steps=None)
     student = build_generate_student(Registry(generate_state_dir), sensible, log=lambda _: None).ref
     candidate = f"generate-student@{int(student.split('@')[1]) + 1}"
     server = serve(

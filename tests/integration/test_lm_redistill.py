@@ -1,6 +1,7 @@
 """/generate re-distillation from the shadow log, on real models: a real gateway serves the student with
 the shadow on, `kdgate distill --task generate --from-shadow` (the real CLI) trains generate-student@2
-from those records, gates it and registers it with its lineage; a candidate trained to loop is refused."""
+from those records, gates it and registers it with its lineage; on the same window a candidate trained
+to loop is refused (one test: the shadowed traffic is the slow part)."""
 
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ def shadowed_state(serve: Any, generate_state_dir: Path) -> Path:
     return generate_state_dir
 
 
-def test_cli_redistills_the_generate_student_from_shadow_records(
+def test_cli_redistills_the_generate_student_and_the_gate_refuses_a_looping_one(
     shadowed_state: Path, tmp_path: Path
 ) -> None:
     kdgate = str(Path(sys.executable).with_name("kdgate"))
@@ -85,8 +86,11 @@ def test_cli_redistills_the_generate_student_from_shadow_records(
     runs = (shadowed_state / "distill" / "runs.jsonl").read_text().splitlines()
     assert json.loads(runs[-1])["task"] == "generate"
 
+    # On the same window: a candidate trained to loop is refused and not registered.
+    refused_candidate_is_not_registered(shadowed_state)
 
-def test_a_candidate_trained_to_loop_is_refused_and_not_registered(shadowed_state: Path) -> None:
+
+def refused_candidate_is_not_registered(shadowed_state: Path) -> None:
     registry = Registry(shadowed_state)
     recipe = LMRedistillRecipe(
         corrupt_targets=True,
@@ -98,9 +102,11 @@ def test_a_candidate_trained_to_loop_is_refused_and_not_registered(shadowed_stat
             **{**LOOSE, "max_agreement_drop": 0.01, "max_kl_rise": 0.1, "max_accuracy_drop": 0.02}
         ),
     )
-    result = redistill_generate(registry, recipe, str(shadowed_state / "shadow"), log=lambda _: None)
+    before = [m.ref for m in registry.list() if m.name == "generate-student"]
+    root = str(shadowed_state / "shadow")
+    result = redistill_generate(registry, recipe, root, parent_ref=STUDENT, log=lambda _: None)
     assert not result.gate.passed and result.manifest is None
     assert any("worse than the parent" in r or "dropped below" in r for r in result.gate.reasons), result.gate
-    assert [m.ref for m in registry.list() if m.name == "generate-student"] == [STUDENT]
+    assert [m.ref for m in registry.list() if m.name == "generate-student"] == before
     entry = json.loads((shadowed_state / "distill" / "runs.jsonl").read_text().splitlines()[-1])
     assert entry["registered"] is None and entry["gate"]["reasons"] == result.gate.reasons
