@@ -54,6 +54,11 @@ class Settings(BaseSettings):
     shadow_generate_queue_size: int = Field(64, ge=1)  # /generate items: each costs a teacher pass
     shadow_topk: int = Field(20, ge=1, le=256)  # teacher top-k logged per generated token
     shadow_nice: int = Field(10, ge=0, le=19)  # the shadow teacher runs below serving on the same cores
+    # /classify shadow in SCHED_IDLE too: it runs only on cores serving leaves idle. At c=8 on 2 cores
+    # served p99 rose 9-14% with it vs 35-95% with the nice value alone, for 60% vs 67-71% of requests
+    # compared (the rest are dropped and counted; loadtests/bench_shadow.py). The /generate shadow
+    # keeps the nice value only: its rollouts need comparisons while both cores decode.
+    shadow_idle_class: bool = True
     shadow_root: str | None = None  # fsspec URL of the shadow log (default <state_dir>/shadow)
     shadow_flush_rows: int = Field(512, ge=1)  # a segment is written every N records...
     shadow_flush_seconds: float = Field(2.0, gt=0)  # ...or after this long, whichever comes first

@@ -3,8 +3,10 @@
     .venv/bin/python -m loadtests.bench_shadow --state-dir .kdgate
 
 Student at 100% of /classify traffic, concurrency 8, shadow at 0% vs 100% (the teacher re-scores every
-request in the background on the same 2 cores). Then bytes per record of the Parquet log: whole record
-and the teacher payload column alone. Writes loadtests/results/bench_shadow.json.
+request in the background on the same 2 cores), the shadow thread niced and in SCHED_IDLE (the
+default) or only niced (`shadow_idle_class=false`); for each, the share of served requests the
+shadow compared (the rest were dropped from its bounded queue). Then bytes per record of the Parquet
+log: whole record and the teacher payload column alone. Writes loadtests/results/bench_shadow.json.
 """
 
 from __future__ import annotations
@@ -37,6 +39,16 @@ def wait_for_shadow_idle(url: str, timeout: float = 120.0) -> None:
             return
         last = total
         time.sleep(1.0)
+
+
+def shadow_outcomes(url: str) -> dict[str, float]:
+    """Texts compared and dropped by the shadow, from the gateway's own counters."""
+    counts: dict[str, float] = {}
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
+        if line.startswith("kdgate_shadow_total{"):
+            outcome = line.split('outcome="', 1)[1].split('"', 1)[0]
+            counts[outcome] = counts.get(outcome, 0.0) + float(line.rsplit(" ", 1)[1])
+    return counts
 
 
 def log_size(shadow_dir: Path) -> dict[str, float]:
@@ -78,23 +90,38 @@ def main() -> None:
         "teacher": teacher.ref,
         "concurrency": args.concurrency,
     }
-    for label, enabled in (("shadow_off", False), ("shadow_on", True)):
+    variants: dict[str, dict[str, object]] = {
+        "shadow_off": {"shadow_enabled": False},
+        "shadow_on": {"shadow_enabled": True},
+        "shadow_on_nice_only": {"shadow_enabled": True, "shadow_idle_class": False},
+    }
+    for label, settings in variants.items():
+        enabled = bool(settings["shadow_enabled"])
         with scratch_copy(args.state_dir) as state:
-            with gateway(state, shadow_enabled=enabled) as url:
+            with gateway(state, **settings) as url:
                 httpx.put(
                     f"{url}/admin/traffic/classify",
                     json={"weights": {student.ref: 100}},
                     headers=admin_headers(state),
                 ).raise_for_status()
-                report[label] = asyncio.run(load(url, texts, args.concurrency, args.requests, None))
+                result = asyncio.run(load(url, texts, args.concurrency, args.requests, None))
+                result.pop("latencies_ms")
+                report[label] = result
                 if enabled:
                     wait_for_shadow_idle(url)
-            if enabled:  # the gateway has stopped gracefully: everything is flushed
+                    outcomes = shadow_outcomes(url)
+                    result["shadow_outcomes"] = outcomes
+                    served = outcomes.get("compared", 0.0) + outcomes.get("dropped", 0.0)
+                    result["observed_shadow_rate"] = outcomes.get("compared", 0.0) / max(served, 1.0)
+            if label == "shadow_on":  # the gateway has stopped gracefully: everything is flushed
                 report["shadow_log"] = log_size(state / "shadow")
-    off, on = report["shadow_off"], report["shadow_on"]
-    assert isinstance(off, dict) and isinstance(on, dict)
-    report["p99_increase_pct"] = 100.0 * (on["p99_ms"] / off["p99_ms"] - 1.0)
-    report["p50_increase_pct"] = 100.0 * (on["p50_ms"] / off["p50_ms"] - 1.0)
+    off = report["shadow_off"]
+    assert isinstance(off, dict)
+    for label in ("shadow_on", "shadow_on_nice_only"):
+        on = report[label]
+        assert isinstance(on, dict)
+        on["p99_increase_pct"] = 100.0 * (on["p99_ms"] / off["p99_ms"] - 1.0)
+        on["p50_increase_pct"] = 100.0 * (on["p50_ms"] / off["p50_ms"] - 1.0)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
