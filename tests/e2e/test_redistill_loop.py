@@ -106,10 +106,10 @@ def test_generate_traffic_is_redistilled_and_promoted(serve, generate_state_dir:
     """The same loop for /generate: shadowed completions → a new student → gate → canary → promoted.
 
     The session's tiny student only emits garbage (it agrees with the teacher on no token), so the test
-    first builds one that writes sentences (4 layers, 30 s of KD). Its figures rest on a few
+    first builds one that writes sentences (4 layers, 24 s of KD). Its figures rest on a few
     completions: the gate's floors are off and its margins and the canary's thresholds are wide; the
     loop's steps are what is tested."""
-    sensible = replace(TINY_GENERATE_RECIPE, student_layers=(0, 1, 2, 3), budget_minutes=0.5, max_steps=None)
+    sensible = replace(TINY_GENERATE_RECIPE, student_layers=(0, 1, 2, 3), budget_minutes=0.4, max_steps=None)
     student = build_generate_student(Registry(generate_state_dir), sensible, log=lambda _: None).ref
     candidate = f"generate-student@{int(student.split('@')[1]) + 1}"
     server = serve(
@@ -119,7 +119,7 @@ def test_generate_traffic_is_redistilled_and_promoted(serve, generate_state_dir:
         redistill_min_new_completions=24,
         redistill_check_seconds=1.0,
         redistill_threads=2,
-        redistill_generate_budget_minutes=0.2,
+        redistill_generate_budget_minutes=0.1,
         redistill_gate={
             "min_agreement": 0.0,
             "max_kl": 19.0,  # below the generate kl_cap (20)
@@ -149,7 +149,8 @@ def test_generate_traffic_is_redistilled_and_promoted(serve, generate_state_dir:
     phase = None
     deadline = time.monotonic() + 420
     body = lambda text: {"messages": [{"role": "user", "content": text}], "max_tokens": 12}  # noqa: E731
-    with TrafficLoop(server.url, topics, threads=2, max_seconds=420, path="/generate", body=body) as loop:
+    # One client thread: enough for the canary's evidence, and the training child gets a core.
+    with TrafficLoop(server.url, topics, threads=1, max_seconds=420, path="/generate", body=body) as loop:
         while time.monotonic() < deadline:
             r = httpx.get(f"{server.url}/admin/rollouts/generate", headers=headers)
             if r.status_code == 200:
