@@ -107,7 +107,7 @@ def distill(
     ] = None,
     budget: Annotated[
         float | None,
-        typer.Option(help="Generate: minutes of KD training (default 4); longer keeps improving."),
+        typer.Option(help="Generate: minutes of KD (default 4; 3 from shadow); longer keeps improving."),
     ] = None,
     layers: Annotated[int, typer.Option(help="Transformer layers of the student (1-6).")] = 2,
     examples: Annotated[

@@ -74,7 +74,7 @@ def offline_disagreement(metrics: dict[str, Any]) -> float | None:
 
 def below_serving(nice: int, idle_class: bool) -> Callable[[], None]:
     """The child's `preexec_fn`: raise its nice value and, with `idle_class`, put it in SCHED_IDLE, where
-    it only gets a core that serving leaves idle (nice 10 alone still took ~10% from a busy core)."""
+    it only gets a core that serving leaves idle (at nice 10 CFS still gives it ~1/10 of a busy core)."""
 
     def apply() -> None:
         os.nice(nice)
@@ -136,7 +136,15 @@ async def run_redistill(
             stderr=asyncio.subprocess.PIPE,
             preexec_fn=below_serving(settings.redistill_nice, settings.redistill_idle_class),
         )
-        _, err = await proc.communicate()
+        try:
+            _, err = await proc.communicate()
+        except asyncio.CancelledError:  # the gateway is stopping: a run must not outlive it (it resumes)
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 10)
+            except TimeoutError:
+                proc.kill()
+            raise
         if not out.exists():
             raise RuntimeError(f"re-distillation exited {proc.returncode}: {err.decode()[-2000:]}")
         result: dict[str, Any] = json.loads(out.read_text())
