@@ -9,6 +9,7 @@ shadow segments a running training still needs are protected from retention.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -139,11 +140,12 @@ async def run_redistill(
         try:
             _, err = await proc.communicate()
         except asyncio.CancelledError:  # the gateway is stopping: a run must not outlive it (it resumes)
-            proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), 10)
-            except TimeoutError:
-                proc.kill()
+            with contextlib.suppress(ProcessLookupError):  # it may have just ended by itself
+                proc.terminate()
+                try:
+                    await asyncio.wait_for(proc.wait(), 10)
+                except TimeoutError:
+                    proc.kill()
             raise
         if not out.exists():
             raise RuntimeError(f"re-distillation exited {proc.returncode}: {err.decode()[-2000:]}")
