@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from distill.checkpoint import load_checkpoint, save_checkpoint
 from distill.lm_targets import TargetSet
 from distill.lm_topk import topk_kl
 from distill.trainer import length_bucketed_batches
@@ -138,26 +139,53 @@ def train_kd(
     freeze_embeddings: bool = True,
     weight_decay: float = 0.01,
     max_steps: int | None = None,
+    checkpoint: Path | None = None,
+    checkpoint_every: int = 50,
     desc: str = "distil",
 ) -> dict[str, float]:
     """Trains `model` in place for `seconds` of wall time (or `max_steps`), epoch after epoch of
-    length-bucketed batches; AdamW with `lr_factor(progress)`, progress being the larger of the
-    time and step fractions spent. Returns a summary."""
+    length-bucketed batches; AdamW with `lr_factor(progress)`. Returns a summary.
+
+    Progress is the share of `max_steps` done when a step count is given (the run is then a pure
+    function of its seed: same data, same weights), else the share of the time budget spent.
+
+    With `checkpoint`, weights, optimizer, RNG and position (epoch, batch, step, training seconds so far)
+    are saved there every `checkpoint_every` steps, and a run of the same plan resumes from it: a
+    step-bound run ends with the weights an uninterrupted one would have; a time-bound one trains for
+    what is left of its budget.
+    """
     torch.manual_seed(seed)
     model.model.embed_tokens.weight.requires_grad_(not freeze_embeddings)  # tied: freezes the head too
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    lengths = data.lengths().tolist()
+    plan: dict[str, Any] = {"sequences": len(data), "tokens": len(data.topk_ids), "batch_size": batch_size}
+    plan |= {"seed": seed, "seconds": seconds, "max_steps": max_steps}
+    at: dict[str, Any] = {"step": 0, "epoch": 0, "batch": 0, "elapsed": 0.0, "running": float("nan")}
+    at["seen"] = 0
+    resumed_from = 0
+    if checkpoint is not None and (saved := load_checkpoint(checkpoint, model, optimizer, plan)):
+        at, resumed_from = saved, int(saved["step"])
     model.train()
-    started, step, epoch, running, seen = time.monotonic(), 0, 0, float("nan"), 0
+    started = time.monotonic() - float(at["elapsed"])  # a resumed run has spent part of its budget
+
+    def elapsed_now() -> float:
+        return time.monotonic() - started
+
+    step, epoch, running, seen = int(at["step"]), int(at["epoch"]), float(at["running"]), int(at["seen"])
+    skip = int(at["batch"])  # batches of the resumed epoch already trained on
     done = False
     with tqdm(total=round(seconds), desc=desc, unit="s", dynamic_ncols=True) as bar:
         while not done:
-            for rows in length_bucketed_batches(data.lengths().tolist(), batch_size, seed + epoch):
-                elapsed = time.monotonic() - started
+            batches = length_bucketed_batches(lengths, batch_size, seed + epoch)
+            for index, rows in enumerate(batches):
+                if index < skip:
+                    continue
+                elapsed = elapsed_now()
                 if elapsed >= seconds or (max_steps is not None and step >= max_steps):
                     done = True
                     break
-                progress = max(elapsed / seconds, step / max_steps if max_steps else 0.0)
+                progress = step / max_steps if max_steps else elapsed / seconds
                 for group in optimizer.param_groups:
                     group["lr"] = lr * lr_factor(progress)
                 batch = make_batch(data, rows, pad_id)
@@ -172,13 +200,20 @@ def train_kd(
                 step, seen = step + 1, seen + len(batch.targets)
                 bar.set_postfix(loss=f"{running:.3f}", step=step, epoch=epoch)
                 bar.update(min(round(seconds), round(time.monotonic() - started)) - bar.n)
+                at = {"step": step, "epoch": epoch, "batch": index + 1, "running": running, "seen": seen}
+                if checkpoint is not None and step % checkpoint_every == 0:
+                    save_checkpoint(checkpoint, model, optimizer, plan, at | {"elapsed": elapsed_now()})
+            skip = 0
             epoch += 1
+    if checkpoint is not None:  # trained: a run killed while gating resumes straight to the gate
+        save_checkpoint(checkpoint, model, optimizer, plan, at | {"elapsed": elapsed_now()})
     model.eval()
     return {
         "steps": step,
         "epochs": round(seen / max(1, len(data.topk_ids)), 2),
         "final_loss": running,
         "train_seconds": round(time.monotonic() - started, 1),
+        "resumed_from_step": resumed_from,
     }
 
 

@@ -32,7 +32,7 @@ from distill.gate import Figures, GateConfig, GateResult, gate
 from distill.generate_build import STUDENT_NAME, TOKENIZER_FILES, GenerateRecipe, latest_student, load_targets
 from distill.lm_kd import evaluate, greedy_tokens_per_s, load_student_lm, train_kd
 from distill.lm_targets import TargetSet
-from distill.redistill import record_run
+from distill.redistill import InterruptibleRun, record_run
 from distill.registry import Lineage, Manifest, Registry
 from distill.shadowread import read_shadow
 
@@ -61,13 +61,14 @@ class LMRedistillRecipe:
     holdout_fraction: float = 0.2  # newest share of the window's completions, kept out of training
     seed_replay: float = 0.5  # seed sequences replayed per window sequence (against forgetting)
     budget_minutes: float = 3.0  # wall time of the KD loop
-    max_steps: int | None = None  # stop earlier (tests)
+    max_steps: int | None = None  # a step count instead of the budget: the run is then deterministic
     batch_size: int = 16
     lr: float = 5e-4  # a quarter of the first build's: a warm start only needs to move a little
     temperature: float = 1.0
     alpha: float = 0.5  # hard term: the teacher's argmax at each position (not the served token)
     threads: int = 1
     seed: int = 0
+    checkpoint_every: int = 50  # KD steps between checkpoints (a killed run resumes from the last)
     degeneracy_prompts: int = 16  # recent held-out prompts the gate generates greedily from
     degeneracy_tokens: int = 48
     corrupt_targets: bool = False  # rehearsal: targets that teach a loop; the gate must refuse it
@@ -80,6 +81,7 @@ class LMRedistillResult:
     manifest: Manifest | None
     data: dict[str, object]
     seconds: float
+    training: dict[str, float]  # the KD loop's summary: steps, final loss, step it resumed from
 
 
 @dataclass(frozen=True)
@@ -195,12 +197,14 @@ def redistill_generate(
     teacher_manifest = registry.get(parent.lineage.teacher)
     teacher_dir = registry.path(teacher_manifest.ref)
     tokenizer = AutoTokenizer.from_pretrained(teacher_dir, local_files_only=True)
-    until = recipe.until if recipe.until is not None else time.time()
+    run = InterruptibleRun.open(registry, parent, recipe)  # an interrupted identical run: same window
+    until = run.until
 
     # 1. The window, its newest completions held out for the gate.
     window = window_sequences(shadow_root, teacher_manifest.ref, tokenizer, recipe.since, until)
     n = len(window.targets) if window is not None else 0
     if window is None or n < 10:
+        run.finish()  # nothing to resume: the next run takes a fresh window
         raise ValueError(f"only {n} usable /generate shadow records in the window; need at least 10")
     n_hold = max(2, int(n * recipe.holdout_fraction))
     train_part = subset(window.targets, list(range(n - n_hold)))
@@ -251,6 +255,8 @@ def redistill_generate(
         bf16=seed_recipe.train_bf16,
         freeze_embeddings=True,
         max_steps=recipe.max_steps,
+        checkpoint=run.checkpoint,
+        checkpoint_every=recipe.checkpoint_every,
         desc=f"{STUDENT_NAME}: re-distil",
     )
 
@@ -309,8 +315,9 @@ def redistill_generate(
                     metrics=metrics,
                 )
             )
-    result = LMRedistillResult(verdict, manifest, data, round(time.monotonic() - started, 1))
+    result = LMRedistillResult(verdict, manifest, data, round(time.monotonic() - started, 1), summary)
     record_run(registry, TASK, parent, manifest, verdict, data, result.seconds, asdict(recipe))
+    run.finish()
     log(
         f"registered {manifest.ref}"
         if manifest

@@ -76,6 +76,7 @@ class RedistillResult:
     manifest: Manifest | None  # None when the gate refused the candidate
     data: dict[str, object]
     seconds: float
+    training: dict[str, float]  # the trainer's summary: steps, final loss, step it resumed from
 
 
 @dataclass(frozen=True)
@@ -198,7 +199,7 @@ def redistill(
         return loss
 
     steps_per_epoch = math.ceil(len(data.texts) / recipe.batch_size)
-    train(
+    training = train(
         model,
         data.texts,
         tokenizer,
@@ -268,7 +269,7 @@ def redistill(
                     metrics,
                 )
             )
-    result = RedistillResult(verdict, manifest, window, round(time.monotonic() - started, 1))
+    result = RedistillResult(verdict, manifest, window, round(time.monotonic() - started, 1), training)
     record_run(registry, "classify", parent, manifest, verdict, window, result.seconds, asdict(recipe))
     run.finish()
     log(
@@ -295,7 +296,8 @@ class InterruptibleRun:
     checkpoint: Path
 
     @classmethod
-    def open(cls, registry: Registry, parent: Manifest, recipe: RedistillRecipe) -> InterruptibleRun:
+    def open(cls, registry: Registry, parent: Manifest, recipe: Any) -> InterruptibleRun:
+        """`recipe`: a frozen dataclass with `until` and `checkpoint_every` (either task's recipe)."""
         folder = Path(registry.root.parent) / "distill"
         inflight = folder / "inflight.json"
         spec = {"parent": parent.ref, "recipe": {**asdict(recipe), "until": None, "checkpoint_every": None}}

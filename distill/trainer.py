@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -11,10 +9,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from distill.checkpoint import load_checkpoint, save_checkpoint
 from distill.encoder import EncoderClassifier
 from distill.tokenize import BatchTokenizer
-
-log = logging.getLogger("kdgate.trainer")
 
 
 def lr_factor(step: int, total: int, warmup: int) -> float:
@@ -83,8 +80,9 @@ def train(
     model.train()
     running = 0.0
     start = 0
-    if checkpoint is not None:
-        start, running = _resume(checkpoint, model, optimizer, len(plan))
+    identity = {"total": len(plan)}  # the plan is a pure function of the seed: its length tells it apart
+    if checkpoint is not None and (saved := load_checkpoint(checkpoint, model, optimizer, identity)):
+        start, running = int(saved["step"]), float(saved["running"])
     with tqdm(total=len(plan), initial=start, desc=desc, unit="batch", dynamic_ncols=True) as bar:
         for step, batch in enumerate(plan):
             if step < start:
@@ -101,55 +99,9 @@ def train(
             bar.set_postfix(loss=f"{running:.4f}")
             bar.update()
             if checkpoint is not None and (step + 1) % checkpoint_every == 0 and step + 1 < len(plan):
-                _save(checkpoint, model, optimizer, step + 1, len(plan), running)
+                progress = {"step": step + 1, "running": running}
+                save_checkpoint(checkpoint, model, optimizer, identity, progress)
     model.eval()
     if checkpoint is not None:
         checkpoint.unlink(missing_ok=True)  # finished: a later run with the same spec starts afresh
     return {"steps": float(len(plan)), "final_loss": running, "resumed_from_step": float(start)}
-
-
-def _save(
-    path: Path,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    step: int,
-    total: int,
-    running: float,
-) -> None:
-    state = {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "rng": torch.get_rng_state(),
-        "step": step,
-        "total": total,
-        "running": running,
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    with tmp.open("rb") as handle:
-        os.fsync(handle.fileno())
-    tmp.replace(path)  # a crash mid-save leaves the previous checkpoint whole
-
-
-def _resume(
-    path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, total: int
-) -> tuple[int, float]:
-    """The step to resume from and the running loss there ((0, 0.0): no usable checkpoint)."""
-    if not path.exists():
-        return 0, 0.0
-    try:
-        state = torch.load(path, weights_only=True)
-    except Exception as exc:  # unreadable: train from the start rather than fail the run
-        log.warning("ignoring unreadable checkpoint %s: %s", path, exc)
-        return 0, 0.0
-    if state.get("total") != total:
-        log.warning(
-            "ignoring checkpoint %s: it is for a plan of %s steps, not %s", path, state.get("total"), total
-        )
-        return 0, 0.0
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    torch.set_rng_state(state["rng"])
-    log.info("resuming %s from step %d of %d", path.name, state["step"], total)
-    return int(state["step"]), float(state["running"])

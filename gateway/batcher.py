@@ -24,11 +24,21 @@ BatchFn = Callable[[list[str]], np.ndarray]  # texts -> (B, C) logits
 ObserveFn = Callable[[int], None]  # called with each batch's size
 
 
+@dataclass(frozen=True)
+class Batched:
+    """One request's rows of a batch, and where its time went (the `server-timing` header shows it)."""
+
+    logits: np.ndarray  # (n, C)
+    queued_s: float  # submit → its batch starts
+    model_s: float  # the batch's model call, timed on the model's thread
+    batch_size: int  # texts in the batch it rode in
+
+
 @dataclass
 class _Pending:
     texts: list[str]
-    future: asyncio.Future[np.ndarray]
-    enqueued: float = field(default_factory=time.monotonic)
+    future: asyncio.Future[Batched]
+    enqueued: float = field(default_factory=time.perf_counter)
 
 
 class MicroBatcher:
@@ -65,18 +75,25 @@ class MicroBatcher:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def submit(self, texts: list[str]) -> np.ndarray:
+        return (await self.submit_timed(texts)).logits
+
+    async def submit_timed(self, texts: list[str]) -> Batched:
         self.start()
-        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Batched] = asyncio.get_running_loop().create_future()
         await self._queue.put(_Pending(texts, future))
         return await future
+
+    def _timed(self, texts: list[str]) -> tuple[np.ndarray, float]:
+        started = time.perf_counter()
+        return self._fn(texts), time.perf_counter() - started
 
     async def _collect(self) -> list[_Pending]:
         first = self._carry if self._carry is not None else await self._queue.get()
         self._carry = None
         batch, size = [first], len(first.texts)
-        deadline = first.enqueued + self.max_wait
+        deadline = first.enqueued + self.max_wait  # perf_counter: monotonic, and finer on every OS
         while size < self.max_batch:
-            remaining = deadline - time.monotonic()
+            remaining = deadline - time.perf_counter()
             try:
                 item = (
                     self._queue.get_nowait()
@@ -101,8 +118,9 @@ class MicroBatcher:
             texts = [t for p in batch for t in p.texts]
             if self._observe is not None:
                 self._observe(len(texts))
+            started = time.perf_counter()
             try:
-                logits = await loop.run_in_executor(self._executor, self._fn, texts)
+                logits, model_s = await loop.run_in_executor(self._executor, self._timed, texts)
             except Exception as exc:  # the model's failure belongs to each waiting request
                 for pending in batch:
                     if not pending.future.done():
@@ -112,5 +130,8 @@ class MicroBatcher:
             for pending in batch:
                 n = len(pending.texts)
                 if not pending.future.done():
-                    pending.future.set_result(logits[offset : offset + n])
+                    queued = started - pending.enqueued
+                    pending.future.set_result(
+                        Batched(logits[offset : offset + n], queued, model_s, len(texts))
+                    )
                 offset += n

@@ -109,6 +109,14 @@ def distill(
         float | None,
         typer.Option(help="Generate: minutes of KD (default 4; 3 from shadow); longer keeps improving."),
     ] = None,
+    steps: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Generate from shadow: train this many KD steps instead of for --budget minutes; "
+            "the run is then deterministic (same window and seed, same student).",
+        ),
+    ] = None,
     layers: Annotated[int, typer.Option(help="Transformer layers of the student (1-6).")] = 2,
     examples: Annotated[
         int | None, typer.Option(help="Train-split texts to distil on (default 20000).")
@@ -147,7 +155,7 @@ def distill(
     _offline()
     if from_shadow and task == "generate":
         _redistill_generate(
-            state_dir, since, until, shadow_root, budget, threads, seed, result_json, parent, gate
+            state_dir, since, until, shadow_root, budget, steps, threads, seed, result_json, parent, gate
         )
         return
     if from_shadow:
@@ -255,12 +263,16 @@ def _redistill(
     _report(result.manifest, result.gate, result.data, result.seconds, result_json)
 
 
+STEPS_TIME_CAP_MINUTES = 24 * 60.0
+
+
 def _redistill_generate(
     state_dir: Path,
     since: float | None,
     until: float | None,
     shadow_root: str | None,
     budget: float | None,
+    steps: int | None,
     threads: int,
     seed: int,
     result_json: Path | None,
@@ -275,6 +287,8 @@ def _redistill_generate(
     )
     if budget:
         recipe = replace(recipe, budget_minutes=budget)
+    if steps:  # the step count rules; a budget given beside it still caps the wall time
+        recipe = replace(recipe, max_steps=steps, budget_minutes=budget or STEPS_TIME_CAP_MINUTES)
     try:
         root = shadow_root or str(state_dir / "shadow")
         result = redistill_generate(Registry(state_dir), recipe, root, parent_ref=parent, log=console.print)

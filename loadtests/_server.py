@@ -24,28 +24,42 @@ def free_port() -> int:
 def gateway(state_dir: Path, **settings: object) -> Iterator[str]:
     """Yields the base URL of a ready gateway; settings become KDGATE_* environment variables."""
     port = free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_WAIT_POLICY": "PASSIVE"}
-    env.update({f"KDGATE_{k.upper()}": str(v) for k, v in settings.items()})
+    env = {f"KDGATE_{k.upper()}": str(v) for k, v in settings.items()}
     kdgate = Path(sys.executable).with_name("kdgate")
+    cmd = [str(kdgate), "serve", "--state-dir", str(state_dir), "--port", str(port), "--no-build"]
+    with _serving(cmd, env, f"http://127.0.0.1:{port}", "/readyz") as url:
+        yield url
+
+
+@contextmanager
+def plain_wrapper(state_dir: Path, ref: str) -> Iterator[str]:
+    """Yields the base URL of the control server of `loadtests.plain_wrapper` serving `ref`."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "loadtests.plain_wrapper", "--state-dir", str(state_dir)]
+    cmd += ["--ref", ref, "--port", str(port)]
+    with _serving(cmd, {}, f"http://127.0.0.1:{port}", "/healthz") as url:
+        yield url
+
+
+@contextmanager
+def _serving(cmd: list[str], env: dict[str, str], url: str, ready_path: str) -> Iterator[str]:
+    base = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    root = Path(__file__).resolve().parents[1]
     proc = subprocess.Popen(
-        [str(kdgate), "serve", "--state-dir", str(state_dir), "--port", str(port), "--no-build"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        cmd, env={**base, **env}, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"gateway exited with {proc.returncode}")
+                raise RuntimeError(f"{cmd[0]} exited with {proc.returncode}")
             try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                if httpx.get(f"{url}{ready_path}", timeout=1).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError("gateway did not become ready")
+                raise RuntimeError(f"{url} did not become ready")
             time.sleep(0.2)
         yield url
     finally:

@@ -1,14 +1,17 @@
 """/generate re-distillation from the shadow log, on real models: a real gateway serves the student with
 the shadow on, `kdgate distill --task generate --from-shadow` (the real CLI) trains generate-student@2
 from those records, gates it and registers it with its lineage; on the same window a candidate trained
-to loop is refused (one test: the shadowed traffic is the slow part)."""
+to loop is refused; a run killed mid-training resumes from its checkpoint."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +24,21 @@ from distill.registry import Registry
 from distill.shadowread import read_shadow
 
 STUDENT = "generate-student@1"
+ROOT = Path(__file__).resolve().parents[2]
 TOPICS = ["the weather", "football", "a new phone", "the stock market", "a cooking recipe", "a train strike"]
 # Tiny test models are weak: absolute floors off; the comparisons with the parent stay on.
 LOOSE = {"min_agreement": 0.0, "max_kl": 50.0, "min_accuracy": 0.0, "max_degenerate_rate": 1.0}
+# A step count instead of a time budget: the run is a pure function of its seed, so a resumed run can be
+# compared with an uninterrupted one figure for figure.
+STEP_BOUND = LMRedistillRecipe(
+    budget_minutes=30.0,
+    max_steps=12,
+    checkpoint_every=3,
+    threads=2,
+    degeneracy_prompts=4,
+    degeneracy_tokens=16,
+    gate=GateConfig(**LOOSE),
+)
 
 
 def prompts(n: int) -> list[dict[str, Any]]:
@@ -110,3 +125,47 @@ def refused_candidate_is_not_registered(shadowed_state: Path) -> None:
     assert [m.ref for m in registry.list() if m.name == "generate-student"] == before
     entry = json.loads((shadowed_state / "distill" / "runs.jsonl").read_text().splitlines()[-1])
     assert entry["registered"] is None and entry["gate"]["reasons"] == result.gate.reasons
+
+
+def test_a_killed_generate_run_resumes_on_the_same_window_and_ends_with_the_same_student(
+    shadowed_state: Path,
+) -> None:
+    """kill -9 mid-training, rerun the same step-bound recipe: it resumes from its last checkpoint on
+    the window pinned before the kill, and its student equals an uninterrupted run's."""
+    reference_dir = shadowed_state.parent / "reference"
+    shutil.copytree(shadowed_state, reference_dir, copy_function=os.link)
+    script = (
+        "from pathlib import Path\n"
+        "from distill.lm_redistill import redistill_generate\n"
+        "from distill.registry import Registry\n"
+        "from tests.integration.test_lm_redistill import STEP_BOUND\n"
+        f"redistill_generate(Registry(Path({str(shadowed_state)!r})), STEP_BOUND, "
+        f"{str(shadowed_state / 'shadow')!r})\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT)
+    checkpoints = shadowed_state / "distill" / "checkpoints"
+    deadline = time.monotonic() + 300
+    while not any(checkpoints.glob("*.pt")):
+        assert proc.poll() is None, "the run ended before its first checkpoint"
+        assert time.monotonic() < deadline, "no checkpoint was written"
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait(timeout=30)
+    (until,) = json.loads((shadowed_state / "distill" / "inflight.json").read_text()).values()
+
+    resumed = redistill_generate(
+        Registry(shadowed_state), STEP_BOUND, str(shadowed_state / "shadow"), log=lambda _: None
+    )
+    reference = redistill_generate(
+        Registry(reference_dir),
+        replace(STEP_BOUND, until=until),
+        str(reference_dir / "shadow"),
+        log=lambda _: None,
+    )
+    assert resumed.data["until"] == reference.data["until"] == until
+    assert resumed.data["counts"] == reference.data["counts"]
+    assert resumed.training["resumed_from_step"] >= STEP_BOUND.checkpoint_every  # it did resume
+    assert reference.training["resumed_from_step"] == 0
+    assert resumed.gate.candidate == reference.gate.candidate  # identical figures: identical student
+    assert json.loads((shadowed_state / "distill" / "inflight.json").read_text()) == {}
+    assert not any(checkpoints.glob("*.pt"))

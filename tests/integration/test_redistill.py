@@ -132,6 +132,8 @@ def test_a_killed_run_resumes_on_the_same_window_and_ends_with_the_same_student(
     )
     assert resumed.data["until"] == reference.data["until"] == until
     assert resumed.data["counts"] == reference.data["counts"]
+    assert resumed.training["resumed_from_step"] >= 2  # it did resume (checkpoint_every=2)
+    assert reference.training["resumed_from_step"] == 0
     assert resumed.gate.candidate == reference.gate.candidate  # identical figures: identical student
     assert json.loads((state_dir / "distill" / "inflight.json").read_text()) == {}
     assert not any(checkpoints.glob("*.pt"))

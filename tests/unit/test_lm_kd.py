@@ -155,6 +155,53 @@ def test_kd_loop_lowers_the_kl_on_a_tiny_overfit() -> None:
     assert after["agreement"] > before["agreement"]
 
 
+class Killed(Exception):
+    """Stands in for a kill -9 between two steps."""
+
+
+def test_a_step_bound_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    torch.set_num_threads(1)
+    data = random_targets(6, n=20)  # 5 batches per epoch: 12 steps cross two epoch boundaries
+    args = dict(seconds=600, max_steps=12, batch_size=4, lr=3e-3, temperature=1.0, alpha=0.5)
+    args |= dict(seed=3, pad_id=PAD, bf16=False, freeze_embeddings=True)
+    reference = tiny_llama(8)
+    train_kd(reference, data, **args)
+
+    import distill.lm_kd as lm_kd
+
+    real_make_batch, calls = lm_kd.make_batch, []
+
+    def dies_at_step_8(*a: object, **k: object) -> object:
+        calls.append(1)
+        if len(calls) == 8:
+            raise Killed
+        return real_make_batch(*a, **k)  # type: ignore[arg-type]
+
+    checkpoint = tmp_path / "run.pt"
+    monkeypatch.setattr(lm_kd, "make_batch", dies_at_step_8)
+    with pytest.raises(Killed):
+        train_kd(tiny_llama(8), data, checkpoint=checkpoint, checkpoint_every=3, **args)
+    monkeypatch.setattr(lm_kd, "make_batch", real_make_batch)
+
+    resumed = tiny_llama(8)  # the parent again, as a rerun loads it
+    summary = train_kd(resumed, data, checkpoint=checkpoint, checkpoint_every=3, **args)
+    assert summary["resumed_from_step"] == 6 and summary["steps"] == 12
+    for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_a_checkpoint_of_another_plan_is_ignored(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    data = random_targets(6, n=20)
+    args = dict(seconds=600, batch_size=4, lr=3e-3, temperature=1.0, alpha=0.5, seed=3, pad_id=PAD)
+    args |= dict(bf16=False, checkpoint=tmp_path / "run.pt", checkpoint_every=2)
+    train_kd(tiny_llama(8), data, max_steps=4, **args)
+    summary = train_kd(tiny_llama(8), data, max_steps=6, **args)  # another plan: starts from step 0
+    assert summary["resumed_from_step"] == 0 and summary["steps"] == 6
+
+
 @given(st.floats(0, 1), st.floats(0, 1))
 def test_lr_schedule_is_a_pure_bounded_function(a: float, b: float) -> None:
     assert lr_factor(a) == lr_factor(a)
