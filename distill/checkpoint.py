@@ -64,12 +64,19 @@ def load_checkpoint(
     if state.get("plan") != plan:
         log.warning("ignoring checkpoint %s: it is for plan %s, not %s", path, state.get("plan"), plan)
         return None
-    expected = set(_trainable(model))
-    if set(state["model"]) != expected:
+    own = _trainable(model)
+    saved = state["model"]
+    if set(saved) != set(own) or any(
+        saved[k].shape != v.shape or saved[k].dtype != v.dtype for k, v in own.items()
+    ):
         log.warning("ignoring checkpoint %s: its tensors are not this model's trainable ones", path)
         return None
-    model.load_state_dict(state["model"], strict=False)  # frozen tensors stay as loaded
-    optimizer.load_state_dict(state["optimizer"])
+    try:  # first: it refuses a mismatched state before anything is assigned
+        optimizer.load_state_dict(state["optimizer"])
+    except (ValueError, KeyError) as exc:
+        log.warning("ignoring checkpoint %s: its optimizer state does not fit: %s", path, exc)
+        return None
+    model.load_state_dict(saved, strict=False)  # frozen tensors stay as loaded
     torch.set_rng_state(state["rng"])
     progress: dict[str, Any] = state["progress"]
     log.info("resuming %s at %s", path.name, progress)

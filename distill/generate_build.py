@@ -67,7 +67,7 @@ class GenerateRecipe:
     lr: float = 2e-3  # AdamW peak; warm-up 5 %, cosine to 10 % over the wall-time budget. 4-min
     # probes: 3e-4 → agreement 0.28, 1e-3 → 0.35, 2e-3 → 0.37
     budget_minutes: float = 4.0  # wall time of the KD loop (targets, eval and export come on top)
-    max_steps: int | None = None  # stop earlier than the budget (tests)
+    max_steps: int | None = None  # a step count (it also paces the schedule); the budget still caps
     train_bf16: bool = True  # bf16 autocast in the KD loop: ~2× faster steps on CPUs with AVX512-BF16
     export_dtype: str = "bfloat16"  # saved weights; bf16 decodes ~1.4× faster than fp32 (memory-bound)
     threads: int = 2  # torch threads for the whole build, speed measurements included

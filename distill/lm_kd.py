@@ -19,6 +19,7 @@ measured with whatever is set, and reported with it.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Iterable
@@ -35,6 +36,8 @@ from distill.checkpoint import load_checkpoint, save_checkpoint
 from distill.lm_targets import TargetSet
 from distill.lm_topk import topk_kl
 from distill.trainer import length_bucketed_batches
+
+log = logging.getLogger("kdgate.lm_kd")
 
 
 def load_student_lm(directory: Path) -> Any:
@@ -67,7 +70,8 @@ def layer_dropped_student(teacher: Any, layers: tuple[int, ...]) -> Any:
 def lr_factor(progress: float, warmup: float = 0.05, floor: float = 0.1) -> float:
     """Linear warm-up over the first `warmup` of training, then cosine down to `floor` (pure).
 
-    `progress` is the share of the budget spent (wall time for the KD loop), clamped to [0, 1]."""
+    `progress` is the share of the run done (steps when a step count is given, else wall time), clamped
+    to [0, 1]."""
     p = min(max(progress, 0.0), 1.0)
     if p < warmup:
         return (p / warmup) * (1 - floor) + floor if warmup > 0 else 1.0
@@ -161,8 +165,7 @@ def train_kd(
     lengths = data.lengths().tolist()
     plan: dict[str, Any] = {"sequences": len(data), "tokens": len(data.topk_ids), "batch_size": batch_size}
     plan |= {"seed": seed, "seconds": seconds, "max_steps": max_steps}
-    at: dict[str, Any] = {"step": 0, "epoch": 0, "batch": 0, "elapsed": 0.0, "running": float("nan")}
-    at["seen"] = 0
+    at: dict[str, Any] = {"step": 0, "epoch": 0, "batch": 0, "elapsed": 0.0, "running": math.nan, "seen": 0}
     resumed_from = 0
     if checkpoint is not None and (saved := load_checkpoint(checkpoint, model, optimizer, plan)):
         at, resumed_from = saved, int(saved["step"])
@@ -205,8 +208,10 @@ def train_kd(
                     save_checkpoint(checkpoint, model, optimizer, plan, at | {"elapsed": elapsed_now()})
             skip = 0
             epoch += 1
-    if checkpoint is not None:  # trained: a run killed while gating resumes straight to the gate
-        save_checkpoint(checkpoint, model, optimizer, plan, at | {"elapsed": elapsed_now()})
+    if max_steps is not None and step < max_steps:
+        log.warning("the time budget (%.0f s) ran out at step %d of %d", seconds, step, max_steps)
+    if checkpoint is not None and step % checkpoint_every != 0:  # a run killed while gating resumes
+        save_checkpoint(checkpoint, model, optimizer, plan, at | {"elapsed": elapsed_now()})  # to the gate
     model.eval()
     return {
         "steps": step,

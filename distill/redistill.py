@@ -184,6 +184,7 @@ def redistill(
     tokenizer = BatchTokenizer.from_dir(registry.path(parent.ref), parent.max_length)
     model = load_classifier(registry.path(parent.ref))
     if not recipe.warm_start:
+        torch.manual_seed(recipe.seed)  # a resumed run must draw the same frozen tensors: not checkpointed
         model = type(model)(model.encoder.config, model.head.out_features)
     if recipe.freeze_embeddings:
         model.encoder.embeddings.word_embeddings.weight.requires_grad_(False)
@@ -303,8 +304,14 @@ class InterruptibleRun:
         spec = {"parent": parent.ref, "recipe": {**asdict(recipe), "until": None, "checkpoint_every": None}}
         key = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
         now = time.time()
-        # A pin older than a day belongs to a run that is not coming back: train on a fresh window.
-        pinned = {k: v for k, v in _read_json(inflight).items() if now - float(v) < PIN_MAX_AGE_S}
+        # A pin older than a day belongs to a run that is not coming back: train on a fresh window, and
+        # drop its checkpoint (a few hundred MB for a /generate student).
+        pinned = {}
+        for k, v in _read_json(inflight).items():
+            if now - float(v) < PIN_MAX_AGE_S:
+                pinned[k] = v
+            else:
+                (folder / "checkpoints" / f"{k}-{float(v):.3f}.pt").unlink(missing_ok=True)
         until = recipe.until if recipe.until is not None else pinned.get(key, now)
         if recipe.until is None and key not in pinned:
             folder.mkdir(parents=True, exist_ok=True)

@@ -63,9 +63,10 @@ def train(
     """Trains `model` in place (AdamW, linear schedule, length-bucketed batches); returns a summary.
 
     With `checkpoint`, the model, optimizer, RNG state and step are saved there every
-    `checkpoint_every` steps (atomically), and a run that finds a checkpoint for the same plan resumes
-    from it: the batch plan is a pure function of the seed, so the resumed run ends with the weights an
-    uninterrupted one would have. The caller names the file after everything that defines the run.
+    `checkpoint_every` steps and after the last (atomically), and a run that finds a checkpoint for the
+    same plan resumes from it: the batch plan is a pure function of the seed, so the resumed run ends
+    with the weights an uninterrupted one would have. The caller names the file after everything that
+    defines the run, and removes it when the run is over (`InterruptibleRun.finish`).
     """
     torch.manual_seed(seed)
     head = [p for n, p in model.named_parameters() if n.startswith("head.") and p.requires_grad]
@@ -98,10 +99,9 @@ def train(
             running = 0.98 * running + 0.02 * loss.item() if step else loss.item()
             bar.set_postfix(loss=f"{running:.4f}")
             bar.update()
-            if checkpoint is not None and (step + 1) % checkpoint_every == 0 and step + 1 < len(plan):
+            last = step + 1 == len(plan)  # trained: a run killed while gating resumes straight to the gate
+            if checkpoint is not None and ((step + 1) % checkpoint_every == 0 or last):
                 progress = {"step": step + 1, "running": running}
                 save_checkpoint(checkpoint, model, optimizer, identity, progress)
     model.eval()
-    if checkpoint is not None:
-        checkpoint.unlink(missing_ok=True)  # finished: a later run with the same spec starts afresh
     return {"steps": float(len(plan)), "final_loss": running, "resumed_from_step": float(start)}

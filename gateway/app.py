@@ -113,10 +113,17 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
+def _request_id(request: Request) -> dict[str, str]:
+    """The request id for an error response: the handler's, else the caller's (a request refused before
+    its handler ran has none of its own)."""
+    rid = getattr(request.state, "request_id", None) or request.headers.get("x-request-id")
+    return {"x-request-id": rid[:256]} if rid else {}
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(GatewayError)
     async def gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status)
+        return JSONResponse(exc.body(), status_code=exc.status, headers=_request_id(request))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -133,7 +140,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         details = [{"field": ".".join(map(str, e.get("loc", ()))), "message": e.get("msg")} for e in errors]
         body = err.body()
         body["details"] = details
-        return JSONResponse(body, status_code=err.status)
+        return JSONResponse(body, status_code=err.status, headers=_request_id(request))
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

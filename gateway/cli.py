@@ -42,6 +42,7 @@ distill_app = typer.Typer(
 )
 app.add_typer(distill_app, name="distill")
 distill_app.command("watch")(watch)
+STEPS_TIME_CAP_MINUTES = 24 * 60.0  # `--steps` without `--budget`: the step count rules
 
 
 def _offline() -> None:
@@ -153,6 +154,8 @@ def distill(
     if ctx.invoked_subcommand is not None:
         return
     _offline()
+    if steps is not None and not (from_shadow and task == "generate"):
+        raise typer.BadParameter("only with --task generate --from-shadow", param_hint="--steps")
     if from_shadow and task == "generate":
         _redistill_generate(
             state_dir, since, until, shadow_root, budget, steps, threads, seed, result_json, parent, gate
@@ -261,9 +264,6 @@ def _redistill(
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from exc
     _report(result.manifest, result.gate, result.data, result.seconds, result_json)
-
-
-STEPS_TIME_CAP_MINUTES = 24 * 60.0
 
 
 def _redistill_generate(

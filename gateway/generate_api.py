@@ -138,6 +138,7 @@ async def generate(
     """
     state = _state(request)
     request_id = x_request_id or uuid.uuid4().hex
+    request.state.request_id = request_id  # error responses carry it too (app.py)
     response.headers["x-request-id"] = request_id
     if not state.ready:
         raise NotReady("models are still loading")

@@ -92,6 +92,7 @@ async def classify(
     entered = time.perf_counter()
     state = _state(request)
     request_id = x_request_id or uuid.uuid4().hex
+    request.state.request_id = request_id  # error responses carry it too (app.py)
     if not state.ready:
         raise NotReady("models are still loading")
     texts = body.items()
@@ -138,16 +139,18 @@ async def classify(
     headers = {
         "x-request-id": request_id,
         "x-kdgate-model": served.ref,
-        "server-timing": server_timing(batched, time.perf_counter() - entered),
+        "server-timing": server_timing(batched, time.perf_counter() - entered, served is not chosen),
     }
     return Response(content, media_type="application/json", headers=headers)
 
 
-def server_timing(batched: Batched, handler_s: float) -> str:
+def server_timing(batched: Batched, handler_s: float, fell_back: bool = False) -> str:
     """W3C Server-Timing: where the request's time went inside the handler, in ms. `queue` waits for a
     batch, `model` runs it (on the model's thread), `handler` is all of it; the rest of `handler` is the
-    gateway's own work and the hops between the event loop and the model's thread."""
-    return (
+    gateway's own work and the hops between the event loop and the model's thread. After a fallback,
+    `queue` and `model` are the teacher's, and the student's failed attempt is inside `handler`."""
+    timing = (
         f"queue;dur={batched.queued_s * 1000:.3f}, model;dur={batched.model_s * 1000:.3f}, "
         f'handler;dur={handler_s * 1000:.3f}, batch;desc="{batched.batch_size} texts"'
     )
+    return timing + (', fallback;desc="teacher answered"' if fell_back else "")

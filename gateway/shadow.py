@@ -2,10 +2,10 @@
 
 Request path: `offer()` only decides (pure hash of the request id against the model's rate) and puts
 the item on a bounded queue — when it is full the item is dropped and counted, never waited on.
-Worker: takes up to `shadow_batch` items, runs the teacher once on all their texts (through the
-teacher's micro-batcher), computes top-1 agreement and KL(teacher ‖ student), updates metrics and
-the live window, and appends one shadow record per text to the log. Teacher-served requests are
-logged with their own logits, without a second teacher call.
+Worker: takes up to `shadow_batch` items, runs the teacher once on all their texts (its own runner on
+its own low-priority thread, not the serving teacher's), computes top-1 agreement and KL(teacher ‖
+student), updates metrics and the live window, and appends one shadow record per text to the log.
+Teacher-served requests are logged with their own logits, without a second teacher call.
 """
 
 from __future__ import annotations
@@ -123,8 +123,9 @@ class ShadowPipeline:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
+        # The batch the shadow thread is on still appends to the log: let it finish before the close.
+        await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
         await asyncio.to_thread(self.writer.close)
-        self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def _run(self) -> None:
         while True:
@@ -133,10 +134,6 @@ class ShadowPipeline:
                 items.append(self.queue.get_nowait())
             try:
                 await self._score(items)
-            except Exception:
-                log.warning("shadow scoring failed for %d items", len(items), exc_info=True)
-                for item in items:  # counted per text, like "compared" and "dropped"
-                    self.metrics.shadow.labels(item.task, item.served.ref, "error").inc(len(item.texts))
             finally:
                 for _ in items:
                     self.queue.task_done()
@@ -144,16 +141,29 @@ class ShadowPipeline:
     async def _score(self, items: list[ShadowItem]) -> None:
         teacher = self.pool.teacher_of(items[0].task)  # one task per pipeline
         if teacher is None:
-            raise RuntimeError("no teacher loaded to shadow with")
+            self._failed(items, "no teacher loaded to shadow with")
+            return
         own = [i for i in items if i.served is teacher]
-        if own:  # no second teacher call: cheap, and kept at serving priority so it is never starved
-            await asyncio.to_thread(self._log, own, teacher.ref, {})
         students = [i for i in items if i.served is not teacher]
+        if own:  # no second teacher call: cheap, and kept at serving priority so it is never starved
+            try:
+                await asyncio.to_thread(self._log, own, teacher.ref, {})
+            except Exception as exc:
+                self._failed(own, exc)
         if students:
-            runner = await self._teacher_runner(teacher.ref)
-            await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._score_and_log, students, teacher.ref, runner
-            )
+            try:
+                runner = await self._teacher_runner(teacher.ref)
+                await asyncio.get_running_loop().run_in_executor(
+                    self._executor, self._score_and_log, students, teacher.ref, runner
+                )
+            except Exception as exc:
+                self._failed(students, exc)
+
+    def _failed(self, items: list[ShadowItem], why: object) -> None:
+        failure = isinstance(why, Exception)
+        log.warning("shadow scoring failed for %d items: %s", len(items), why, exc_info=failure)
+        for item in items:  # counted per text, like "compared" and "dropped"
+            self.metrics.shadow.labels(item.task, item.served.ref, "error").inc(len(item.texts))
 
     async def _teacher_runner(self, ref: str) -> Runner:
         """A private teacher runner, loaded on the shadow thread on first use (and after a teacher swap)."""

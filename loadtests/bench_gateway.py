@@ -161,7 +161,9 @@ def http_floor(url: str, requests: int) -> list[float]:
     with LeanClient(url) as client:
         for _ in range(requests):
             started = time.perf_counter()
-            client.request("GET", "/healthz")
+            status, _, _ = client.request("GET", "/healthz")
+            if status != 200:
+                raise RuntimeError(f"GET /healthz answered {status}")
             latencies.append((time.perf_counter() - started) * 1000)
     return latencies
 
@@ -208,7 +210,8 @@ def overhead(
 def breakdown(http: list[float], timings: list[dict[str, float]]) -> dict[str, float]:
     """Medians of where one request's time went, from the server-timing header: the model call on its
     thread, the batch queue, the handler's own work and thread hops (handler − model − queue), and
-    everything outside the handler (client, loopback, uvicorn, FastAPI parsing and serialising)."""
+    everything outside the handler (client, loopback, uvicorn, FastAPI parsing the request and sending
+    the response; the handler serialises its body itself)."""
     model = [t["model"] for t in timings]
     queue = [t["queue"] for t in timings]
     gateway = [t["handler"] - t["model"] - t["queue"] for t in timings]

@@ -106,6 +106,7 @@ def main() -> None:
                 ).raise_for_status()
                 result = asyncio.run(load(url, texts, args.concurrency, args.requests, None))
                 result.pop("latencies_ms")
+                result.pop("timings")
                 report[label] = result
                 if enabled:
                     wait_for_shadow_idle(url)

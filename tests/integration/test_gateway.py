@@ -34,6 +34,10 @@ def test_single_text_is_classified_with_model_and_request_id(serve) -> None:
     assert 0 < timing["model"] <= timing["handler"] and 0 <= timing["queue"] <= timing["handler"]
 
 
+def server_timing_names(header: str) -> list[str]:
+    return [entry.split(";")[0].strip() for entry in header.split(",")]
+
+
 def test_batch_is_classified_in_order(serve) -> None:
     server = serve()
     texts = ["terrible, I hate it", "it is a car", "wonderful news, so happy"]
@@ -64,9 +68,10 @@ def test_batch_is_classified_in_order(serve) -> None:
 )
 def test_bad_input_is_a_4xx_naming_the_field(serve, payload, status, field) -> None:
     server = serve(max_texts=8, max_text_chars=100)
-    response = httpx.post(f"{server.url}/classify", json=payload)
+    response = httpx.post(f"{server.url}/classify", json=payload, headers={"x-request-id": "req-7"})
     assert response.status_code == status, response.text
     assert response.json()["error"]["field"] == field
+    assert response.headers["x-request-id"] == "req-7"  # the caller can still correlate the refusal
 
 
 def test_malformed_json_is_a_400(serve) -> None:
@@ -176,6 +181,7 @@ def test_raising_student_falls_back_to_the_teacher(serve, state_dir: Path) -> No
         r = httpx.post(f"{server.url}/classify", json={"text": "hello"}, headers={"x-kdgate-model": faulty})
         assert r.status_code == 200
         assert r.headers["x-kdgate-model"] == TEACHER
+        assert "fallback" in server_timing_names(r.headers["server-timing"])
     text = httpx.get(f"{server.url}/metrics").text
     assert metric_sum(text, "kdgate_fallbacks_total", model=faulty, reason="error") == 3
 
@@ -210,6 +216,7 @@ def test_burst_over_the_in_flight_bound_gets_429_at_once(serve, state_dir: Path)
     assert codes[429] >= 1 and codes[200] >= 2 and set(codes) <= {200, 429}, codes
     rejected = next(r for r in asyncio.run(burst()) if r.status_code == 429)
     assert rejected.json()["error"]["type"] == "overloaded"
+    assert len(rejected.headers["x-request-id"]) == 32  # the id the gateway gave it
 
 
 def test_health_ready_metrics_and_docs(serve) -> None:
