@@ -7,9 +7,10 @@ distribution on the sequences the student itself produces, where its mistakes ar
 completions come with the top-k the teacher recorded while generating.
 
 Reads top to bottom: the window (newest `holdout_fraction` held out) → replay of the cached seed targets
-the first build trained on → KD warm-started from the parent for `budget_minutes` → gate against the
-parent on the same data (recent hold-out agreement and KL, seed held-out agreement as the task proxy,
-the share of greedy completions that loop) → registered with lineage only if it passes.
+the first build trained on, and of the window before this one → KD warm-started from the parent for
+`budget_minutes` → gate against the parent on the same data (recent hold-out agreement and KL, seed
+held-out agreement as the task proxy, the share of greedy completions that loop) → registered with
+lineage only if it passes.
 
 >>> result = redistill_generate(Registry(state_dir), LMRedistillRecipe(since=t0), f"{state_dir}/shadow")
 >>> result.manifest.ref if result.gate.passed else result.gate.reasons
@@ -60,6 +61,7 @@ class LMRedistillRecipe:
     until: float | None = None  # window end (None: now)
     holdout_fraction: float = 0.2  # newest share of the window's completions, kept out of training
     seed_replay: float = 0.5  # seed sequences replayed per window sequence (against forgetting)
+    old_shadow_replay: float = 0.25  # completions from the window before `since`, per window sequence
     budget_minutes: float = 3.0  # wall time of the KD loop
     max_steps: int | None = None  # a step count instead of the budget: the run is then deterministic
     batch_size: int = 16
@@ -220,7 +222,16 @@ def redistill_generate(
     rng = np.random.default_rng(recipe.seed)
     n_replay = min(len(seed_train), math.ceil(recipe.seed_replay * len(train_part)))
     replay = subset(seed_train, sorted(rng.permutation(len(seed_train))[:n_replay].tolist()))
-    train_set = TargetSet.concat([train_part, replay])
+    # ...and the traffic before this window: the previous window of the same span (an older log is
+    # bounded by retention, not by what one run should read: top-k per token is large).
+    old = None
+    if recipe.since is not None:
+        start = recipe.since - (until - recipe.since)
+        older = window_sequences(shadow_root, teacher_manifest.ref, tokenizer, start, recipe.since)
+        if older is not None and older.targets.topk_ids.shape[1] == train_part.topk_ids.shape[1]:
+            n_old = min(len(older.targets), math.ceil(recipe.old_shadow_replay * len(train_part)))
+            old = subset(older.targets, sorted(rng.permutation(len(older.targets))[:n_old].tolist()))
+    train_set = TargetSet.concat([train_part, replay] + ([old] if old is not None else []))
     if recipe.corrupt_targets:
         train_set = corrupted(train_set)
     data: dict[str, object] = {
@@ -232,6 +243,7 @@ def redistill_generate(
             "shadow_window": len(train_part),
             "holdout": len(hold),
             "seed": len(replay),
+            "old_shadow": len(old) if old is not None else 0,
             "window_tokens": len(train_part.topk_ids),
         },
     }

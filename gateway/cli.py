@@ -13,7 +13,7 @@ import logging
 import os
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
 import typer
 from rich.table import Table
@@ -263,7 +263,7 @@ def _redistill(
     except ValueError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from exc
-    _report(result.manifest, result.gate, result.data, result.seconds, result_json)
+    _report(result, result_json)
 
 
 def _redistill_generate(
@@ -295,7 +295,7 @@ def _redistill_generate(
     except ValueError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from exc
-    _report(result.manifest, result.gate, result.data, result.seconds, result_json)
+    _report(result, result_json)
 
 
 def _gate_config(overrides: str | None, base: GateConfig) -> GateConfig:
@@ -305,23 +305,33 @@ def _gate_config(overrides: str | None, base: GateConfig) -> GateConfig:
         raise typer.BadParameter(f"--gate must be a JSON object of GateConfig fields: {exc}") from exc
 
 
-def _report(
-    registered: Manifest | None,
-    verdict: GateResult,
-    data: dict[str, object],
-    seconds: float,
-    result_json: Path | None,
-) -> None:
+class RunResult(Protocol):
+    """What both tasks' re-distillation runs return (`RedistillResult`, `LMRedistillResult`)."""
+
+    @property
+    def gate(self) -> GateResult: ...
+    @property
+    def manifest(self) -> Manifest | None: ...
+    @property
+    def data(self) -> dict[str, object]: ...
+    @property
+    def seconds(self) -> float: ...
+    @property
+    def training(self) -> dict[str, float]: ...
+
+
+def _report(result: RunResult, result_json: Path | None) -> None:
     summary = {
-        "registered": registered.ref if registered else None,
-        "gate": verdict.to_dict(),
-        "data": data,
-        "seconds": seconds,
+        "registered": result.manifest.ref if result.manifest else None,
+        "gate": result.gate.to_dict(),
+        "data": result.data,
+        "seconds": result.seconds,
+        "training": result.training,  # resumed_from_step > 0: it took up a stopped run's checkpoint
     }
     if result_json is not None:
         result_json.write_text(json.dumps(summary))
     typer.echo(json.dumps(summary, indent=2))
-    if not verdict.passed:
+    if not result.gate.passed:
         raise typer.Exit(3)  # refused by the gate: distinct from errors (1) for scripts and the loop
 
 

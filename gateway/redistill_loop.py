@@ -35,18 +35,45 @@ def loop_store_path(state_dir: Path, task: str) -> Path:
 
 
 class LoopStore:
-    """`<state_dir>/distill/loop.json`: the end of the last window trained on (the next run starts there)."""
+    """`<state_dir>/distill/loop.json`: the end of the last window trained on (the next run starts there),
+    and the run under way, if any. A run the gateway stopped (restart, kill) is started again with the
+    same parent and window, so `kdgate distill` finds its checkpoint and resumes instead of starting over.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
 
+    def _read(self) -> dict[str, Any]:
+        loaded = json.loads(self.path.read_text()) if self.path.exists() else {}
+        return loaded if isinstance(loaded, dict) else {}
+
     def last_until(self) -> float | None:
-        return json.loads(self.path.read_text())["last_until"] if self.path.exists() else None
+        last = self._read().get("last_until")
+        return float(last) if last is not None else None
+
+    def interrupted(self, parent: str) -> float | None:
+        """The window end of `parent`'s run that never finished; None if there is none (or it was for
+        another parent: the serving student changed, so that run is moot)."""
+        running = self._read().get("running")
+        if not running or running.get("parent") != parent:
+            return None
+        return float(running["until"])
+
+    def begin(self, until: float, parent: str) -> None:
+        self._write({**self._read(), "running": {"until": until, "parent": parent}})
+
+    def abandon(self) -> None:
+        """The run failed (not stopped): the next trigger takes a fresh window."""
+        self._write({k: v for k, v in self._read().items() if k != "running"})
 
     def save(self, until: float) -> None:
+        """The run ended (registered or refused): the next window starts at `until`."""
+        self._write({"last_until": until})
+
+    def _write(self, payload: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"last_until": until}))
+        tmp.write_text(json.dumps(payload))
         tmp.replace(self.path)
 
 
@@ -192,14 +219,27 @@ async def _check_once(
     live = totals.disagreed / totals.compared if totals.compared else None
     loaded = state.pool.manifest_of(parent)
     offline = offline_disagreement(loaded.metrics) if loaded is not None else None
-    trigger = should_redistill(new_records, live, int(totals.compared), offline, trigger_config)
-    if not trigger.fire:
-        return
-    until = time.time()
-    log.info("re-distilling %s: %s", parent, trigger.reason)
+    until = store.interrupted(parent)
+    if until is not None:
+        log.info("re-distilling %s: resuming the run stopped before it ended", parent)
+    else:
+        trigger = should_redistill(new_records, live, int(totals.compared), offline, trigger_config)
+        if not trigger.fire:
+            return
+        until = time.time()
+        log.info("re-distilling %s: %s", parent, trigger.reason)
+        store.begin(until, parent)
     state.protect_shadow_after = since if since is not None else 0.0  # retention keeps what training reads
-    result = await run_redistill(state, since, until, parent, task)
+    try:
+        result = await run_redistill(state, since, until, parent, task)
+    except asyncio.CancelledError:
+        raise  # the gateway is stopping: the run stays "under way" and resumes on the next start
+    except Exception:
+        store.abandon()
+        raise
     store.save(until)
+    if resumed := result.get("training", {}).get("resumed_from_step"):
+        log.info("the run took up its checkpoint at step %d", resumed)
     candidate = result.get("registered")
     if candidate is None:
         log.warning("gate refused the candidate: %s", "; ".join(result["gate"]["reasons"]))

@@ -125,24 +125,33 @@ class RedistillWatch:
         if parent is None:
             return "no student to re-distil"
         since = self.store.last_until()
-        columns = ["served_model", "agree", "token_agree"]
-        table = read_shadow(self.root, self.task, since=since, columns=columns)
-        live, compared = live_disagreement(table, parent)
-        offline = offline_disagreement(self.registry.get(parent).metrics)
-        trigger = should_redistill(table.num_rows, live, compared, offline, self.config.trigger)
-        if not trigger.fire:
-            return f"no run: {trigger.reason}"
-        until = time.time()
-        result = self._train(since, until, parent)
+        until = self.store.interrupted(parent)
+        if until is not None:
+            reason = "resumed the run stopped before it ended"
+        else:
+            columns = ["served_model", "agree", "token_agree"]
+            table = read_shadow(self.root, self.task, since=since, columns=columns)
+            live, compared = live_disagreement(table, parent)
+            offline = offline_disagreement(self.registry.get(parent).metrics)
+            trigger = should_redistill(table.num_rows, live, compared, offline, self.config.trigger)
+            if not trigger.fire:
+                return f"no run: {trigger.reason}"
+            until, reason = time.time(), trigger.reason
+            self.store.begin(until, parent)
+        try:
+            result = self._train(since, until, parent)
+        except Exception:  # a failure, not a stop (Ctrl-C is not an Exception): take a fresh window next
+            self.store.abandon()
+            raise
         self.store.save(until)
         candidate = result.get("registered")
         if candidate is None:
-            return f"{trigger.reason}; gate refused the candidate: {'; '.join(result['gate']['reasons'])}"
+            return f"{reason}; gate refused the candidate: {'; '.join(result['gate']['reasons'])}"
         loaded = self.gateway.reload()
         if not self.config.auto_rollout:
-            return f"{trigger.reason}; registered {candidate} (loaded: {loaded})"
+            return f"{reason}; registered {candidate} (loaded: {loaded})"
         self.gateway.start_rollout(self.task, candidate, self.config.rollout)
-        return f"{trigger.reason}; registered {candidate}; canary started"
+        return f"{reason}; registered {candidate}; canary started"
 
     def _train(self, since: float | None, until: float, parent: str) -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as tmp:

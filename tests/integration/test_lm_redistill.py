@@ -107,7 +107,10 @@ def test_cli_redistills_the_generate_student_and_the_gate_refuses_a_looping_one(
 
 def refused_candidate_is_not_registered(shadowed_state: Path) -> None:
     registry = Registry(shadowed_state)
+    logged = read_shadow(str(shadowed_state / "shadow"), "generate", columns=["ts"])
+    stamps = sorted(t.timestamp() for t in logged["ts"].to_pylist())
     recipe = LMRedistillRecipe(
+        since=stamps[len(stamps) // 2],  # the older half is the window before: replayed, not the window
         corrupt_targets=True,
         budget_minutes=1.0,
         max_steps=25,
@@ -121,6 +124,9 @@ def refused_candidate_is_not_registered(shadowed_state: Path) -> None:
     root = str(shadowed_state / "shadow")
     result = redistill_generate(registry, recipe, root, parent_ref=STUDENT, log=lambda _: None)
     assert not result.gate.passed and result.manifest is None
+    counts = result.data["counts"]
+    assert isinstance(counts, dict) and counts["old_shadow"] > 0
+    assert counts["shadow_window"] + counts["holdout"] == len(stamps) - len(stamps) // 2
     assert any("worse than the parent" in r or "dropped below" in r for r in result.gate.reasons), result.gate
     assert [m.ref for m in registry.list() if m.name == "generate-student"] == before
     entry = json.loads((shadowed_state / "distill" / "runs.jsonl").read_text().splitlines()[-1])

@@ -8,7 +8,7 @@ import pytest
 
 from distill.gate import Figures, GateConfig, gate
 from distill.lm_redistill import corrupted, subset
-from gateway.redistill_loop import loop_store_path, offline_disagreement
+from gateway.redistill_loop import LoopStore, loop_store_path, offline_disagreement
 from gateway.redistill_watch import live_disagreement
 from tests.unit.test_lm_kd import random_targets
 
@@ -80,3 +80,23 @@ def test_each_task_keeps_its_own_loop_state() -> None:
     root = Path("/state")
     assert loop_store_path(root, "classify") == root / "distill" / "loop.json"  # unchanged for old states
     assert loop_store_path(root, "generate") == root / "distill" / "loop-generate.json"
+
+
+def test_a_stopped_run_is_taken_up_again_with_its_window_and_a_failed_one_is_not(tmp_path) -> None:
+    store = LoopStore(tmp_path / "loop.json")
+    store.save(100.0)
+    store.begin(200.0, "s@1")
+    assert store.last_until() == 100.0  # the next window still starts where the last finished one ended
+    assert store.interrupted("s@1") == 200.0  # a restart reruns the same window: the child resumes
+    assert store.interrupted("s@2") is None  # another student serves now: that run is moot
+    store.abandon()
+    assert store.interrupted("s@1") is None and store.last_until() == 100.0
+    store.begin(300.0, "s@1")
+    store.save(300.0)
+    assert store.interrupted("s@1") is None and store.last_until() == 300.0
+
+
+def test_a_loop_state_written_before_runs_were_tracked_still_reads(tmp_path) -> None:
+    (tmp_path / "loop.json").write_text('{"last_until": 42.5}')
+    store = LoopStore(tmp_path / "loop.json")
+    assert store.last_until() == 42.5 and store.interrupted("s@1") is None
