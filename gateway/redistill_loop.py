@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -102,14 +104,33 @@ def offline_disagreement(metrics: dict[str, Any]) -> float | None:
 
 def below_serving(nice: int, idle_class: bool) -> Callable[[], None]:
     """The child's `preexec_fn`: raise its nice value and, with `idle_class`, put it in SCHED_IDLE, where
-    it only gets a core that serving leaves idle (at nice 10 CFS still gives it ~1/10 of a busy core)."""
+    it only gets a core that serving leaves idle (at nice 10 CFS still gives it ~1/10 of a busy core).
+    On Linux the child also gets SIGTERM when its parent dies, however it dies: a gateway killed with
+    -9 leaves no training behind to race the run its next start takes up (and resumes). Linux sends it
+    when the *thread* that started the child ends: start it from a long-lived one (the event loop's)."""
+    prctl = _libc_prctl()  # resolved here: the child only makes the call (no dlopen after fork)
 
     def apply() -> None:
         os.nice(nice)
         if idle_class and hasattr(os, "SCHED_IDLE"):  # Linux; elsewhere the nice value is all there is
             os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        if prctl is not None:
+            prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
     return apply
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _libc_prctl() -> Callable[[int, int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl: Callable[[int, int], int] = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    return prctl
 
 
 def redistill_command(
