@@ -18,7 +18,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,15 +61,17 @@ class LoopStore:
             return None
         return float(running["until"])
 
-    def begin(self, until: float, parent: str) -> None:
+    @contextlib.contextmanager
+    def run(self, until: float, parent: str) -> Iterator[None]:
+        """Around one run: recorded as under way while it trains; on success the next window starts at
+        `until`; on a failure (an Exception) the record is dropped, so a failing window is not retried
+        forever. A stop (cancellation, Ctrl-C, kill) leaves it under way: the next start resumes it."""
         self._write({**self._read(), "running": {"until": until, "parent": parent}})
-
-    def abandon(self) -> None:
-        """The run failed (not stopped): the next trigger takes a fresh window."""
-        self._write({k: v for k, v in self._read().items() if k != "running"})
-
-    def save(self, until: float) -> None:
-        """The run ended (registered or refused): the next window starts at `until`."""
+        try:
+            yield
+        except Exception:
+            self._write({k: v for k, v in self._read().items() if k != "running"})
+            raise
         self._write({"last_until": until})
 
     def _write(self, payload: dict[str, Any]) -> None:
@@ -231,34 +233,27 @@ async def _check_once(
     current = state.controller.store.load(task)
     if current is not None and current[0].phase.active:
         return  # one candidate at a time: wait for the running canary to finish
-    since = store.last_until()
-    new_records = (await asyncio.to_thread(read_shadow, root, task, since=since, columns=["ts"])).num_rows
     parent = serving_student(state, task)
     if parent is None:
         return
-    totals = state.window.totals(parent)
-    live = totals.disagreed / totals.compared if totals.compared else None
-    loaded = state.pool.manifest_of(parent)
-    offline = offline_disagreement(loaded.metrics) if loaded is not None else None
+    since = store.last_until()
     until = store.interrupted(parent)
     if until is not None:
         log.info("re-distilling %s: resuming the run stopped before it ended", parent)
     else:
+        new_records = (await asyncio.to_thread(read_shadow, root, task, since=since, columns=["ts"])).num_rows
+        totals = state.window.totals(parent)
+        live = totals.disagreed / totals.compared if totals.compared else None
+        loaded = state.pool.manifest_of(parent)
+        offline = offline_disagreement(loaded.metrics) if loaded is not None else None
         trigger = should_redistill(new_records, live, int(totals.compared), offline, trigger_config)
         if not trigger.fire:
             return
         until = time.time()
         log.info("re-distilling %s: %s", parent, trigger.reason)
-        store.begin(until, parent)
     state.protect_shadow_after = since if since is not None else 0.0  # retention keeps what training reads
-    try:
+    with store.run(until, parent):
         result = await run_redistill(state, since, until, parent, task)
-    except asyncio.CancelledError:
-        raise  # the gateway is stopping: the run stays "under way" and resumes on the next start
-    except Exception:
-        store.abandon()
-        raise
-    store.save(until)
     if resumed := result.get("training", {}).get("resumed_from_step"):
         log.info("the run took up its checkpoint at step %d", resumed)
     candidate = result.get("registered")

@@ -137,13 +137,8 @@ class RedistillWatch:
             if not trigger.fire:
                 return f"no run: {trigger.reason}"
             until, reason = time.time(), trigger.reason
-            self.store.begin(until, parent)
-        try:
+        with self.store.run(until, parent):
             result = self._train(since, until, parent)
-        except Exception:  # a failure, not a stop (Ctrl-C is not an Exception): take a fresh window next
-            self.store.abandon()
-            raise
-        self.store.save(until)
         candidate = result.get("registered")
         if candidate is None:
             return f"{reason}; gate refused the candidate: {'; '.join(result['gate']['reasons'])}"

@@ -1,11 +1,19 @@
-"""Helpers shared by integration and e2e tests: free ports, keyed traffic, reading /metrics text."""
+"""Helpers shared by integration and e2e tests: free ports, keyed traffic, reading /metrics text,
+killing a training run mid-way."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
@@ -34,3 +42,19 @@ async def send_keyed(url: str, n: int, prefix: str, concurrency: int = 4) -> lis
                 return await client.post("/classify", json=body, headers=headers)
 
         return await asyncio.gather(*(one(i) for i in range(n)))
+
+
+def kill_at_first_checkpoint(script: str, state_dir: Path) -> float:
+    """Runs `script` (a re-distillation) in a child process, kill -9s it as soon as its first checkpoint
+    is on disk, and returns the window end the run pinned before training."""
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT)
+    checkpoints = state_dir / "distill" / "checkpoints"
+    deadline = time.monotonic() + 300
+    while not any(checkpoints.glob("*.pt")):
+        assert proc.poll() is None, "the run ended before its first checkpoint"
+        assert time.monotonic() < deadline, "no checkpoint was written"
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait(timeout=30)
+    (until,) = json.loads((state_dir / "distill" / "inflight.json").read_text()).values()
+    return float(until)

@@ -22,9 +22,9 @@ from distill.gate import GateConfig
 from distill.lm_redistill import LMRedistillRecipe, redistill_generate
 from distill.registry import Registry
 from distill.shadowread import read_shadow
+from tests.support import kill_at_first_checkpoint
 
 STUDENT = "generate-student@1"
-ROOT = Path(__file__).resolve().parents[2]
 TOPICS = ["the weather", "football", "a new phone", "the stock market", "a cooking recipe", "a train strike"]
 # Tiny test models are weak: absolute floors off; the comparisons with the parent stay on.
 LOOSE = {"min_agreement": 0.0, "max_kl": 50.0, "min_accuracy": 0.0, "max_degenerate_rate": 1.0}
@@ -148,16 +148,7 @@ def test_a_killed_generate_run_resumes_on_the_same_window_and_ends_with_the_same
         f"redistill_generate(Registry(Path({str(shadowed_state)!r})), STEP_BOUND, "
         f"{str(shadowed_state / 'shadow')!r})\n"
     )
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT)
-    checkpoints = shadowed_state / "distill" / "checkpoints"
-    deadline = time.monotonic() + 300
-    while not any(checkpoints.glob("*.pt")):
-        assert proc.poll() is None, "the run ended before its first checkpoint"
-        assert time.monotonic() < deadline, "no checkpoint was written"
-        time.sleep(0.05)
-    proc.kill()
-    proc.wait(timeout=30)
-    (until,) = json.loads((shadowed_state / "distill" / "inflight.json").read_text()).values()
+    until = kill_at_first_checkpoint(script, shadowed_state)
 
     resumed = redistill_generate(
         Registry(shadowed_state), STEP_BOUND, str(shadowed_state / "shadow"), log=lambda _: None
@@ -174,4 +165,4 @@ def test_a_killed_generate_run_resumes_on_the_same_window_and_ends_with_the_same
     assert reference.training["resumed_from_step"] == 0
     assert resumed.gate.candidate == reference.gate.candidate  # identical figures: identical student
     assert json.loads((shadowed_state / "distill" / "inflight.json").read_text()) == {}
-    assert not any(checkpoints.glob("*.pt"))
+    assert not any((shadowed_state / "distill" / "checkpoints").glob("*.pt"))

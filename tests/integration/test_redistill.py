@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,9 +17,9 @@ from distill.redistill import RedistillRecipe, redistill
 from distill.registry import Registry
 from distill.runners import load_runner
 from distill.shadowlog import ShadowLogWriter
+from tests.support import kill_at_first_checkpoint
 
 TEACHER, STUDENT = "classify-teacher@1", "classify-student@1"
-ROOT = Path(__file__).resolve().parents[2]
 # The tiny test models are weak: absolute minimums are off, the comparisons with the parent are on.
 LOOSE = GateConfig(
     min_agreement=0.0,
@@ -106,17 +104,7 @@ def test_a_killed_run_resumes_on_the_same_window_and_ends_with_the_same_student(
         "from tests.integration.test_redistill import LOOSE\n"
         f"redistill(Registry(Path({str(state_dir)!r})), {recipe}, {root!r})\n"
     )
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT)
-    checkpoints = state_dir / "distill" / "checkpoints"
-    deadline = time.monotonic() + 300
-    while not any(checkpoints.glob("*.pt")):
-        assert proc.poll() is None, "the run ended before its first checkpoint"
-        assert time.monotonic() < deadline, "no checkpoint was written"
-        time.sleep(0.05)
-    proc.kill()
-    proc.wait(timeout=30)
-    pinned = json.loads((state_dir / "distill" / "inflight.json").read_text())
-    (until,) = pinned.values()
+    until = kill_at_first_checkpoint(script, state_dir)
 
     resumed = redistill(
         Registry(state_dir),
@@ -136,4 +124,4 @@ def test_a_killed_run_resumes_on_the_same_window_and_ends_with_the_same_student(
     assert reference.training["resumed_from_step"] == 0
     assert resumed.gate.candidate == reference.gate.candidate  # identical figures: identical student
     assert json.loads((state_dir / "distill" / "inflight.json").read_text()) == {}
-    assert not any(checkpoints.glob("*.pt"))
+    assert not any((state_dir / "distill" / "checkpoints").glob("*.pt"))

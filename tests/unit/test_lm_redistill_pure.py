@@ -84,15 +84,18 @@ def test_each_task_keeps_its_own_loop_state() -> None:
 
 def test_a_stopped_run_is_taken_up_again_with_its_window_and_a_failed_one_is_not(tmp_path) -> None:
     store = LoopStore(tmp_path / "loop.json")
-    store.save(100.0)
-    store.begin(200.0, "s@1")
+    with store.run(100.0, "s@1"):
+        pass
+    with pytest.raises(KeyboardInterrupt), store.run(200.0, "s@1"):  # stopped (Ctrl-C, cancellation)
+        raise KeyboardInterrupt
     assert store.last_until() == 100.0  # the next window still starts where the last finished one ended
     assert store.interrupted("s@1") == 200.0  # a restart reruns the same window: the child resumes
     assert store.interrupted("s@2") is None  # another student serves now: that run is moot
-    store.abandon()
+    with pytest.raises(RuntimeError), store.run(200.0, "s@1"):  # the rerun fails
+        raise RuntimeError("re-distillation exited 1")
     assert store.interrupted("s@1") is None and store.last_until() == 100.0
-    store.begin(300.0, "s@1")
-    store.save(300.0)
+    with store.run(300.0, "s@1"):
+        assert store.interrupted("s@1") == 300.0  # under way while it trains
     assert store.interrupted("s@1") is None and store.last_until() == 300.0
 
 
