@@ -139,6 +139,11 @@ class Controller:
             return new
 
     def _apply(self, old: RolloutState, new: RolloutState, config: RolloutConfig, actions: list) -> None:
+        # The evidence first: a status read between the two must not pair the new state (say, rolled
+        # back) with the evidence of the tick before (which did not fail yet).
+        for action in actions:
+            if isinstance(action, RecordEvidence):
+                self.last_evidence[action.task] = action.evidence
         if new != old:
             self.store.save(new, config)
         for action in actions:
@@ -148,7 +153,5 @@ class Controller:
                 self.audit.append(action.event)
                 if self.sink is not None:
                     self.sink.transition(action.event, new)
-            elif isinstance(action, RecordEvidence):
-                self.last_evidence[action.task] = action.evidence
-                if self.sink is not None:
-                    self.sink.record(new, action.evidence)
+            elif isinstance(action, RecordEvidence) and self.sink is not None:
+                self.sink.record(new, action.evidence)

@@ -1,0 +1,45 @@
+"""The controller's bookkeeping around one judged tick (the machine and judge are tested on their own)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rollout.driver import Controller
+from rollout.model import Observation, Phase, RolloutConfig, RolloutState, Verdict
+from rollout.store import AuditLog, RolloutStore
+
+
+class ErroringSource:
+    """Every request the candidate served was an error: the error-burn guard fails at once."""
+
+    def observe(self, state: RolloutState) -> Observation:
+        return Observation(requests=500, errors=500, compared=0)
+
+
+class Weights:
+    def set_weights(self, task: str, weights: dict[str, int]) -> None:
+        self.last = (task, weights)
+
+
+class WatchedStore(RolloutStore):
+    """Records what a status read would pair with each saved state: the controller's evidence then."""
+
+    controller: Controller
+
+    def save(self, state: RolloutState, config: RolloutConfig) -> None:
+        super().save(state, config)
+        evidence = self.controller.last_evidence.get(state.task, ())
+        self.seen = (state.phase, {e.metric: e.verdict for e in evidence})
+
+
+def test_a_saved_rollback_is_never_paired_with_the_evidence_of_the_tick_before(tmp_path: Path) -> None:
+    store = WatchedStore(tmp_path / "rollout")
+    controller = Controller(store, AuditLog(tmp_path / "rollout"), ErroringSource(), Weights())
+    store.controller = controller
+    config = RolloutConfig(steps=(5, 100), min_dwell_s=0.0, min_requests=30, max_disagreement=0.5)
+    controller.start("classify", "s@1", "s@2", config)
+    assert store.seen == (Phase.PROGRESSING, {})  # nothing judged yet
+    controller.tick_task("classify")
+    phase, verdicts = store.seen
+    assert phase is Phase.ROLLED_BACK
+    assert verdicts["error_burn"] is Verdict.FAIL  # the evidence of this tick, already in place
