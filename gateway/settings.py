@@ -59,6 +59,11 @@ class Settings(BaseSettings):
     # compared (the rest are dropped and counted; loadtests/bench_shadow.py). The /generate shadow
     # keeps the nice value only: its rollouts need comparisons while both cores decode.
     shadow_idle_class: bool = True
+    # Cores the /classify shadow teacher may use at most, averaged over its batches (it pauses after
+    # each batch for as long as the budget needs). SCHED_IDLE alone lets it run whenever a core is
+    # idle for a moment, beside the serving model, and what they share (caches, memory, the host's
+    # core) still showed in served p99; the budget bounds that overlap. None: no budget.
+    shadow_max_cpu: float | None = Field(0.25, gt=0, le=64)
     shadow_root: str | None = None  # fsspec URL of the shadow log (default <state_dir>/shadow)
     shadow_flush_rows: int = Field(512, ge=1)  # a segment is written every N records...
     shadow_flush_seconds: float = Field(2.0, gt=0)  # ...or after this long, whichever comes first

@@ -15,6 +15,8 @@ import contextlib
 import logging
 import os
 import threading
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -54,6 +56,12 @@ def lower_priority(nice: int, idle_class: bool = False) -> None:
             os.sched_setscheduler(threading.get_native_id(), os.SCHED_IDLE, os.sched_param(0))
 
 
+def _cpu_timed(fn: Callable[[list[str]], np.ndarray], texts: list[str]) -> tuple[np.ndarray, float]:
+    """`fn(texts)` and the CPU seconds it took on this thread (its ONNX session is one-threaded)."""
+    started = time.thread_time()
+    return fn(texts), time.thread_time() - started
+
+
 def configured_rate(settings: Settings, model: str) -> float:
     """The share of `model`'s requests to shadow: its override in `shadow_rates`, else `shadow_rate`."""
     return settings.shadow_rates.get(model, settings.shadow_rate)
@@ -62,6 +70,24 @@ def configured_rate(settings: Settings, model: str) -> float:
 def should_shadow(request_id: str, rate: float) -> bool:
     """Pure and reproducible: the same request id is always (not) sampled at a given rate."""
     return rate >= 1.0 or (rate > 0.0 and unit_hash("shadow", request_id) < rate)
+
+
+def split_rows(items: list[ShadowItem], scored: np.ndarray) -> dict[int, np.ndarray]:
+    """The rows of one teacher call over all items' texts, back per item (keyed by `id(item)`)."""
+    out, offset = {}, 0
+    for item in items:
+        out[id(item)] = scored[offset : offset + len(item.texts)]
+        offset += len(item.texts)
+    return out
+
+
+def pause_for_budget(cpu_seconds: float, max_cpu: float | None) -> float:
+    """Seconds to wait after a batch that took `cpu_seconds` of CPU so the shadow averages at most
+    `max_cpu` cores: busy for c, idle for c·(1/max_cpu − 1). No budget, or one of a core or more for a
+    one-threaded teacher: no pause."""
+    if max_cpu is None or max_cpu >= 1.0 or cpu_seconds <= 0.0:
+        return 0.0
+    return cpu_seconds * (1.0 / max_cpu - 1.0)
 
 
 def agreement_and_kl(teacher_logits: np.ndarray, served_logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -153,11 +179,17 @@ class ShadowPipeline:
         if students:
             try:
                 runner = await self._teacher_runner(teacher.ref)
-                await asyncio.get_running_loop().run_in_executor(
-                    self._executor, self._score_and_log, students, teacher.ref, runner
-                )
+                texts = [t for item in students for t in item.texts]
+                scored, cpu_s = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, _cpu_timed, runner.predict_logits, texts
+                )  # (ΣB, C), seconds of the shadow thread's CPU
+                # Only the teacher call is at idle priority: the bookkeeping takes locks the request
+                # path takes too (metrics, live window), and must not sit on them while starved.
+                await asyncio.to_thread(self._log, students, teacher.ref, split_rows(students, scored))
             except Exception as exc:
                 self._failed(students, exc)
+                return
+            await asyncio.sleep(pause_for_budget(cpu_s, self.settings.shadow_max_cpu))
 
     def _failed(self, items: list[ShadowItem], why: object) -> None:
         failure = isinstance(why, Exception)
@@ -175,18 +207,6 @@ class ShadowPipeline:
                 ),
             )
         return self._runner
-
-    def _score_and_log(self, students: list[ShadowItem], teacher_ref: str, runner: Runner) -> None:
-        """The teacher's logits, the proxies and the log rows, all on the shadow's own low-priority thread
-        and runner: on 2 cores, shadow work that shared the serving teacher's thread (and nice level)
-        raised served p99 by 84%, and building its records on the event loop competed with serving too."""
-        scored = runner.predict_logits([t for item in students for t in item.texts])  # (ΣB, C)
-        teacher_logits: dict[int, np.ndarray] = {}
-        offset = 0
-        for item in students:
-            teacher_logits[id(item)] = scored[offset : offset + len(item.texts)]
-            offset += len(item.texts)
-        self._log(students, teacher_ref, teacher_logits)
 
     def _log(self, items: list[ShadowItem], teacher_ref: str, teacher_logits: dict[int, np.ndarray]) -> None:
         for item in items:

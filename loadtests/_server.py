@@ -42,6 +42,16 @@ def plain_wrapper(state_dir: Path, ref: str) -> Iterator[str]:
 
 
 @contextmanager
+def raw_wrapper(state_dir: Path, ref: str) -> Iterator[str]:
+    """Yields the base URL of the floor control of `loadtests.raw_wrapper` serving `ref`."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "loadtests.raw_wrapper", "--state-dir", str(state_dir)]
+    cmd += ["--ref", ref, "--port", str(port)]
+    with _serving(cmd, {}, f"http://127.0.0.1:{port}", "/healthz") as url:
+        yield url
+
+
+@contextmanager
 def _serving(cmd: list[str], env: dict[str, str], url: str, ready_path: str) -> Iterator[str]:
     base = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_WAIT_POLICY": "PASSIVE"}
     root = Path(__file__).resolve().parents[1]

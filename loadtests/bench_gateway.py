@@ -5,10 +5,12 @@
 1. Overhead at concurrency 1: HTTP p50/p99 minus in-process p50/p99 of the same model (teacher, pinned).
    In the same rounds, the control: the plainest FastAPI wrapper around the same model on one worker
    thread (`loadtests/plain_wrapper.py`), so what kdgate adds is told apart from what any HTTP wrapper
-   adds here; and the HTTP floor (GET /healthz: client, loopback, uvicorn, no model). Rounds alternate
-   while the servers are up, so drift of the machine hits all alike. The `server-timing` header splits
-   kdgate's time into model, batch queue, handler and everything outside the handler. The client is a
-   raw keep-alive HTTP/1.1 connection (`LeanClient`); the same overhead through httpx is reported too.
+   adds here; the floor control, no framework at all (`loadtests/raw_wrapper.py`: an asyncio protocol
+   on a bare socket, the same model on one worker thread); and the HTTP floor (GET /healthz: client,
+   loopback, uvicorn, no model). Rounds alternate while the servers are up, so drift of the machine hits
+   all alike. The `server-timing` header splits kdgate's time into model, batch queue, handler and
+   everything outside the handler. The client is a raw keep-alive HTTP/1.1 connection (`LeanClient`);
+   the same overhead through httpx is reported too.
 2. Teacher at 100%: latency and throughput at concurrency 8 and 32, micro-batching on (max batch 32)
    without waiting (work-conserving, the default) and with a 2 ms wait, vs off (max batch 1).
 Writes loadtests/results/bench_gateway.json. Client and server share the 2 cores: figures include that.
@@ -23,6 +25,7 @@ import os
 import socket
 import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -33,7 +36,7 @@ import numpy as np
 from distill.classify_build import TEACHER_NAME, ClassifyRecipe, load_split
 from distill.registry import Registry
 from distill.runners import Runner, load_runner
-from loadtests._server import gateway, plain_wrapper
+from loadtests._server import gateway, plain_wrapper, raw_wrapper
 
 
 def summary(latencies_ms: list[float], seconds: float) -> dict[str, float]:
@@ -156,6 +159,29 @@ def sequential(
     return latencies, timings
 
 
+def lean_load(url: str, texts: list[str], concurrency: int, requests: int) -> dict[str, Any]:
+    """`concurrency` threads, each with its own `LeanClient`, share `requests` POST /classify: a load
+    that leaves the 2 cores to the gateway (httpx's async client took about one of them at c=8)."""
+    latencies: list[float] = []
+    counter = iter(range(requests))  # next() on a range iterator is atomic under the GIL
+
+    def worker() -> None:
+        with LeanClient(url) as client:
+            for i in counter:
+                body = json.dumps({"text": texts[i % len(texts)]}).encode()
+                started = time.perf_counter()
+                status, _, _ = client.request("POST", "/classify", body)
+                if status != 200:
+                    raise RuntimeError(f"POST /classify answered {status}")
+                latencies.append((time.perf_counter() - started) * 1000)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        for done in [pool.submit(worker) for _ in range(concurrency)]:
+            done.result()
+    return {**summary(latencies, time.perf_counter() - started), "latencies_ms": latencies}
+
+
 def http_floor(url: str, requests: int) -> list[float]:
     latencies = []
     with LeanClient(url) as client:
@@ -173,11 +199,16 @@ def overhead(
 ) -> dict[str, object]:
     runner = load_runner(Registry(state_dir), ref, threads=1, prefer_onnx=True)  # as served (teacher_runtime)
     in_process(runner, texts[:20], 20)  # warm-up
-    series: dict[str, list[float]] = {"in_process": [], "http": [], "plain": [], "floor": [], "httpx": []}
+    series: dict[str, list[float]] = {k: [] for k in ("in_process", "http", "plain", "raw", "floor", "httpx")}
     timings: list[dict[str, float]] = []
-    with gateway(state_dir, max_in_flight=256) as url, plain_wrapper(state_dir, ref) as plain_url:
+    with (
+        gateway(state_dir, max_in_flight=256) as url,
+        plain_wrapper(state_dir, ref) as plain_url,
+        raw_wrapper(state_dir, ref) as raw_url,
+    ):
         sequential(url, texts, 20, ref)  # warm-up
         sequential(plain_url, texts, 20, None)
+        sequential(raw_url, texts, 20, None)
         per_round = max(requests // rounds, 1)
         for r in range(rounds):
             chunk = texts[(r * per_round) % len(texts) :] + texts
@@ -186,20 +217,24 @@ def overhead(
             series["http"] += latencies
             timings += got
             series["plain"] += sequential(plain_url, chunk, per_round, None)[0]
+            series["raw"] += sequential(raw_url, chunk, per_round, None)[0]
             series["floor"] += http_floor(url, per_round // 4)
             series["httpx"] += asyncio.run(load(url, chunk, 1, per_round // 4, ref))["latencies_ms"]
-    d, h, p = (summary(series[k], sum(series[k]) / 1000) for k in ("in_process", "http", "plain"))
+    d, h, p, w = (summary(series[k], sum(series[k]) / 1000) for k in ("in_process", "http", "plain", "raw"))
     x = summary(series["httpx"], sum(series["httpx"]) / 1000)
     return {
         "client": "LeanClient (one keep-alive connection, raw HTTP/1.1)",
         "in_process": d,
         "http": h,
         "plain_fastapi_wrapper": p,
+        "raw_asyncio_floor": w,
         "http_floor_healthz": summary(series["floor"], sum(series["floor"]) / 1000),
         "overhead_p50_ms": h["p50_ms"] - d["p50_ms"],
         "overhead_p99_ms": h["p99_ms"] - d["p99_ms"],
         "plain_wrapper_overhead_p50_ms": p["p50_ms"] - d["p50_ms"],
         "plain_wrapper_overhead_p99_ms": p["p99_ms"] - d["p99_ms"],
+        "raw_floor_overhead_p50_ms": w["p50_ms"] - d["p50_ms"],
+        "raw_floor_overhead_p99_ms": w["p99_ms"] - d["p99_ms"],
         "kdgate_over_plain_wrapper_p50_ms": h["p50_ms"] - p["p50_ms"],
         "kdgate_over_plain_wrapper_p99_ms": h["p99_ms"] - p["p99_ms"],
         "breakdown_p50_ms": breakdown(series["http"], timings),

@@ -2,28 +2,35 @@
 
     .venv/bin/python -m loadtests.bench_shadow --state-dir .kdgate
 
-Student at 100% of /classify traffic, concurrency 8, shadow at 0% vs 100% (the teacher re-scores every
-request in the background on the same 2 cores), the shadow thread niced and in SCHED_IDLE (the
-default) or only niced (`shadow_idle_class=false`); for each, the share of served requests the
-shadow compared (the rest were dropped from its bounded queue). Then bytes per record of the Parquet
-log: whole record and the teacher payload column alone. Writes loadtests/results/bench_shadow.json.
+Student at 100% of /classify traffic, concurrency 8, shadow off vs on with the defaults (SCHED_IDLE,
+nice 10, a CPU budget of 0.25 core) vs on without the budget (SCHED_IDLE alone); `--nice-only` adds
+the control without SCHED_IDLE. All gateways are up at once and the rounds alternate between them
+(rotated order), so drift of the machine hits all alike; latencies are pooled per variant and the
+p99 of each round is kept too, to show the noise. Two clients: `lean` (raw keep-alive HTTP/1.1 from
+threads, which leaves the 2 cores to the gateway) and `httpx` (its async client took about a core at
+c=8 here, and its own tail shows in p99). For each shadow variant, the share of served requests the
+shadow compared (the rest were dropped from its bounded queue and counted). Then bytes per record of
+the Parquet log: whole record and the teacher payload column alone. Writes
+loadtests/results/bench_shadow.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pyarrow.parquet as pq
 
 from distill.classify_build import STUDENT_NAME, TEACHER_NAME, ClassifyRecipe, load_split
 from distill.registry import Registry
 from loadtests._server import admin_headers, gateway, scratch_copy
-from loadtests.bench_gateway import load
+from loadtests.bench_gateway import lean_load, load, summary
 
 
 def wait_for_shadow_idle(url: str, timeout: float = 120.0) -> None:
@@ -71,58 +78,93 @@ def log_size(shadow_dir: Path) -> dict[str, float]:
     }
 
 
+VARIANTS: dict[str, dict[str, object]] = {
+    "shadow_off": {"shadow_enabled": False},
+    "shadow_on": {"shadow_enabled": True},  # the defaults: SCHED_IDLE, nice 10, CPU budget
+    # A budget of a whole core never pauses the one-threaded shadow teacher: SCHED_IDLE alone.
+    "shadow_on_no_budget": {"shadow_enabled": True, "shadow_max_cpu": 1.0},
+}
+NICE_ONLY: dict[str, dict[str, object]] = {
+    "shadow_on_nice_only": {"shadow_enabled": True, "shadow_idle_class": False, "shadow_max_cpu": 1.0},
+}
+
+
+def run_load(client: str, url: str, texts: list[str], concurrency: int, requests: int) -> list[float]:
+    if client == "lean":
+        return list(lean_load(url, texts, concurrency, requests)["latencies_ms"])
+    return list(asyncio.run(load(url, texts, concurrency, requests, None))["latencies_ms"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--state-dir", type=Path, default=Path(".kdgate"))
-    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--requests", type=int, default=2000, help="per variant, client and round")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--clients", nargs="+", choices=("lean", "httpx"), default=["lean", "httpx"])
+    parser.add_argument("--nice-only", action="store_true", help="also the control without SCHED_IDLE")
     parser.add_argument("--out", type=Path, default=Path("loadtests/results/bench_shadow.json"))
     args = parser.parse_args()
+    variants = VARIANTS | (NICE_ONLY if args.nice_only else {})
     registry = Registry(args.state_dir)
     student, teacher = registry.latest(STUDENT_NAME), registry.latest(TEACHER_NAME)
     if student is None or teacher is None:
         raise SystemExit(f"no default models in {args.state_dir}; run `kdgate serve` once first")
     texts = load_split(ClassifyRecipe()).test.texts[:1000]
+    series: dict[tuple[str, str], list[float]] = {(v, c): [] for v in variants for c in args.clients}
+    round_p99: dict[tuple[str, str], list[float]] = {key: [] for key in series}
+    outcomes: dict[str, dict[str, float]] = {}
+    with contextlib.ExitStack() as scratch:
+        states = {v: scratch.enter_context(scratch_copy(args.state_dir)) for v in variants}
+        with contextlib.ExitStack() as servers:  # all up at once; rounds alternate between them
+            urls = {v: servers.enter_context(gateway(states[v], **variants[v])) for v in variants}
+            for variant, url in urls.items():
+                httpx.put(
+                    f"{url}/admin/traffic/classify",
+                    json={"weights": {student.ref: 100}},
+                    headers=admin_headers(states[variant]),
+                ).raise_for_status()
+                run_load("lean", url, texts, args.concurrency, 100)  # warm-up
+                wait_for_shadow_idle(url)
+            names = list(variants)
+            for r in range(args.rounds):
+                for variant in names[r % len(names) :] + names[: r % len(names)]:  # rotated order
+                    for client in args.clients:
+                        chunk = texts[(r * 97) % len(texts) :] + texts
+                        got = run_load(client, urls[variant], chunk, args.concurrency, args.requests)
+                        series[variant, client] += got
+                        round_p99[variant, client].append(float(np.percentile(got, 99)))
+                        wait_for_shadow_idle(urls[variant])  # the next measurement starts quiet
+            outcomes = {v: shadow_outcomes(urls[v]) for v in variants if variants[v]["shadow_enabled"]}
+        # The gateways have stopped gracefully: everything is flushed.
+        shadow_log = log_size(states["shadow_on"] / "shadow")
     report: dict[str, object] = {
         "student": student.ref,
         "teacher": teacher.ref,
         "concurrency": args.concurrency,
+        "rounds": args.rounds,
+        "requests_per_round": args.requests,
     }
-    variants: dict[str, dict[str, object]] = {
-        "shadow_off": {"shadow_enabled": False},
-        "shadow_on": {"shadow_enabled": True},
-        "shadow_on_nice_only": {"shadow_enabled": True, "shadow_idle_class": False},
-    }
-    for label, settings in variants.items():
-        enabled = bool(settings["shadow_enabled"])
-        with scratch_copy(args.state_dir) as state:
-            with gateway(state, **settings) as url:
-                httpx.put(
-                    f"{url}/admin/traffic/classify",
-                    json={"weights": {student.ref: 100}},
-                    headers=admin_headers(state),
-                ).raise_for_status()
-                result = asyncio.run(load(url, texts, args.concurrency, args.requests, None))
-                result.pop("latencies_ms")
-                result.pop("timings")
-                report[label] = result
-                if enabled:
-                    wait_for_shadow_idle(url)
-                    outcomes = shadow_outcomes(url)
-                    result["shadow_outcomes"] = outcomes
-                    served = outcomes.get("compared", 0.0) + outcomes.get("dropped", 0.0)
-                    result["observed_shadow_rate"] = outcomes.get("compared", 0.0) / max(served, 1.0)
-            if label == "shadow_on":  # the gateway has stopped gracefully: everything is flushed
-                report["shadow_log"] = log_size(state / "shadow")
-    off = report["shadow_off"]
-    assert isinstance(off, dict)
-    for label in ("shadow_on", "shadow_on_nice_only"):
-        on = report[label]
-        assert isinstance(on, dict)
-        on["p99_increase_pct"] = 100.0 * (on["p99_ms"] / off["p99_ms"] - 1.0)
-        on["p50_increase_pct"] = 100.0 * (on["p50_ms"] / off["p50_ms"] - 1.0)
+    for client in args.clients:
+        off = summary(series["shadow_off", client], 1.0)
+        per_client: dict[str, object] = {}
+        for variant in variants:
+            pooled = summary(series[variant, client], 1.0)
+            pooled.pop("throughput_rps")  # pooled over rounds: no single wall time
+            if variant != "shadow_off":
+                pooled["p50_increase_pct"] = 100.0 * (pooled["p50_ms"] / off["p50_ms"] - 1.0)
+                pooled["p99_increase_pct"] = 100.0 * (pooled["p99_ms"] / off["p99_ms"] - 1.0)
+            per_client[variant] = {**pooled, "p99_ms_per_round": round_p99[variant, client]}
+        report[f"client_{client}"] = per_client
+    for variant, counts in outcomes.items():
+        served = counts.get("compared", 0.0) + counts.get("dropped", 0.0)
+        report[f"{variant}_shadow"] = {
+            "outcomes": counts,
+            "observed_shadow_rate": counts.get("compared", 0.0) / max(served, 1.0),
+        }
+    report["shadow_log"] = shadow_log
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
