@@ -2,10 +2,11 @@
 
 Request path: `offer()` only decides (pure hash of the request id against the model's rate) and puts
 the item on a bounded queue — when it is full the item is dropped and counted, never waited on.
-Worker: takes up to `shadow_batch` items, runs the teacher once on all their texts (its own runner on
-its own low-priority thread, not the serving teacher's), computes top-1 agreement and KL(teacher ‖
-student), updates metrics and the live window, and appends one shadow record per text to the log.
-Teacher-served requests are logged with their own logits, without a second teacher call.
+Student items: a worker takes up to `shadow_batch` of them and runs the teacher once on all their
+texts (its own runner on its own thread in SCHED_IDLE, not the serving teacher's), then computes top-1
+agreement and KL(teacher ‖ student), updates metrics and the live window and appends one shadow record
+per text to the log (at serving priority, briefly), and pauses so the teacher keeps to its CPU budget.
+Teacher-served items have their soft output already: a second worker logs them in bulk, no teacher call.
 """
 
 from __future__ import annotations
@@ -72,6 +73,17 @@ def should_shadow(request_id: str, rate: float) -> bool:
     return rate >= 1.0 or (rate > 0.0 and unit_hash("shadow", request_id) < rate)
 
 
+OWN_LINGER_S = 0.25  # teacher-served records gather this long before one hop logs them all
+OWN_BATCH = 512
+
+
+def _more(items: list[ShadowItem], queue: asyncio.Queue[ShadowItem], most: int) -> list[ShadowItem]:
+    """`items` and whatever else is queued, up to `most` items in all."""
+    while len(items) < most and not queue.empty():
+        items.append(queue.get_nowait())
+    return items
+
+
 def split_rows(items: list[ShadowItem], scored: np.ndarray) -> dict[int, np.ndarray]:
     """The rows of one teacher call over all items' texts, back per item (keyed by `id(item)`)."""
     out, offset = {}, 0
@@ -96,6 +108,10 @@ def agreement_and_kl(teacher_logits: np.ndarray, served_logits: np.ndarray) -> t
 
 
 class ShadowPipeline:
+    """Two workers, one job each: student items are scored by the teacher (at idle priority, under the
+    CPU budget); teacher-served items are only logged, a few times a second in bulk, so neither the
+    budget's pauses nor a starved teacher call ever hold them up."""
+
     def __init__(
         self,
         settings: Settings,
@@ -110,7 +126,9 @@ class ShadowPipeline:
         self.window = window
         self.writer = writer
         self.queue: asyncio.Queue[ShadowItem] = asyncio.Queue(maxsize=settings.shadow_queue_size)
-        self._worker: asyncio.Task[None] | None = None
+        self.own_queue: asyncio.Queue[ShadowItem] = asyncio.Queue(maxsize=settings.shadow_queue_size)
+        self._workers: list[asyncio.Task[None]] = []
+        self._closing = False  # serving has stopped: drain at full speed
         self._runner: Runner | None = None  # a private teacher runner, loaded on first use
         nice, idle = settings.shadow_nice, settings.shadow_idle_class
         self._executor = ThreadPoolExecutor(
@@ -125,71 +143,87 @@ class ShadowPipeline:
     def offer(self, item: ShadowItem, teacher: LoadedModel) -> None:
         """Called on the request path: O(1), never blocks."""
         model, task = item.served.ref, item.task
-        is_teacher = item.served is teacher
-        if not is_teacher:
+        queue = self.own_queue
+        if item.served is not teacher:
+            queue = self.queue
             self.window.add(model, eligible=len(item.texts))
             self.metrics.shadow_eligible.labels(task, model).inc(len(item.texts))
             if not should_shadow(item.request_id, self.rate_of(model)):
                 return
         try:
-            self.queue.put_nowait(item)
+            queue.put_nowait(item)
         except asyncio.QueueFull:
             self.metrics.shadow.labels(task, model, "dropped").inc(len(item.texts))
             self.window.add(model, dropped=len(item.texts))
 
     def start(self) -> None:
-        if self._worker is None:
-            self._worker = asyncio.get_running_loop().create_task(self._run())
+        if not self._workers:
+            loop = asyncio.get_running_loop()
+            self._workers = [loop.create_task(self._score_students()), loop.create_task(self._log_own())]
 
     async def close(self, drain_seconds: float = 10.0) -> None:
         """Graceful stop: score what is queued (bounded by `drain_seconds`), then flush the log."""
+        self._closing = True
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.queue.join(), drain_seconds)
-        if self._worker is not None:
-            self._worker.cancel()
+            await asyncio.wait_for(asyncio.gather(self.queue.join(), self.own_queue.join()), drain_seconds)
+        for worker in self._workers:
+            worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
+                await worker
+        for queue in (self.queue, self.own_queue):  # past the drain time: dropped, and counted as such
+            while not queue.empty():
+                item = queue.get_nowait()
+                self.metrics.shadow.labels(item.task, item.served.ref, "dropped").inc(len(item.texts))
         # The batch the shadow thread is on still appends to the log: let it finish before the close.
         await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
         await asyncio.to_thread(self.writer.close)
 
-    async def _run(self) -> None:
+    async def _score_students(self) -> None:
         while True:
-            items = [await self.queue.get()]
-            while len(items) < self.settings.shadow_batch and not self.queue.empty():
-                items.append(self.queue.get_nowait())
+            items = _more([await self.queue.get()], self.queue, self.settings.shadow_batch)
             try:
-                await self._score(items)
+                cpu_s = await self._score(items)
             finally:
                 for _ in items:
                     self.queue.task_done()
+            if not self._closing:
+                await asyncio.sleep(pause_for_budget(cpu_s, self.settings.shadow_max_cpu))
 
-    async def _score(self, items: list[ShadowItem]) -> None:
-        teacher = self.pool.teacher_of(items[0].task)  # one task per pipeline
+    async def _log_own(self) -> None:
+        """Teacher-served records need no teacher call: at serving priority (never starved), a batch at
+        a time (one thread hop per batch, not per request)."""
+        while True:
+            first = await self.own_queue.get()
+            if not self._closing:
+                await asyncio.sleep(OWN_LINGER_S)
+            items = _more([first], self.own_queue, OWN_BATCH)
+            try:
+                await asyncio.to_thread(self._log, items, {})
+            except Exception as exc:
+                self._failed(items, exc)
+            finally:
+                for _ in items:
+                    self.own_queue.task_done()
+
+    async def _score(self, students: list[ShadowItem]) -> float:
+        """Scores and logs `students`; the seconds of CPU the teacher took."""
+        teacher = self.pool.teacher_of(students[0].task)  # one task per pipeline
         if teacher is None:
-            self._failed(items, "no teacher loaded to shadow with")
-            return
-        own = [i for i in items if i.served is teacher]
-        students = [i for i in items if i.served is not teacher]
-        if own:  # no second teacher call: cheap, and kept at serving priority so it is never starved
-            try:
-                await asyncio.to_thread(self._log, own, teacher.ref, {})
-            except Exception as exc:
-                self._failed(own, exc)
-        if students:
-            try:
-                runner = await self._teacher_runner(teacher.ref)
-                texts = [t for item in students for t in item.texts]
-                scored, cpu_s = await asyncio.get_running_loop().run_in_executor(
-                    self._executor, _cpu_timed, runner.predict_logits, texts
-                )  # (ΣB, C), seconds of the shadow thread's CPU
-                # Only the teacher call is at idle priority: the bookkeeping takes locks the request
-                # path takes too (metrics, live window), and must not sit on them while starved.
-                await asyncio.to_thread(self._log, students, teacher.ref, split_rows(students, scored))
-            except Exception as exc:
-                self._failed(students, exc)
-                return
-            await asyncio.sleep(pause_for_budget(cpu_s, self.settings.shadow_max_cpu))
+            self._failed(students, "no teacher loaded to shadow with")
+            return 0.0
+        try:
+            runner = await self._teacher_runner(teacher.ref)
+            texts = [t for item in students for t in item.texts]
+            scored, cpu_s = await asyncio.get_running_loop().run_in_executor(
+                self._executor, _cpu_timed, runner.predict_logits, texts
+            )  # (ΣB, C), seconds of the shadow thread's CPU
+            # Only the teacher call is at idle priority: the bookkeeping takes locks the request path
+            # takes too (metrics, live window), and must not sit on them while starved.
+            await asyncio.to_thread(self._log, students, split_rows(students, scored), teacher.ref)
+        except Exception as exc:
+            self._failed(students, exc)
+            return 0.0
+        return cpu_s
 
     def _failed(self, items: list[ShadowItem], why: object) -> None:
         failure = isinstance(why, Exception)
@@ -208,9 +242,13 @@ class ShadowPipeline:
             )
         return self._runner
 
-    def _log(self, items: list[ShadowItem], teacher_ref: str, teacher_logits: dict[int, np.ndarray]) -> None:
+    def _log(
+        self, items: list[ShadowItem], teacher_logits: dict[int, np.ndarray], teacher_ref: str | None = None
+    ) -> None:
+        """Appends each item's records; `teacher_ref` None: teacher-served items, their own teacher."""
         for item in items:
-            for record in self._records(item, teacher_ref, teacher_logits.get(id(item))):
+            ref = teacher_ref or item.served.ref
+            for record in self._records(item, ref, teacher_logits.get(id(item))):
                 self.writer.append(record)
 
     def _records(

@@ -63,6 +63,32 @@ def test_log_holds_one_record_per_request_and_metrics_match_it(serve, state_dir:
     assert configured == 1.0 and observed == pytest.approx(1.0)
 
 
+def test_teacher_served_records_are_logged_while_student_scoring_is_backed_up(serve, state_dir: Path) -> None:
+    """Teacher-served records need no teacher call: they must not wait behind the scorer's backlog."""
+    slow_teacher = register_fault_model(
+        Registry(state_dir), FaultSpec(wraps=TEACHER, latency_ms=1000), "slow-teacher"
+    ).ref
+    server = serve(
+        teacher={"classify": slow_teacher}, shadow_queue_size=10, shadow_batch=1, shadow_flush_seconds=0.2
+    )
+    split = {STUDENT: 100}
+    httpx.put(f"{server.url}/admin/traffic/classify", json={"weights": split}, headers=server.admin_headers())
+    assert all(r.status_code == 200 for r in asyncio.run(send_keyed(server.url, 10, "backlog")))
+    # About 10 s of scoring queued (one item per slow teacher call). One request served by the teacher:
+    pinned = {"x-kdgate-model": slow_teacher}
+    r = httpx.post(f"{server.url}/classify", json={"text": "the teacher answers"}, headers=pinned, timeout=30)
+    assert r.status_code == 200 and r.headers["x-kdgate-model"] == slow_teacher
+    deadline = time.monotonic() + 4.0
+    while True:
+        served = read_shadow(str(state_dir / "shadow"), "classify", columns=["served_model"])
+        if slow_teacher in served.column("served_model").to_pylist():
+            break
+        assert time.monotonic() < deadline, "the teacher-served record waited behind the scoring backlog"
+        time.sleep(0.1)
+    compared = metric_sum(httpx.get(f"{server.url}/metrics").text, "kdgate_shadow_compared_total")
+    assert compared < 10  # the backlog was still being scored when the teacher's record was logged
+
+
 def test_redaction_keeps_input_text_out_of_every_segment(serve, state_dir: Path) -> None:
     server = serve(redact_inputs=True, shadow_flush_rows=8)
     marker = "zebracornflakes"
