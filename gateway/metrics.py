@@ -97,6 +97,12 @@ class GatewayMetrics:
             ["task", "model", "kind"],
             registry=r,
         )
+        self.shadow_queued = Gauge(
+            "kdgate_shadow_queued",
+            "Items waiting in the /classify shadow: `score` for the teacher, `log` teacher-served",
+            ["queue"],
+            registry=r,
+        )
         # /generate: tokens, latency per token, how completions end; shadow counts above are in tokens.
         self.tokens = Counter(
             "kdgate_generate_tokens",

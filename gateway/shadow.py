@@ -291,7 +291,10 @@ class ShadowPipeline:
         ]
 
     def update_rate_gauges(self) -> None:
-        """Configured vs observed shadow rate per student over the live window (a stalled shadow shows)."""
+        """Configured vs observed shadow rate per student over the live window (a stalled shadow shows),
+        and the backlog of each queue."""
+        self.metrics.shadow_queued.labels("score").set(self.queue.qsize())
+        self.metrics.shadow_queued.labels("log").set(self.own_queue.qsize())
         for model in self.window.models():
             totals = self.window.totals(model)
             if totals.eligible:
