@@ -57,6 +57,9 @@ def test_log_holds_one_record_per_request_and_metrics_match_it(serve, state_dir:
     assert disagreed == sum(1 for r in students if not r["agree"])
     assert kl_sum == pytest.approx(sum(r["kl"] for r in students), rel=1e-4, abs=1e-6)
     for r in students:  # the logged proxies are what the logged outputs say
+        logits = np.sort(r["teacher_logits"])
+        if logits[-1] == logits[-2]:
+            continue  # float16 made a tie of two close logits: agreement was decided in float32
         assert (np.argmax(r["teacher_logits"]) == np.argmax(r["served_probs"])) == r["agree"]
     configured = metric_sum(text, "kdgate_shadow_rate", model=STUDENT, kind="configured")
     observed = metric_sum(text, "kdgate_shadow_rate", model=STUDENT, kind="observed")
