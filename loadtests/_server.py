@@ -32,21 +32,11 @@ def gateway(state_dir: Path, **settings: object) -> Iterator[str]:
 
 
 @contextmanager
-def plain_wrapper(state_dir: Path, ref: str) -> Iterator[str]:
-    """Yields the base URL of the control server of `loadtests.plain_wrapper` serving `ref`."""
+def control(module: str, state_dir: Path, ref: str) -> Iterator[str]:
+    """Yields the base URL of a benchmark control server serving `ref`: `loadtests.plain_wrapper` (the
+    plainest FastAPI wrapper) or `loadtests.raw_wrapper` (no framework at all)."""
     port = free_port()
-    cmd = [sys.executable, "-m", "loadtests.plain_wrapper", "--state-dir", str(state_dir)]
-    cmd += ["--ref", ref, "--port", str(port)]
-    with _serving(cmd, {}, f"http://127.0.0.1:{port}", "/healthz") as url:
-        yield url
-
-
-@contextmanager
-def raw_wrapper(state_dir: Path, ref: str) -> Iterator[str]:
-    """Yields the base URL of the floor control of `loadtests.raw_wrapper` serving `ref`."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "loadtests.raw_wrapper", "--state-dir", str(state_dir)]
-    cmd += ["--ref", ref, "--port", str(port)]
+    cmd = [sys.executable, "-m", module, "--state-dir", str(state_dir), "--ref", ref, "--port", str(port)]
     with _serving(cmd, {}, f"http://127.0.0.1:{port}", "/healthz") as url:
         yield url
 

@@ -36,7 +36,7 @@ import numpy as np
 from distill.classify_build import TEACHER_NAME, ClassifyRecipe, load_split
 from distill.registry import Registry
 from distill.runners import Runner, load_runner
-from loadtests._server import gateway, plain_wrapper, raw_wrapper
+from loadtests._server import control, gateway
 
 
 def summary(latencies_ms: list[float], seconds: float) -> dict[str, float]:
@@ -203,8 +203,8 @@ def overhead(
     timings: list[dict[str, float]] = []
     with (
         gateway(state_dir, max_in_flight=256) as url,
-        plain_wrapper(state_dir, ref) as plain_url,
-        raw_wrapper(state_dir, ref) as raw_url,
+        control("loadtests.plain_wrapper", state_dir, ref) as plain_url,
+        control("loadtests.raw_wrapper", state_dir, ref) as raw_url,
     ):
         sequential(url, texts, 20, ref)  # warm-up
         sequential(plain_url, texts, 20, None)
