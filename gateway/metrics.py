@@ -103,6 +103,12 @@ class GatewayMetrics:
             ["queue"],
             registry=r,
         )
+        self.shadow_budget = Gauge(
+            "kdgate_shadow_budget_cores",
+            "Cores the shadow teacher may use now: its floor, or more when cores are idle",
+            ["task"],
+            registry=r,
+        )
         # /generate: tokens, latency per token, how completions end; shadow counts above are in tokens.
         self.tokens = Counter(
             "kdgate_generate_tokens",

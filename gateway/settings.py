@@ -64,6 +64,11 @@ class Settings(BaseSettings):
     # idle for a moment, beside the serving model, and what they share (caches, memory, the host's
     # core) still showed in served p99; the budget bounds that overlap. None: no budget.
     shadow_max_cpu: float | None = Field(0.25, gt=0, le=64)
+    # When the machine has idle cores, the budget grows into them (up to one core), less this headroom
+    # kept for serving's bursts; it falls back to shadow_max_cpu as soon as serving takes them back.
+    # A canary then gathers its compared samples at the pace of the idle cores, not of the floor.
+    # None: the budget stays at shadow_max_cpu.
+    shadow_headroom_cores: float | None = Field(0.5, ge=0, le=64)
     shadow_root: str | None = None  # fsspec URL of the shadow log (default <state_dir>/shadow)
     shadow_flush_rows: int = Field(512, ge=1)  # a segment is written every N records...
     shadow_flush_seconds: float = Field(2.0, gt=0)  # ...or after this long, whichever comes first

@@ -5,7 +5,8 @@ the item on a bounded queue — when it is full the item is dropped and counted,
 Student items: a worker takes up to `shadow_batch` of them and runs the teacher once on all their
 texts (its own runner on its own thread in SCHED_IDLE, not the serving teacher's), then computes top-1
 agreement and KL(teacher ‖ student), updates metrics and the live window and appends one shadow record
-per text to the log (at serving priority, briefly), and pauses so the teacher keeps to its CPU budget.
+per text to the log (at serving priority, briefly), and pauses so the teacher keeps to its CPU budget
+(the floor under load, the idle cores when there are: shadow_budget.py).
 Teacher-served items have their soft output already: a second worker logs them in bulk, no teacher call.
 """
 
@@ -30,6 +31,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.pool import LoadedModel, ModelPool
 from gateway.routing import unit_hash
 from gateway.settings import Settings
+from gateway.shadow_budget import SpareCpuMeter, pause_for_budget, shadow_budget
 from gateway.window import LiveWindow
 
 log = logging.getLogger("kdgate.shadow")
@@ -93,15 +95,6 @@ def split_rows(items: list[ShadowItem], scored: np.ndarray) -> dict[int, np.ndar
     return out
 
 
-def pause_for_budget(cpu_seconds: float, max_cpu: float | None) -> float:
-    """Seconds to wait after a batch that took `cpu_seconds` of CPU so the shadow averages at most
-    `max_cpu` cores: busy for c, idle for c·(1/max_cpu − 1). No budget, or one of a core or more for a
-    one-threaded teacher: no pause."""
-    if max_cpu is None or max_cpu >= 1.0 or cpu_seconds <= 0.0:
-        return 0.0
-    return cpu_seconds * (1.0 / max_cpu - 1.0)
-
-
 def agreement_and_kl(teacher_logits: np.ndarray, served_logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     agree = teacher_logits.argmax(-1) == served_logits.argmax(-1)  # (B,)
     return agree, kl_per_row(teacher_logits, served_logits)  # (B,), (B,)
@@ -130,6 +123,7 @@ class ShadowPipeline:
         self._workers: list[asyncio.Task[None]] = []
         self._closing = False  # serving has stopped: drain at full speed
         self._runner: Runner | None = None  # a private teacher runner, loaded on first use
+        self._spare = SpareCpuMeter()
         nice, idle = settings.shadow_nice, settings.shadow_idle_class
         self._executor = ThreadPoolExecutor(
             max_workers=1,
@@ -187,7 +181,19 @@ class ShadowPipeline:
                 for _ in items:
                     self.queue.task_done()
             if not self._closing:
-                await asyncio.sleep(pause_for_budget(cpu_s, self.settings.shadow_max_cpu))
+                await asyncio.sleep(pause_for_budget(cpu_s, self._budget(items[0].task, cpu_s)))
+
+    def _budget(self, task: str, cpu_s: float) -> float | None:
+        """This batch's budget: the floor, grown into the cores the machine left idle."""
+        self._spare.add_own(cpu_s)
+        settings = self.settings
+        budget = shadow_budget(
+            self._spare.spare_cores(), settings.shadow_max_cpu, settings.shadow_headroom_cores
+        )
+        self.metrics.shadow_budget.labels(task).set(
+            1.0 if budget is None else budget
+        )  # one-threaded: ≤ 1 core
+        return budget
 
     async def _log_own(self) -> None:
         """Teacher-served records need no teacher call: at serving priority (never starved), a batch at

@@ -15,7 +15,9 @@ import httpx
 class TrafficLoop:
     """Posts real texts with distinct routing keys until `stop()`, `max_requests` or `max_seconds`.
 
-    `path` and `body` choose the endpoint: /classify with `{"text": ...}` by default.
+    `path` and `body` choose the endpoint: /classify with `{"text": ...}` by default. `pause_s` is each
+    thread's think time between requests: a loop that saturates both cores starves the SCHED_IDLE
+    shadow teacher, and the canary's compared samples (its evidence) then trickle in.
     """
 
     def __init__(
@@ -27,6 +29,7 @@ class TrafficLoop:
         max_seconds: float = 180.0,
         path: str = "/classify",
         body: Callable[[str], dict[str, Any]] = lambda text: {"text": text},
+        pause_s: float = 0.0,
     ) -> None:
         self.url = url
         self.texts = texts
@@ -34,6 +37,7 @@ class TrafficLoop:
         self.body = body
         self.max_requests = max_requests
         self.max_seconds = max_seconds
+        self.pause_s = pause_s
         self.codes: Counter[int] = Counter()
         self.served: Counter[str] = Counter()
         self._ids = itertools.count()
@@ -72,3 +76,5 @@ class TrafficLoop:
                     self.codes[r.status_code] += 1
                     if r.status_code == 200:
                         self.served[r.headers["x-kdgate-model"]] += 1
+                if self.pause_s:
+                    self._stop.wait(self.pause_s)

@@ -64,6 +64,7 @@ def test_log_holds_one_record_per_request_and_metrics_match_it(serve, state_dir:
     configured = metric_sum(text, "kdgate_shadow_rate", model=STUDENT, kind="configured")
     observed = metric_sum(text, "kdgate_shadow_rate", model=STUDENT, kind="observed")
     assert configured == 1.0 and observed == pytest.approx(1.0)
+    assert 0.25 <= metric_sum(text, "kdgate_shadow_budget_cores", task="classify") <= 1.0  # floor..a core
 
 
 def test_teacher_served_records_are_logged_while_student_scoring_is_backed_up(serve, state_dir: Path) -> None:
