@@ -154,18 +154,18 @@ async def generate(
         raise InvalidInput(
             f"prompt is {len(prompt_ids)} tokens; at most {state.settings.max_prompt_tokens}", field=where
         )
-    if state.in_flight >= state.settings.max_in_flight:
+    if state.in_flight.count >= state.settings.max_in_flight:
         state.metrics.rejected.labels("overloaded").inc()
         raise Overloaded(f"more than {state.settings.max_in_flight} requests in flight; retry shortly")
     params = GenerationParams(
         body.max_tokens, body.temperature, body.top_p, tuple(body.stop or ()), body.seed
     )
     outcome = Outcome(chosen, chosen, time.perf_counter())
-    state.in_flight += 1
+    state.in_flight.enter()
     try:
         job, first = await start_generation(state, outcome, teacher, prompt_ids, params)
     except Exception as exc:
-        state.in_flight -= 1
+        state.in_flight.leave()
         outcome.reason = "error"
         _account(
             state,
@@ -180,7 +180,7 @@ async def generate(
         log.error("the %s teacher failed", TASK, exc_info=True)
         raise ModelUnavailable(f"the {TASK} teacher failed; retry later") from exc
     if isinstance(first, Failed):  # the teacher itself failed before its first token
-        state.in_flight -= 1
+        state.in_flight.leave()
         outcome.reason = "error"
         _account(state, outcome, teacher, request_id, prompt_ids, code="503")
         raise ModelUnavailable(f"the {TASK} teacher failed; retry later")
@@ -194,7 +194,7 @@ async def generate(
     try:
         await _complete(state, outcome, teacher, prompt_ids, params, request, job, first)
     finally:
-        state.in_flight -= 1
+        state.in_flight.leave()
         _account(state, outcome, teacher, request_id, prompt_ids, code=_code(outcome))
     if outcome.reason == "error":
         raise ModelUnavailable(f"{outcome.served.ref} failed while generating; retry later")
@@ -305,7 +305,7 @@ class StreamEnd:
             self.job.cancel()  # the client went away (or the send failed): stop generating for it
             if self.outcome.reason == "pending":
                 self.outcome.reason = "cancelled"
-        self.state.in_flight -= 1
+        self.state.in_flight.leave()
         _account(
             self.state, self.outcome, self.teacher, self.request_id, self.prompt_ids, code=_code(self.outcome)
         )

@@ -97,10 +97,10 @@ async def classify(
         raise NotReady("models are still loading")
     texts = body.items()
     check_limits(texts, state)
-    if state.in_flight >= state.settings.max_in_flight:
+    if state.in_flight.count >= state.settings.max_in_flight:
         state.metrics.rejected.labels("overloaded").inc()
         raise Overloaded(f"more than {state.settings.max_in_flight} requests in flight; retry shortly")
-    state.in_flight += 1
+    state.in_flight.enter()
     started = time.perf_counter()
     chosen = choose(state, x_kdgate_key or request_id, x_kdgate_model)
     try:
@@ -113,7 +113,7 @@ async def classify(
         log.error("the %s teacher failed", TASK, exc_info=True)
         raise ModelUnavailable(f"the {TASK} teacher failed; retry later") from exc
     finally:
-        state.in_flight -= 1
+        state.in_flight.leave()
     logits = batched.logits
     elapsed = time.perf_counter() - started
     state.metrics.request_seconds.labels(TASK, served.ref).observe(elapsed)

@@ -16,7 +16,8 @@ class Settings(BaseSettings):
     >>> Settings(state_dir=Path("/tmp/kd"), max_batch_size=16)
     """
 
-    model_config = SettingsConfigDict(env_prefix="KDGATE_", extra="forbid")
+    # KDGATE_SHADOW_MAX_CPU=none turns an optional limit off, as null does in a YAML config file.
+    model_config = SettingsConfigDict(env_prefix="KDGATE_", extra="forbid", env_parse_none_str="none")
 
     state_dir: Path = Path(".kdgate")  # registry, traffic split, admin token, shadow log, rollout state
     host: str = "127.0.0.1"
@@ -64,11 +65,10 @@ class Settings(BaseSettings):
     # idle for a moment, beside the serving model, and what they share (caches, memory, the host's
     # core) still showed in served p99; the budget bounds that overlap. None: no budget.
     shadow_max_cpu: float | None = Field(0.25, gt=0, le=64)
-    # When the machine has idle cores, the budget grows into them (up to one core), less this headroom
-    # kept for serving's bursts; it falls back to shadow_max_cpu as soon as serving takes them back.
-    # A canary then gathers its compared samples at the pace of the idle cores, not of the floor.
-    # None: the budget stays at shadow_max_cpu.
-    shadow_headroom_cores: float | None = Field(0.5, ge=0, le=64)
+    # The budget while no request is in flight; it falls linearly to shadow_max_cpu as the share of
+    # time with a request in flight rises to 1 (gateway/shadow_budget.py). A canary on a gateway that
+    # is not saturated then gathers its compared samples faster. None: always shadow_max_cpu.
+    shadow_idle_cpu: float | None = Field(1.0, gt=0, le=1)
     shadow_root: str | None = None  # fsspec URL of the shadow log (default <state_dir>/shadow)
     shadow_flush_rows: int = Field(512, ge=1)  # a segment is written every N records...
     shadow_flush_seconds: float = Field(2.0, gt=0)  # ...or after this long, whichever comes first

@@ -6,7 +6,7 @@ Student items: a worker takes up to `shadow_batch` of them and runs the teacher 
 texts (its own runner on its own thread in SCHED_IDLE, not the serving teacher's), then computes top-1
 agreement and KL(teacher ‖ student), updates metrics and the live window and appends one shadow record
 per text to the log (at serving priority, briefly), and pauses so the teacher keeps to its CPU budget
-(the floor under load, the idle cores when there are: shadow_budget.py).
+(more while serving is quiet, the floor while it is busy: shadow_budget.py).
 Teacher-served items have their soft output already: a second worker logs them in bulk, no teacher call.
 """
 
@@ -31,7 +31,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.pool import LoadedModel, ModelPool
 from gateway.routing import unit_hash
 from gateway.settings import Settings
-from gateway.shadow_budget import SpareCpuMeter, pause_for_budget, shadow_budget
+from gateway.shadow_budget import pause_for_budget, shadow_budget
 from gateway.window import LiveWindow
 
 log = logging.getLogger("kdgate.shadow")
@@ -112,8 +112,10 @@ class ShadowPipeline:
         pool: ModelPool,
         window: LiveWindow,
         writer: ShadowLogWriter,
+        busy_share: Callable[[], float | None] = lambda: None,
     ) -> None:
         self.settings = settings
+        self.busy_share = busy_share  # share of recent time serving had a request in flight
         self.metrics = metrics
         self.pool = pool
         self.window = window
@@ -123,7 +125,6 @@ class ShadowPipeline:
         self._workers: list[asyncio.Task[None]] = []
         self._closing = False  # serving has stopped: drain at full speed
         self._runner: Runner | None = None  # a private teacher runner, loaded on first use
-        self._spare = SpareCpuMeter()
         nice, idle = settings.shadow_nice, settings.shadow_idle_class
         self._executor = ThreadPoolExecutor(
             max_workers=1,
@@ -184,15 +185,10 @@ class ShadowPipeline:
                 await asyncio.sleep(pause_for_budget(cpu_s, self._budget(items[0].task, cpu_s)))
 
     def _budget(self, task: str, cpu_s: float) -> float | None:
-        """This batch's budget: the floor, grown into the cores the machine left idle."""
-        self._spare.add_own(cpu_s)
+        """This batch's budget: from the floor (serving always busy) up to the idle budget (serving idle)."""
         settings = self.settings
-        budget = shadow_budget(
-            self._spare.spare_cores(), settings.shadow_max_cpu, settings.shadow_headroom_cores
-        )
-        self.metrics.shadow_budget.labels(task).set(
-            1.0 if budget is None else budget
-        )  # one-threaded: ≤ 1 core
+        budget = shadow_budget(self.busy_share(), settings.shadow_max_cpu, settings.shadow_idle_cpu)
+        self.metrics.shadow_budget.labels(task).set(1.0 if budget is None else budget)  # one-threaded: ≤ 1
         return budget
 
     async def _log_own(self) -> None:

@@ -1,24 +1,21 @@
-"""How much CPU the /classify shadow teacher may use: a floor under load, the idle cores when there are.
+"""How much CPU the /classify shadow teacher may use: a floor while serving is busy, more when it is not.
 
 A fixed budget (0.25 of a core by default) bounds what the shadow costs a busy gateway's p99, but on a
-quiet machine it leaves cores idle while the canary waits for compared samples: in the BBC loop e2e
-test a 50% step needed 72 s to gather 166 comparisons at 0.25 core, and 8 s without the budget. So
-the budget grows into what the machine leaves idle, minus a headroom kept for serving's bursts, and
-falls back to the floor as soon as serving takes the cores back. SCHED_IDLE still applies on top.
+quieter one it leaves cores idle while a canary waits for compared samples: in the BBC loop e2e test
+a 50% step needed 72 s to gather 166 comparisons at 0.25 core, and 8 s without the budget. So the
+budget grows with the share of time the gateway has no request in flight: `idle` when serving is
+idle, falling linearly to the floor as serving gets busy all the time (as at concurrency 8, where
+the shadow's p99 cost is measured). Filling whatever CPU the machine leaves idle was tried first:
+at c=8 there is idle CPU between requests, and using it cost served p99 +17%, as much as no budget.
+SCHED_IDLE still applies on top.
 
-    >>> shadow_budget(spare_cores=1.7, floor=0.25, headroom=0.5)  # quiet: up to a whole core
+    >>> shadow_budget(busy_share=0.0, floor=0.25, idle=1.0)  # quiet: a whole core
     1.0
-    >>> shadow_budget(spare_cores=0.3, floor=0.25, headroom=0.5)  # busy: the floor
+    >>> shadow_budget(busy_share=1.0, floor=0.25, idle=1.0)  # a request always in flight: the floor
     0.25
 """
 
 from __future__ import annotations
-
-import os
-import time
-from collections.abc import Callable
-
-import psutil
 
 
 def pause_for_budget(cpu_seconds: float, max_cpu: float | None) -> float:
@@ -30,54 +27,13 @@ def pause_for_budget(cpu_seconds: float, max_cpu: float | None) -> float:
     return cpu_seconds * (1.0 / max_cpu - 1.0)
 
 
-def shadow_budget(spare_cores: float | None, floor: float | None, headroom: float | None) -> float | None:
-    """Cores the shadow may average over its next batches. `spare_cores`: what the machine left idle
-    over the last interval plus what the shadow itself used (it would be idle without the shadow).
-    Never below `floor` (the budget under load), never above one core (the teacher is one-threaded).
-    No floor: no budget at all. No headroom or no measurement yet: the floor alone."""
+def shadow_budget(busy_share: float | None, floor: float | None, idle: float | None) -> float | None:
+    """Cores the shadow may average over its next batches: `idle` (at most one core: the teacher is
+    one-threaded) when serving was idle over the last interval, the `floor` when it was busy all of it,
+    linear in between. No floor: no budget at all. No `idle` or no measurement yet: the floor."""
     if floor is None:
         return None
-    if headroom is None or spare_cores is None:
+    if idle is None or busy_share is None:
         return floor
-    return min(1.0, max(floor, spare_cores - headroom))
-
-
-def _idle_seconds() -> float:
-    """Machine-wide idle CPU seconds since boot, all cores (iowait is idle to a CPU-bound teacher)."""
-    times = psutil.cpu_times()
-    return float(times.idle + getattr(times, "iowait", 0.0))
-
-
-class SpareCpuMeter:
-    """Cores the shadow could have had over the last interval of at least `interval_s`: idle cores
-    machine-wide plus the shadow's own CPU (`add_own`). Refreshed at most once per interval."""
-
-    def __init__(
-        self,
-        interval_s: float = 1.0,
-        idle_seconds: Callable[[], float] = _idle_seconds,
-        clock: Callable[[], float] = time.monotonic,
-        cores: int | None = None,
-    ) -> None:
-        self.interval_s = interval_s
-        self._idle_seconds = idle_seconds
-        self._clock = clock
-        self._cores = cores or os.cpu_count() or 1
-        self._since = clock()
-        self._idle_since = idle_seconds()
-        self._own = 0.0
-        self._spare: float | None = None
-
-    def add_own(self, cpu_seconds: float) -> None:
-        self._own += cpu_seconds
-
-    def spare_cores(self) -> float | None:
-        """The last complete interval's spare cores; None until one interval has passed."""
-        now = self._clock()
-        elapsed = now - self._since
-        if elapsed >= self.interval_s:
-            idle = self._idle_seconds()
-            spare = (idle - self._idle_since + self._own) / elapsed
-            self._spare = min(float(self._cores), max(0.0, spare))
-            self._since, self._idle_since, self._own = now, idle, 0.0
-        return self._spare
+    top = max(floor, min(1.0, idle))
+    return top - (top - floor) * min(1.0, max(0.0, busy_share))

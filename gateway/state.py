@@ -9,6 +9,7 @@ from pathlib import Path
 
 from distill.registry import Registry
 from distill.shadowlog import ShadowLogWriter
+from gateway.load import InFlight
 from gateway.metrics import GatewayMetrics
 from gateway.pool import ModelPool
 from gateway.rollout_bridge import LocalSource, MetricsSink, TrafficSetter
@@ -38,7 +39,7 @@ class GatewayState:
     ready: bool = False
     load_error: str | None = None
     protect_shadow_after: float | None = None  # set while a re-distillation reads the log from then on
-    in_flight: int = 0  # requests being answered; touched only on the event loop thread
+    in_flight: InFlight = field(default_factory=InFlight)  # requests being answered, and how busy
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
 
     @classmethod
@@ -49,6 +50,7 @@ class GatewayState:
         pool = ModelPool(registry, settings, metrics)
         holder: list[GatewayState] = []  # the writer's retention asks the (not yet built) state
         window = LiveWindow(settings.window_seconds)
+        in_flight = InFlight()
         shadow = generate_shadow = None
         if settings.shadow_enabled:
 
@@ -64,7 +66,9 @@ class GatewayState:
                     protect_after=lambda: holder[0].protect_shadow_after if holder else None,
                 ).start()
 
-            shadow = ShadowPipeline(settings, metrics, pool, window, writer("classify"))
+            shadow = ShadowPipeline(
+                settings, metrics, pool, window, writer("classify"), busy_share=in_flight.busy_share
+            )
             generate_shadow = GenerateShadow(settings, metrics, pool, window, writer("generate"))
         traffic = TrafficStore(settings.state_dir / "traffic.json")
         rollout_dir = settings.state_dir / "rollout"
@@ -86,6 +90,7 @@ class GatewayState:
             shadow=shadow,
             generate_shadow=generate_shadow,
             controller=controller,
+            in_flight=in_flight,
         )
         holder.append(state)
         return state

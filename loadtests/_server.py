@@ -24,7 +24,7 @@ def free_port() -> int:
 def gateway(state_dir: Path, **settings: object) -> Iterator[str]:
     """Yields the base URL of a ready gateway; settings become KDGATE_* environment variables."""
     port = free_port()
-    env = {f"KDGATE_{k.upper()}": str(v) for k, v in settings.items()}
+    env = {f"KDGATE_{k.upper()}": "none" if v is None else str(v) for k, v in settings.items()}
     kdgate = Path(sys.executable).with_name("kdgate")
     cmd = [str(kdgate), "serve", "--state-dir", str(state_dir), "--port", str(port), "--no-build"]
     with _serving(cmd, env, f"http://127.0.0.1:{port}", "/readyz") as url:

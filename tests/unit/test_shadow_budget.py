@@ -1,8 +1,7 @@
-"""The shadow's CPU budget: how long it pauses after a batch (pure) and that it keeps to it (real)."""
+"""The shadow's CPU budget: how long it pauses after a batch, how big it is for how busy serving is."""
 
 from __future__ import annotations
 
-import os
 import time
 
 import numpy as np
@@ -10,8 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gateway.load import InFlight
 from gateway.shadow import _cpu_timed
-from gateway.shadow_budget import SpareCpuMeter, pause_for_budget, shadow_budget
+from gateway.shadow_budget import pause_for_budget, shadow_budget
 
 
 @given(st.floats(0.0, 10.0, allow_subnormal=False), st.floats(0.01, 0.99))
@@ -40,58 +40,67 @@ def test_cpu_time_counts_computing_not_waiting() -> None:
     assert 0.05 <= cpu < 0.15
 
 
-@given(st.floats(0.0, 64.0), st.floats(0.01, 1.0), st.floats(0.0, 4.0))
-def test_the_budget_stays_between_its_floor_and_one_core(spare: float, floor: float, headroom: float) -> None:
-    budget = shadow_budget(spare, floor, headroom)
-    assert budget is not None and floor <= budget <= 1.0
+@given(st.floats(0.0, 1.0), st.floats(0.01, 1.0), st.floats(0.01, 1.0))
+def test_the_budget_stays_between_its_floor_and_the_idle_budget(
+    busy: float, floor: float, idle: float
+) -> None:
+    budget = shadow_budget(busy, floor, idle)
+    assert budget is not None and floor <= budget <= max(floor, idle) <= 1.0
 
 
-@given(st.floats(0.0, 8.0), st.floats(0.0, 8.0), st.floats(0.01, 1.0), st.floats(0.0, 4.0))
-def test_more_idle_cores_never_shrink_the_budget(a: float, b: float, floor: float, headroom: float) -> None:
-    low, high = sorted((a, b))
-    smaller, larger = shadow_budget(low, floor, headroom), shadow_budget(high, floor, headroom)
-    assert smaller is not None and larger is not None and smaller <= larger
+@given(st.floats(0.0, 1.0), st.floats(0.0, 1.0), st.floats(0.01, 1.0), st.floats(0.01, 1.0))
+def test_busier_serving_never_grows_the_budget(a: float, b: float, floor: float, idle: float) -> None:
+    calmer, busier = sorted((a, b))
+    more, less = shadow_budget(calmer, floor, idle), shadow_budget(busier, floor, idle)
+    assert more is not None and less is not None and less <= more
 
 
-def test_busy_machine_gets_the_floor_and_a_quiet_one_a_core() -> None:
-    assert shadow_budget(0.3, 0.25, 0.5) == 0.25
-    assert shadow_budget(1.0, 0.25, 0.5) == 0.5
-    assert shadow_budget(1.9, 0.25, 0.5) == 1.0
+def test_idle_serving_gets_the_idle_budget_and_busy_serving_the_floor() -> None:
+    assert shadow_budget(0.0, 0.25, 1.0) == 1.0
+    assert shadow_budget(0.5, 0.25, 1.0) == 0.625
+    assert shadow_budget(1.0, 0.25, 1.0) == 0.25
 
 
-def test_no_floor_no_budget_and_no_headroom_or_measurement_the_floor() -> None:
-    assert shadow_budget(2.0, None, 0.5) is None
-    assert shadow_budget(2.0, 0.25, None) == 0.25
-    assert shadow_budget(None, 0.25, 0.5) == 0.25
+def test_no_floor_no_budget_and_no_idle_budget_or_measurement_the_floor() -> None:
+    assert shadow_budget(0.0, None, 1.0) is None
+    assert shadow_budget(0.0, 0.25, None) == 0.25
+    assert shadow_budget(None, 0.25, 1.0) == 0.25
 
 
-class _Machine:
-    """Two cores' idle-seconds counter and a clock, moved by the test."""
-
+class _Clock:
     def __init__(self) -> None:
-        self.now, self.idle = 0.0, 0.0
+        self.now = 0.0
 
-    def run(self, seconds: float, idle_cores: float) -> None:
-        self.now += seconds
-        self.idle += seconds * idle_cores
-
-
-def test_spare_cores_are_idle_cores_plus_the_shadows_own_per_interval() -> None:
-    machine = _Machine()
-    meter = SpareCpuMeter(1.0, idle_seconds=lambda: machine.idle, clock=lambda: machine.now, cores=2)
-    machine.run(0.5, idle_cores=1.0)
-    assert meter.spare_cores() is None  # no whole interval yet
-    machine.run(0.5, idle_cores=1.0)
-    meter.add_own(0.4)  # the shadow ran 0.4 s of that second: idle without it
-    assert meter.spare_cores() == pytest.approx(1.4)
-    machine.run(0.3, idle_cores=0.0)
-    assert meter.spare_cores() == pytest.approx(1.4)  # held until the next interval closes
-    machine.run(0.7, idle_cores=0.0)
-    assert meter.spare_cores() == pytest.approx(0.0)  # serving took both cores
+    def __call__(self) -> float:
+        return self.now
 
 
-def test_the_real_meter_reads_this_machine() -> None:
-    meter = SpareCpuMeter(0.05)
-    time.sleep(0.1)
-    spare = meter.spare_cores()
-    assert spare is not None and 0.0 <= spare <= (os.cpu_count() or 1)
+def test_busy_share_counts_time_with_any_request_in_flight_once() -> None:
+    clock = _Clock()
+    load = InFlight(1.0, clock)
+    load.enter()
+    clock.now = 0.2
+    load.enter()  # overlapping requests: still one busy period
+    clock.now = 0.3
+    load.leave()
+    assert load.busy_share() is None  # no whole interval yet
+    clock.now = 0.4
+    load.leave()
+    clock.now = 1.0
+    assert load.busy_share() == pytest.approx(0.4)
+    assert load.count == 0
+
+
+def test_a_busy_period_across_intervals_is_split_between_them() -> None:
+    clock = _Clock()
+    load = InFlight(1.0, clock)
+    clock.now = 0.5
+    load.enter()
+    clock.now = 1.0
+    assert load.busy_share() == pytest.approx(0.5)
+    clock.now = 1.5
+    assert load.busy_share() == pytest.approx(0.5)  # held until the next interval closes
+    clock.now = 1.8
+    load.leave()
+    clock.now = 2.0
+    assert load.busy_share() == pytest.approx(0.8)
