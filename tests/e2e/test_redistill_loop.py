@@ -44,6 +44,7 @@ def test_bbc_traffic_to_a_tweet_student_is_redistilled_and_promoted(serve) -> No
             "max_kl_rise": 0.05,
         },
         rollout_tick_seconds=0.25,
+        shadow_idle_cpu=1.0,  # opt-in: comparisons at the pace of a quiet gateway, not of the floor
     )
     headers = server.admin_headers()
     split = {"weights": {STUDENT: 100}}
