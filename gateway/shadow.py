@@ -6,7 +6,7 @@ Student items: a worker takes up to `shadow_batch` of them and runs the teacher 
 texts (its own runner on its own thread in SCHED_IDLE, not the serving teacher's), then computes top-1
 agreement and KL(teacher ‖ student), updates metrics and the live window and appends one shadow record
 per text to the log (at serving priority, briefly), and pauses so the teacher keeps to its CPU budget
-(more while serving is quiet, the floor while it is busy: shadow_budget.py).
+(a fixed floor; opt-in, more while serving is quiet: shadow_budget.py).
 Teacher-served items have their soft output already: a second worker logs them in bulk, no teacher call.
 """
 
@@ -182,9 +182,9 @@ class ShadowPipeline:
                 for _ in items:
                     self.queue.task_done()
             if not self._closing:
-                await asyncio.sleep(pause_for_budget(cpu_s, self._budget(items[0].task, cpu_s)))
+                await asyncio.sleep(pause_for_budget(cpu_s, self._budget(items[0].task)))
 
-    def _budget(self, task: str, cpu_s: float) -> float | None:
+    def _budget(self, task: str) -> float | None:
         """This batch's budget: from the floor (serving always busy) up to the idle budget (serving idle)."""
         settings = self.settings
         budget = shadow_budget(self.busy_share(), settings.shadow_max_cpu, settings.shadow_idle_cpu)
