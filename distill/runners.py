@@ -11,10 +11,8 @@ from typing import Protocol
 
 import numpy as np
 import onnxruntime as ort
-import torch
 
 from distill.faults import FaultyRunner
-from distill.modelio import load_classifier
 from distill.registry import Manifest, Registry, RegistryError
 from distill.tokenize import BatchTokenizer
 
@@ -70,16 +68,24 @@ class _ClassifierRunner:
 
 
 class TorchClassifierRunner(_ClassifierRunner):
-    """The PyTorch encoder. torch's thread count is per process: the last runner loaded sets it."""
+    """The PyTorch encoder. torch's thread count is per process: the last runner loaded sets it.
+    torch (and transformers, under `modelio`) is imported here, not by the module: an ONNX-only process
+    such as the shadow teacher's starts in a fraction of the time without them."""
 
     def __init__(self, manifest: Manifest, directory: Path, threads: int = 1) -> None:
+        import torch
+
+        from distill.modelio import load_classifier
+
         super().__init__(manifest, directory)
         torch.set_num_threads(threads)
+        self._torch = torch
         self.model = load_classifier(directory)
 
-    @torch.no_grad()
     def _logits(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        return self.model(torch.from_numpy(ids), torch.from_numpy(mask)).numpy().astype(np.float32)
+        torch = self._torch
+        with torch.no_grad():
+            return self.model(torch.from_numpy(ids), torch.from_numpy(mask)).numpy().astype(np.float32)
 
 
 class OnnxClassifierRunner(_ClassifierRunner):

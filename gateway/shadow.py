@@ -3,7 +3,8 @@
 Request path: `offer()` only decides (pure hash of the request id against the model's rate) and puts
 the item on a bounded queue — when it is full the item is dropped and counted, never waited on.
 Student items: a worker takes up to `shadow_batch` of them and runs the teacher once on all their
-texts (its own runner on its own thread in SCHED_IDLE, not the serving teacher's), then computes top-1
+texts (its own runner in a process of its own in SCHED_IDLE, not the serving teacher: shadow_teacher.py),
+then computes top-1
 agreement and KL(teacher ‖ student), updates metrics and the live window and appends one shadow record
 per text to the log (at serving priority, briefly), and pauses so the teacher keeps to its CPU budget
 (a fixed floor; opt-in, more while serving is quiet: shadow_budget.py).
@@ -15,23 +16,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import threading
-import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
 from distill.evaluate import kl_per_row
-from distill.runners import Runner, load_runner, softmax
+from distill.runners import softmax
 from distill.shadowlog import ShadowLogWriter
 from gateway.metrics import GatewayMetrics
 from gateway.pool import LoadedModel, ModelPool
 from gateway.routing import unit_hash
 from gateway.settings import Settings
 from gateway.shadow_budget import pause_for_budget, shadow_budget
+from gateway.shadow_teacher import ShadowTeacher
 from gateway.window import LiveWindow
 
 log = logging.getLogger("kdgate.shadow")
@@ -46,23 +44,6 @@ class ShadowItem:
     texts: list[str]
     logits: np.ndarray  # (B, C) served logits
     latency_ms: float
-
-
-def lower_priority(nice: int, idle_class: bool = False) -> None:
-    # Linux schedules threads separately: this lowers only the shadow thread (ONNX Runtime with one
-    # intra-op thread computes on the calling thread), never the serving threads. SCHED_IDLE goes
-    # further: the thread runs only on a core serving leaves idle, and what it cannot keep up with is
-    # dropped from the bounded queue and counted, as the observed shadow rate shows.
-    with contextlib.suppress(OSError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
-        if idle_class and hasattr(os, "SCHED_IDLE"):
-            os.sched_setscheduler(threading.get_native_id(), os.SCHED_IDLE, os.sched_param(0))
-
-
-def _cpu_timed(fn: Callable[[list[str]], np.ndarray], texts: list[str]) -> tuple[np.ndarray, float]:
-    """`fn(texts)` and the CPU seconds it took on this thread (its ONNX session is one-threaded)."""
-    started = time.thread_time()
-    return fn(texts), time.thread_time() - started
 
 
 def configured_rate(settings: Settings, model: str) -> float:
@@ -124,12 +105,11 @@ class ShadowPipeline:
         self.own_queue: asyncio.Queue[ShadowItem] = asyncio.Queue(maxsize=settings.shadow_queue_size)
         self._workers: list[asyncio.Task[None]] = []
         self._closing = False  # serving has stopped: drain at full speed
-        self._runner: Runner | None = None  # a private teacher runner, loaded on first use
-        nice, idle = settings.shadow_nice, settings.shadow_idle_class
-        self._executor = ThreadPoolExecutor(
-            max_workers=1,
-            thread_name_prefix="shadow-teacher",
-            initializer=lambda: lower_priority(nice, idle),
+        self.teacher = ShadowTeacher(  # a private teacher, not the serving one, in its own process
+            pool.registry,
+            nice=settings.shadow_nice,
+            idle_class=settings.shadow_idle_class,
+            prefer_onnx=settings.teacher_runtime == "onnx",
         )
 
     def rate_of(self, model: str) -> float:
@@ -154,7 +134,11 @@ class ShadowPipeline:
     def start(self) -> None:
         if not self._workers:
             loop = asyncio.get_running_loop()
-            self._workers = [loop.create_task(self._score_students()), loop.create_task(self._log_own())]
+            self._workers = [
+                loop.create_task(self._start_teacher()),
+                loop.create_task(self._score_students()),
+                loop.create_task(self._log_own()),
+            ]
 
     async def close(self, drain_seconds: float = 10.0) -> None:
         """Graceful stop: score what is queued (bounded by `drain_seconds`), then flush the log."""
@@ -169,9 +153,15 @@ class ShadowPipeline:
             while not queue.empty():
                 item = queue.get_nowait()
                 self.metrics.shadow.labels(item.task, item.served.ref, "dropped").inc(len(item.texts))
-        # The batch the shadow thread is on still appends to the log: let it finish before the close.
-        await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
+        # The batch the shadow teacher is on still appends to the log: let it finish before the close.
+        await self.teacher.close()
         await asyncio.to_thread(self.writer.close)
+
+    async def _start_teacher(self) -> None:
+        try:
+            await self.teacher.worker_pid()
+        except Exception:  # the first batch tries again, and counts its failure
+            log.warning("the shadow teacher's process did not start", exc_info=True)
 
     async def _score_students(self) -> None:
         while True:
@@ -214,11 +204,8 @@ class ShadowPipeline:
             self._failed(students, "no teacher loaded to shadow with")
             return 0.0
         try:
-            runner = await self._teacher_runner(teacher.ref)
             texts = [t for item in students for t in item.texts]
-            scored, cpu_s = await asyncio.get_running_loop().run_in_executor(
-                self._executor, _cpu_timed, runner.predict_logits, texts
-            )  # (ΣB, C), seconds of the shadow thread's CPU
+            scored, cpu_s = await self.teacher.score(teacher.ref, texts)  # (ΣB, C), its CPU seconds
             # Only the teacher call is at idle priority: the bookkeeping takes locks the request path
             # takes too (metrics, live window), and must not sit on them while starved.
             await asyncio.to_thread(self._log, students, split_rows(students, scored), teacher.ref)
@@ -232,17 +219,6 @@ class ShadowPipeline:
         log.warning("shadow scoring failed for %d items: %s", len(items), why, exc_info=failure)
         for item in items:  # counted per text, like "compared" and "dropped"
             self.metrics.shadow.labels(item.task, item.served.ref, "error").inc(len(item.texts))
-
-    async def _teacher_runner(self, ref: str) -> Runner:
-        """A private teacher runner, loaded on the shadow thread on first use (and after a teacher swap)."""
-        if self._runner is None or self._runner.ref != ref:
-            self._runner = await asyncio.get_running_loop().run_in_executor(
-                self._executor,
-                lambda: load_runner(
-                    self.pool.registry, ref, threads=1, prefer_onnx=self.settings.teacher_runtime == "onnx"
-                ),
-            )
-        return self._runner
 
     def _log(
         self, items: list[ShadowItem], teacher_logits: dict[int, np.ndarray], teacher_ref: str | None = None

@@ -30,7 +30,8 @@ from gateway.generation import Finished
 from gateway.metrics import GatewayMetrics
 from gateway.pool import LoadedLM, ModelPool
 from gateway.settings import Settings
-from gateway.shadow import configured_rate, lower_priority, should_shadow
+from gateway.shadow import configured_rate, should_shadow
+from gateway.shadow_teacher import lower_priority
 from gateway.window import LiveWindow
 
 log = logging.getLogger("kdgate.shadow.generate")

@@ -2,17 +2,17 @@
 
     .venv/bin/python -m loadtests.bench_shadow --state-dir .kdgate
 
-Student at 100% of /classify traffic, concurrency 8, shadow off vs on with the defaults (SCHED_IDLE,
-nice 10, a fixed CPU budget of 0.25 core) vs on with the opt-in budget that grows while serving is quiet vs
-on without the budget (SCHED_IDLE alone); `--variants` chooses among them and adds the control
-without SCHED_IDLE. All gateways are up at once and the rounds alternate between them (rotated
-order), so drift of the machine hits all alike. Latencies are pooled per variant; the p99 of each
-round is kept too, and the median over rounds of each round's p99 against shadow-off's p99 in the
-same round, which the round-to-round noise moves less than the pooled figure. Two clients: `lean`
+Student at 100% of /classify traffic, concurrency 8, shadow off vs on with the defaults (SCHED_IDLE, nice
+10, a fixed CPU budget of 0.25 core) vs on with the opt-in budget that grows while serving is quiet vs on
+without the budget (SCHED_IDLE alone); `--variants` chooses among them and adds the controls (without
+SCHED_IDLE; fixed budgets of 0.1 and 0.05 core). All gateways are up at once and the rounds alternate
+between them (rotated order), so drift of the machine hits all alike. Latencies are pooled per variant;
+the p99 of each round is kept too, and the median over rounds of each round's p99 against shadow-off's p99
+in the same round, which the round-to-round noise moves less than the pooled figure. Two clients: `lean`
 (raw keep-alive HTTP/1.1 from threads, which leaves the 2 cores to the gateway) and `httpx` (its async
-client took about a core at c=8 here, and its own tail shows in p99). For each shadow variant, the
-share of served requests the shadow compared (the rest were dropped from its bounded queue and
-counted). Then bytes per record of the Parquet log: whole record and the teacher payload column alone. Writes
+client took about a core at c=8 here, and its own tail shows in p99). For each shadow variant, the share
+of served requests the shadow compared (the rest were dropped from its bounded queue and counted). Then
+bytes per record of the Parquet log: whole record and the teacher payload column alone. Writes
 loadtests/results/bench_shadow.json.
 """
 
@@ -89,6 +89,9 @@ VARIANTS: dict[str, dict[str, object]] = {  # shadow_off and shadow_on are alway
 }
 CONTROLS: dict[str, dict[str, object]] = {  # only on request (--variants)
     "shadow_on_nice_only": {"shadow_enabled": True, "shadow_idle_class": False, "shadow_max_cpu": 1.0},
+    # Smaller fixed budgets: what the shadow's CPU costs served p99, per tenth of a core.
+    "shadow_on_budget_0.1": {"shadow_enabled": True, "shadow_max_cpu": 0.1},
+    "shadow_on_budget_0.05": {"shadow_enabled": True, "shadow_max_cpu": 0.05},
 }
 
 

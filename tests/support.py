@@ -58,3 +58,24 @@ def kill_at_first_checkpoint(script: str, state_dir: Path) -> float:
     proc.wait(timeout=30)
     (until,) = json.loads((state_dir / "distill" / "inflight.json").read_text()).values()
     return float(until)
+
+
+def child_pids(pid: int) -> list[int]:
+    """Processes whose parent is `pid` (Linux /proc)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "(comm)", which may hold spaces
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return children
+
+
+def is_alive(pid: int) -> bool:
+    """Running, not exited (an exited child nobody has reaped yet is a zombie: state Z)."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False

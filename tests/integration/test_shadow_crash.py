@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from distill.shadowread import read_shadow
-from tests.support import free_port
+from tests.support import child_pids, free_port, is_alive
 
 STUDENT = "classify-student@1"
 
@@ -57,8 +57,14 @@ def test_kill_9_leaves_only_whole_readable_segments(state_dir: Path) -> None:
     proc, url = start_gateway(state_dir, shadow_flush_rows=16, shadow_flush_seconds=0.2)
     sent = send(url, state_dir, 120)
     time.sleep(1.0)  # let some segments flush; the rest is in the buffer when the process dies
+    children = child_pids(proc.pid)  # the shadow teacher's process among them
+    assert children, "the shadow teacher runs in a process of its own"
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while any(is_alive(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(is_alive(pid) for pid in children), "a child of the killed gateway lives on"
 
     segments = sorted((state_dir / "shadow" / "classify").glob("seg-*.parquet"))
     assert segments, "nothing was flushed before the kill"

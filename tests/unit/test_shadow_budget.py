@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.load import InFlight
-from gateway.shadow import _cpu_timed
 from gateway.shadow_budget import pause_for_budget, shadow_budget
+from gateway.shadow_teacher import cpu_timed
 
 
 @given(st.floats(0.0, 10.0, allow_subnormal=False), st.floats(0.01, 0.99))
@@ -35,7 +35,7 @@ def test_cpu_time_counts_computing_not_waiting() -> None:
         time.sleep(0.2)  # waiting costs no budget
         return np.zeros((len(texts), 3))
 
-    logits, cpu = _cpu_timed(spin_then_sleep, ["a", "b"])
+    logits, cpu = cpu_timed(spin_then_sleep, ["a", "b"])
     assert logits.shape == (2, 3)
     assert 0.05 <= cpu < 0.15
 
