@@ -3,8 +3,7 @@
 Request path: `offer()` only decides (pure hash of the request id against the model's rate) and puts
 the item on a bounded queue — when it is full the item is dropped and counted, never waited on.
 Student items: a worker takes up to `shadow_batch` of them and runs the teacher once on all their
-texts (its own runner in a process of its own in SCHED_IDLE, not the serving teacher: shadow_teacher.py),
-then computes top-1
+texts (a runner of its own, in a SCHED_IDLE process of its own: shadow_teacher.py), then computes top-1
 agreement and KL(teacher ‖ student), updates metrics and the live window and appends one shadow record
 per text to the log (at serving priority, briefly), and pauses so the teacher keeps to its CPU budget
 (a fixed floor; opt-in, more while serving is quiet: shadow_budget.py).
@@ -153,7 +152,7 @@ class ShadowPipeline:
             while not queue.empty():
                 item = queue.get_nowait()
                 self.metrics.shadow.labels(item.task, item.served.ref, "dropped").inc(len(item.texts))
-        # The batch the shadow teacher is on still appends to the log: let it finish before the close.
+        # A batch still with the teacher past the drain time was cancelled above, which stops its process.
         await self.teacher.close()
         await asyncio.to_thread(self.writer.close)
 
