@@ -9,7 +9,8 @@ that. A crash in native code takes down the shadow, not serving.
 Why a plain child (`python -m gateway.shadow_teacher`) and not multiprocessing: spawn re-imports the
 parent's main module, here the whole `kdgate` CLI (~5 s); this child imports only what an ONNX runner
 needs (~0.2 s). It talks over its stdin/stdout: length-prefixed pickles, one request at a time, between
-two processes of ours. It exits when its stdin closes, so a gateway killed with -9 leaves no orphan.
+two processes of ours. It exits when its stdin closes (and ignores SIGINT and SIGTERM sent to the whole
+process group), so a gateway killed with -9 leaves no orphan and a graceful stop can still drain.
 
 >>> teacher = ShadowTeacher(registry, nice=10, idle_class=True, prefer_onnx=True)
 >>> logits, cpu_s = await teacher.score("classify-teacher@1", ["what a day"])   # (1, C), CPU seconds
@@ -22,6 +23,7 @@ import asyncio
 import contextlib
 import os
 import pickle
+import signal
 import sys
 import threading
 import time
@@ -167,6 +169,10 @@ def _serve(requests: BinaryIO, replies: BinaryIO) -> None:
 
 def main(argv: list[str]) -> None:
     nice, idle_class = int(argv[0]), argv[1] == "1"
+    # Ctrl-C in a terminal and systemd's stop signal reach the whole process group: the gateway's
+    # graceful stop still needs this worker to drain the queue. Its end is its stdin closing.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
     lower_priority(nice, idle_class)
     replies = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # a stray print (a library's) goes to stderr, not into the replies

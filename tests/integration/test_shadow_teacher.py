@@ -29,6 +29,8 @@ def test_scores_in_an_idle_priority_process_with_the_runners_logits(state_dir: P
             pid = await teacher.worker_pid()
             with pytest.raises(ShadowTeacherError, match="failed"):  # a failed batch, not a dead worker
                 await teacher.score("classify-teacher@99", TEXTS)
+            os.kill(pid, signal.SIGINT)  # Ctrl-C reaches the whole process group: the gateway drains
+            await teacher.score(TEACHER, TEXTS)
             assert await teacher.worker_pid() == pid
             return logits, cpu_s, pid, os.sched_getscheduler(pid), os.getpriority(os.PRIO_PROCESS, pid)
         finally:
