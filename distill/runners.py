@@ -79,11 +79,11 @@ class TorchClassifierRunner(_ClassifierRunner):
 
         super().__init__(manifest, directory)
         torch.set_num_threads(threads)
-        self._torch = torch
         self.model = load_classifier(directory)
 
     def _logits(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        torch = self._torch
+        import torch  # already loaded by __init__: a lookup in sys.modules
+
         with torch.no_grad():
             return self.model(torch.from_numpy(ids), torch.from_numpy(mask)).numpy().astype(np.float32)
 

@@ -81,7 +81,7 @@ class ShadowTeacher:
         return pid
 
     async def close(self) -> None:
-        """Waits for the batch in hand (its records still go to the log), then stops the worker."""
+        """Waits for a batch in hand to come back, then stops the worker."""
         async with self._lock:
             proc, self._proc = self._proc, None
             if proc is None or proc.returncode is not None:

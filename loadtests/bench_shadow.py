@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import contextlib
 import json
 import time
@@ -132,7 +131,7 @@ def main() -> None:
     outcomes: dict[str, dict[str, float]] = {}
     # Texts compared while the load ran: the backlog scored afterwards (before the next round) is not
     # what the budget lets the shadow keep up with under this load.
-    compared_in_round: dict[str, collections.Counter[str]] = {v: collections.Counter() for v in variants}
+    compared_during_load = dict.fromkeys(variants, 0.0)
     with contextlib.ExitStack() as scratch:
         states = {v: scratch.enter_context(scratch_copy(args.state_dir)) for v in variants}
         with contextlib.ExitStack() as servers:  # all up at once; rounds alternate between them
@@ -150,11 +149,11 @@ def main() -> None:
                 for variant in names[r % len(names) :] + names[: r % len(names)]:  # rotated order
                     for client in args.clients:
                         chunk = texts[(r * 97) % len(texts) :] + texts
-                        before = shadow_outcomes(urls[variant])
+                        before = shadow_outcomes(urls[variant]).get("compared", 0.0)
                         got = run_load(client, urls[variant], chunk, args.concurrency, args.requests)
-                        during = shadow_outcomes(urls[variant])
-                        for outcome, count in during.items():
-                            compared_in_round[variant][outcome] += count - before.get(outcome, 0.0)
+                        compared_during_load[variant] += (
+                            shadow_outcomes(urls[variant]).get("compared", 0.0) - before
+                        )
                         series[variant, client] += got
                         round_p99[variant, client].append(float(np.percentile(got, 99)))
                         wait_for_shadow_idle(urls[variant])  # the next measurement starts quiet
@@ -186,8 +185,8 @@ def main() -> None:
         report[f"{variant}_shadow"] = {
             "outcomes": counts,
             "observed_shadow_rate": counts.get("compared", 0.0) / max(served, 1.0),
-            "compared_during_load": compared_in_round[variant]["compared"],
-            "shadow_rate_during_load": compared_in_round[variant]["compared"] / max(served, 1.0),
+            "compared_during_load": compared_during_load[variant],
+            "shadow_rate_during_load": compared_during_load[variant] / max(served, 1.0),
         }
     report["shadow_log"] = shadow_log
     args.out.parent.mkdir(parents=True, exist_ok=True)

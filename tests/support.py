@@ -4,6 +4,7 @@ killing a training run mid-way."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import subprocess
@@ -60,22 +61,24 @@ def kill_at_first_checkpoint(script: str, state_dir: Path) -> float:
     return float(until)
 
 
+def _stat_fields(pid: int | str) -> list[str]:
+    """/proc/<pid>/stat after "(comm)" (which may hold spaces): [state, ppid, …]; OSError once it is gone."""
+    return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+
+
 def child_pids(pid: int) -> list[int]:
     """Processes whose parent is `pid` (Linux /proc)."""
     children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "(comm)", which may hold spaces
-        except (OSError, IndexError):
-            continue
-        if int(fields[1]) == pid:
-            children.append(int(stat.parent.name))
+    for entry in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError, IndexError):
+            if int(_stat_fields(entry.name)[1]) == pid:
+                children.append(int(entry.name))
     return children
 
 
 def is_alive(pid: int) -> bool:
     """Running, not exited (an exited child nobody has reaped yet is a zombie: state Z)."""
     try:
-        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        return _stat_fields(pid)[0] != "Z"
     except (OSError, IndexError):
         return False
