@@ -1,4 +1,4 @@
-"""Operator endpoints (bearer token): models, traffic split."""
+"""Operator endpoints (bearer token): models, traffic split, shadow rates."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from gateway.errors import Conflict, Forbidden, InvalidInput, Unauthorized
 from gateway.pool import SERVED_TASKS
-from gateway.schemas import TrafficUpdate
+from gateway.schemas import ShadowRatesUpdate, TrafficUpdate
+from gateway.shadow_rates import validate_rates
 from gateway.state import GatewayState
 from gateway.traffic import validate_weights
 from rollout.model import Phase
@@ -97,3 +98,48 @@ async def set_traffic(
     state.traffic.set(task, weights)
     state.metrics.set_weights(task, weights, [r for r, t in state.pool.tasks_of().items() if t == task])
     return {"task": task, "weights": weights}
+
+
+def _students_of(state: GatewayState) -> dict[str, str]:
+    """Loaded models that are not their task's teacher (what the shadow scores), ref -> task."""
+    pool = state.pool
+    return {ref: task for ref, task in pool.tasks_of().items() if ref != pool.teacher_ref(task)}
+
+
+@router.get("/shadow")
+async def get_shadow(request: Request) -> dict[str, object]:
+    """Per loaded student: the shadow rate in force (and whether an operator set it), and what the
+    shadow did over the live window: requests it could have scored, scored, dropped."""
+    state = _state(request)
+    overrides = state.shadow_rates.overrides()
+    rows = []
+    for ref, task in sorted(_students_of(state).items()):
+        totals = state.window.totals(ref)
+        rows.append(
+            {
+                "ref": ref,
+                "task": task,
+                "rate": state.shadow_rates.rate(ref),
+                "source": "operator" if ref in overrides else "settings",
+                "eligible": totals.eligible,
+                "compared": totals.compared,
+                "dropped": totals.dropped,
+            }
+        )
+    return {"enabled": state.shadow is not None, "models": rows}
+
+
+@router.put("/shadow/{task}")
+async def set_shadow(task: str, update: ShadowRatesUpdate, request: Request) -> dict[str, object]:
+    """Sets the shadow rate of students of `task` at run time (kept across restarts).
+
+    Body: `{"rates": {"classify-student@2": 0.25}}`; `null` drops the override, back to the configured
+    rate (`shadow_rates`, else `shadow_rate`).
+    """
+    state = _state(request)
+    if task not in SERVED_TASKS:
+        raise InvalidInput(f"unknown task {task!r}; served: {list(SERVED_TASKS)}", field="task")
+    changes = validate_rates(task, update.rates, _students_of(state))
+    await asyncio.to_thread(state.shadow_rates.update, changes)  # an fsync: not on the event loop
+    rates = state.shadow_rates
+    return {"task": task, "rates": {ref: rates.rate(ref) for ref in changes}, "overrides": rates.overrides()}

@@ -1,4 +1,4 @@
-"""Operator commands: `kdgate rollout …`, `kdgate events`, `kdgate shadow stats`."""
+"""Operator commands: `kdgate rollout …`, `kdgate events`, `kdgate shadow stats|rates|rate`."""
 
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ from gateway.cli_common import DEFAULT_STATE, GatewayUrl, StateDir, Token, admin
 rollout_app = typer.Typer(
     help="Progressive rollouts: start, inspect, steer (admin API).", no_args_is_help=True
 )
-shadow_app = typer.Typer(help="The shadow log of teacher soft outputs.", no_args_is_help=True)
+shadow_app = typer.Typer(
+    help="The shadow: its log of teacher soft outputs, and how much traffic it scores.", no_args_is_help=True
+)
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 
@@ -237,3 +239,57 @@ def shadow_stats_command(
             str(row["last_ts"]),
         )
     console.print(table)
+
+
+@shadow_app.command("rates")
+def shadow_rates_command(
+    url: GatewayUrl = DEFAULT_URL, token: Token = None, state_dir: StateDir = DEFAULT_STATE
+) -> None:
+    """The shadow rate of each loaded student, and what the shadow scored and dropped (live window)."""
+    with admin_client(url, token, state_dir) as client:
+        result = call(client, "GET", "/admin/shadow")
+    if not result["enabled"]:
+        console.print("[yellow]the shadow is off on this gateway (shadow_enabled: false)[/yellow]")
+    table = Table("model", "task", "rate", "set by", "eligible", "compared", "dropped")
+    for row in result["models"]:
+        table.add_row(
+            row["ref"],
+            row["task"],
+            f"{row['rate']:.2f}",
+            row["source"],
+            f"{row['eligible']:.0f}",
+            f"{row['compared']:.0f}",
+            f"{row['dropped']:.0f}",
+        )
+    console.print(table)
+
+
+@shadow_app.command("rate")
+def shadow_rate_command(
+    task: Annotated[str, typer.Argument(help="Task, e.g. classify.")],
+    rates: Annotated[
+        list[str], typer.Argument(help="REF=RATE pairs, RATE in [0, 1]; REF=default drops an override.")
+    ],
+    url: GatewayUrl = DEFAULT_URL,
+    token: Token = None,
+    state_dir: StateDir = DEFAULT_STATE,
+) -> None:
+    """Set the share of a student's requests the teacher shadows, at run time and kept across restarts,
+    e.g. `kdgate shadow rate classify classify-student@2=0.25`."""
+    parsed: dict[str, float | None] = {}
+    for pair in rates:
+        ref, _, value = pair.rpartition("=")
+        if not ref or not (value == "default" or _is_number(value)):
+            raise typer.BadParameter(f"expected REF=RATE or REF=default, got {pair!r}", param_hint="RATES")
+        parsed[ref] = None if value == "default" else float(value)  # the gateway checks the range
+    with admin_client(url, token, state_dir) as client:
+        result = call(client, "PUT", f"/admin/shadow/{task}", {"rates": parsed})
+    console.print(f"{task}: {result['rates']}")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

@@ -42,6 +42,12 @@ class TrafficUpdate(BaseModel):
     weights: dict[str, Any] = Field(examples=[{"classify-student@1": 25, "classify-teacher@1": 75}])
 
 
+class ShadowRatesUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rates: dict[str, Any] = Field(examples=[{"classify-student@2": 0.25}])
+
+
 class ErrorBody(BaseModel):
     error: dict[str, str]
 

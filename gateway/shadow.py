@@ -28,6 +28,7 @@ from gateway.pool import LoadedModel, ModelPool
 from gateway.routing import unit_hash
 from gateway.settings import Settings
 from gateway.shadow_budget import pause_for_budget, shadow_budget
+from gateway.shadow_rates import ShadowRates
 from gateway.shadow_teacher import ShadowTeacher
 from gateway.window import LiveWindow
 
@@ -43,11 +44,6 @@ class ShadowItem:
     texts: list[str]
     logits: np.ndarray  # (B, C) served logits
     latency_ms: float
-
-
-def configured_rate(settings: Settings, model: str) -> float:
-    """The share of `model`'s requests to shadow: its override in `shadow_rates`, else `shadow_rate`."""
-    return settings.shadow_rates.get(model, settings.shadow_rate)
 
 
 def should_shadow(request_id: str, rate: float) -> bool:
@@ -92,9 +88,11 @@ class ShadowPipeline:
         pool: ModelPool,
         window: LiveWindow,
         writer: ShadowLogWriter,
+        rates: ShadowRates,
         busy_share: Callable[[], float | None] = lambda: None,
     ) -> None:
         self.settings = settings
+        self.rates = rates
         self.busy_share = busy_share  # share of recent time serving had a request in flight
         self.metrics = metrics
         self.pool = pool
@@ -112,7 +110,7 @@ class ShadowPipeline:
         )
 
     def rate_of(self, model: str) -> float:
-        return configured_rate(self.settings, model)
+        return self.rates.rate(model)
 
     def offer(self, item: ShadowItem, teacher: LoadedModel) -> None:
         """Called on the request path: O(1), never blocks."""

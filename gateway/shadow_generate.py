@@ -30,7 +30,8 @@ from gateway.generation import Finished
 from gateway.metrics import GatewayMetrics
 from gateway.pool import LoadedLM, ModelPool
 from gateway.settings import Settings
-from gateway.shadow import configured_rate, should_shadow
+from gateway.shadow import should_shadow
+from gateway.shadow_rates import ShadowRates
 from gateway.shadow_teacher import lower_priority
 from gateway.window import LiveWindow
 
@@ -67,8 +68,10 @@ class GenerateShadow:
         pool: ModelPool,
         window: LiveWindow,
         writer: ShadowLogWriter,
+        rates: ShadowRates,
     ) -> None:
         self.settings = settings
+        self.rates = rates
         self.metrics = metrics
         self.pool = pool
         self.window = window
@@ -89,7 +92,7 @@ class GenerateShadow:
         if item.served is not teacher:
             self.window.add(model, eligible=tokens)
             self.metrics.shadow_eligible.labels(TASK, model).inc(tokens)
-            if not should_shadow(item.request_id, configured_rate(self.settings, model)):
+            if not should_shadow(item.request_id, self.rates.rate(model)):
                 return
         try:
             self.queue.put_nowait(item)

@@ -16,12 +16,14 @@ from gateway.rollout_bridge import LocalSource, MetricsSink, TrafficSetter
 from gateway.settings import Settings
 from gateway.shadow import ShadowPipeline
 from gateway.shadow_generate import GenerateShadow
+from gateway.shadow_rates import ShadowRates
 from gateway.traffic import TrafficStore
 from gateway.window import LiveWindow
 from rollout.driver import Controller
 from rollout.store import AuditLog, RolloutStore
 
 TOKEN_FILE = "admin.token"
+SHADOW_RATES_FILE = "shadow_rates.json"
 
 
 @dataclass
@@ -33,6 +35,7 @@ class GatewayState:
     traffic: TrafficStore
     admin_token: str
     window: LiveWindow
+    shadow_rates: ShadowRates
     shadow: ShadowPipeline | None
     generate_shadow: GenerateShadow | None
     controller: Controller
@@ -51,6 +54,7 @@ class GatewayState:
         holder: list[GatewayState] = []  # the writer's retention asks the (not yet built) state
         window = LiveWindow(settings.window_seconds)
         in_flight = InFlight()
+        rates = ShadowRates(settings.state_dir / SHADOW_RATES_FILE, settings)
         shadow = generate_shadow = None
         if settings.shadow_enabled:
 
@@ -67,9 +71,9 @@ class GatewayState:
                 ).start()
 
             shadow = ShadowPipeline(
-                settings, metrics, pool, window, writer("classify"), busy_share=in_flight.busy_share
+                settings, metrics, pool, window, writer("classify"), rates, busy_share=in_flight.busy_share
             )
-            generate_shadow = GenerateShadow(settings, metrics, pool, window, writer("generate"))
+            generate_shadow = GenerateShadow(settings, metrics, pool, window, writer("generate"), rates)
         traffic = TrafficStore(settings.state_dir / "traffic.json")
         rollout_dir = settings.state_dir / "rollout"
         controller = Controller(
@@ -87,6 +91,7 @@ class GatewayState:
             traffic=traffic,
             admin_token=settings.admin_token or ensure_token_file(settings.state_dir),
             window=window,
+            shadow_rates=rates,
             shadow=shadow,
             generate_shadow=generate_shadow,
             controller=controller,

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import threading
 from collections.abc import Mapping
 from pathlib import Path
 
 from gateway.errors import InvalidInput
+from rollout.store import write_json_atomic
 
 
 def validate_weights(
@@ -65,9 +65,4 @@ class TrafficStore:
     def set(self, task: str, weights: dict[str, int]) -> None:
         with self._lock:
             self._weights[task] = dict(weights)
-            tmp = self.path.with_suffix(".json.tmp")
-            with tmp.open("w") as handle:
-                json.dump(self._weights, handle, indent=2, sort_keys=True)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.path)
+            write_json_atomic(self.path, self._weights)

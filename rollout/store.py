@@ -18,6 +18,17 @@ from rollout.model import Event, RolloutConfig, RolloutState
 EVENTS_FILE = "events.jsonl"
 
 
+def write_json_atomic(path: Path, payload: object) -> None:
+    """Replaces `path` with `payload` as JSON: temp file, fsync, rename — a crash leaves the old file or
+    the new one, never half of one."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w") as handle:
+        json.dump(payload, handle, indent=2, sort_keys=True)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
 class RolloutStore:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -41,12 +52,7 @@ class RolloutStore:
         payload = {"state": state.to_dict(), "config": config.to_dict()}
         path = self._path(state.task)
         with self._lock:
-            tmp = path.with_suffix(".json.tmp")
-            with tmp.open("w") as handle:
-                json.dump(payload, handle, indent=2, sort_keys=True)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
+            write_json_atomic(path, payload)
 
 
 class AuditLog:

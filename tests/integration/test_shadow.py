@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -124,3 +126,43 @@ def test_full_queue_drops_and_counts_while_clients_get_the_student(serve, state_
     assert metric_sum(text, "kdgate_shadow_total", model=STUDENT, outcome="dropped") >= 20
     # Had the request path waited on the shadow, every request would have been compared before its answer.
     assert metric_sum(text, "kdgate_shadow_compared_total", model=STUDENT) < len(responses)
+
+
+def kdgate(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(Path(sys.executable).with_name("kdgate")), *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_shadow_rate_set_at_run_time_stops_sampling_and_survives_a_restart(serve, state_dir: Path) -> None:
+    server = serve(shadow_flush_seconds=0.2)
+    headers = server.admin_headers()
+    split = {STUDENT: 100}
+    httpx.put(f"{server.url}/admin/traffic/classify", json={"weights": split}, headers=headers)
+    where = ["--url", server.url, "--state-dir", str(state_dir)]
+    done = kdgate("shadow", "rate", "classify", f"{STUDENT}=0", *where)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    assert all(r.status_code == 200 for r in asyncio.run(send_keyed(server.url, 20, "unsampled")))
+    text = httpx.get(f"{server.url}/metrics").text
+    assert metric_sum(text, "kdgate_shadow_eligible_total", model=STUDENT) == 20
+    assert metric_sum(text, "kdgate_shadow_total", model=STUDENT) == 0  # nothing compared, dropped or failed
+    (row,) = httpx.get(f"{server.url}/admin/shadow", headers=headers).json()["models"]
+    expected = {"ref": STUDENT, "rate": 0.0, "source": "operator", "eligible": 20, "compared": 0}
+    assert {key: row[key] for key in expected} == expected
+    for rates, field in [({STUDENT: 2}, f"rates.{STUDENT}"), ({TEACHER: 0.5}, f"rates.{TEACHER}")]:
+        bad = httpx.put(f"{server.url}/admin/shadow/classify", json={"rates": rates}, headers=headers)
+        assert bad.status_code == 422 and bad.json()["error"]["field"] == field
+    assert httpx.put(f"{server.url}/admin/shadow/classify", json={"rates": {STUDENT: 1}}).status_code == 401
+    assert "0.00" in kdgate("shadow", "rates", *where).stdout
+    server.stop()
+
+    second = serve(shadow_flush_seconds=0.2)
+    (row,) = httpx.get(f"{second.url}/admin/shadow", headers=second.admin_headers()).json()["models"]
+    assert (row["rate"], row["source"]) == (0.0, "operator")  # kept across the restart
+    reset = {"rates": {STUDENT: None}}  # back to the configured rate, 1.0
+    put = httpx.put(f"{second.url}/admin/shadow/classify", json=reset, headers=second.admin_headers())
+    assert put.json()["rates"] == {STUDENT: 1.0} and put.json()["overrides"] == {}
+    assert all(r.status_code == 200 for r in asyncio.run(send_keyed(second.url, 10, "sampled")))
+    text = wait_for_shadow(second.url, 10)
+    assert metric_sum(text, "kdgate_shadow_total", model=STUDENT) == 10
