@@ -18,6 +18,7 @@ from starlette.background import BackgroundTask
 
 from gateway.errors import InvalidInput, ModelUnavailable, NotReady, Overloaded
 from gateway.generation import Delta, Event, Failed, Finished, GenerationParams, Job
+from gateway.lean_request import MAX_HEADER_CHARS
 from gateway.pool import LoadedLM
 from gateway.routing import pick_model
 from gateway.schemas import GenerateRequest, GenerateResponse, Usage
@@ -27,7 +28,6 @@ from gateway.state import GatewayState
 log = logging.getLogger("kdgate.generate")
 router = APIRouter()
 TASK = "generate"
-MAX_HEADER_CHARS = 256
 DISCONNECT_POLL_SECONDS = 0.5  # how often a non-streaming request checks that its client is still there
 
 

@@ -74,6 +74,14 @@ def test_bad_input_is_a_4xx_naming_the_field(serve, payload, status, field) -> N
     assert response.headers["x-request-id"] == "req-7"  # the caller can still correlate the refusal
 
 
+@pytest.mark.parametrize("name", ["x-kdgate-key", "x-kdgate-model", "x-request-id"])
+def test_an_overlong_header_is_a_422_naming_it(serve, name: str) -> None:
+    server = serve()
+    response = httpx.post(f"{server.url}/classify", json={"text": "hi"}, headers={name: "k" * 257})
+    assert response.status_code == 422
+    assert response.json()["error"]["field"] == name
+
+
 def test_malformed_json_is_a_400(serve) -> None:
     server = serve()
     response = httpx.post(
@@ -233,4 +241,7 @@ def test_health_ready_metrics_and_docs(serve) -> None:
     ):
         assert name in metrics
     assert httpx.get(f"{server.url}/docs").status_code == 200
-    assert "/classify" in json.loads(httpx.get(f"{server.url}/openapi.json").text)["paths"]
+    classify = json.loads(httpx.get(f"{server.url}/openapi.json").text)["paths"]["/classify"]["post"]
+    body = classify["requestBody"]["content"]["application/json"]["schema"]
+    assert {"text", "texts"} <= set(body["properties"])  # the handler reads its body itself: still documented
+    assert {p["name"] for p in classify["parameters"]} == {"x-kdgate-key", "x-kdgate-model", "x-request-id"}
