@@ -31,7 +31,7 @@ class Settings(BaseSettings):
     max_texts: int = Field(64, ge=1)  # texts per /classify request
     max_text_chars: int = Field(2000, ge=1)  # characters per text (the model reads ≤ 64 tokens anyway)
     max_in_flight: int = Field(64, ge=1)  # concurrent requests; more are answered 429 at once
-    max_batch_size: int = Field(32, ge=1)  # texts per model call of the micro-batcher
+    max_batch_size: int = Field(32, ge=1)  # texts per hand-over to a model thread (run in chunks of 8)
     max_wait_ms: float = Field(0.0, ge=0)  # extra wait for company; 0: work-conserving (see batcher.py)
     student_timeout_ms: float = Field(1000.0, gt=0)  # a student slower than this → the teacher answers
     teacher_threads: int = Field(1, ge=1)  # intra-op threads per model: 2 cores are shared by all models

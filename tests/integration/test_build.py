@@ -75,6 +75,15 @@ def test_runners_load_from_the_registry_and_agree_with_the_recorded_figures(buil
     assert np.allclose(onnx_teacher.predict_logits(texts[:50]), teacher.predict_logits(texts[:50]), atol=1e-4)
 
 
+def test_a_batch_longer_than_a_chunk_comes_back_in_order(built_state: Path) -> None:
+    """Past `chunk_size` texts the runner sorts them by length into chunks: same rows, same order."""
+    runner = load_runner(Registry(built_state), TEACHER, threads=1, prefer_onnx=True)
+    texts = load_split(TINY_RECIPE).test.texts[: 3 * runner.chunk_size + 1]
+    assert len({len(t) for t in texts}) > 1  # lengths differ: the sort reorders them
+    one_by_one = np.concatenate([runner.predict_logits([text]) for text in texts])
+    assert np.allclose(runner.predict_logits(texts), one_by_one, atol=1e-4)
+
+
 def test_fault_model_wraps_a_real_model(state_dir: Path) -> None:
     registry = Registry(state_dir)
     texts = load_split(TINY_RECIPE).test.texts[:200]
