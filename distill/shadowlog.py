@@ -10,8 +10,11 @@ object appears whole or not at all). The record format is in ``shadowschema.py``
 
 from __future__ import annotations
 
+import bisect
+import calendar
 import contextlib
 import logging
+import math
 import os
 import re
 import threading
@@ -32,6 +35,7 @@ log = logging.getLogger(__name__)
 _TASK_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 _SEG_RE = re.compile(r"^seg-(\d{8}T\d{9})Z-(\d+)-([0-9a-f]{8})\.parquet$")
 TMP_PREFIX = ".tmp-"
+RELIST_SECONDS = 300.0  # retention re-reads the directory this often (segments of other writers)
 
 
 class ShadowLogClosed(RuntimeError):
@@ -79,12 +83,42 @@ def list_segments(fs: fsspec.AbstractFileSystem, directory: str) -> list[Segment
         return []
     segs = []
     for e in entries:
-        m = _SEG_RE.match(e["name"].rsplit("/", 1)[-1])
-        if m and e.get("type", "file") == "file":
-            stamp = m.group(1)
-            when = datetime.strptime(stamp[:15], "%Y%m%dT%H%M%S").replace(tzinfo=UTC)
-            segs.append(Segment(e["name"], when.timestamp() + int(stamp[15:]) / 1000, int(e["size"])))
-    return sorted(segs, key=lambda s: (s.time, s.path))
+        when = segment_time(e["name"])
+        if when is not None and e.get("type", "file") == "file":
+            segs.append(Segment(e["name"], when, int(e["size"])))
+    return sorted(segs, key=_age_order)
+
+
+def segment_time(path: str) -> float | None:
+    """The time in a segment's name (epoch seconds), None for anything that is not a segment.
+    Parsed by hand: `strptime` cost ~20 µs a name, and retention used to list every segment."""
+    m = _SEG_RE.match(path.rsplit("/", 1)[-1])
+    if m is None:
+        return None
+    s = m.group(1)  # YYYYmmddTHHMMSSmmm
+    fields = (int(s[0:4]), int(s[4:6]), int(s[6:8]), int(s[9:11]), int(s[11:13]), int(s[13:15]))
+    return calendar.timegm(fields) + int(s[15:]) / 1000
+
+
+class SegmentIndex:
+    """Retention's view of a segment directory, oldest first, with its total size kept as it changes
+    (so a flush's retention check costs no pass over tens of thousands of segments)."""
+
+    def __init__(self, segments: list[Segment]) -> None:
+        self.segments = sorted(segments, key=_age_order)
+        self.total_bytes = sum(s.size for s in self.segments)
+
+    def add(self, seg: Segment) -> None:
+        bisect.insort(self.segments, seg, key=_age_order)  # a new segment: at the end, barring clock steps
+        self.total_bytes += seg.size
+
+    def drop_oldest(self, n: int) -> None:
+        self.total_bytes -= sum(s.size for s in self.segments[:n])
+        del self.segments[:n]
+
+
+def _age_order(seg: Segment) -> tuple[float, str]:
+    return seg.time, seg.path
 
 
 class ShadowLogWriter:
@@ -148,6 +182,13 @@ class ShadowLogWriter:
         self._sealed: list[_Batch] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # Retention's view of the directory, oldest first: listed once, then kept up to date by this
+        # writer's own writes and deletes, and listed again every RELIST_SECONDS for segments other
+        # writers (shared storage) added. Listing 16,000 segments took ~0.6 s of GIL-held CPU here, and
+        # retention runs after every flush — in the serving process.
+        self._index: SegmentIndex | None = None
+        self._listed_at = -math.inf
+        self.relist_seconds = RELIST_SECONDS
         self._fs.makedirs(self._dir, exist_ok=True)
         self._remove_temp_files()
 
@@ -242,9 +283,9 @@ class ShadowLogWriter:
         protect = self.protect_after() if callable(self.protect_after) else self.protect_after
         deleted = 0
         with self._io_lock:
-            segs = list_segments(self._fs, self._dir)
-            total = sum(s.size for s in segs)
-            for seg in segs:  # oldest first, so the first one kept ends the scan
+            index = self._segment_index()
+            total = index.total_bytes
+            for seg in index.segments:  # oldest first, so the first one kept ends the scan
                 if protect is not None and seg.time >= protect:
                     break
                 too_old = self.max_age_seconds is not None and now - seg.time > self.max_age_seconds
@@ -255,10 +296,42 @@ class ShadowLogWriter:
                     self._fs.rm(seg.path)
                 total -= seg.size
                 deleted += 1
+            index.drop_oldest(deleted)  # the oldest, in order: what was deleted
             self.counters.segments_deleted += deleted
         return deleted
 
     # -- internals ---------------------------------------------------------------------------------
+
+    def _segment_index(self) -> SegmentIndex:
+        """Retention's index of the directory (callers hold _io_lock)."""
+        now = time.monotonic()
+        if self._index is None:
+            self._index = SegmentIndex(list_segments(self._fs, self._dir))
+            self._listed_at = now
+        elif now - self._listed_at >= self.relist_seconds:
+            self._index = SegmentIndex(self._relisted(self._index.segments))
+            self._listed_at = now
+        return self._index
+
+    def _relisted(self, known: list[Segment]) -> list[Segment]:
+        """The index's segments brought up to date by a listing of names only: what vanished is dropped,
+        and only new names are looked up for their size (a names-only listing of 50,000 segments took
+        0.24 s here, with sizes 0.81 s)."""
+        self._fs.invalidate_cache(self._dir)
+        try:
+            names = set(self._fs.ls(self._dir, detail=False))
+        except FileNotFoundError:
+            return []
+        kept = [s for s in known if s.path in names]
+        for name in names.difference(s.path for s in kept):
+            when = segment_time(name)
+            if when is None:
+                continue
+            with contextlib.suppress(FileNotFoundError):  # deleted meanwhile by another writer
+                info = self._fs.info(name)
+                if info.get("type", "file") == "file":
+                    kept.append(Segment(name, when, int(info["size"])))
+        return kept
 
     def _enter(self) -> None:
         self._local.depth = getattr(self._local, "depth", 0) + 1
@@ -327,12 +400,19 @@ class ShadowLogWriter:
             with self._fs.open(tmp, "wb") as f:
                 pq.write_table(table, f, **{**PARQUET_OPTIONS, "compression": self.compression})
                 _fsync(f)  # the rename must not publish a file whose bytes a power loss can still eat
-            self._fs.mv(tmp, f"{self._dir}/{batch.name}")
+            final = f"{self._dir}/{batch.name}"
+            self._fs.mv(tmp, final)
         except BaseException:
             # Best effort: a leftover temp file is ignored by readers and cleaned at the next start.
             with contextlib.suppress(Exception):
                 self._fs.rm(tmp)
             raise
+        when = segment_time(final)
+        if self._index is not None and when is not None:  # retention's index: the newest segment
+            try:
+                self._index.add(Segment(final, when, int(self._fs.size(final))))
+            except Exception:  # the segment is safe; retention lists the directory again instead
+                self._index = None
 
     def _remove_temp_files(self) -> None:
         try:

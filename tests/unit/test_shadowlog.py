@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 import threading
 import time
 import uuid
@@ -332,3 +333,53 @@ def test_close_called_inside_an_append_is_deferred_not_lost(mem_root: str) -> No
     assert w.closed
     ids = read_shadow(mem_root, "classify")["request_id"].to_pylist()
     assert ids == [f"r{i}" for i in range(appended)]
+
+
+def test_segment_time_reads_the_time_in_a_name() -> None:
+    from distill.shadowlog import _segment_name, segment_time
+
+    ms = 1_764_601_234_567
+    assert segment_time(f"/log/classify/{_segment_name(ms, 3, 'abcd1234')}") == ms / 1000
+    assert segment_time("/log/classify/.tmp-abc.parquet") is None
+
+
+def test_retention_keeps_its_index_by_its_own_writes_and_deletes(mem_root: str) -> None:
+    """Listed once, never again: the index alone must track what this writer wrote and deleted."""
+    clock = FakeClock()
+    w = ShadowLogWriter(mem_root, "classify", flush_rows=5, flush_seconds=1e9, clock=clock)
+    w.relist_seconds = math.inf
+    for i in range(10):
+        clock.now += 1
+        w.append(record(i))
+    sizes = [s.size for s in segments(mem_root)]
+    w.max_bytes = sum(sizes)  # room for two segments of this size
+    assert w.enforce_retention() == 0  # the one listing
+    for i in range(10, 40):  # six more segments; each flush's retention deletes the oldest
+        clock.now += 1
+        w.append(record(i))
+    on_disk = segments(mem_root)
+    assert sum(s.size for s in on_disk) <= w.max_bytes and len(on_disk) >= 1
+    assert read_shadow(mem_root, "classify")["request_id"].to_pylist()[-1] == "r39"
+    assert w.enforce_retention() == 0  # the index agrees with the disk: nothing left to delete
+
+
+def test_retention_relisting_adds_other_writers_segments_and_drops_vanished_ones(mem_root: str) -> None:
+    clock = FakeClock()
+    ours = ShadowLogWriter(mem_root, "classify", flush_rows=5, flush_seconds=1e9, clock=clock)
+    ours.relist_seconds, ours.max_bytes = math.inf, 10**9
+    for i in range(10):
+        clock.now += 1
+        ours.append(record(i))
+    assert ours.enforce_retention() == 0  # indexed: our two segments
+    theirs = ShadowLogWriter(mem_root, "classify", flush_rows=5, flush_seconds=1e9, clock=clock)
+    for i in range(10, 20):
+        clock.now += 1
+        theirs.append(record(i))
+    fs, _ = fsspec.core.url_to_fs(mem_root)
+    fs.rm(segments(mem_root)[0].path)  # another writer's retention removed our oldest
+    on_disk = segments(mem_root)
+    ours.max_bytes = sum(s.size for s in on_disk) - 1  # three segments on disk: one too many
+    assert ours.enforce_retention() == 0  # not re-listed yet: the index holds our two only
+    ours.relist_seconds = 0.0
+    assert ours.enforce_retention() == 1  # re-listed: three segments known, the oldest goes
+    assert [s.path for s in segments(mem_root)] == [s.path for s in on_disk[-2:]]
