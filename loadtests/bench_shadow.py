@@ -59,8 +59,12 @@ def shadow_outcomes(url: str) -> dict[str, float]:
     return counts
 
 
-def log_size(shadow_dir: Path) -> dict[str, float]:
-    files = sorted(shadow_dir.rglob("seg-*.parquet"))
+def log_size(shadow_dir: Path, skip_suffix: str | None = None) -> dict[str, float]:
+    """Records, segments and bytes per record in the log; `skip_suffix` leaves out segments whose names
+    end with it (another writer's)."""
+    files = sorted(
+        f for f in shadow_dir.rglob("seg-*.parquet") if not skip_suffix or not f.name.endswith(skip_suffix)
+    )
     rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
     total = sum(f.stat().st_size for f in files)
     payload = 0

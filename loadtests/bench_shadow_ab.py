@@ -16,7 +16,10 @@ Reported: pooled p50/p99 per rate and their increase; the median over pairs of r
 round-p99 ratio; a 95% bootstrap interval of the pooled p99 increase (pairs of rounds resampled); the
 share of served requests the shadow compared during the on rounds; bytes per shadow record.
 `--shadow-max-cpu` measures another CPU budget the same way (a budget is fixed at start: one gateway
-per budget, each compared with itself). Writes loadtests/results/bench_shadow_ab.json.
+per budget, each compared with itself). `--prefill-segments N` starts the gateway on a full log: N
+segments already on disk and a retention cap at their total, so every flush during the rounds also
+deletes the oldest segment, as on a gateway that has been serving for days (hard links to one real
+segment: instant, no disk). Writes loadtests/results/bench_shadow_ab.json.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import tempfile
+import time
 from pathlib import Path
 
 import httpx
@@ -31,11 +36,13 @@ import numpy as np
 
 from distill.classify_build import STUDENT_NAME, ClassifyRecipe, load_split
 from distill.registry import Registry
+from distill.shadowlog import ShadowLogWriter, list_segments, segment_name, task_dir
 from loadtests._server import admin_headers, gateway, scratch_copy
 from loadtests.bench_gateway import lean_load
 from loadtests.bench_shadow import log_size, shadow_outcomes, wait_for_shadow_idle
 
 QUEUE_SIZE = 64
+PREFILL_WRITER = "0000beef"  # the writer id in prefilled segments' names
 
 
 def increase_pct(on: np.ndarray, off: np.ndarray, q: float) -> float:
@@ -56,6 +63,38 @@ def bootstrap_p99_increase(
         got.append(increase_pct(on, off, 99))
     low, high = np.percentile(got, [2.5, 97.5])
     return float(low), float(high)
+
+
+def prefill_log(state: Path, segments: int, records_per_segment: int = 48) -> int:
+    """Puts `segments` classify segments of `records_per_segment` records under `state`/shadow, dated
+    one a second up to a minute ago; returns their total size in bytes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        seed = ShadowLogWriter(tmp, "classify", flush_rows=records_per_segment)
+        for i in range(records_per_segment):
+            seed.append(
+                {
+                    "request_id": f"prefill-{i}",
+                    "served_model": "classify-student@1",
+                    "teacher_model": "classify-teacher@1",
+                    "input_text": f"a tweet of typical length, number {i}, about a phone and the weather",
+                    "served_label": "positive",
+                    "served_probs": [0.1, 0.2, 0.7],
+                    "teacher_logits": [-1.0, 0.5, 2.0],
+                    "agree": True,
+                    "kl": 0.01,
+                    "latency_ms": 5.0,
+                }
+            )
+        seed.close()
+        fs, directory = task_dir(tmp, "classify")
+        (source,) = list_segments(fs, directory)
+        target = state / "shadow" / "classify"
+        target.mkdir(parents=True)
+        newest_ms = round((time.time() - 60) * 1000)
+        for n in range(segments):
+            name = segment_name(newest_ms - 1000 * (segments - n), n, PREFILL_WRITER)
+            os.link(source.path, target / name)
+    return segments * source.size
 
 
 def measure(
@@ -108,6 +147,12 @@ def main() -> None:
         default=None,
         help="the shadow teacher's CPU budget in cores (default: the gateway's default, 0.25); 1 = none",
     )
+    parser.add_argument(
+        "--prefill-segments",
+        type=int,
+        default=0,
+        help="start on a full log: this many segments on disk, retention capped at their size",
+    )
     parser.add_argument("--out", type=Path, default=Path("loadtests/results/bench_shadow_ab.json"))
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -117,10 +162,16 @@ def main() -> None:
     texts = load_split(ClassifyRecipe()).test.texts[:1000]
     rounds: dict[float, list[np.ndarray]] = {0.0: [], 1.0: []}
     with scratch_copy(args.state_dir) as state:
-        budget = {} if args.shadow_max_cpu is None else {"shadow_max_cpu": args.shadow_max_cpu}
-        with gateway(state, shadow_queue_size=QUEUE_SIZE, **budget) as url:
+        extra: dict[str, float] = {}
+        if args.shadow_max_cpu is not None:
+            extra["shadow_max_cpu"] = args.shadow_max_cpu
+        if args.prefill_segments:
+            extra["shadow_max_bytes"] = prefill_log(state, args.prefill_segments)
+        with gateway(state, shadow_queue_size=QUEUE_SIZE, **extra) as url:
             on_served, on_compared = measure(url, admin_headers(state), student.ref, texts, args, rounds)
-        shadow_log = log_size(state / "shadow")  # the gateway has stopped gracefully: all flushed
+        # The gateway has stopped gracefully: all flushed.
+        shadow_log = log_size(state / "shadow", skip_suffix=f"-{PREFILL_WRITER}.parquet")
+        prefill_left = len(list((state / "shadow").rglob(f"*-{PREFILL_WRITER}.parquet")))
     on, off = np.concatenate(rounds[1.0]), np.concatenate(rounds[0.0])
     pairs = list(zip(rounds[1.0], rounds[0.0], strict=True))
     ratios = [float(np.percentile(a, 99) / np.percentile(b, 99)) for a, b in pairs]
@@ -131,6 +182,8 @@ def main() -> None:
         "requests_per_round": args.requests,
         "shadow_queue_size": QUEUE_SIZE,
         "shadow_max_cpu": args.shadow_max_cpu or "default (0.25)",
+        "prefilled_segments": args.prefill_segments,
+        "prefilled_segments_deleted_by_retention": args.prefill_segments - prefill_left,
         "shadow_0": {"p50_ms": float(np.percentile(off, 50)), "p99_ms": float(np.percentile(off, 99))},
         "shadow_100": {"p50_ms": float(np.percentile(on, 50)), "p99_ms": float(np.percentile(on, 99))},
         "p50_increase_pct": increase_pct(on, off, 50),

@@ -336,10 +336,10 @@ def test_close_called_inside_an_append_is_deferred_not_lost(mem_root: str) -> No
 
 
 def test_segment_time_reads_the_time_in_a_name() -> None:
-    from distill.shadowlog import _segment_name, segment_time
+    from distill.shadowlog import segment_name, segment_time
 
     ms = 1_764_601_234_567
-    assert segment_time(f"/log/classify/{_segment_name(ms, 3, 'abcd1234')}") == ms / 1000
+    assert segment_time(f"/log/classify/{segment_name(ms, 3, 'abcd1234')}") == ms / 1000
     assert segment_time("/log/classify/.tmp-abc.parquet") is None
 
 
