@@ -31,6 +31,7 @@ class GateConfig:
     max_kl_rise: float = 0.02
     max_accuracy_drop: float = 0.01  # forgetting budget on the seed task (1 point)
     max_degenerate_rate: float | None = None  # /generate: a candidate that loops more often is refused
+    max_degenerate_rise: float | None = None  # /generate: ...and one that loops more than its parent
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,11 @@ def gate(candidate: Figures, parent: Figures | None, config: GateConfig) -> Gate
             reasons.append(
                 f"KL on recent traffic {candidate.recent_kl:.4f} is worse than the parent's "
                 f"{parent.recent_kl:.4f} by more than {config.max_kl_rise}"
+            )
+        rise, was = config.max_degenerate_rise, parent.degenerate_rate
+        if rate is not None and was is not None and rise is not None and rate > was + rise:
+            reasons.append(
+                f"{rate:.2f} of greedy completions loop, more than the parent's {was:.2f} by more than {rise}"
             )
         if candidate.seed_accuracy < parent.seed_accuracy - config.max_accuracy_drop:
             reasons.append(

@@ -19,6 +19,7 @@ measured with whatever is set, and reported with it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -38,6 +39,18 @@ from distill.lm_topk import topk_kl
 from distill.trainer import length_bucketed_batches
 
 log = logging.getLogger("kdgate.lm_kd")
+
+
+@functools.cache
+def bf16_is_native() -> bool:
+    """Whether this CPU multiplies bf16 matrices in hardware (AVX512-BF16 or AMX), so that bf16
+    autocast speeds up training and batched teacher passes. Without it oneDNN emulates bf16: a
+    (960 × 576) @ (576 × 49,152) product took 4.0 s in bf16 against 0.76 s in fp32 on an AVX2 EPYC here.
+    (Single-token decoding is another matter: memory-bound, it stays faster from bf16 weights.)"""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN: no fast bf16 either
+        return False
 
 
 def load_student_lm(directory: Path) -> Any:

@@ -31,7 +31,7 @@ from distill.classify_build import Log, _stderr
 from distill.degeneracy import is_degenerate
 from distill.gate import Figures, GateConfig, GateResult, gate
 from distill.generate_build import STUDENT_NAME, TOKENIZER_FILES, GenerateRecipe, latest_student, load_targets
-from distill.lm_kd import evaluate, greedy_tokens_per_s, load_student_lm, train_kd
+from distill.lm_kd import bf16_is_native, evaluate, greedy_tokens_per_s, load_student_lm, train_kd
 from distill.lm_targets import TargetSet
 from distill.redistill import InterruptibleRun, record_run
 from distill.registry import Lineage, Manifest, Registry
@@ -50,6 +50,7 @@ GENERATE_GATE = GateConfig(
     max_kl_rise=0.10,
     max_accuracy_drop=0.02,
     max_degenerate_rate=0.10,
+    max_degenerate_rise=0.10,
 )
 
 
@@ -74,6 +75,7 @@ class LMRedistillRecipe:
     degeneracy_prompts: int = 16  # recent held-out prompts the gate generates greedily from
     degeneracy_tokens: int = 48
     corrupt_targets: bool = False  # rehearsal: targets that teach a loop; the gate must refuse it
+    train_bf16: bool = field(default_factory=bf16_is_native)  # this machine's, not the seed build's
     gate: GateConfig = field(default_factory=lambda: GENERATE_GATE)
 
 
@@ -264,7 +266,7 @@ def redistill_generate(
         alpha=recipe.alpha,
         seed=recipe.seed,
         pad_id=pad_id,
-        bf16=seed_recipe.train_bf16,
+        bf16=recipe.train_bf16,
         freeze_embeddings=True,
         max_steps=recipe.max_steps,
         checkpoint=run.checkpoint,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -46,6 +48,20 @@ def test_gate_refuses_a_looping_candidate_only_when_a_ceiling_is_set() -> None:
     verdict = gate(looping, good, GateConfig(**{**loose.__dict__, "max_degenerate_rate": 0.1}))
     assert not verdict.passed and "loop" in verdict.reasons[0]
     assert gate(good, good, GateConfig(**{**loose.__dict__, "max_degenerate_rate": 0.1})).passed
+
+
+def test_gate_refuses_a_candidate_that_loops_more_than_its_parent() -> None:
+    """With the absolute ceiling off (tiny models loop a lot), the rise over the parent still counts:
+    a candidate that improved KL on a weak parent but loops on every prompt is refused."""
+    parent = Figures(0.0, 17.5, 0.0, degenerate_rate=0.0)
+    looping = Figures(0.0, 15.3, 0.01, degenerate_rate=1.0)
+    rise = GateConfig(min_agreement=0.0, max_kl=50.0, min_accuracy=0.0, max_degenerate_rise=0.1)
+    verdict = gate(looping, parent, rise)
+    assert verdict.reasons == [
+        "1.00 of greedy completions loop, more than the parent's 0.00 by more than 0.1"
+    ]
+    assert gate(Figures(0.0, 15.3, 0.01, degenerate_rate=0.1), parent, rise).passed  # within the rise
+    assert gate(looping, parent, replace(rise, max_degenerate_rise=None)).passed
 
 
 def test_offline_disagreement_reads_either_tasks_manifest() -> None:
