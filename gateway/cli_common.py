@@ -10,7 +10,7 @@ import httpx
 import typer
 from rich.console import Console
 
-from gateway.state import token_path
+from gateway.settings import token_path
 
 # Wide tables when piped (rich assumes 80 columns without a terminal).
 console = Console(width=None if sys.stdout.isatty() else 160)

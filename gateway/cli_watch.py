@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from gateway.cli_common import DEFAULT_STATE, GatewayUrl, StateDir, Token, console
-from gateway.state import token_path
+from gateway.settings import token_path
 
 
 def watch(

@@ -108,3 +108,12 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         values.update(loaded)
     values.update({k: v for k, v in overrides.items() if v is not None})
     return Settings(**values)
+
+
+TOKEN_FILE = "admin.token"
+
+
+def token_path(state_dir: Path) -> Path:
+    """Where the admin token lives (here, not in gateway.state: the CLI reads it without loading the
+    gateway and its model libraries)."""
+    return state_dir / TOKEN_FILE

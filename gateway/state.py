@@ -13,7 +13,7 @@ from gateway.load import InFlight
 from gateway.metrics import GatewayMetrics
 from gateway.pool import ModelPool
 from gateway.rollout_bridge import LocalSource, MetricsSink, TrafficSetter
-from gateway.settings import Settings
+from gateway.settings import Settings, token_path
 from gateway.shadow import ShadowPipeline
 from gateway.shadow_generate import GenerateShadow
 from gateway.shadow_rates import ShadowRates
@@ -22,7 +22,6 @@ from gateway.window import LiveWindow
 from rollout.driver import Controller
 from rollout.store import AuditLog, RolloutStore
 
-TOKEN_FILE = "admin.token"
 SHADOW_RATES_FILE = "shadow_rates.json"
 
 
@@ -99,10 +98,6 @@ class GatewayState:
         )
         holder.append(state)
         return state
-
-
-def token_path(state_dir: Path) -> Path:
-    return state_dir / TOKEN_FILE
 
 
 def ensure_token_file(state_dir: Path) -> str:
