@@ -256,8 +256,11 @@ class ShadowLogWriter:
         under load (50,000 segments took 1.6 s)."""
         if self._thread is None:
             if self.max_bytes is not None or self.max_age_seconds is not None:
-                with self._io_lock:
-                    self._segment_index()
+                try:
+                    with self._io_lock:
+                        self._segment_index()
+                except Exception:  # storage unreachable at start: retention lists at its first run
+                    log.exception("shadow log could not list %s at start", self._dir)
             self._thread = threading.Thread(target=self._run, name=f"shadowlog-{self.task}", daemon=True)
             self._thread.start()
         return self
