@@ -17,7 +17,9 @@ class TrafficLoop:
 
     `path` and `body` choose the endpoint: /classify with `{"text": ...}` by default. `pause_s` is each
     thread's think time between requests: a loop that saturates both cores starves the SCHED_IDLE
-    shadow teacher, and the canary's compared samples (its evidence) then trickle in.
+    shadow teacher, and the canary's compared samples (its evidence) then trickle in. `max_seconds` must
+    outlast the caller's wait: a generate rollout once sat at its last step, out of traffic, after the
+    180 s this used to be.
     """
 
     def __init__(
@@ -26,7 +28,7 @@ class TrafficLoop:
         texts: list[str],
         threads: int = 4,
         max_requests: int = 50_000,
-        max_seconds: float = 180.0,
+        max_seconds: float = 900.0,  # a safety net only: leaving the `with` stops the loop
         path: str = "/classify",
         body: Callable[[str], dict[str, Any]] = lambda text: {"text": text},
         pause_s: float = 0.0,
