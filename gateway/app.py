@@ -49,6 +49,14 @@ async def _drive_rollouts(state: GatewayState) -> None:
         await asyncio.sleep(state.settings.rollout_tick_seconds)
 
 
+async def _follow_rollouts(state: GatewayState) -> None:
+    """Rollouts driven by a standalone `kdgate rollout run`: only follow which candidates are under
+    rollout (from the rollout store, when the driver shares this state dir), for the shadow to favour."""
+    while True:
+        await asyncio.to_thread(state.controller.follow)
+        await asyncio.sleep(state.settings.rollout_tick_seconds)
+
+
 def create_app(settings: Settings) -> FastAPI:
     state = GatewayState.build(settings)
 
@@ -71,6 +79,8 @@ def create_app(settings: Settings) -> FastAPI:
             state.tasks["redistill"] = asyncio.create_task(redistill_loop(state))
         if settings.rollout_driver == "local":
             state.tasks["rollout"] = asyncio.create_task(_drive_rollouts(state))
+        else:
+            state.tasks["rollout"] = asyncio.create_task(_follow_rollouts(state))
         yield
         for task in state.tasks.values():
             task.cancel()

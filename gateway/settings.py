@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     shadow_queue_size: int = Field(1024, ge=1)  # pending shadow items; beyond it items are dropped, counted
     shadow_batch: int = Field(32, ge=1)  # items scored per teacher call
     shadow_generate_queue_size: int = Field(64, ge=1)  # /generate items: each costs a teacher pass
+    # Score the candidate of an active rollout first, and keep a quarter of each shadow queue for it: the
+    # judge waits on its comparisons, while the stable model's only feed the log (gateway/shadow_queue.py).
+    shadow_favour_candidates: bool = True
     shadow_topk: int = Field(20, ge=1, le=256)  # teacher top-k logged per generated token
     shadow_nice: int = Field(10, ge=0, le=19)  # the shadow teacher runs below serving on the same cores
     # /classify shadow in SCHED_IDLE too: it runs only on cores serving leaves idle. At c=8 on 2 cores

@@ -1,7 +1,9 @@
 """Shadow scoring: the teacher re-runs sampled student traffic after the response has gone out.
 
 Request path: `offer()` only decides (pure hash of the request id against the model's rate) and puts
-the item on a bounded queue — when it is full the item is dropped and counted, never waited on.
+the item on a bounded queue — when it is full the item is dropped and counted, never waited on. The
+candidate of an active rollout is scored first and has room kept for it (shadow_queue.py): the judge
+waits on its comparisons.
 Student items: a worker takes up to `shadow_batch` of them and runs the teacher once on all their
 texts (a runner of its own, in a SCHED_IDLE process of its own: shadow_teacher.py), then computes top-1
 agreement and KL(teacher ‖ student), updates metrics and the live window and appends one shadow record
@@ -28,6 +30,7 @@ from gateway.pool import LoadedModel, ModelPool
 from gateway.routing import unit_hash
 from gateway.settings import Settings
 from gateway.shadow_budget import pause_for_budget, shadow_budget
+from gateway.shadow_queue import FavouredAsyncQueue
 from gateway.shadow_rates import ShadowRates
 from gateway.shadow_teacher import ShadowTeacher
 from gateway.window import LiveWindow
@@ -90,15 +93,17 @@ class ShadowPipeline:
         writer: ShadowLogWriter,
         rates: ShadowRates,
         busy_share: Callable[[], float | None] = lambda: None,
+        favoured: Callable[[str], bool] = lambda ref: False,
     ) -> None:
         self.settings = settings
         self.rates = rates
         self.busy_share = busy_share  # share of recent time serving had a request in flight
+        self.favoured = favoured  # is this model the candidate of an active rollout?
         self.metrics = metrics
         self.pool = pool
         self.window = window
         self.writer = writer
-        self.queue: asyncio.Queue[ShadowItem] = asyncio.Queue(maxsize=settings.shadow_queue_size)
+        self.queue: FavouredAsyncQueue[ShadowItem] = FavouredAsyncQueue(settings.shadow_queue_size)
         self.own_queue: asyncio.Queue[ShadowItem] = asyncio.Queue(maxsize=settings.shadow_queue_size)
         self._workers: list[asyncio.Task[None]] = []
         self._closing = False  # serving has stopped: drain at full speed
@@ -115,16 +120,17 @@ class ShadowPipeline:
     def offer(self, item: ShadowItem, teacher: LoadedModel) -> None:
         """Called on the request path: O(1), never blocks."""
         model, task = item.served.ref, item.task
-        queue = self.own_queue
-        if item.served is not teacher:
-            queue = self.queue
+        if item.served is teacher:
+            queued = self.own_queue.qsize() < self.own_queue.maxsize
+            if queued:
+                self.own_queue.put_nowait(item)
+        else:
             self.window.add(model, eligible=len(item.texts))
             self.metrics.shadow_eligible.labels(task, model).inc(len(item.texts))
             if not should_shadow(item.request_id, self.rate_of(model)):
                 return
-        try:
-            queue.put_nowait(item)
-        except asyncio.QueueFull:
+            queued = self.queue.offer(item, self.favoured(model))
+        if not queued:
             self.metrics.shadow.labels(task, model, "dropped").inc(len(item.texts))
             self.window.add(model, dropped=len(item.texts))
 

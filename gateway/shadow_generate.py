@@ -8,8 +8,9 @@ before its first disagreement, and degeneracy (a repetition loop agrees well wit
 it, so degeneracy is measured and guarded separately). Teacher-served completions are logged without a
 second teacher call.
 
-Request path: `offer()` decides and enqueues (bounded; full → dropped and counted). One worker thread,
-niced below serving, scores items one by one.
+Request path: `offer()` decides and enqueues (bounded; full → dropped and counted; the candidate of
+an active rollout first, with room kept for it: shadow_queue.py). One worker thread, niced below
+serving, scores items one by one.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +33,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.pool import LoadedLM, ModelPool
 from gateway.settings import Settings
 from gateway.shadow import should_shadow
+from gateway.shadow_queue import FavouredThreadQueue
 from gateway.shadow_rates import ShadowRates
 from gateway.shadow_teacher import lower_priority
 from gateway.window import LiveWindow
@@ -69,14 +72,18 @@ class GenerateShadow:
         window: LiveWindow,
         writer: ShadowLogWriter,
         rates: ShadowRates,
+        favoured: Callable[[str], bool] = lambda ref: False,
     ) -> None:
         self.settings = settings
         self.rates = rates
+        self.favoured = favoured  # is this model the candidate of an active rollout?
         self.metrics = metrics
         self.pool = pool
         self.window = window
         self.writer = writer
-        self.queue: queue.Queue[GenerateShadowItem | None] = queue.Queue(settings.shadow_generate_queue_size)
+        self.queue: FavouredThreadQueue[GenerateShadowItem] = FavouredThreadQueue(
+            settings.shadow_generate_queue_size
+        )
         self._thread = threading.Thread(target=self._run, name="shadow-generate", daemon=True)
         self._stop_at: float | None = None  # set by close(): past it, queued items are dropped
 
@@ -94,9 +101,7 @@ class GenerateShadow:
             self.metrics.shadow_eligible.labels(TASK, model).inc(tokens)
             if not should_shadow(item.request_id, self.rates.rate(model)):
                 return
-        try:
-            self.queue.put_nowait(item)
-        except queue.Full:
+        if not self.queue.offer(item, favoured=item.served is not teacher and self.favoured(model)):
             self.metrics.shadow.labels(TASK, model, "dropped").inc(tokens)
             self.window.add(model, dropped=tokens)
 
@@ -106,7 +111,7 @@ class GenerateShadow:
         flush the log."""
         self._stop_at = time.monotonic() + drain_seconds
         with contextlib.suppress(queue.Full):
-            self.queue.put_nowait(None)
+            self.queue.put_nowait((False, None))  # behind what is queued: the worker's stop sign
         self._thread.join(timeout=drain_seconds + 5.0)
         self.writer.close()
 

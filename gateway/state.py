@@ -54,6 +54,19 @@ class GatewayState:
         window = LiveWindow(settings.window_seconds)
         in_flight = InFlight()
         rates = ShadowRates(settings.state_dir / SHADOW_RATES_FILE, settings)
+        traffic = TrafficStore(settings.state_dir / "traffic.json")
+        rollout_dir = settings.state_dir / "rollout"
+        controller = Controller(
+            RolloutStore(rollout_dir),
+            AuditLog(rollout_dir),
+            LocalSource(window),
+            TrafficSetter(traffic, metrics, pool),
+            MetricsSink(metrics),
+        )
+
+        def favoured(ref: str) -> bool:  # the judge waits on the comparisons of a rollout's candidate
+            return settings.shadow_favour_candidates and ref in controller.candidates.values()
+
         shadow = generate_shadow = None
         if settings.shadow_enabled:
 
@@ -70,18 +83,18 @@ class GatewayState:
                 ).start()
 
             shadow = ShadowPipeline(
-                settings, metrics, pool, window, writer("classify"), rates, busy_share=in_flight.busy_share
+                settings,
+                metrics,
+                pool,
+                window,
+                writer("classify"),
+                rates,
+                busy_share=in_flight.busy_share,
+                favoured=favoured,
             )
-            generate_shadow = GenerateShadow(settings, metrics, pool, window, writer("generate"), rates)
-        traffic = TrafficStore(settings.state_dir / "traffic.json")
-        rollout_dir = settings.state_dir / "rollout"
-        controller = Controller(
-            RolloutStore(rollout_dir),
-            AuditLog(rollout_dir),
-            LocalSource(window),
-            TrafficSetter(traffic, metrics, pool),
-            MetricsSink(metrics),
-        )
+            generate_shadow = GenerateShadow(
+                settings, metrics, pool, window, writer("generate"), rates, favoured=favoured
+            )
         state = cls(
             settings=settings,
             registry=registry,

@@ -72,6 +72,9 @@ class Controller:
         self.sink = sink
         self.clock = clock
         self.last_evidence: dict[str, tuple[Evidence, ...]] = {}
+        # The candidates of active rollouts, by task: the shadow scores their requests first (the
+        # judge waits on their comparisons). Replaced whole, so the request path reads it unlocked.
+        self.candidates: dict[str, str] = {}
         self._lock = threading.RLock()  # ticks and operator commands never interleave
 
     def resync(self) -> None:
@@ -81,6 +84,16 @@ class Controller:
                 loaded = self.store.load(task)
                 if loaded is not None and loaded[0].phase.active:
                     self.setter.set_weights(task, loaded[0].weights())
+            self.follow()
+
+    def follow(self) -> None:
+        """Re-reads which rollouts are active into `candidates`: a gateway whose rollouts are driven by
+        a standalone `kdgate rollout run` on the same state dir learns their candidates this way."""
+        with self._lock:
+            for task in self.store.tasks():
+                loaded = self.store.load(task)
+                if loaded is not None:
+                    self._track(loaded[0])
 
     def tick(self) -> None:
         for task in self.store.tasks():
@@ -146,6 +159,7 @@ class Controller:
                 self.last_evidence[action.task] = action.evidence
         if new != old:
             self.store.save(new, config)
+            self._track(new)
         for action in actions:
             if isinstance(action, SetWeights):
                 self.setter.set_weights(action.task, action.weights)
@@ -155,3 +169,7 @@ class Controller:
                     self.sink.transition(action.event, new)
             elif isinstance(action, RecordEvidence) and self.sink is not None:
                 self.sink.record(new, action.evidence)
+
+    def _track(self, state: RolloutState) -> None:
+        others = {task: ref for task, ref in self.candidates.items() if task != state.task}
+        self.candidates = others | ({state.task: state.candidate} if state.phase.active else {})

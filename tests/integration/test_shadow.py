@@ -128,6 +128,45 @@ def test_full_queue_drops_and_counts_while_clients_get_the_student(serve, state_
     assert metric_sum(text, "kdgate_shadow_compared_total", model=STUDENT) < len(responses)
 
 
+def test_a_rollouts_candidate_finds_room_in_a_full_queue_and_is_scored_first(serve, state_dir: Path) -> None:
+    """The judge waits on the candidate's comparisons: with the teacher's queue full of the stable
+    student's backlog, the candidate's requests still get in (a quarter of the queue is kept for them)
+    and are scored before that backlog. A plain FIFO would have dropped them."""
+    registry = Registry(state_dir)
+    slow_teacher = register_fault_model(
+        registry, FaultSpec(wraps=TEACHER, latency_ms=1000), "slow-teacher"
+    ).ref
+    candidate = register_fault_model(registry, FaultSpec(wraps=STUDENT), "student-copy").ref
+    server = serve(teacher={"classify": slow_teacher}, shadow_queue_size=8, shadow_batch=1)
+    headers = server.admin_headers()
+    split = {"weights": {STUDENT: 100}}
+    assert httpx.put(f"{server.url}/admin/traffic/classify", json=split, headers=headers).status_code == 200
+    rollout = {"task": "classify", "candidate": candidate, "steps": [5, 100], "min_dwell_s": 600.0}
+    r = httpx.post(f"{server.url}/admin/rollouts", json=rollout | {"max_disagreement": 0.5}, headers=headers)
+    assert r.status_code == 201, r.text
+
+    def send(model: str, n: int) -> None:  # pinned, one after another
+        with httpx.Client(base_url=server.url, headers={"x-kdgate-model": model}, timeout=30) as client:
+            assert all(
+                client.post("/classify", json={"text": f"item {i}"}).status_code == 200 for i in range(n)
+            )
+
+    send(STUDENT, 14)  # one with the teacher, 6 queued (8 places, 2 kept), the other 7 dropped
+    send(candidate, 2)
+    deadline = time.monotonic() + 30
+    while True:
+        text = httpx.get(f"{server.url}/metrics").text
+        if metric_sum(text, "kdgate_shadow_compared_total", model=candidate) == 2:
+            break
+        assert time.monotonic() < deadline, "the candidate's requests were never scored"
+        time.sleep(0.05)
+    assert metric_sum(text, "kdgate_shadow_total", model=candidate, outcome="dropped") == 0
+    assert metric_sum(text, "kdgate_shadow_total", model=STUDENT, outcome="dropped") >= 5
+    # Scored ahead of the stable backlog: of its 6 queued items, at most one more went to the teacher
+    # (the call under way when the candidate's arrived may have been the stable student's).
+    assert metric_sum(text, "kdgate_shadow_compared_total", model=STUDENT) <= 2
+
+
 def kdgate(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(Path(sys.executable).with_name("kdgate")), *args], capture_output=True, text=True, timeout=60

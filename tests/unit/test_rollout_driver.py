@@ -43,3 +43,34 @@ def test_a_saved_rollback_is_never_paired_with_the_evidence_of_the_tick_before(t
     phase, verdicts = store.seen
     assert phase is Phase.ROLLED_BACK
     assert verdicts["error_burn"] is Verdict.FAIL  # the evidence of this tick, already in place
+
+
+class SilentSource:
+    def observe(self, state: RolloutState) -> Observation:
+        return Observation(requests=0, errors=0, compared=0)
+
+
+def test_candidates_of_active_rollouts_are_known_and_survive_a_restart(tmp_path: Path) -> None:
+    """The shadow favours these models: a started rollout adds its candidate, an ended one removes
+    it, and a controller that resyncs over the same store (a restarted gateway) knows it again."""
+    store, audit = RolloutStore(tmp_path / "rollout"), AuditLog(tmp_path / "rollout")
+    controller = Controller(store, audit, SilentSource(), Weights())
+    config = RolloutConfig(steps=(5, 100), min_dwell_s=0.0, min_requests=30, max_disagreement=0.5)
+    controller.start("classify", "s@1", "s@2", config)
+    controller.start("generate", "g@1", "g@2", config)
+    assert controller.candidates == {"classify": "s@2", "generate": "g@2"}
+    controller.command("classify", "pause")
+    assert controller.candidates == {"classify": "s@2", "generate": "g@2"}  # paused is still active
+    restarted = Controller(store, audit, SilentSource(), Weights())
+    restarted.resync()
+    assert restarted.candidates == {"classify": "s@2", "generate": "g@2"}
+    restarted.command("generate", "abort")
+    assert restarted.candidates == {"classify": "s@2"}
+    # A gateway whose rollouts another process drives (`kdgate rollout run` on the same state dir):
+    follower = Controller(store, audit, SilentSource(), Weights())
+    restarted.start("generate", "g@1", "g@3", config)
+    follower.follow()
+    assert follower.candidates == {"classify": "s@2", "generate": "g@3"}
+    restarted.command("classify", "promote")
+    follower.follow()
+    assert follower.candidates == {"generate": "g@3"}
