@@ -163,15 +163,24 @@ def test_generate_traffic_is_redistilled_and_promoted(serve, generate_state_dir:
     # limit; a promotion ends the wait at once, so the limit only bounds a failure.
     deadline = time.monotonic() + 900
     body = lambda text: {"messages": [{"role": "user", "content": text}], "max_tokens": 12}  # noqa: E731
-    # One client thread: enough for the canary's evidence, and the training child gets a core.
-    with TrafficLoop(server.url, topics, threads=1, max_seconds=900, path="/generate", body=body) as loop:
+    # One client thread with a think time until the canary starts, as on a gateway that is not
+    # saturated: the training child runs in SCHED_IDLE, and flat out (serving plus the niced shadow
+    # teacher on both cores) its 6 s of KD took 238 s of wall time (91 s with the pause; 2026-12-02).
+    # Then flat out: the canary's evidence comes with its traffic (its 50% step took 54 s flat out,
+    # 100 s with the pause).
+    traffic = TrafficLoop(
+        server.url, topics, threads=1, max_seconds=900, path="/generate", body=body, pause_s=0.5
+    )
+    with traffic as loop:
         while time.monotonic() < deadline:
             r = httpx.get(f"{server.url}/admin/rollouts/generate", headers=headers)
             if r.status_code == 200:
                 state = r.json()["state"]
                 phase = state["phase"]
-                if state["candidate"] == candidate and phase in ("promoted", "rolled_back"):
-                    break
+                if state["candidate"] == candidate:
+                    loop.pause_s = 0.0
+                    if phase in ("promoted", "rolled_back"):
+                        break
             time.sleep(1.0)
     assert phase == "promoted", phase
     assert set(loop.codes) == {200}

@@ -17,7 +17,8 @@ class TrafficLoop:
 
     `path` and `body` choose the endpoint: /classify with `{"text": ...}` by default. `pause_s` is each
     thread's think time between requests: a loop that saturates both cores starves the SCHED_IDLE
-    shadow teacher, and the canary's compared samples (its evidence) then trickle in. `max_seconds` must
+    shadow teacher, and the canary's compared samples (its evidence) then trickle in; it may be changed
+    while the loop runs (each thread reads it after every request). `max_seconds` must
     outlast the caller's wait: a generate rollout once sat at its last step, out of traffic, after the
     180 s this used to be.
     """
