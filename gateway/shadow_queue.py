@@ -1,4 +1,4 @@
-"""The shadow's bounded queues: the candidate of a rollout is scored first and always finds room.
+"""The shadow's bounded queues: the candidate of a rollout is scored first and has room kept for it.
 
 A rollout's judge reads only the candidate's comparisons; the other students' feed only the shadow
 log. With a plain FIFO, once the teacher falls behind (a busy gateway, the teacher's CPU budget) the
@@ -8,7 +8,8 @@ So each queue has two lanes:
 
 - favoured items (the candidates of active rollouts) are taken first, first in first out;
 - other items fill the queue only up to `maxsize - reserve`: the last `reserve` places are kept for
-  favoured items, so a backlog of stable traffic never drops the candidate's.
+  favoured items, so a backlog of stable traffic alone never drops the candidate's (a favoured item
+  is dropped only when the whole queue is full).
 
 Both stdlib queues let a subclass replace their storage (as their PriorityQueue does), so waiting,
 `join()` and `task_done()` stay theirs; only the storage and `offer()` are written here.
