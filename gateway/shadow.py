@@ -121,7 +121,7 @@ class ShadowPipeline:
         """Called on the request path: O(1), never blocks."""
         model, task = item.served.ref, item.task
         if item.served is teacher:
-            queued = self.own_queue.qsize() < self.own_queue.maxsize
+            queued = not self.own_queue.full()
             if queued:
                 self.own_queue.put_nowait(item)
         else:

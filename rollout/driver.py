@@ -80,20 +80,19 @@ class Controller:
     def resync(self) -> None:
         """Re-apply the persisted weights of every active rollout (after a restart or a crash)."""
         with self._lock:
-            for task in self.store.tasks():
-                loaded = self.store.load(task)
-                if loaded is not None and loaded[0].phase.active:
-                    self.setter.set_weights(task, loaded[0].weights())
-            self.follow()
+            for state in self.follow():
+                if state.phase.active:
+                    self.setter.set_weights(state.task, state.weights())
 
-    def follow(self) -> None:
-        """Re-reads which rollouts are active into `candidates`: a gateway whose rollouts are driven by
-        a standalone `kdgate rollout run` on the same state dir learns their candidates this way."""
+    def follow(self) -> list[RolloutState]:
+        """Re-reads which rollouts are active into `candidates` and returns every stored state: a gateway
+        whose rollouts a standalone `kdgate rollout run` drives on the same state dir learns them so."""
         with self._lock:
-            for task in self.store.tasks():
-                loaded = self.store.load(task)
-                if loaded is not None:
-                    self._track(loaded[0])
+            stored = (self.store.load(task) for task in self.store.tasks())
+            states = [loaded[0] for loaded in stored if loaded is not None]
+            for state in states:
+                self._track(state)
+            return states
 
     def tick(self) -> None:
         for task in self.store.tasks():
