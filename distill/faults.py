@@ -19,7 +19,7 @@ import numpy as np
 from distill.registry import FaultSpec, Lineage, Manifest, Registry
 
 if TYPE_CHECKING:
-    from distill.runners import Runner
+    from distill.classify.runner import Runner
 
 
 class InjectedFault(RuntimeError):
@@ -73,7 +73,7 @@ class FaultyRunner:
         return np.where(wrong[:, None], permuted, logits)
 
     def predict_batch(self, texts: list[str]) -> np.ndarray:
-        from distill.runners import softmax
+        from distill.classify.runner import softmax
 
         return softmax(self.predict_logits(texts))
 

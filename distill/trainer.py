@@ -10,8 +10,8 @@ import torch
 from tqdm.auto import tqdm
 
 from distill.checkpoint import load_checkpoint, save_checkpoint
-from distill.encoder import EncoderClassifier
-from distill.tokenize import BatchTokenizer
+from distill.classify.model import EncoderClassifier
+from distill.classify.tokenize import BatchTokenizer
 
 
 def lr_factor(step: int, total: int, warmup: int) -> float:

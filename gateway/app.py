@@ -16,10 +16,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway import admin, generate_api, inference, rollout_api
+from gateway.continual.inprocess import redistill_loop
 from gateway.errors import GatewayError, InvalidInput, MalformedRequest
-from gateway.pool import SERVED_TASKS
-from gateway.redistill_loop import redistill_loop
+from gateway.http import admin, classify, generate, rollouts
+from gateway.serving.pool import SERVED_TASKS
 from gateway.settings import Settings
 from gateway.state import GatewayState
 
@@ -97,10 +97,10 @@ def create_app(settings: Settings) -> FastAPI:
         description="Serve a teacher and its distilled students side by side.",
     )
     app.state.gw = state
-    app.include_router(inference.router)
-    app.include_router(generate_api.router)
+    app.include_router(classify.router)
+    app.include_router(generate.router)
     app.include_router(admin.router)
-    app.include_router(rollout_api.router)
+    app.include_router(rollouts.router)
     _install_error_handlers(app)
 
     @app.get("/healthz", tags=["health"])

@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     shadow_batch: int = Field(32, ge=1)  # items scored per teacher call
     shadow_generate_queue_size: int = Field(64, ge=1)  # /generate items: each costs a teacher pass
     # Score the candidate of an active rollout first, and keep a quarter of each shadow queue for it: the
-    # judge waits on its comparisons, while the stable model's only feed the log (gateway/shadow_queue.py).
+    # judge waits on its comparisons, while the stable model's only feed the log (gateway/shadow/queue.py).
     shadow_favour_candidates: bool = True
     shadow_topk: int = Field(20, ge=1, le=256)  # teacher top-k logged per generated token
     shadow_nice: int = Field(10, ge=0, le=19)  # the shadow teacher runs below serving on the same cores
@@ -69,7 +69,7 @@ class Settings(BaseSettings):
     # core) still showed in served p99; the budget bounds that overlap. None: no budget.
     shadow_max_cpu: float | None = Field(0.25, gt=0, le=64)
     # Opt-in: the budget while no request is in flight; it falls linearly to shadow_max_cpu as the
-    # share of time with a request in flight rises to 1 (gateway/shadow_budget.py). A canary on a
+    # share of time with a request in flight rises to 1 (gateway/shadow/budget.py). A canary on a
     # gateway that is not saturated then gathers its compared samples faster (BBC loop e2e test), but
     # at c=8 it cost served p99 +9% against +4% for the fixed budget (bench_shadow), so it is off by
     # default. None: always shadow_max_cpu.

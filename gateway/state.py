@@ -8,17 +8,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from distill.registry import Registry
-from distill.shadowlog import ShadowLogWriter
-from gateway.load import InFlight
-from gateway.metrics import GatewayMetrics
-from gateway.pool import ModelPool
-from gateway.rollout_bridge import LocalSource, MetricsSink, TrafficSetter
+from distill.shadowlog.writer import ShadowLogWriter
+from gateway.serving.inflight import InFlight
+from gateway.serving.metrics import GatewayMetrics
+from gateway.serving.pool import ModelPool
+from gateway.serving.rollout_ports import LocalSource, MetricsSink, TrafficSetter
+from gateway.serving.traffic import TrafficStore
+from gateway.serving.window import LiveWindow
 from gateway.settings import Settings, token_path
-from gateway.shadow import ShadowPipeline
-from gateway.shadow_generate import GenerateShadow
-from gateway.shadow_rates import ShadowRates
-from gateway.traffic import TrafficStore
-from gateway.window import LiveWindow
+from gateway.shadow.classify import ShadowPipeline
+from gateway.shadow.generate import GenerateShadow
+from gateway.shadow.rates import ShadowRates
 from rollout.driver import Controller
 from rollout.store import AuditLog, RolloutStore
 

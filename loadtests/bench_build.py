@@ -16,7 +16,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from distill.classify_build import ClassifyRecipe, build_student, build_teacher
+from distill.classify.build import ClassifyRecipe, build_student, build_teacher
 from distill.registry import Registry
 
 

@@ -6,7 +6,7 @@ The rollout judge needs `min_samples` (default 200) of the candidate's requests 
 teacher before a step can pass. Under load the shadow teacher cannot score every request (CPU budget,
 SCHED_IDLE): with a plain FIFO queue the candidate gets its traffic share of what the teacher scores, and
 a 5% canary waits for evidence ~20x longer than the teacher's capacity needs. `shadow_favour_candidates`
-(default on) scores the candidate first and keeps a quarter of the queue for it (gateway/shadow_queue.py).
+(default on) scores the candidate first and keeps a quarter of the queue for it (gateway/shadow/queue.py).
 
 Setup, per gateway: the latest classify student serves 100%; a copy of it (a fault model with no fault:
 the same model, its own ref) is the candidate of a rollout at 5% that cannot move on (an hour's dwell,
@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from distill.classify_build import STUDENT_NAME, ClassifyRecipe, load_split
+from distill.classify.build import STUDENT_NAME, ClassifyRecipe, load_split
 from distill.faults import register_fault_model
 from distill.registry import FaultSpec, Registry
 from loadtests._server import admin_headers, gateway, scratch_copy

@@ -33,9 +33,9 @@ from urllib.parse import urlsplit
 import httpx
 import numpy as np
 
-from distill.classify_build import TEACHER_NAME, ClassifyRecipe, load_split
+from distill.classify.build import TEACHER_NAME, ClassifyRecipe, load_split
+from distill.classify.runner import Runner, load_runner
 from distill.registry import Registry
-from distill.runners import Runner, load_runner
 from loadtests._server import control, gateway
 
 

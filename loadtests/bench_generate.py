@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import pyarrow.parquet as pq
 
-from distill.data import bbc_paragraphs
+from distill.corpora import bbc_paragraphs
 from distill.registry import Registry
 from loadtests._server import admin_headers, gateway, scratch_copy
 from loadtests.bench_shadow import wait_for_shadow_idle

@@ -26,11 +26,11 @@ from typing import Any
 
 import httpx
 
-from distill.data import bbc_paragraphs
-from distill.generate_build import latest_student
+from distill.corpora import bbc_paragraphs
+from distill.generate.build import latest_student
 from distill.registry import Registry
-from distill.shadowread import read_shadow
-from gateway.redistill_loop import redistill_command
+from distill.shadowlog.reader import read_shadow
+from gateway.continual.inprocess import redistill_command
 from loadtests._server import admin_headers, gateway, scratch_copy
 
 INSTRUCTION = "Explain in simple words for a child: {text}"

@@ -23,13 +23,13 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import numpy as np
 import torch
 
-from distill.classify_build import ONNX_FP32, STUDENT_NAME, TEACHER_NAME, ClassifyRecipe, load_split
-from distill.encoder import truncated_copy
-from distill.evaluate import accuracy, compare_to_teacher
-from distill.modelio import load_classifier
+from distill.classify.build import ONNX_FP32, STUDENT_NAME, TEACHER_NAME, ClassifyRecipe, load_split
+from distill.classify.evaluate import accuracy, compare_to_teacher
+from distill.classify.io import load_classifier
+from distill.classify.model import truncated_copy
+from distill.classify.runner import OnnxClassifierRunner, Runner, TorchClassifierRunner, load_runner
+from distill.classify.tokenize import BatchTokenizer
 from distill.registry import Registry
-from distill.runners import OnnxClassifierRunner, Runner, TorchClassifierRunner, load_runner
-from distill.tokenize import BatchTokenizer
 from distill.trainer import train
 
 
@@ -85,7 +85,7 @@ def no_kd_baseline(
         seed=recipe.seed,
         desc="no-KD baseline",
     )
-    from distill.export import torch_logits
+    from distill.classify.export import torch_logits
 
     logits = torch_logits(model, tok, test_texts)
     return {"test_accuracy": accuracy(logits, test_labels), **compare_to_teacher(teacher_test, logits)}

@@ -32,12 +32,12 @@ from typing import Any
 import httpx
 import numpy as np
 
-from distill.classify_build import STUDENT_NAME, TEACHER_NAME, ClassifyRecipe, load_split
-from distill.data import bbc_paragraphs
+from distill.classify.build import STUDENT_NAME, TEACHER_NAME, ClassifyRecipe, load_split
+from distill.classify.runner import load_runner
+from distill.corpora import bbc_paragraphs
 from distill.registry import Registry
-from distill.runners import load_runner
-from distill.shadowlog import ShadowLogWriter
-from gateway.redistill_loop import below_serving, redistill_command
+from distill.shadowlog.writer import ShadowLogWriter
+from gateway.continual.inprocess import below_serving, redistill_command
 from loadtests._server import admin_headers, gateway, scratch_copy
 
 CONCURRENCY = 8

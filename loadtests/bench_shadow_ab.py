@@ -34,9 +34,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from distill.classify_build import STUDENT_NAME, ClassifyRecipe, load_split
+from distill.classify.build import STUDENT_NAME, ClassifyRecipe, load_split
 from distill.registry import Registry
-from distill.shadowlog import ShadowLogWriter, list_segments, segment_name, task_dir
+from distill.shadowlog.writer import ShadowLogWriter, list_segments, segment_name, task_dir
 from loadtests._server import admin_headers, gateway, scratch_copy
 from loadtests.bench_gateway import lean_load
 from loadtests.bench_shadow import log_size, shadow_outcomes, wait_for_shadow_idle

@@ -20,8 +20,8 @@ import uvicorn
 from fastapi import FastAPI
 from pydantic import BaseModel
 
+from distill.classify.runner import load_runner
 from distill.registry import Registry
-from distill.runners import load_runner
 
 
 class TextIn(BaseModel):

@@ -18,8 +18,8 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from distill.classify.runner import Runner, load_runner
 from distill.registry import Registry
-from distill.runners import Runner, load_runner
 
 HEALTHY = b'{"status":"ok"}'
 

@@ -2,7 +2,7 @@
 
 One instant query per observed quantity, all evaluated at the same time `now` over the window since the
 current step started (`[Ns]`, N = ceil(now - step_started_at), at least `min_window_s`). The names are
-those of gateway/metrics.py as exported by prometheus-client (`_total` on counters, `_bucket` / `_sum`
+those of gateway/serving/metrics.py as exported by prometheus-client (`_total` on counters, `_bucket` / `_sum`
 on histograms); errors are counted as in dashboards/rules.yml (5xx + fallbacks over requests +
 fallbacks).
 

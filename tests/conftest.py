@@ -11,7 +11,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from distill.classify_build import ClassifyRecipe, ensure_default_classify_models
+from distill.classify.build import ClassifyRecipe, ensure_default_classify_models
 from distill.registry import Registry
 
 # Small enough to build in ~30 s on 2 cores, real in every other respect.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from distill.generate_build import TINY_GENERATE_RECIPE, ensure_default_generate_models
+from distill.generate.build import TINY_GENERATE_RECIPE, ensure_default_generate_models
 from distill.registry import Registry
 
 

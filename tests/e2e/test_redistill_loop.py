@@ -12,10 +12,10 @@ from pathlib import Path
 
 import httpx
 
-from distill.data import bbc_paragraphs
-from distill.generate_build import TINY_GENERATE_RECIPE, build_generate_student
+from distill.corpora import bbc_paragraphs
+from distill.generate.build import TINY_GENERATE_RECIPE, build_generate_student
 from distill.registry import Registry
-from distill.shadowread import read_shadow
+from distill.shadowlog.reader import read_shadow
 from tests.e2e.test_rollout_local import FAST, STUDENT
 from tests.e2e.traffic import TrafficLoop
 

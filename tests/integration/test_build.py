@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from distill.classify_build import ONNX_FP32, ensure_default_classify_models, load_split
+from distill.classify.build import ONNX_FP32, ensure_default_classify_models, load_split
+from distill.classify.runner import load_runner
 from distill.faults import InjectedFault, register_fault_model
 from distill.registry import FaultSpec, Registry
-from distill.runners import load_runner
 from tests.conftest import TINY_RECIPE
 
 TEACHER, STUDENT = "classify-teacher@1", "classify-student@1"
@@ -69,7 +69,7 @@ def test_runners_load_from_the_registry_and_agree_with_the_recorded_figures(buil
     # teacher is unsure) may flip a text or two: same figure within 2 points, not bit for bit.
     assert agreement == pytest.approx(registry.get(STUDENT).metrics["agreement"], abs=0.02)
     # The teacher's ONNX copy computes what its PyTorch weights compute.
-    from distill.runners import OnnxClassifierRunner
+    from distill.classify.runner import OnnxClassifierRunner
 
     onnx_teacher = OnnxClassifierRunner(registry.get(TEACHER), registry.path(TEACHER), model_file=ONNX_FP32)
     assert np.allclose(onnx_teacher.predict_logits(texts[:50]), teacher.predict_logits(texts[:50]), atol=1e-4)

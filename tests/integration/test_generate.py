@@ -17,7 +17,7 @@ import pytest
 
 from distill.faults import FaultSpec, register_fault_model
 from distill.registry import Registry
-from distill.shadowread import read_shadow
+from distill.shadowlog.reader import read_shadow
 from tests.integration.conftest import RunningServer, start_server
 from tests.support import metric_sum
 

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from distill.generate_build import (
+from distill.generate.build import (
     STUDENT_NAME,
     TINY_GENERATE_RECIPE,
     build_generate_student,
     ensure_default_generate_models,
 )
-from distill.lm_kd import load_student_lm
+from distill.generate.kd import load_student_lm
 from distill.registry import Registry
 
 pytestmark = pytest.mark.slow

@@ -19,9 +19,9 @@ import httpx
 import pytest
 
 from distill.gate import GateConfig
-from distill.lm_redistill import LMRedistillRecipe, redistill_generate
+from distill.generate.redistill import LMRedistillRecipe, redistill_generate
 from distill.registry import Registry
-from distill.shadowread import read_shadow
+from distill.shadowlog.reader import read_shadow
 from tests.support import kill_at_first_checkpoint
 
 STUDENT = "generate-student@1"
@@ -146,7 +146,7 @@ def test_a_killed_generate_run_resumes_on_the_same_window_and_ends_with_the_same
     shutil.copytree(shadowed_state, reference_dir, copy_function=os.link)
     script = (
         "from pathlib import Path\n"
-        "from distill.lm_redistill import redistill_generate\n"
+        "from distill.generate.redistill import redistill_generate\n"
         "from distill.registry import Registry\n"
         "from tests.integration.test_lm_redistill import STEP_BOUND\n"
         f"redistill_generate(Registry(Path({str(shadowed_state)!r})), STEP_BOUND, "

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from distill.data import bbc_paragraphs
+from distill.classify.redistill import RedistillRecipe, redistill
+from distill.classify.runner import load_runner
+from distill.corpora import bbc_paragraphs
 from distill.gate import GateConfig
-from distill.redistill import RedistillRecipe, redistill
 from distill.registry import Registry
-from distill.runners import load_runner
-from distill.shadowlog import ShadowLogWriter
+from distill.shadowlog.writer import ShadowLogWriter
 from tests.support import kill_at_first_checkpoint
 
 TEACHER, STUDENT = "classify-teacher@1", "classify-student@1"
@@ -100,7 +100,7 @@ def test_a_killed_run_resumes_on_the_same_window_and_ends_with_the_same_student(
     recipe = f"RedistillRecipe(since={start - 1!r}, gate=LOOSE, epochs=1, min_steps=8, checkpoint_every=2)"
     script = (
         "from pathlib import Path\n"
-        "from distill.redistill import RedistillRecipe, redistill\n"
+        "from distill.classify.redistill import RedistillRecipe, redistill\n"
         "from distill.registry import Registry\n"
         "from tests.integration.test_redistill import LOOSE\n"
         f"redistill(Registry(Path({str(state_dir)!r})), {recipe}, {root!r})\n"

@@ -14,7 +14,7 @@ import pytest
 
 from distill.faults import register_fault_model
 from distill.registry import FaultSpec, Registry
-from distill.shadowread import read_shadow
+from distill.shadowlog.reader import read_shadow
 from tests.support import metric_sum, send_keyed
 
 TEACHER, STUDENT = "classify-teacher@1", "classify-student@1"

@@ -13,7 +13,7 @@ import httpx
 import pyarrow.parquet as pq
 import pytest
 
-from distill.shadowread import read_shadow
+from distill.shadowlog.reader import read_shadow
 from tests.support import child_pids, free_port, is_alive
 
 STUDENT = "classify-student@1"

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from distill.classify.runner import load_runner
 from distill.registry import Registry
-from distill.runners import load_runner
-from gateway.shadow_teacher import ShadowTeacher, ShadowTeacherError
+from gateway.shadow.teacher_process import ShadowTeacher, ShadowTeacherError
 
 TEACHER = "classify-teacher@1"
 TEXTS = ["what a lovely day", "the match ended in a draw", "shares fell sharply"]

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from distill.shadowlog import TMP_PREFIX, ShadowLogWriter
-from distill.shadowread import read_shadow
+from distill.shadowlog.reader import read_shadow
+from distill.shadowlog.writer import TMP_PREFIX, ShadowLogWriter
 
 FLUSH_ROWS = 50
 
@@ -21,7 +21,7 @@ FLUSH_ROWS = 50
 # writer (graceful shutdown) and it prints how many records append() had accepted.
 CHILD = r"""
 import json, signal, sys, time
-from distill.shadowlog import ShadowLogWriter
+from distill.shadowlog.writer import ShadowLogWriter
 
 root, mode = sys.argv[1], sys.argv[2]
 w = ShadowLogWriter(root, "classify", flush_rows=int(sys.argv[3]), flush_seconds=3600)

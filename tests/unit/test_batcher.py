@@ -1,4 +1,4 @@
-"""Unit tests of gateway.batcher.MicroBatcher with a plain deterministic batch function (no model)."""
+"""Unit tests of gateway.serving.batcher.MicroBatcher with a plain deterministic batch function (no model)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import TypeVar
 import numpy as np
 import pytest
 
-from gateway.batcher import MicroBatcher
+from gateway.serving.batcher import MicroBatcher
 
 T = TypeVar("T")
 

@@ -20,7 +20,7 @@ import yaml
 from prometheus_client import Counter, Gauge, Histogram, Summary, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.metrics import GatewayMetrics
+from gateway.serving.metrics import GatewayMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARDS = ROOT / "dashboards"

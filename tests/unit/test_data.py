@@ -1,4 +1,4 @@
-"""Unit tests of the pure data helpers: distill.data.split_indices and the trainer's schedule and batching."""
+"""Unit tests of the pure data helpers: corpora.split_indices, the trainer's schedule and batching."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from distill.data import LabelledTexts, split_indices
+from distill.corpora import LabelledTexts, split_indices
 from distill.trainer import length_bucketed_batches, lr_factor
 
 FRACTIONS = (0.8, 0.1, 0.1)

@@ -1,4 +1,4 @@
-"""Unit tests of distill.evaluate (pure numpy figures: KL per row, accuracy, agreement with the teacher)."""
+"""Unit tests of distill.classify.evaluate (pure numpy: KL per row, accuracy, agreement with the teacher)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from distill.evaluate import accuracy, compare_to_teacher, kl_per_row, log_softmax
+from distill.classify.evaluate import accuracy, compare_to_teacher, kl_per_row, log_softmax
 
 finite = st.floats(-50, 50, allow_nan=False, width=32)
 

@@ -7,10 +7,10 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from distill.degeneracy import distinct_n, is_degenerate, repeated_ngram_share
-from distill.lm_topk import topk_kl, topk_targets
-from gateway.sampling import pick_token, stop_scan
-from gateway.shadow_generate import accepted_prefix
+from distill.generate.degeneracy import distinct_n, is_degenerate, repeated_ngram_share
+from distill.generate.topk import topk_kl, topk_targets
+from gateway.serving.sampling import pick_token, stop_scan
+from gateway.shadow.generate import accepted_prefix
 from rollout.judge import judge
 from rollout.model import Observation, Phase, RolloutConfig, RolloutState
 from rollout.prometheus import PrometheusSource

@@ -11,10 +11,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from distill.lm_data import Prompt, in_heldout, prompt_texts, seed_prompts
-from distill.lm_kd import evaluate, kd_loss, lr_factor, make_batch, train_kd
-from distill.lm_targets import TargetSet, teacher_targets
-from distill.lm_topk import topk_kl, topk_targets
+from distill.generate.data import Prompt, in_heldout, prompt_texts, seed_prompts
+from distill.generate.kd import evaluate, kd_loss, lr_factor, make_batch, train_kd
+from distill.generate.targets import TargetSet, teacher_targets
+from distill.generate.topk import topk_kl, topk_targets
 
 V, K, EOS, PAD = 64, 5, 2, 2
 
@@ -169,7 +169,7 @@ def test_a_step_bound_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(
     reference = tiny_llama(8)
     train_kd(reference, data, **args)
 
-    import distill.lm_kd as lm_kd
+    import distill.generate.kd as lm_kd
 
     real_make_batch, calls = lm_kd.make_batch, []
 

@@ -9,9 +9,9 @@ import pyarrow as pa
 import pytest
 
 from distill.gate import Figures, GateConfig, gate
-from distill.lm_redistill import corrupted, subset
-from gateway.redistill_loop import LoopStore, loop_store_path, offline_disagreement
-from gateway.redistill_watch import live_disagreement
+from distill.generate.redistill import corrupted, subset
+from gateway.continual.inprocess import LoopStore, loop_store_path, offline_disagreement
+from gateway.continual.watch import live_disagreement
 from tests.unit.test_lm_kd import random_targets
 
 

@@ -1,4 +1,4 @@
-"""Unit tests of gateway.routing.pick_model (weighted rendezvous hashing): properties with hypothesis."""
+"""Unit tests of gateway.serving.routing.pick_model (weighted rendezvous hashing), with hypothesis."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import gateway.routing
-from gateway.routing import pick_model
+import gateway.serving.routing
+from gateway.serving.routing import pick_model
 
 MODELS = ("classify-teacher@1", "classify-student@1", "classify-student@2", "classify-student@3")
 
@@ -44,7 +44,7 @@ def test_shares_converge_to_the_weights(weights: dict[str, int], salt: int) -> N
 
 
 def test_doctest_example_holds() -> None:
-    assert doctest.testmod(gateway.routing).failed == 0
+    assert doctest.testmod(gateway.serving.routing).failed == 0
 
 
 # --- (b) stickiness -------------------------------------------------------------------------------------
@@ -154,13 +154,13 @@ def test_largest_digest_still_routes(monkeypatch: pytest.MonkeyPatch) -> None:
     def blake2b(data: bytes, digest_size: int) -> _FixedDigest:
         return _FixedDigest(b"\xff" * digest_size)  # the largest 64-bit digest
 
-    monkeypatch.setattr(gateway.routing, "hashlib", SimpleNamespace(blake2b=blake2b))
+    monkeypatch.setattr(gateway.serving.routing, "hashlib", SimpleNamespace(blake2b=blake2b))
     assert pick_model({"a@1": 1}, "k") == "a@1"
 
 
 def test_unit_hash_is_stable_inside_the_unit_interval_and_roughly_uniform() -> None:
-    us = [gateway.routing.unit_hash("a@1", key) for key in keys(3, 4000)]
-    assert us == [gateway.routing.unit_hash("a@1", key) for key in keys(3, 4000)]
+    us = [gateway.serving.routing.unit_hash("a@1", key) for key in keys(3, 4000)]
+    assert us == [gateway.serving.routing.unit_hash("a@1", key) for key in keys(3, 4000)]
     assert all(0.0 < u < 1.0 for u in us)
     assert abs(sum(us) / len(us) - 0.5) < 0.02  # σ of the mean ≈ 0.0046
-    assert gateway.routing.unit_hash("a@1", "k") != gateway.routing.unit_hash("b@1", "k")
+    assert gateway.serving.routing.unit_hash("a@1", "k") != gateway.serving.routing.unit_hash("b@1", "k")

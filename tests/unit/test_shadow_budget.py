@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.load import InFlight
-from gateway.shadow_budget import pause_for_budget, shadow_budget
-from gateway.shadow_teacher import cpu_timed
+from gateway.serving.inflight import InFlight
+from gateway.shadow.budget import pause_for_budget, shadow_budget
+from gateway.shadow.teacher_process import cpu_timed
 
 
 @given(st.floats(0.0, 10.0, allow_subnormal=False), st.floats(0.01, 0.99))

@@ -8,7 +8,7 @@ import threading
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.shadow_queue import FavouredAsyncQueue, FavouredThreadQueue, default_reserve
+from gateway.shadow.queue import FavouredAsyncQueue, FavouredThreadQueue, default_reserve
 
 # An operation: ("offer", favoured) or ("take", None).
 operations = st.lists(

@@ -1,4 +1,4 @@
-"""Unit tests of gateway.shadow_rates: rate validation (pure) and the persisted overrides."""
+"""Unit tests of gateway.shadow.rates: rate validation (pure) and the persisted overrides."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from gateway.errors import InvalidInput
 from gateway.settings import Settings
-from gateway.shadow_rates import ShadowRates, validate_rates
+from gateway.shadow.rates import ShadowRates, validate_rates
 
 STUDENT, STUDENT2, GEN = "classify-student@1", "classify-student@2", "generate-student@1"
 STUDENTS_OF = {STUDENT: "classify", STUDENT2: "classify", GEN: "generate"}

@@ -14,9 +14,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from distill.shadowlog import TMP_PREFIX, ShadowLogClosed, ShadowLogWriter, list_segments, task_dir
-from distill.shadowread import read_shadow, shadow_stats
-from distill.shadowschema import SCHEMA_VERSION, SHADOW_SCHEMA
+from distill.shadowlog.reader import read_shadow, shadow_stats
+from distill.shadowlog.schema import SCHEMA_VERSION, SHADOW_SCHEMA
+from distill.shadowlog.writer import TMP_PREFIX, ShadowLogClosed, ShadowLogWriter, list_segments, task_dir
 
 T0 = 1_750_000_000.0
 
@@ -336,7 +336,7 @@ def test_close_called_inside_an_append_is_deferred_not_lost(mem_root: str) -> No
 
 
 def test_segment_time_reads_the_time_in_a_name() -> None:
-    from distill.shadowlog import segment_name, segment_time
+    from distill.shadowlog.writer import segment_name, segment_time
 
     ms = 1_764_601_234_567
     assert segment_time(f"/log/classify/{segment_name(ms, 3, 'abcd1234')}") == ms / 1000

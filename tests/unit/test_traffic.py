@@ -1,4 +1,4 @@
-"""Unit tests of gateway.traffic: weight validation (pure) and the persisted TrafficStore."""
+"""Unit tests of gateway.serving.traffic: weight validation (pure) and the persisted TrafficStore."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gateway.errors import InvalidInput
-from gateway.traffic import TrafficStore, validate_weights
+from gateway.serving.traffic import TrafficStore, validate_weights
 
 TEACHER, STUDENT, STUDENT2, GEN = "classify-teacher@1", "classify-student@1", "classify-student@2", "gen@1"
 MODELS_OF = {TEACHER: "classify", STUDENT: "classify", STUDENT2: "classify", GEN: "generate"}

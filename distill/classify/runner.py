@@ -1,0 +1,139 @@
+"""Runners: one small interface to run any registered /classify model on a batch of texts.
+
+>>> runner = load_runner(Registry(state_dir), "classify-student@1", threads=1)
+>>> runner.predict_batch(["what a lovely day"])       # (1, C) probabilities
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import onnxruntime as ort
+
+from distill.classify.tokenize import BatchTokenizer
+from distill.faults import FaultyRunner
+from distill.registry import Manifest, Registry, RegistryError
+
+ONNX_COPY = "model.onnx"  # the parity-checked ONNX export a PyTorch teacher keeps beside its weights
+
+
+class Runner(Protocol):
+    manifest: Manifest
+
+    @property
+    def ref(self) -> str: ...
+
+    def predict_logits(self, texts: list[str]) -> np.ndarray: ...
+
+    def predict_batch(self, texts: list[str]) -> np.ndarray: ...
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+class _ClassifierRunner:
+    """Shared batching: inputs longer than a chunk are cut into length-sorted chunks (less padding), order
+    restored."""
+
+    # Texts per model call. On the 2-core VM this was measured on (MiniLM teacher, ONNX, 1 thread, tweets),
+    # a call's cost per text did not fall with its size — 15.2 ms alone, 14.5 in length-sorted chunks of
+    # 8, 20.3 in sorted chunks of 32, 22.5 unsorted: a bigger batch's activations leave the 1 MB L2 cache
+    # and it pads to its longest text. The micro-batcher still hands over up to max_batch_size texts at
+    # once (one thread hop, sorted across requests); they run here in chunks of 8.
+    chunk_size = 8
+
+    def __init__(self, manifest: Manifest, directory: Path) -> None:
+        self.manifest = manifest
+        self.tokenizer = BatchTokenizer.from_dir(directory, manifest.max_length)
+
+    @property
+    def ref(self) -> str:
+        return self.manifest.ref
+
+    def _logits(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def predict_logits(self, texts: list[str]) -> np.ndarray:
+        if len(texts) <= self.chunk_size:
+            return self._logits(*self.tokenizer(texts))
+        lengths = self.tokenizer.lengths(texts)
+        order = np.argsort(lengths, kind="stable")
+        out = np.empty((len(texts), len(self.manifest.labels)), dtype=np.float32)
+        for start in range(0, len(texts), self.chunk_size):
+            chunk = order[start : start + self.chunk_size]
+            out[chunk] = self._logits(*self.tokenizer([texts[i] for i in chunk]))
+        return out
+
+    def predict_batch(self, texts: list[str]) -> np.ndarray:
+        return softmax(self.predict_logits(texts))
+
+
+class TorchClassifierRunner(_ClassifierRunner):
+    """The PyTorch encoder. torch's thread count is per process: the last runner loaded sets it.
+    torch (and transformers, under `modelio`) is imported here, not by the module: an ONNX-only process
+    such as the shadow teacher's starts in a fraction of the time without them."""
+
+    def __init__(self, manifest: Manifest, directory: Path, threads: int = 1) -> None:
+        import torch
+
+        from distill.classify.io import load_classifier
+
+        super().__init__(manifest, directory)
+        torch.set_num_threads(threads)
+        self.model = load_classifier(directory)
+
+    def _logits(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        import torch  # already loaded by __init__: a lookup in sys.modules
+
+        with torch.no_grad():
+            return self.model(torch.from_numpy(ids), torch.from_numpy(mask)).numpy().astype(np.float32)
+
+
+class OnnxClassifierRunner(_ClassifierRunner):
+    """ONNX Runtime session with its own intra-op thread count (not shared with torch)."""
+
+    def __init__(
+        self, manifest: Manifest, directory: Path, threads: int = 1, model_file: str | None = None
+    ) -> None:
+        super().__init__(manifest, directory)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        onnx_file = model_file or next(f for f in manifest.files if f.endswith(".onnx"))
+        self.session = ort.InferenceSession(
+            str(directory / onnx_file), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+
+    def _logits(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        (logits,) = self.session.run(["logits"], {"input_ids": ids, "attention_mask": mask})
+        return np.asarray(logits, dtype=np.float32)
+
+
+def load_runner(registry: Registry, ref: str, threads: int = 1, prefer_onnx: bool = False) -> Runner:
+    """Builds the runner a manifest asks for; a fault model wraps the runner of the model it names.
+
+    `prefer_onnx`: a PyTorch model that also ships a parity-checked `model.onnx` (the teacher does) runs
+    on ONNX Runtime instead — about twice as fast on CPU, with its own thread count.
+    """
+    manifest = registry.get(ref)
+    directory = registry.path(ref)
+    if manifest.kind == "fault":
+        if manifest.fault is None:
+            raise RegistryError(f"{ref} is a fault model without a fault spec")
+        inner = load_runner(registry, manifest.fault.wraps, threads, prefer_onnx)
+        return FaultyRunner(manifest, inner, manifest.fault)
+    if manifest.task != "classify":
+        raise RegistryError(f"{ref}: no runner for task {manifest.task!r} yet")
+    if manifest.format == "torch":
+        if prefer_onnx and ONNX_COPY in manifest.files:
+            return OnnxClassifierRunner(manifest, directory, threads, model_file=ONNX_COPY)
+        return TorchClassifierRunner(manifest, directory, threads)
+    if manifest.format == "onnx":
+        return OnnxClassifierRunner(manifest, directory, threads)
+    raise RegistryError(f"{ref}: unknown format {manifest.format!r}")

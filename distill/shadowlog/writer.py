@@ -1,0 +1,463 @@
+"""Shadow log writer: buffers records and writes them as Parquet segments (DESIGN.md, "Shadow log").
+
+Segments live under ``<root>/<task>/`` through fsspec, so a local path, ``s3://…`` or ``memory://`` work
+unchanged. Each flush writes ONE segment to ``.tmp-<uuid>.parquet`` and renames it to
+``seg-<utc ms>-<seq>-<writer id>.parquet``: a crash loses at most the unflushed rows and never leaves a
+half-written segment under a name a reader looks at (on object stores, where rename is copy + delete, an
+object appears whole or not at all). The record format is in ``shadowschema.py``; readers in
+``shadowread.py``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import calendar
+import contextlib
+import logging
+import math
+import os
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import fsspec
+import pyarrow.parquet as pq
+
+from distill.shadowlog.schema import PARQUET_OPTIONS, build_table, normalize_record
+
+log = logging.getLogger(__name__)
+
+_TASK_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+_SEG_RE = re.compile(r"^seg-(\d{8}T\d{9})Z-(\d+)-([0-9a-f]{8})\.parquet$")
+TMP_PREFIX = ".tmp-"
+RELIST_SECONDS = 300.0  # retention re-reads the directory this often (segments of other writers)...
+RELIST_MAX_SHARE = 0.001  # ...or less often, so that re-reading takes at most this share of the time
+
+
+class ShadowLogClosed(RuntimeError):
+    """append() after close()."""
+
+
+@dataclass(frozen=True)
+class Segment:
+    path: str
+    time: float  # epoch seconds in the name; no record in the segment has a later ts
+    size: int
+
+
+@dataclass
+class WriterCounters:
+    rows_appended: int = 0
+    rows_written: int = 0
+    rows_dropped: int = 0  # dropped because storage failed for longer than max_pending_rows allows
+    segments_written: int = 0
+    segments_deleted: int = 0
+    flush_errors: int = 0
+
+
+@dataclass(eq=False)
+class _Batch:
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    first_at: float = 0.0  # writer clock at the first row, for flush_seconds
+    name: str | None = None  # set when sealed; the same name on every retry makes a retry idempotent
+
+
+def task_dir(root: str, task: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec filesystem and directory holding the segments of ``task`` under ``root``."""
+    if not _TASK_RE.match(task):
+        raise ValueError(f"task must match {_TASK_RE.pattern}, got {task!r}")
+    fs, path = fsspec.core.url_to_fs(root)
+    return fs, f"{path.rstrip('/')}/{task}"
+
+
+def list_segments(fs: fsspec.AbstractFileSystem, directory: str) -> list[Segment]:
+    """Finished segments, oldest first. Temp files and anything else in the directory are ignored."""
+    fs.invalidate_cache(directory)  # s3fs caches listings; retention and readers need the current one
+    try:
+        entries = fs.ls(directory, detail=True)
+    except FileNotFoundError:
+        return []
+    segs = []
+    for e in entries:
+        when = segment_time(e["name"])
+        if when is not None and e.get("type", "file") == "file":
+            segs.append(Segment(e["name"], when, int(e["size"])))
+    return sorted(segs, key=_age_order)
+
+
+def segment_time(path: str) -> float | None:
+    """The time in a segment's name (epoch seconds), None for anything that is not a segment.
+    Parsed by hand: `strptime` cost ~20 µs a name, and retention used to list every segment."""
+    m = _SEG_RE.match(path.rsplit("/", 1)[-1])
+    if m is None:
+        return None
+    s = m.group(1)  # YYYYmmddTHHMMSSmmm
+    fields = (int(s[0:4]), int(s[4:6]), int(s[6:8]), int(s[9:11]), int(s[11:13]), int(s[13:15]))
+    return calendar.timegm(fields) + int(s[15:]) / 1000
+
+
+class SegmentIndex:
+    """Retention's view of a segment directory, oldest first, with its total size kept as it changes
+    (so a flush's retention check costs no pass over tens of thousands of segments)."""
+
+    def __init__(self, segments: list[Segment]) -> None:
+        self.segments = sorted(segments, key=_age_order)
+        self.total_bytes = sum(s.size for s in self.segments)
+
+    def add(self, seg: Segment) -> None:
+        bisect.insort(self.segments, seg, key=_age_order)  # a new segment: at the end, barring clock steps
+        self.total_bytes += seg.size
+
+    def drop_oldest(self, n: int) -> None:
+        self.total_bytes -= sum(s.size for s in self.segments[:n])
+        del self.segments[:n]
+
+
+def _age_order(seg: Segment) -> tuple[float, str]:
+    return seg.time, seg.path
+
+
+class ShadowLogWriter:
+    """Buffers shadow records and writes them as Parquet segments; thread-safe.
+
+    Example::
+
+        w = ShadowLogWriter("s3://bucket/kdgate/shadow", "classify", max_bytes=10 * 2**30)
+        w.start()  # optional daemon thread so an idle log still flushes after flush_seconds
+        w.append({"request_id": "r1", "served_model": "student-a", "teacher_model": "teacher",
+                  "input_text": "great movie", "served_label": "pos", "served_probs": [0.1, 0.2, 0.7],
+                  "teacher_logits": [-1.0, 0.5, 2.0], "agree": True, "kl": 0.02, "latency_ms": 3.1})
+        w.close()  # graceful shutdown: flushes everything
+
+    ``close()`` may be called from a signal handler (then return or ``sys.exit()`` from the handler; not
+    ``os._exit()``). One writer per ``<root>/<task>`` directory: its start deletes leftover temp files.
+    ``protect_after`` (epoch seconds, or a callable returning them) protects segments that may hold
+    records at or after that time — e.g. the window an unfinished training run still reads.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        task: str,
+        *,
+        flush_rows: int = 512,
+        flush_seconds: float = 2.0,
+        max_bytes: int | None = None,
+        max_age_seconds: float | None = None,
+        protect_after: float | Callable[[], float | None] | None = None,
+        redact_inputs: bool = False,
+        compression: str = "zstd",
+        max_pending_rows: int | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if flush_rows < 1 or flush_seconds <= 0:
+            raise ValueError("flush_rows must be >= 1 and flush_seconds > 0")
+        self.task = task
+        self.flush_rows = flush_rows
+        self.flush_seconds = flush_seconds
+        self.max_bytes = max_bytes
+        self.max_age_seconds = max_age_seconds
+        self.protect_after = protect_after
+        self.redact_inputs = redact_inputs
+        self.compression = compression
+        # Rows kept while storage is failing; beyond this the oldest sealed batches are dropped (counted).
+        self.max_pending_rows = max_pending_rows if max_pending_rows is not None else 20 * flush_rows
+        self.counters = WriterCounters()
+        self._clock = clock
+        self._fs, self._dir = task_dir(root, task)
+        self._id = uuid.uuid4().hex[:8]
+        self._seq = 0
+        # RLocks and the per-thread depth let close() run from a signal handler that interrupted
+        # this writer in the main thread: it is deferred to the end of the interrupted call.
+        self._lock = threading.RLock()  # open batch and sealed list
+        self._io_lock = threading.RLock()  # one writer of segments at a time, in seal order
+        self._local = threading.local()
+        self._close_requested = False
+        self._closed = False
+        self._open = _Batch()
+        self._sealed: list[_Batch] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        # Retention's view of the directory, oldest first: listed once, then kept up to date by this
+        # writer's own writes and deletes, and re-listed now and then for segments other writers (shared
+        # storage) added. Listing 16,000 segments took ~0.6 s of GIL-held CPU here, and retention runs
+        # after every flush — in the serving process.
+        self._index: SegmentIndex | None = None
+        self._listed_at = -math.inf
+        self._listing_seconds = 0.0  # what the last listing took
+        self.relist_seconds: float | None = None  # None: RELIST_SECONDS, stretched by RELIST_MAX_SHARE
+        self._fs.makedirs(self._dir, exist_ok=True)
+        self._remove_temp_files()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def directory(self) -> str:
+        return self._dir
+
+    def append(self, record: Mapping[str, Any]) -> None:
+        """Buffer one record; flushes when ``flush_rows`` rows or ``flush_seconds`` are due.
+
+        Keys: ``shadowschema.REQUIRED_KEYS`` and ``OPTIONAL_KEYS``; a bad record raises here.
+        """
+        row = normalize_record(record, self.task, redact_inputs=self.redact_inputs, now=self._clock)
+        self._enter()
+        try:
+            with self._lock:
+                if self._closed:
+                    raise ShadowLogClosed("shadow log writer is closed")
+                if not self._open.rows:
+                    self._open.first_at = self._clock()
+                self._open.rows.append(row)
+                self.counters.rows_appended += 1
+                due = self._due()
+                if due:
+                    self._seal()
+            if due:
+                try:
+                    self._write_sealed()
+                except Exception:
+                    # The rows stay sealed and are retried by the next flush; the appender is not at fault.
+                    log.exception("shadow log flush failed in %s", self._dir)
+        finally:
+            self._exit()
+
+    def maybe_flush(self) -> int:
+        """Flush if ``flush_seconds`` passed since the oldest buffered row. Returns rows written."""
+        self._enter()
+        try:
+            with self._lock:
+                if self._due():
+                    self._seal()
+            return self._write_sealed() if self._sealed else 0
+        finally:
+            self._exit()
+
+    def flush(self) -> int:
+        """Write everything buffered now (one segment per sealed batch). Raises on storage errors."""
+        self._enter()
+        try:
+            with self._lock:
+                self._seal()
+            return self._write_sealed()
+        finally:
+            self._exit()
+
+    def start(self) -> ShadowLogWriter:
+        """Start a daemon thread calling ``maybe_flush()``, so an idle log still meets ``flush_seconds``.
+        With retention on, the directory is listed here, at start-up, rather than after the first flush
+        under load (50,000 segments took 1.6 s)."""
+        if self._thread is None:
+            if self.max_bytes is not None or self.max_age_seconds is not None:
+                try:
+                    with self._io_lock:
+                        self._segment_index()
+                except Exception:  # storage unreachable at start: retention lists at its first run
+                    log.exception("shadow log could not list %s at start", self._dir)
+            self._thread = threading.Thread(target=self._run, name=f"shadowlog-{self.task}", daemon=True)
+            self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop accepting records and flush everything; idempotent."""
+        if getattr(self._local, "depth", 0) > 0:
+            self._close_requested = True  # signal handler inside our own call: finish there
+            return
+        self._closed = True
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+        self.flush()
+
+    def __enter__(self) -> ShadowLogWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def enforce_retention(self, now: float | None = None) -> int:
+        """Delete oldest segments while over ``max_bytes`` or older than ``max_age_seconds``.
+
+        Segments that may hold records at or after ``protect_after`` are never deleted. Returns the count.
+        """
+        if self.max_bytes is None and self.max_age_seconds is None:
+            return 0
+        now = self._clock() if now is None else now
+        protect = self.protect_after() if callable(self.protect_after) else self.protect_after
+        deleted = 0
+        with self._io_lock:
+            index = self._segment_index()
+            total = index.total_bytes
+            for seg in index.segments:  # oldest first, so the first one kept ends the scan
+                if protect is not None and seg.time >= protect:
+                    break
+                too_old = self.max_age_seconds is not None and now - seg.time > self.max_age_seconds
+                too_big = self.max_bytes is not None and total > self.max_bytes
+                if not (too_old or too_big):
+                    break
+                with contextlib.suppress(FileNotFoundError):
+                    self._fs.rm(seg.path)
+                total -= seg.size
+                deleted += 1
+            index.drop_oldest(deleted)  # the oldest, in order: what was deleted
+            self.counters.segments_deleted += deleted
+        return deleted
+
+    # -- internals ---------------------------------------------------------------------------------
+
+    def _segment_index(self) -> SegmentIndex:
+        """Retention's index of the directory (callers hold _io_lock)."""
+        started = time.monotonic()
+        if self._index is None:
+            self._index = SegmentIndex(list_segments(self._fs, self._dir))
+        elif started - self._listed_at >= self._relist_interval():
+            self._index = SegmentIndex(self._relisted(self._index.segments))
+        else:
+            return self._index
+        self._listed_at = time.monotonic()
+        self._listing_seconds = self._listed_at - started
+        return self._index
+
+    def _relist_interval(self) -> float:
+        if self.relist_seconds is not None:
+            return self.relist_seconds
+        return max(RELIST_SECONDS, self._listing_seconds / RELIST_MAX_SHARE)
+
+    def _relisted(self, known: list[Segment]) -> list[Segment]:
+        """The index's segments brought up to date by a listing of names only: what vanished is dropped,
+        and only new names are looked up for their size (a names-only listing of 50,000 segments took
+        0.24 s here, with sizes 0.81 s)."""
+        self._fs.invalidate_cache(self._dir)
+        try:
+            names = set(self._fs.ls(self._dir, detail=False))
+        except FileNotFoundError:
+            return []
+        kept = [s for s in known if s.path in names]
+        for name in names.difference(s.path for s in kept):
+            when = segment_time(name)
+            if when is None:
+                continue
+            with contextlib.suppress(FileNotFoundError):  # deleted meanwhile by another writer
+                info = self._fs.info(name)
+                if info.get("type", "file") == "file":
+                    kept.append(Segment(name, when, int(info["size"])))
+        return kept
+
+    def _enter(self) -> None:
+        self._local.depth = getattr(self._local, "depth", 0) + 1
+
+    def _exit(self) -> None:
+        self._local.depth -= 1
+        if self._local.depth == 0 and self._close_requested and not self._closed:
+            self.close()
+
+    def _due(self) -> bool:
+        rows = self._open.rows
+        return bool(rows) and (
+            len(rows) >= self.flush_rows or self._clock() - self._open.first_at >= self.flush_seconds
+        )
+
+    def _seal(self) -> None:
+        # Each step is idempotent: an exception raised by a signal handler between two steps leaves a
+        # state that the next call (close() in a finally) completes without losing or doubling rows.
+        batch = self._open
+        if batch.rows and batch.name is None:
+            self._seq += 1
+            ts_max = max(r["ts"] for r in batch.rows)
+            batch.name = segment_name(max(round(self._clock() * 1000), ts_max), self._seq, self._id)
+        if batch.name is not None:
+            if not any(b is batch for b in self._sealed):
+                self._sealed.append(batch)
+            self._open = _Batch()
+        pending = sum(len(b.rows) for b in self._sealed)
+        while pending > self.max_pending_rows and len(self._sealed) > 1:
+            dropped = self._sealed.pop(0)
+            pending -= len(dropped.rows)
+            self.counters.rows_dropped += len(dropped.rows)
+            log.error("shadow log: storage failing, dropped %d rows", len(dropped.rows))
+
+    def _write_sealed(self) -> int:
+        written = 0
+        with self._io_lock:
+            while True:
+                with self._lock:
+                    if not self._sealed:
+                        break
+                    batch = self._sealed[0]
+                try:
+                    self._write_segment(batch)
+                except Exception:
+                    self.counters.flush_errors += 1
+                    raise
+                with self._lock:
+                    if self._sealed and self._sealed[0] is batch:
+                        self._sealed.pop(0)
+                        written += len(batch.rows)
+                        self.counters.rows_written += len(batch.rows)
+                        self.counters.segments_written += 1
+            if written:
+                try:
+                    self.enforce_retention()
+                except Exception:  # the rows are safe on disk; retention simply runs again next flush
+                    log.exception("shadow log retention failed in %s", self._dir)
+        return written
+
+    def _write_segment(self, batch: _Batch) -> None:
+        assert batch.name is not None
+        table = build_table(batch.rows)
+        tmp = f"{self._dir}/{TMP_PREFIX}{uuid.uuid4().hex}.parquet"
+        try:
+            with self._fs.open(tmp, "wb") as f:
+                pq.write_table(table, f, **{**PARQUET_OPTIONS, "compression": self.compression})
+                _fsync(f)  # the rename must not publish a file whose bytes a power loss can still eat
+            final = f"{self._dir}/{batch.name}"
+            self._fs.mv(tmp, final)
+        except BaseException:
+            # Best effort: a leftover temp file is ignored by readers and cleaned at the next start.
+            with contextlib.suppress(Exception):
+                self._fs.rm(tmp)
+            raise
+        when = segment_time(final)
+        if self._index is not None and when is not None:  # retention's index: the newest segment
+            try:
+                self._index.add(Segment(final, when, int(self._fs.size(final))))
+            except Exception:  # the segment is safe; retention lists the directory again instead
+                self._index = None
+
+    def _remove_temp_files(self) -> None:
+        try:
+            names = self._fs.ls(self._dir, detail=False)
+        except FileNotFoundError:
+            return
+        for name in names:
+            if name.rsplit("/", 1)[-1].startswith(TMP_PREFIX):
+                with contextlib.suppress(FileNotFoundError):
+                    self._fs.rm(name)
+
+    def _run(self) -> None:
+        tick = min(0.5, self.flush_seconds / 2)
+        while not self._stop.wait(tick):
+            try:
+                self.maybe_flush()
+            except Exception:  # keep the flusher alive; the rows stay sealed and are retried
+                log.exception("shadow log background flush failed in %s", self._dir)
+
+
+def segment_name(ms: int, seq: int, writer_id: str) -> str:
+    stamp = datetime.fromtimestamp(ms // 1000, UTC).strftime("%Y%m%dT%H%M%S")
+    return f"seg-{stamp}{ms % 1000:03d}Z-{seq:06d}-{writer_id}.parquet"
+
+
+def _fsync(f: Any) -> None:
+    try:
+        f.flush()
+        os.fsync(f.fileno())
+    except (AttributeError, OSError, ValueError):  # memory://, object stores: no file descriptor
+        pass

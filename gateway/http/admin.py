@@ -1,0 +1,145 @@
+"""Operator endpoints (bearer token): models, traffic split, shadow rates."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from gateway.errors import Conflict, Forbidden, InvalidInput, Unauthorized
+from gateway.http.schemas import ShadowRatesUpdate, TrafficUpdate
+from gateway.serving.pool import SERVED_TASKS
+from gateway.serving.traffic import validate_weights
+from gateway.shadow.rates import validate_rates
+from gateway.state import GatewayState
+from rollout.model import Phase
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+def _state(request: Request) -> GatewayState:
+    state: GatewayState = request.app.state.gw
+    return state
+
+
+def require_admin(
+    request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)
+) -> None:
+    if credentials is None:
+        raise Unauthorized(
+            "admin endpoints need 'Authorization: Bearer <token>' (see <state_dir>/admin.token)"
+        )
+    if not hmac.compare_digest(credentials.credentials.encode(), _state(request).admin_token.encode()):
+        raise Forbidden("wrong admin token")
+
+
+router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
+
+
+@router.get("/models")
+async def list_models(request: Request) -> dict[str, object]:
+    """Every registered model, with whether it is loaded and its current weight."""
+    state = _state(request)
+    loaded = state.pool.tasks_of()
+    rows = []
+    for manifest in state.registry.list():
+        weights = state.traffic.get(manifest.task)
+        rows.append(
+            {
+                "ref": manifest.ref,
+                "task": manifest.task,
+                "role": manifest.role,
+                "kind": manifest.kind,
+                "format": manifest.format,
+                "loaded": manifest.ref in loaded,
+                "weight": weights.get(manifest.ref, 0),
+                "metrics": manifest.metrics,
+            }
+        )
+    return {"models": rows}
+
+
+@router.post("/models/reload")
+async def reload_models(request: Request) -> dict[str, object]:
+    """Load models registered since the start (e.g. by `kdgate distill`) without a restart."""
+    state = _state(request)
+    before = set(state.pool.tasks_of())
+    await asyncio.to_thread(state.pool.load_all)
+    return {"loaded": sorted(set(state.pool.tasks_of()) - before)}
+
+
+@router.get("/traffic")
+async def get_traffic(request: Request) -> dict[str, object]:
+    return {"traffic": _state(request).traffic.all()}
+
+
+@router.put("/traffic/{task}")
+async def set_traffic(
+    task: str, update: TrafficUpdate, request: Request, force: bool = False
+) -> dict[str, object]:
+    """Replaces the split of `task`.
+
+    Body: `{"weights": {"classify-student@1": 25, "classify-teacher@1": 75}}`. Refused (409) while a
+    rollout of the task is progressing, unless it is paused or `?force=true` is given.
+    """
+    state = _state(request)
+    if task not in SERVED_TASKS:
+        raise InvalidInput(f"unknown task {task!r}; served: {list(SERVED_TASKS)}", field="task")
+    weights = validate_weights(task, update.weights, state.pool.tasks_of())
+    rollout = state.controller.store.load(task)
+    if rollout is not None and rollout[0].phase is Phase.PROGRESSING and not force:
+        raise Conflict(
+            f"a rollout of {task!r} is progressing ({rollout[0].candidate} at {rollout[0].weight}%); "
+            "pause it first or pass force=true",
+            field="task",
+        )
+    state.traffic.set(task, weights)
+    state.metrics.set_weights(task, weights, [r for r, t in state.pool.tasks_of().items() if t == task])
+    return {"task": task, "weights": weights}
+
+
+def _students_of(state: GatewayState) -> dict[str, str]:
+    """Loaded models that are not their task's teacher (what the shadow scores), ref -> task."""
+    pool = state.pool
+    return {ref: task for ref, task in pool.tasks_of().items() if ref != pool.teacher_ref(task)}
+
+
+@router.get("/shadow")
+async def get_shadow(request: Request) -> dict[str, object]:
+    """Per loaded student: the shadow rate in force (and whether an operator set it), and what the
+    shadow did over the live window: requests it could have scored, scored, dropped."""
+    state = _state(request)
+    overrides = state.shadow_rates.overrides()
+    rows = []
+    for ref, task in sorted(_students_of(state).items()):
+        totals = state.window.totals(ref)
+        rows.append(
+            {
+                "ref": ref,
+                "task": task,
+                "rate": state.shadow_rates.rate(ref),
+                "source": "operator" if ref in overrides else "settings",
+                "eligible": totals.eligible,
+                "compared": totals.compared,
+                "dropped": totals.dropped,
+            }
+        )
+    return {"enabled": state.shadow is not None, "models": rows}
+
+
+@router.put("/shadow/{task}")
+async def set_shadow(task: str, update: ShadowRatesUpdate, request: Request) -> dict[str, object]:
+    """Sets the shadow rate of students of `task` at run time (kept across restarts).
+
+    Body: `{"rates": {"classify-student@2": 0.25}}`; `null` drops the override, back to the configured
+    rate (`shadow_rates`, else `shadow_rate`).
+    """
+    state = _state(request)
+    if task not in SERVED_TASKS:
+        raise InvalidInput(f"unknown task {task!r}; served: {list(SERVED_TASKS)}", field="task")
+    changes = validate_rates(task, update.rates, _students_of(state))
+    await asyncio.to_thread(state.shadow_rates.update, changes)  # an fsync: not on the event loop
+    rates = state.shadow_rates
+    return {"task": task, "rates": {ref: rates.rate(ref) for ref in changes}, "overrides": rates.overrides()}

@@ -1,0 +1,165 @@
+"""POST /classify: validate, route, run on the micro-batcher, fall back to the teacher on failure."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+
+from fastapi import APIRouter, Request, Response
+
+from distill.classify.runner import softmax
+from gateway.errors import InvalidInput, ModelUnavailable, NotReady, Overloaded
+from gateway.http.body import header, openapi, read_json_body
+from gateway.http.schemas import ClassifyRequest, ClassifyResponse, Prediction
+from gateway.serving.batcher import Batched
+from gateway.serving.pool import LoadedModel
+from gateway.serving.routing import pick_model
+from gateway.shadow.classify import ShadowItem
+from gateway.state import GatewayState
+
+log = logging.getLogger("kdgate.inference")
+router = APIRouter()
+TASK = "classify"
+
+
+def _state(request: Request) -> GatewayState:
+    state: GatewayState = request.app.state.gw
+    return state
+
+
+def check_limits(texts: list[str], state: GatewayState) -> None:
+    settings = state.settings
+    if not texts:
+        raise InvalidInput("'texts' must hold at least one text", field="texts")
+    if len(texts) > settings.max_texts:
+        raise InvalidInput(f"at most {settings.max_texts} texts per request, got {len(texts)}", field="texts")
+    for i, text in enumerate(texts):
+        where = "text" if len(texts) == 1 else f"texts[{i}]"
+        if not text.strip():
+            raise InvalidInput("text must not be empty", field=where)
+        if len(text) > settings.max_text_chars:
+            raise InvalidInput(
+                f"text longer than {settings.max_text_chars} characters ({len(text)})", field=where
+            )
+
+
+def choose(state: GatewayState, key: str, pinned: str | None) -> LoadedModel:
+    models = state.pool.models
+    if pinned is not None:
+        model = models.get(pinned)
+        if model is None or model.manifest.task != TASK:
+            raise InvalidInput(f"no loaded {TASK} model {pinned!r}", field="x-kdgate-model")
+        return model
+    weights = state.traffic.get(TASK)
+    return models[pick_model(weights, key)]
+
+
+async def run_with_fallback(
+    state: GatewayState, chosen: LoadedModel, texts: list[str]
+) -> tuple[LoadedModel, Batched]:
+    teacher = state.pool.teacher_of(TASK)
+    if teacher is None:
+        raise ModelUnavailable(f"no {TASK} teacher is loaded")
+    if chosen is teacher:
+        return teacher, await teacher.batcher.submit_timed(texts)
+    timeout = state.settings.student_timeout_ms / 1000.0
+    try:
+        return chosen, await asyncio.wait_for(chosen.batcher.submit_timed(texts), timeout)
+    except TimeoutError:
+        reason = "timeout"
+    except Exception:
+        log.warning("student %s failed; the teacher answers", chosen.ref, exc_info=True)
+        reason = "error"
+    state.metrics.fallbacks.labels(TASK, chosen.ref, reason).inc()
+    return teacher, await teacher.batcher.submit_timed(texts)
+
+
+HEADERS = {
+    "x-kdgate-key": "Routing key: one key stays on one model while the traffic split holds.",
+    "x-kdgate-model": "Pin a loaded model of the task (operators, debugging).",
+    "x-request-id": "Request id to echo and log (default: a new one).",
+}
+
+
+@router.post(
+    "/classify",
+    response_model=ClassifyResponse,
+    tags=["inference"],
+    openapi_extra=openapi(ClassifyRequest, HEADERS),
+)
+async def classify(request: Request) -> Response:
+    """Classifies one text (`text`) or a batch (`texts`).
+
+    `x-kdgate-key` keeps one caller on one model while the traffic split holds; `x-kdgate-model` pins a
+    loaded model (operators, debugging). Body and headers are read by `lean_request` (not FastAPI's
+    parameters): the hot path's own cost.
+    """
+    entered = time.perf_counter()
+    state = _state(request)
+    request_id = header(request, "x-request-id") or uuid.uuid4().hex
+    request.state.request_id = request_id  # error responses carry it too (app.py)
+    key, pinned = header(request, "x-kdgate-key"), header(request, "x-kdgate-model")
+    body = await read_json_body(request, ClassifyRequest)
+    if not state.ready:
+        raise NotReady("models are still loading")
+    texts = body.items()
+    check_limits(texts, state)
+    if state.in_flight.count >= state.settings.max_in_flight:
+        state.metrics.rejected.labels("overloaded").inc()
+        raise Overloaded(f"more than {state.settings.max_in_flight} requests in flight; retry shortly")
+    state.in_flight.enter()
+    started = time.perf_counter()
+    chosen = choose(state, key or request_id, pinned)
+    try:
+        served, batched = await run_with_fallback(state, chosen, texts)
+    except Exception as exc:
+        state.metrics.requests.labels(TASK, chosen.ref, "503").inc()
+        state.window.add(chosen.ref, requests=1, errors=1)
+        if isinstance(exc, ModelUnavailable):
+            raise
+        log.error("the %s teacher failed", TASK, exc_info=True)
+        raise ModelUnavailable(f"the {TASK} teacher failed; retry later") from exc
+    finally:
+        state.in_flight.leave()
+    logits = batched.logits
+    elapsed = time.perf_counter() - started
+    state.metrics.request_seconds.labels(TASK, served.ref).observe(elapsed)
+    state.metrics.requests.labels(TASK, served.ref, "200").inc()
+    state.window.add(chosen.ref, latency_ms=elapsed * 1000.0, requests=1, errors=0 if served is chosen else 1)
+    teacher = state.pool.teacher_of(TASK)
+    if state.shadow is not None and teacher is not None:
+        state.shadow.offer(
+            ShadowItem(TASK, request_id, time.time(), served, texts, logits, elapsed * 1000.0), teacher
+        )
+    labels = served.manifest.labels
+    probs = softmax(logits)
+    results = [
+        Prediction(
+            label=labels[int(row.argmax())],
+            probabilities={lab: float(p) for lab, p in zip(labels, row, strict=True)},
+        )
+        for row in probs
+    ]
+    # Serialised here, once, by pydantic-core: returning the model would have FastAPI validate it a
+    # second time and walk it through its encoder. `response_model` above still documents it.
+    content = ClassifyResponse(model=served.ref, request_id=request_id, results=results).model_dump_json()
+    headers = {
+        "x-request-id": request_id,
+        "x-kdgate-model": served.ref,
+        "server-timing": server_timing(batched, time.perf_counter() - entered, served is not chosen),
+    }
+    return Response(content, media_type="application/json", headers=headers)
+
+
+def server_timing(batched: Batched, handler_s: float, fell_back: bool = False) -> str:
+    """W3C Server-Timing: where the request's time went inside the handler, in ms. `queue` waits for a
+    batch, `model` runs it (on the model's thread), `handler` is all of it; the rest of `handler` is the
+    gateway's own work and the hops between the event loop and the model's thread. After a fallback,
+    `queue` and `model` are the teacher's, and the student's failed attempt is inside `handler`."""
+    timing = (
+        f"queue;dur={batched.queued_s * 1000:.3f}, model;dur={batched.model_s * 1000:.3f}, "
+        f'handler;dur={handler_s * 1000:.3f}, batch;desc="{batched.batch_size} texts"'
+    )
+    return timing + (', fallback;desc="teacher answered"' if fell_back else "")

@@ -1,0 +1,227 @@
+"""One generation engine per loaded LM: a worker thread that interleaves the requests it holds.
+
+Each round the worker admits waiting requests (prefill) up to `max_active`, then gives every active
+request one decode step — so a short request never waits for a long one to finish, and a request whose
+client went away is dropped at its next turn. Events (text deltas, the end, an error) go back to the
+request's asyncio queue on the event loop. The model never runs on the event loop thread.
+
+Interleaving is fair but not batched: each step is one sequence's forward pass. Batched decoding of
+sequences of different lengths (padded KV caches) is the next step for throughput at high concurrency.
+
+>>> engine = GenerationEngine(lm, max_active=4, max_waiting=16).start()
+>>> job = engine.submit(prompt_ids, GenerationParams(max_tokens=32), loop)
+>>> async for event in job.events(): ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import numpy as np
+import torch
+
+from distill.generate.runner import DecodeState
+from gateway.errors import Overloaded
+from gateway.serving.sampling import pick_token, stop_scan
+
+log = logging.getLogger("kdgate.generation")
+
+FinishReason = Literal["stop", "length"]
+
+
+class LanguageModel(Protocol):
+    eos_ids: frozenset[int]
+    max_positions: int
+
+    @property
+    def ref(self) -> str: ...
+
+    def prefill(self, ids: list[int]) -> tuple[DecodeState, torch.Tensor]: ...
+
+    def decode(self, state: DecodeState, token: int) -> torch.Tensor: ...
+
+    def decode_text(self, ids: list[int]) -> str: ...
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    max_tokens: int = 64
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Delta:
+    text: str
+    tokens: int  # completion tokens so far
+
+
+@dataclass(frozen=True)
+class Finished:
+    reason: FinishReason
+    text: str
+    completion_ids: list[int]
+    token_logprobs: list[float]  # (T,) the model's log-probability of each token it chose
+    topk: TopK | None  # (T, k) its own top-k per position, when the engine records them (the teacher)
+
+
+@dataclass
+class TopK:
+    """Top-k soft outputs recorded while generating: a teacher's completion needs no second pass."""
+
+    ids: list[np.ndarray] = field(default_factory=list)  # T x (k,) int32
+    logprobs: list[np.ndarray] = field(default_factory=list)  # T x (k,) float32
+    tail: list[float] = field(default_factory=list)  # T
+
+
+@dataclass(frozen=True)
+class Failed:
+    error: BaseException
+    tokens: int  # how many completion tokens had been produced (0: failed before the first)
+
+
+Event = Delta | Finished | Failed
+
+
+@dataclass(eq=False)
+class Job:
+    """One request inside the engine. Only the worker thread touches the decoding fields."""
+
+    prompt_ids: list[int]
+    params: GenerationParams
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
+    cancelled: bool = False  # set from the event loop when the client goes away
+    # decoding state (worker thread only)
+    state: DecodeState | None = None
+    logits: torch.Tensor | None = None
+    completion_ids: list[int] = field(default_factory=list)
+    token_logprobs: list[float] = field(default_factory=list)
+    topk: TopK | None = None
+    shown: int = 0  # characters of text already sent
+    generator: torch.Generator = field(default_factory=torch.Generator)
+
+    def emit(self, event: Event) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+
+    async def events(self) -> AsyncIterator[Event]:
+        while True:
+            event = await self.queue.get()
+            yield event
+            if not isinstance(event, Delta):
+                return
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class GenerationEngine:
+    def __init__(
+        self, lm: LanguageModel, max_active: int = 4, max_waiting: int = 32, record_topk: int | None = None
+    ) -> None:
+        self.lm = lm
+        self.record_topk = record_topk
+        self.max_active = max_active
+        self.max_waiting = max_waiting
+        self._waiting: collections.deque[Job] = collections.deque()
+        self._active: list[Job] = []
+        self._wake = threading.Condition()
+        self._closed = False
+        self._held = 0  # jobs waiting or active; guarded by _wake
+        self._thread = threading.Thread(target=self._run, name=f"generate-{lm.ref}", daemon=True)
+
+    def start(self) -> GenerationEngine:
+        self._thread.start()
+        return self
+
+    def submit(self, prompt_ids: list[int], params: GenerationParams, loop: asyncio.AbstractEventLoop) -> Job:
+        job = Job(prompt_ids, params, loop, topk=TopK() if self.record_topk else None)
+        if params.seed is not None:
+            job.generator.manual_seed(params.seed)
+        else:
+            job.generator.seed()
+        with self._wake:
+            if self._held >= self.max_active + self.max_waiting:
+                raise Overloaded(f"{self.lm.ref}: {self._held} generations running or waiting; retry shortly")
+            self._held += 1
+            self._waiting.append(job)
+            self._wake.notify()
+        return job
+
+    def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._closed and not self._waiting and not self._active:
+                    self._wake.wait()
+                if self._closed:
+                    return
+                while self._waiting and len(self._active) < self.max_active:
+                    self._active.append(self._waiting.popleft())
+            for job in list(self._active):
+                if job.cancelled or not self._advance(job):
+                    self._active.remove(job)
+                    job.state = job.logits = None  # free the KV cache now
+                    with self._wake:
+                        self._held -= 1
+
+    def _advance(self, job: Job) -> bool:
+        """One step of one job; False when it is finished (or failed)."""
+        try:
+            if job.state is None:
+                job.state, job.logits = self.lm.prefill(job.prompt_ids)
+            assert job.logits is not None
+            p = job.params
+            token = pick_token(job.logits, p.temperature, p.top_p, job.generator)
+            if token in self.lm.eos_ids:
+                return self._finish(job, "stop")
+            job.completion_ids.append(token)
+            self._record(job, token)
+            text = self.lm.decode_text(job.completion_ids)
+            visible, stopped = stop_scan(text, list(p.stop))
+            if stopped:
+                return self._finish(job, "stop", text[:visible])
+            if not text.endswith("\ufffd") and visible > job.shown:  # never show half a character
+                job.emit(Delta(text[job.shown : visible], len(job.completion_ids)))
+                job.shown = visible
+            at_limit = job.state.length + 1 >= self.lm.max_positions
+            if len(job.completion_ids) >= p.max_tokens or at_limit:
+                return self._finish(job, "length", text)
+            job.logits = self.lm.decode(job.state, token)
+            return True
+        except Exception as exc:
+            log.warning("generation on %s failed", self.lm.ref, exc_info=True)
+            job.emit(Failed(exc, len(job.completion_ids)))
+            return False
+
+    def _record(self, job: Job, token: int) -> None:
+        assert job.logits is not None
+        logprobs = torch.log_softmax(job.logits.float(), dim=-1)  # (V,)
+        job.token_logprobs.append(float(logprobs[token]))
+        if job.topk is not None and self.record_topk:
+            top_logprobs, top_ids = logprobs.topk(self.record_topk)  # (k,)
+            job.topk.ids.append(top_ids.numpy().astype(np.int32))
+            job.topk.logprobs.append(top_logprobs.numpy())
+            job.topk.tail.append(max(0.0, 1.0 - float(top_logprobs.exp().sum())))
+
+    def _finish(self, job: Job, reason: FinishReason, text: str | None = None) -> bool:
+        if text is None:
+            text = self.lm.decode_text(job.completion_ids)
+        if len(text) > job.shown:
+            job.emit(Delta(text[job.shown :], len(job.completion_ids)))
+            job.shown = len(text)
+        job.emit(Finished(reason, text, list(job.completion_ids), list(job.token_logprobs), job.topk))
+        return False

@@ -1,0 +1,80 @@
+"""What the in-process rollout controller needs from the gateway: the local metric source (live
+windows), a weight setter (the traffic store), and an evidence sink (Prometheus gauges)."""
+
+from __future__ import annotations
+
+from gateway.serving.metrics import GatewayMetrics
+from gateway.serving.pool import ModelPool
+from gateway.serving.traffic import TrafficStore
+from gateway.serving.window import LiveWindow
+from rollout.model import Event, Evidence, Observation, Phase, RolloutState
+
+
+class LocalSource:
+    """The gateway's own windows since the step started: no Prometheus needed on one machine."""
+
+    def __init__(self, window: LiveWindow) -> None:
+        self.window = window
+
+    def observe(self, state: RolloutState) -> Observation:
+        if state.step_started_at < self.window.oldest_time():
+            # The step began before the window's horizon: counts would be silently short.
+            raise RuntimeError(
+                f"step started {state.step_started_at:.0f}, before the live window's horizon; "
+                "raise window_seconds or use the Prometheus source"
+            )
+        candidate = self.window.totals(state.candidate, since=state.step_started_at)
+        baseline = self.window.totals(state.baseline, since=state.step_started_at)
+        return Observation(
+            compared=candidate.compared,
+            disagreed=candidate.disagreed,
+            kl_sum=candidate.kl_sum,
+            requests=candidate.requests,
+            errors=candidate.errors,
+            completions=candidate.completions,
+            degenerate=candidate.degenerate,
+            p99_ms=candidate.p99_ms(),
+            baseline_p99_ms=baseline.p99_ms(),
+        )
+
+
+class TrafficSetter:
+    def __init__(self, traffic: TrafficStore, metrics: GatewayMetrics, pool: ModelPool) -> None:
+        self.traffic = traffic
+        self.metrics = metrics
+        self.pool = pool
+
+    def set_weights(self, task: str, weights: dict[str, int]) -> None:
+        self.traffic.set(task, {ref: w for ref, w in weights.items() if w > 0})
+        models = [ref for ref, t in self.pool.tasks_of().items() if t == task]
+        self.metrics.set_weights(task, weights, models)
+
+
+class MetricsSink:
+    """Exports the rollout's state and the judge's evidence (`kdgate_rollout_*`, `kdgate_judge_*`)."""
+
+    def __init__(self, metrics: GatewayMetrics) -> None:
+        self.metrics = metrics
+
+    def record(self, state: RolloutState, evidence: tuple[Evidence, ...]) -> None:
+        self.state(state)
+        for item in evidence:
+            for bound, value in (("estimate", item.estimate), ("lower", item.lower), ("upper", item.upper)):
+                if value is not None:
+                    self.metrics.judge_bound.labels(state.task, state.candidate, item.metric, bound).set(
+                        value
+                    )
+            if item.threshold is not None:
+                self.metrics.judge_threshold.labels(state.task, state.candidate, item.metric).set(
+                    item.threshold
+                )
+
+    def transition(self, event: Event, state: RolloutState) -> None:
+        self.metrics.rollout_transitions.labels(event.task, event.to_phase.value).inc()
+        self.state(state)
+
+    def state(self, state: RolloutState) -> None:
+        for phase in Phase:
+            self.metrics.rollout_phase.labels(state.task, phase.value).set(1 if state.phase is phase else 0)
+        self.metrics.rollout_weight.labels(state.task, state.candidate).set(state.weight)
+        self.metrics.rollout_step.labels(state.task).set(state.step_index)
