@@ -36,7 +36,8 @@ import numpy as np
 
 from distill.classify.build import STUDENT_NAME, ClassifyRecipe, load_split
 from distill.registry import Registry
-from distill.shadowlog.writer import ShadowLogWriter, list_segments, segment_name, task_dir
+from distill.shadowlog.segments import list_segments, segment_name, task_dir
+from distill.shadowlog.writer import ShadowLogWriter
 from loadtests._server import admin_headers, gateway, scratch_copy
 from loadtests.bench_gateway import lean_load
 from loadtests.bench_shadow import log_size, shadow_outcomes, wait_for_shadow_idle

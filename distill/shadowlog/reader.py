@@ -18,7 +18,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from distill.shadowlog.schema import SHADOW_SCHEMA
-from distill.shadowlog.writer import Segment, list_segments, task_dir
+from distill.shadowlog.segments import Segment, list_segments, task_dir
 
 log = logging.getLogger(__name__)
 

@@ -4,50 +4,33 @@ Segments live under ``<root>/<task>/`` through fsspec, so a local path, ``s3://�
 unchanged. Each flush writes ONE segment to ``.tmp-<uuid>.parquet`` and renames it to
 ``seg-<utc ms>-<seq>-<writer id>.parquet``: a crash loses at most the unflushed rows and never leaves a
 half-written segment under a name a reader looks at (on object stores, where rename is copy + delete, an
-object appears whole or not at all). The record format is in ``shadowschema.py``; readers in
-``shadowread.py``.
+object appears whole or not at all). Segment names are in ``segments.py``, retention in
+``retention.py``, the record format in ``schema.py``, readers in ``reader.py``.
 """
 
 from __future__ import annotations
 
-import bisect
-import calendar
 import contextlib
 import logging
-import math
 import os
-import re
 import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
-import fsspec
 import pyarrow.parquet as pq
 
+from distill.shadowlog.retention import Retention
 from distill.shadowlog.schema import PARQUET_OPTIONS, build_table, normalize_record
+from distill.shadowlog.segments import TMP_PREFIX, segment_name, task_dir
 
 log = logging.getLogger(__name__)
-
-_TASK_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
-_SEG_RE = re.compile(r"^seg-(\d{8}T\d{9})Z-(\d+)-([0-9a-f]{8})\.parquet$")
-TMP_PREFIX = ".tmp-"
-RELIST_SECONDS = 300.0  # retention re-reads the directory this often (segments of other writers)...
-RELIST_MAX_SHARE = 0.001  # ...or less often, so that re-reading takes at most this share of the time
 
 
 class ShadowLogClosed(RuntimeError):
     """append() after close()."""
-
-
-@dataclass(frozen=True)
-class Segment:
-    path: str
-    time: float  # epoch seconds in the name; no record in the segment has a later ts
-    size: int
 
 
 @dataclass
@@ -65,61 +48,6 @@ class _Batch:
     rows: list[dict[str, Any]] = field(default_factory=list)
     first_at: float = 0.0  # writer clock at the first row, for flush_seconds
     name: str | None = None  # set when sealed; the same name on every retry makes a retry idempotent
-
-
-def task_dir(root: str, task: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The fsspec filesystem and directory holding the segments of ``task`` under ``root``."""
-    if not _TASK_RE.match(task):
-        raise ValueError(f"task must match {_TASK_RE.pattern}, got {task!r}")
-    fs, path = fsspec.core.url_to_fs(root)
-    return fs, f"{path.rstrip('/')}/{task}"
-
-
-def list_segments(fs: fsspec.AbstractFileSystem, directory: str) -> list[Segment]:
-    """Finished segments, oldest first. Temp files and anything else in the directory are ignored."""
-    fs.invalidate_cache(directory)  # s3fs caches listings; retention and readers need the current one
-    try:
-        entries = fs.ls(directory, detail=True)
-    except FileNotFoundError:
-        return []
-    segs = []
-    for e in entries:
-        when = segment_time(e["name"])
-        if when is not None and e.get("type", "file") == "file":
-            segs.append(Segment(e["name"], when, int(e["size"])))
-    return sorted(segs, key=_age_order)
-
-
-def segment_time(path: str) -> float | None:
-    """The time in a segment's name (epoch seconds), None for anything that is not a segment.
-    Parsed by hand: `strptime` cost ~20 µs a name, and retention used to list every segment."""
-    m = _SEG_RE.match(path.rsplit("/", 1)[-1])
-    if m is None:
-        return None
-    s = m.group(1)  # YYYYmmddTHHMMSSmmm
-    fields = (int(s[0:4]), int(s[4:6]), int(s[6:8]), int(s[9:11]), int(s[11:13]), int(s[13:15]))
-    return calendar.timegm(fields) + int(s[15:]) / 1000
-
-
-class SegmentIndex:
-    """Retention's view of a segment directory, oldest first, with its total size kept as it changes
-    (so a flush's retention check costs no pass over tens of thousands of segments)."""
-
-    def __init__(self, segments: list[Segment]) -> None:
-        self.segments = sorted(segments, key=_age_order)
-        self.total_bytes = sum(s.size for s in self.segments)
-
-    def add(self, seg: Segment) -> None:
-        bisect.insort(self.segments, seg, key=_age_order)  # a new segment: at the end, barring clock steps
-        self.total_bytes += seg.size
-
-    def drop_oldest(self, n: int) -> None:
-        self.total_bytes -= sum(s.size for s in self.segments[:n])
-        del self.segments[:n]
-
-
-def _age_order(seg: Segment) -> tuple[float, str]:
-    return seg.time, seg.path
 
 
 class ShadowLogWriter:
@@ -160,9 +88,6 @@ class ShadowLogWriter:
         self.task = task
         self.flush_rows = flush_rows
         self.flush_seconds = flush_seconds
-        self.max_bytes = max_bytes
-        self.max_age_seconds = max_age_seconds
-        self.protect_after = protect_after
         self.redact_inputs = redact_inputs
         self.compression = compression
         # Rows kept while storage is failing; beyond this the oldest sealed batches are dropped (counted).
@@ -183,14 +108,14 @@ class ShadowLogWriter:
         self._sealed: list[_Batch] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        # Retention's view of the directory, oldest first: listed once, then kept up to date by this
-        # writer's own writes and deletes, and re-listed now and then for segments other writers (shared
-        # storage) added. Listing 16,000 segments took ~0.6 s of GIL-held CPU here, and retention runs
-        # after every flush — in the serving process.
-        self._index: SegmentIndex | None = None
-        self._listed_at = -math.inf
-        self._listing_seconds = 0.0  # what the last listing took
-        self.relist_seconds: float | None = None  # None: RELIST_SECONDS, stretched by RELIST_MAX_SHARE
+        self.retention = Retention(
+            self._fs,
+            self._dir,
+            max_bytes=max_bytes,
+            max_age_seconds=max_age_seconds,
+            protect_after=protect_after,
+            clock=clock,
+        )
         self._fs.makedirs(self._dir, exist_ok=True)
         self._remove_temp_files()
 
@@ -205,7 +130,7 @@ class ShadowLogWriter:
     def append(self, record: Mapping[str, Any]) -> None:
         """Buffer one record; flushes when ``flush_rows`` rows or ``flush_seconds`` are due.
 
-        Keys: ``shadowschema.REQUIRED_KEYS`` and ``OPTIONAL_KEYS``; a bad record raises here.
+        Keys: ``schema.REQUIRED_KEYS`` and ``OPTIONAL_KEYS``; a bad record raises here.
         """
         row = normalize_record(record, self.task, redact_inputs=self.redact_inputs, now=self._clock)
         self._enter()
@@ -255,10 +180,10 @@ class ShadowLogWriter:
         With retention on, the directory is listed here, at start-up, rather than after the first flush
         under load (50,000 segments took 1.6 s)."""
         if self._thread is None:
-            if self.max_bytes is not None or self.max_age_seconds is not None:
+            if self.retention.enabled:
                 try:
                     with self._io_lock:
-                        self._segment_index()
+                        self.retention.index()
                 except Exception:  # storage unreachable at start: retention lists at its first run
                     log.exception("shadow log could not list %s at start", self._dir)
             self._thread = threading.Thread(target=self._run, name=f"shadowlog-{self.task}", daemon=True)
@@ -283,72 +208,13 @@ class ShadowLogWriter:
         self.close()
 
     def enforce_retention(self, now: float | None = None) -> int:
-        """Delete oldest segments while over ``max_bytes`` or older than ``max_age_seconds``.
-
-        Segments that may hold records at or after ``protect_after`` are never deleted. Returns the count.
-        """
-        if self.max_bytes is None and self.max_age_seconds is None:
-            return 0
-        now = self._clock() if now is None else now
-        protect = self.protect_after() if callable(self.protect_after) else self.protect_after
-        deleted = 0
+        """Delete the oldest segments past the size or age limits (``retention.py``); the count."""
         with self._io_lock:
-            index = self._segment_index()
-            total = index.total_bytes
-            for seg in index.segments:  # oldest first, so the first one kept ends the scan
-                if protect is not None and seg.time >= protect:
-                    break
-                too_old = self.max_age_seconds is not None and now - seg.time > self.max_age_seconds
-                too_big = self.max_bytes is not None and total > self.max_bytes
-                if not (too_old or too_big):
-                    break
-                with contextlib.suppress(FileNotFoundError):
-                    self._fs.rm(seg.path)
-                total -= seg.size
-                deleted += 1
-            index.drop_oldest(deleted)  # the oldest, in order: what was deleted
-            self.counters.segments_deleted += deleted
+            deleted = self.retention.enforce(now)
+        self.counters.segments_deleted += deleted
         return deleted
 
     # -- internals ---------------------------------------------------------------------------------
-
-    def _segment_index(self) -> SegmentIndex:
-        """Retention's index of the directory (callers hold _io_lock)."""
-        started = time.monotonic()
-        if self._index is None:
-            self._index = SegmentIndex(list_segments(self._fs, self._dir))
-        elif started - self._listed_at >= self._relist_interval():
-            self._index = SegmentIndex(self._relisted(self._index.segments))
-        else:
-            return self._index
-        self._listed_at = time.monotonic()
-        self._listing_seconds = self._listed_at - started
-        return self._index
-
-    def _relist_interval(self) -> float:
-        if self.relist_seconds is not None:
-            return self.relist_seconds
-        return max(RELIST_SECONDS, self._listing_seconds / RELIST_MAX_SHARE)
-
-    def _relisted(self, known: list[Segment]) -> list[Segment]:
-        """The index's segments brought up to date by a listing of names only: what vanished is dropped,
-        and only new names are looked up for their size (a names-only listing of 50,000 segments took
-        0.24 s here, with sizes 0.81 s)."""
-        self._fs.invalidate_cache(self._dir)
-        try:
-            names = set(self._fs.ls(self._dir, detail=False))
-        except FileNotFoundError:
-            return []
-        kept = [s for s in known if s.path in names]
-        for name in names.difference(s.path for s in kept):
-            when = segment_time(name)
-            if when is None:
-                continue
-            with contextlib.suppress(FileNotFoundError):  # deleted meanwhile by another writer
-                info = self._fs.info(name)
-                if info.get("type", "file") == "file":
-                    kept.append(Segment(name, when, int(info["size"])))
-        return kept
 
     def _enter(self) -> None:
         self._local.depth = getattr(self._local, "depth", 0) + 1
@@ -424,12 +290,7 @@ class ShadowLogWriter:
             with contextlib.suppress(Exception):
                 self._fs.rm(tmp)
             raise
-        when = segment_time(final)
-        if self._index is not None and when is not None:  # retention's index: the newest segment
-            try:
-                self._index.add(Segment(final, when, int(self._fs.size(final))))
-            except Exception:  # the segment is safe; retention lists the directory again instead
-                self._index = None
+        self.retention.written(final)
 
     def _remove_temp_files(self) -> None:
         try:
@@ -448,11 +309,6 @@ class ShadowLogWriter:
                 self.maybe_flush()
             except Exception:  # keep the flusher alive; the rows stay sealed and are retried
                 log.exception("shadow log background flush failed in %s", self._dir)
-
-
-def segment_name(ms: int, seq: int, writer_id: str) -> str:
-    stamp = datetime.fromtimestamp(ms // 1000, UTC).strftime("%Y%m%dT%H%M%S")
-    return f"seg-{stamp}{ms % 1000:03d}Z-{seq:06d}-{writer_id}.parquet"
 
 
 def _fsync(f: Any) -> None:

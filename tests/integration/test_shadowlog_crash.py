@@ -12,7 +12,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from distill.shadowlog.reader import read_shadow
-from distill.shadowlog.writer import TMP_PREFIX, ShadowLogWriter
+from distill.shadowlog.segments import TMP_PREFIX
+from distill.shadowlog.writer import ShadowLogWriter
 
 FLUSH_ROWS = 50
 

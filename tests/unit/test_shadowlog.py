@@ -16,7 +16,8 @@ import pytest
 
 from distill.shadowlog.reader import read_shadow, shadow_stats
 from distill.shadowlog.schema import SCHEMA_VERSION, SHADOW_SCHEMA
-from distill.shadowlog.writer import TMP_PREFIX, ShadowLogClosed, ShadowLogWriter, list_segments, task_dir
+from distill.shadowlog.segments import TMP_PREFIX, list_segments, task_dir
+from distill.shadowlog.writer import ShadowLogClosed, ShadowLogWriter
 
 T0 = 1_750_000_000.0
 
@@ -181,7 +182,7 @@ def test_retention_by_bytes(mem_root: str) -> None:
         w.append(record(i))
     sizes = [s.size for s in segments(mem_root)]
     assert len(sizes) == 3
-    w.max_bytes = sizes[-1] + sizes[-2]  # room for the two newest
+    w.retention.max_bytes = sizes[-1] + sizes[-2]  # room for the two newest
     assert w.enforce_retention() == 1
     assert read_shadow(mem_root, "classify")["request_id"].to_pylist() == [f"r{i}" for i in range(10, 30)]
     for i in range(30, 40):  # retention also runs after every flush
@@ -200,7 +201,7 @@ def test_retention_by_age_keeps_the_protected_window(mem_root: str) -> None:
         clock.now += 10
         w.append(record(i))
     assert len(segments(mem_root)) == 4
-    w.max_age_seconds = 100
+    w.retention.max_age_seconds = 100
     clock.now = T0 + 225  # the first two are older than 100 s, but training still reads from T0+90 on
     protect[0] = T0 + 90
     assert w.enforce_retention() == 1  # the T0+50 segment only
@@ -336,7 +337,7 @@ def test_close_called_inside_an_append_is_deferred_not_lost(mem_root: str) -> No
 
 
 def test_segment_time_reads_the_time_in_a_name() -> None:
-    from distill.shadowlog.writer import segment_name, segment_time
+    from distill.shadowlog.segments import segment_name, segment_time
 
     ms = 1_764_601_234_567
     assert segment_time(f"/log/classify/{segment_name(ms, 3, 'abcd1234')}") == ms / 1000
@@ -347,18 +348,18 @@ def test_retention_keeps_its_index_by_its_own_writes_and_deletes(mem_root: str) 
     """Listed once, never again: the index alone must track what this writer wrote and deleted."""
     clock = FakeClock()
     w = ShadowLogWriter(mem_root, "classify", flush_rows=5, flush_seconds=1e9, clock=clock)
-    w.relist_seconds = math.inf
+    w.retention.relist_seconds = math.inf
     for i in range(10):
         clock.now += 1
         w.append(record(i))
     sizes = [s.size for s in segments(mem_root)]
-    w.max_bytes = sum(sizes)  # room for two segments of this size
+    w.retention.max_bytes = sum(sizes)  # room for two segments of this size
     assert w.enforce_retention() == 0  # the one listing
     for i in range(10, 40):  # six more segments; each flush's retention deletes the oldest
         clock.now += 1
         w.append(record(i))
     on_disk = segments(mem_root)
-    assert sum(s.size for s in on_disk) <= w.max_bytes and len(on_disk) >= 1
+    assert sum(s.size for s in on_disk) <= w.retention.max_bytes and len(on_disk) >= 1
     assert read_shadow(mem_root, "classify")["request_id"].to_pylist()[-1] == "r39"
     assert w.enforce_retention() == 0  # the index agrees with the disk: nothing left to delete
 
@@ -366,7 +367,7 @@ def test_retention_keeps_its_index_by_its_own_writes_and_deletes(mem_root: str) 
 def test_retention_relisting_adds_other_writers_segments_and_drops_vanished_ones(mem_root: str) -> None:
     clock = FakeClock()
     ours = ShadowLogWriter(mem_root, "classify", flush_rows=5, flush_seconds=1e9, clock=clock)
-    ours.relist_seconds, ours.max_bytes = math.inf, 10**9
+    ours.retention.relist_seconds, ours.retention.max_bytes = math.inf, 10**9
     for i in range(10):
         clock.now += 1
         ours.append(record(i))
@@ -378,8 +379,8 @@ def test_retention_relisting_adds_other_writers_segments_and_drops_vanished_ones
     fs, _ = fsspec.core.url_to_fs(mem_root)
     fs.rm(segments(mem_root)[0].path)  # another writer's retention removed our oldest
     on_disk = segments(mem_root)
-    ours.max_bytes = sum(s.size for s in on_disk) - 1  # three segments on disk: one too many
+    ours.retention.max_bytes = sum(s.size for s in on_disk) - 1  # three segments on disk: one too many
     assert ours.enforce_retention() == 0  # not re-listed yet: the index holds our two only
-    ours.relist_seconds = 0.0
+    ours.retention.relist_seconds = 0.0
     assert ours.enforce_retention() == 1  # re-listed: three segments known, the oldest goes
     assert [s.path for s in segments(mem_root)] == [s.path for s in on_disk[-2:]]
