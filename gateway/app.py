@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway.continual.inprocess import redistill_loop
+from gateway.continual.check import ContinualCheck
+from gateway.continual.inprocess import GatewayHost, check_config, redistill_loop
 from gateway.errors import GatewayError, InvalidInput, MalformedRequest
 from gateway.http import admin, classify, generate, rollouts
 from gateway.serving.pool import SERVED_TASKS
@@ -57,6 +59,19 @@ async def _follow_rollouts(state: GatewayState) -> None:
         await asyncio.sleep(state.settings.rollout_tick_seconds)
 
 
+def _continual_loop(state: GatewayState) -> Coroutine[Any, Any, None]:
+    settings = state.settings
+
+    def protect(since: float | None) -> None:
+        state.protect_shadow_after = since
+
+    host = GatewayHost(state.pool, state.traffic, state.controller, protect)
+    checks = [
+        ContinualCheck(settings.state_dir, host, check_config(settings, t)) for t in settings.redistill_tasks
+    ]
+    return redistill_loop(checks, settings.redistill_check_seconds, lambda: state.ready)
+
+
 def create_app(settings: Settings) -> FastAPI:
     state = GatewayState.build(settings)
 
@@ -76,7 +91,7 @@ def create_app(settings: Settings) -> FastAPI:
         if state.generate_shadow is not None:
             state.generate_shadow.start()
         if settings.redistill_enabled:
-            state.tasks["redistill"] = asyncio.create_task(redistill_loop(state))
+            state.tasks["redistill"] = asyncio.create_task(_continual_loop(state))
         if settings.rollout_driver == "local":
             state.tasks["rollout"] = asyncio.create_task(_drive_rollouts(state))
         else:

@@ -9,10 +9,10 @@ from pathlib import Path
 
 from distill.registry import Registry
 from distill.shadowlog.writer import ShadowLogWriter
+from gateway.rollouts.ports import LocalSource, MetricsSink, TrafficSetter
 from gateway.serving.inflight import InFlight
 from gateway.serving.metrics import GatewayMetrics
 from gateway.serving.pool import ModelPool
-from gateway.serving.rollout_ports import LocalSource, MetricsSink, TrafficSetter
 from gateway.serving.traffic import TrafficStore
 from gateway.serving.window import LiveWindow
 from gateway.settings import Settings, token_path

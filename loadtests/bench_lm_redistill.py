@@ -30,7 +30,7 @@ from distill.corpora import bbc_paragraphs
 from distill.generate.build import latest_student
 from distill.registry import Registry
 from distill.shadowlog.reader import read_shadow
-from gateway.continual.inprocess import redistill_command
+from gateway.continual.child import redistill_command
 from loadtests._server import admin_headers, gateway, scratch_copy
 
 INSTRUCTION = "Explain in simple words for a child: {text}"
@@ -87,8 +87,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "result.json"
             cmd = redistill_command(
-                state, None, time.time(), parent_ref, out, 2, task="generate", budget_minutes=args.budget
+                state, None, time.time(), parent_ref, 2, task="generate", budget_minutes=args.budget
             )
+            cmd += ["--result-json", str(out)]
             started = time.monotonic()
             done = subprocess.run(cmd, capture_output=True, text=True)
             report["trigger_to_registered_idle_2_threads_s"] = round(time.monotonic() - started, 1)

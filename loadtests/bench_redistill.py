@@ -37,7 +37,7 @@ from distill.classify.runner import load_runner
 from distill.corpora import bbc_paragraphs
 from distill.registry import Registry
 from distill.shadowlog.writer import ShadowLogWriter
-from gateway.continual.inprocess import below_serving, redistill_command
+from gateway.continual.child import below_serving, redistill_command
 from loadtests._server import admin_headers, gateway, scratch_copy
 
 CONCURRENCY = 8
@@ -69,7 +69,7 @@ QUIET: dict[str, Any] = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVN
 
 def child_command(state: Path, parent: str, threads: int, result_json: Path) -> list[str]:
     """One run as the loop starts it (the window: the whole log; `until` now)."""
-    return redistill_command(state, None, time.time(), parent, result_json, threads)
+    return [*redistill_command(state, None, time.time(), parent, threads), "--result-json", str(result_json)]
 
 
 async def load_until(url: str, texts: list[str], done: Any, min_requests: int) -> list[float]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Annotated
@@ -46,7 +47,8 @@ def watch(
     not beside it. Runs are one at a time, niced, and resumable if interrupted.
     """
     from distill.trigger import TriggerConfig
-    from gateway.continual.watch import GatewayClient, RedistillWatch, WatchConfig
+    from gateway.continual.check import CheckConfig, ContinualCheck
+    from gateway.continual.watch import AdminHost, GatewayClient
 
     if token is None:
         path = token_path(state_dir)
@@ -57,7 +59,7 @@ def watch(
         raise typer.BadParameter(f"unknown task {task!r} (classify or generate)", param_hint="--task")
     minimum = min_new_records or (2000 if task == "classify" else 300)
     try:
-        config = WatchConfig(
+        config = CheckConfig(
             task=task,
             budget_minutes=budget,
             trigger=TriggerConfig(minimum, drift),
@@ -68,10 +70,10 @@ def watch(
         )
     except ValueError as exc:
         raise typer.BadParameter(f"not valid JSON: {exc}") from exc
-    loop = RedistillWatch(state_dir, GatewayClient(url, token), config)
+    check = ContinualCheck(state_dir, AdminHost(GatewayClient(url, token)), config)
     while True:
         try:
-            console.print(f"{time.strftime('%H:%M:%S')} {loop.check_once()}")
+            console.print(f"{time.strftime('%H:%M:%S')} {asyncio.run(check.run_once())}")
         except Exception as exc:  # the watch survives a failed check; the next one tries again
             console.print(f"[red]{time.strftime('%H:%M:%S')} check failed: {exc}[/red]")
             if once:

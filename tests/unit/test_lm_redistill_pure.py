@@ -10,8 +10,8 @@ import pytest
 
 from distill.gate import Figures, GateConfig, gate
 from distill.generate.redistill import corrupted, subset
-from gateway.continual.inprocess import LoopStore, loop_store_path, offline_disagreement
-from gateway.continual.watch import live_disagreement
+from gateway.continual.check import live_disagreement, offline_disagreement
+from gateway.continual.store import LoopStore, loop_store_path
 from tests.unit.test_lm_kd import random_targets
 
 

@@ -25,7 +25,7 @@ def alive(pid: int) -> bool:
 def test_the_training_child_dies_with_its_parent_even_after_kill_9() -> None:
     script = (
         "import subprocess, sys, time\n"
-        "from gateway.continual.inprocess import below_serving\n"
+        "from gateway.continual.child import below_serving\n"
         "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'],"
         " preexec_fn=below_serving(0, False))\n"
         "print(child.pid, flush=True)\n"
