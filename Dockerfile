@@ -13,6 +13,7 @@ COPY pyproject.toml README.md ./
 COPY gateway gateway
 COPY distill distill
 COPY rollout rollout
+COPY durablefs durablefs
 RUN pip install .
 VOLUME /state
 EXPOSE 8000

@@ -12,11 +12,12 @@ warning and the run starts from the beginning, because a wrong resume is worse t
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from durablefs import write_with
 
 log = logging.getLogger("kdgate.checkpoint")
 
@@ -42,11 +43,7 @@ def save_checkpoint(
         "progress": progress,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    with tmp.open("rb") as handle:
-        os.fsync(handle.fileno())
-    tmp.replace(path)  # a crash mid-save leaves the previous checkpoint whole
+    write_with(path, lambda handle: torch.save(state, handle))  # a crash leaves the previous one whole
 
 
 def load_checkpoint(

@@ -12,7 +12,7 @@ swept on the next open.
 
 from __future__ import annotations
 
-import json
+import builtins
 import os
 import shutil
 import uuid
@@ -20,10 +20,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from durablefs import fsync_dir, fsync_file, write_json
 
 MANIFEST = "manifest.json"
 STAGING_PREFIX = ".staging-"
@@ -31,6 +34,13 @@ STAGING_PREFIX = ".staging-"
 
 class RegistryError(Exception):
     """A model reference that cannot be resolved or a manifest that does not validate."""
+
+
+class Role(StrEnum):
+    """What a model is to its task: the reference (teacher) or a distilled candidate (student)."""
+
+    TEACHER = "teacher"
+    STUDENT = "student"
 
 
 class Lineage(BaseModel):
@@ -63,7 +73,7 @@ class Manifest(BaseModel):
     name: str
     version: int = Field(ge=1)
     task: Literal["classify", "generate"]
-    role: Literal["teacher", "student"]
+    role: Role
     kind: Literal["model", "fault"] = "model"
     format: Literal["torch", "onnx", "fault"]
     files: list[str] = Field(default_factory=list)  # paths relative to the model folder
@@ -115,14 +125,14 @@ class Staging:
             raise RegistryError(f"manifest lists files that were not written: {missing}")
         for written in self.path.rglob("*"):
             if written.is_file():
-                _fsync_file(written)
-        _write_json_durably(self.path / MANIFEST, manifest.model_dump(mode="json"))
+                fsync_file(written)
+        write_json(self.path / MANIFEST, manifest.model_dump(mode="json"))
         target = self.registry.root / manifest.name / str(manifest.version)
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.exists():
             raise RegistryError(f"{manifest.ref} already exists in the registry")
         os.rename(self.path, target)  # atomic on one filesystem: the version appears whole or not at all
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
         self.committed = manifest
         return manifest
 
@@ -168,6 +178,16 @@ class Registry:
         versions = [m for m in self.list() if m.name == name]
         return versions[-1] if versions else None
 
+    def models_of(self, task: str, role: Role) -> builtins.list[Manifest]:  # `list` is a method here
+        """The real models (not fault wrappers) of `task` in `role`, oldest version first."""
+        found = [m for m in self.list() if m.task == task and m.role == role and m.kind == "model"]
+        return sorted(found, key=lambda m: m.version)
+
+    def latest_of(self, task: str, role: Role) -> Manifest | None:
+        """The highest-versioned real model of `task` in `role`, or None."""
+        found = self.models_of(task, role)
+        return found[-1] if found else None
+
     def next_version(self, name: str) -> int:
         latest = self.latest(name)
         return 1 if latest is None else latest.version + 1
@@ -182,23 +202,3 @@ class Registry:
             if staging.committed is None:
                 shutil.rmtree(staging.path, ignore_errors=True)
 
-
-def _write_json_durably(path: Path, payload: Any) -> None:
-    with path.open("w") as handle:
-        json.dump(payload, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def _fsync_file(path: Path) -> None:
-    with path.open("rb") as handle:
-        os.fsync(handle.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

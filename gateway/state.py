@@ -9,6 +9,7 @@ from pathlib import Path
 
 from distill.registry import Registry
 from distill.shadowlog.writer import ShadowLogWriter
+from durablefs import write_text
 from gateway.rollouts.ports import LocalSource, MetricsSink, TrafficSetter
 from gateway.serving.inflight import InFlight
 from gateway.serving.metrics import GatewayMetrics
@@ -119,9 +120,5 @@ def ensure_token_file(state_dir: Path) -> str:
     if path.exists():
         return path.read_text().strip()
     token = secrets.token_urlsafe(32)
-    tmp = path.with_suffix(".tmp")
-    tmp.touch(mode=0o600)
-    tmp.chmod(0o600)
-    tmp.write_text(token + "\n")
-    tmp.replace(path)
+    write_text(path, token + "\n", mode=0o600)
     return token

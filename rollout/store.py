@@ -13,20 +13,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from durablefs import write_json
 from rollout.model import Event, RolloutConfig, RolloutState
 
 EVENTS_FILE = "events.jsonl"
 
-
-def write_json_atomic(path: Path, payload: object) -> None:
-    """Replaces `path` with `payload` as JSON: temp file, fsync, rename — a crash leaves the old file or
-    the new one, never half of one."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w") as handle:
-        json.dump(payload, handle, indent=2, sort_keys=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 class RolloutStore:
@@ -52,7 +43,7 @@ class RolloutStore:
         payload = {"state": state.to_dict(), "config": config.to_dict()}
         path = self._path(state.task)
         with self._lock:
-            write_json_atomic(path, payload)
+            write_json(path, payload)
 
 
 class AuditLog:

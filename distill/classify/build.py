@@ -30,7 +30,7 @@ from distill.classify.student_export import ONNX_FP32, STUDENT_NAME, export_stud
 from distill.classify.tokenize import TOKENIZER_FILE, BatchTokenizer
 from distill.corpora import LabelledTexts, Split, load_dataset, split_dataset
 from distill.losses import kd_loss
-from distill.registry import Lineage, Manifest, Registry
+from distill.registry import Lineage, Manifest, Registry, Role
 from distill.trainer import train
 
 TEACHER_NAME = "classify-teacher"
@@ -143,7 +143,7 @@ def build_teacher(registry: Registry, recipe: ClassifyRecipe, log: Log = _stderr
             name=TEACHER_NAME,
             version=registry.next_version(TEACHER_NAME),
             task="classify",
-            role="teacher",
+            role=Role.TEACHER,
             format="torch",
             files=[*files, ONNX_FP32],
             labels=split.train.label_names,

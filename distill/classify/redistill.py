@@ -36,6 +36,7 @@ from distill.losses import kd_loss
 from distill.registry import Lineage, Manifest, Registry
 from distill.shadowlog.reader import read_shadow
 from distill.trainer import train
+from durablefs import write_json
 
 RUNS_FILE = "runs.jsonl"
 PIN_MAX_AGE_S = 86400.0
@@ -315,14 +316,14 @@ class InterruptibleRun:
         until = recipe.until if recipe.until is not None else pinned.get(key, now)
         if recipe.until is None and key not in pinned:
             folder.mkdir(parents=True, exist_ok=True)
-            _write_json_atomically(inflight, {**pinned, key: until})
+            write_json(inflight, {**pinned, key: until})
         checkpoint = folder / "checkpoints" / f"{key}-{until:.3f}.pt"
         return cls(inflight, key, float(until), checkpoint)
 
     def finish(self) -> None:
         pinned = _read_json(self.inflight)
         if pinned.pop(self.key, None) is not None:
-            _write_json_atomically(self.inflight, pinned)
+            write_json(self.inflight, pinned)
         self.checkpoint.unlink(missing_ok=True)
 
 
@@ -332,12 +333,6 @@ def _read_json(path: Path) -> dict[str, Any]:
     except (FileNotFoundError, ValueError):
         return {}
     return loaded if isinstance(loaded, dict) else {}
-
-
-def _write_json_atomically(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, sort_keys=True))
-    tmp.replace(path)
 
 
 def _figures(

@@ -16,7 +16,7 @@ from distill.classify.export import check_parity, export_onnx, onnx_logits, quan
 from distill.classify.io import save_classifier
 from distill.classify.model import EncoderClassifier
 from distill.classify.tokenize import TOKENIZER_FILE, BatchTokenizer
-from distill.registry import Lineage, Manifest, Registry
+from distill.registry import Lineage, Manifest, Registry, Role
 
 STUDENT_NAME = "classify-student"
 ONNX_FP32 = "model.onnx"
@@ -78,7 +78,7 @@ def student_manifest(
         name=STUDENT_NAME,
         version=registry.next_version(STUDENT_NAME),
         task="classify",
-        role="student",
+        role=Role.STUDENT,
         format="onnx",
         files=exported.files,
         labels=like.labels,

@@ -34,7 +34,7 @@ from distill.generate.kd import (
 )
 from distill.generate.targets import TargetSet, cached_targets, chat_ids, teacher_targets
 from distill.generate.teacher import ensure_generate_teacher
-from distill.registry import Lineage, Manifest, Registry
+from distill.registry import Lineage, Manifest, Registry, Role
 
 STUDENT_NAME = "generate-student"
 PROMPTS_PER_BUDGET_MINUTE = 120  # ~720 sequences are trained on per minute
@@ -110,8 +110,7 @@ class GenerateRecipe:
 
 
 def latest_student(registry: Registry) -> Manifest | None:
-    found = [m for m in registry.list() if m.task == "generate" and m.role == "student" and m.kind == "model"]
-    return max(found, key=lambda m: m.version) if found else None
+    return registry.latest_of("generate", Role.STUDENT)
 
 
 def ensure_default_generate_models(registry: Registry, recipe: GenerateRecipe, log: Log = _stderr) -> None:
@@ -224,7 +223,7 @@ def build_generate_student(
             name=STUDENT_NAME,
             version=version,
             task="generate",
-            role="student",
+            role=Role.STUDENT,
             format="torch",
             files=sorted(p.name for p in staging.path.iterdir() if p.is_file()),
             tokenizer="tokenizer.json",

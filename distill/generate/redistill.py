@@ -34,7 +34,7 @@ from distill.generate.build import STUDENT_NAME, TOKENIZER_FILES, GenerateRecipe
 from distill.generate.degeneracy import is_degenerate
 from distill.generate.kd import bf16_is_native, evaluate, greedy_tokens_per_s, load_student_lm, train_kd
 from distill.generate.targets import TargetSet
-from distill.registry import Lineage, Manifest, Registry
+from distill.registry import Lineage, Manifest, Registry, Role
 from distill.shadowlog.reader import read_shadow
 
 TASK = "generate"
@@ -311,7 +311,7 @@ def redistill_generate(
                     name=STUDENT_NAME,
                     version=registry.next_version(STUDENT_NAME),
                     task="generate",
-                    role="student",
+                    role=Role.STUDENT,
                     format="torch",
                     files=sorted(p.name for p in staging.path.iterdir() if p.is_file()),
                     tokenizer="tokenizer.json",

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from distill.generate.data import Prompt
 from distill.generate.topk import topk_targets
+from durablefs import write_with
 
 
 @dataclass(frozen=True)
@@ -100,9 +101,8 @@ class TargetSet:
         )
 
     def save(self, path: Path) -> None:
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, **{f.name: getattr(self, f.name) for f in fields(self)})
-        tmp.replace(path)  # a crash mid-write never leaves a shard that looks complete
+        arrays = {f.name: getattr(self, f.name) for f in fields(self)}
+        write_with(path, lambda handle: np.savez(handle, **arrays))  # never a shard that looks complete
 
     @classmethod
     def load(cls, path: Path) -> TargetSet:

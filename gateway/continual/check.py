@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
-from distill.registry import Registry
+from distill.registry import Registry, Role
 from distill.shadowlog.reader import read_shadow
 from distill.trigger import TriggerConfig, should_redistill
 from gateway.continual.child import below_serving, redistill_command, run_child
@@ -117,11 +117,7 @@ class ContinualCheck:
         self.clock = clock
 
     async def parent(self) -> str | None:
-        students = {
-            m.ref
-            for m in self.registry.list()
-            if m.task == self.task and m.role == "student" and m.kind == "model"
-        }
+        students = {m.ref for m in self.registry.models_of(self.task, Role.STUDENT)}
         latest = self.registry.latest(f"{self.task}-student")
         return parent_of(await self.host.weights(self.task), students, latest.ref if latest else None)
 

@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from durablefs import write_json
+
 
 def loop_store_path(state_dir: Path, task: str) -> Path:
     """Where the loop remembers the end of its last window (classify keeps its original file name)."""
@@ -54,6 +56,4 @@ class LoopStore:
 
     def _write(self, payload: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(payload))
-        tmp.replace(self.path)
+        write_json(self.path, payload)

@@ -12,7 +12,7 @@ import torch
 from distill.classify.runner import Runner, load_runner
 from distill.generate.faults import FaultyLM
 from distill.generate.runner import CausalLM, load_lm
-from distill.registry import Manifest, Registry, RegistryError
+from distill.registry import Manifest, Registry, RegistryError, Role
 from gateway.serving.batcher import MicroBatcher
 from gateway.serving.engine import GenerationEngine
 from gateway.serving.metrics import GatewayMetrics
@@ -77,7 +77,7 @@ class ModelPool:
 
     def _load(self, manifest: Manifest) -> LoadedModel:
         threads = (
-            self.settings.teacher_threads if manifest.role == "teacher" else self.settings.student_threads
+            self.settings.teacher_threads if manifest.role == Role.TEACHER else self.settings.student_threads
         )
         prefer_onnx = self.settings.teacher_runtime == "onnx"
         runner = load_runner(self.registry, manifest.ref, threads=threads, prefer_onnx=prefer_onnx)
@@ -152,6 +152,6 @@ def _pick_teacher(models: dict[str, M], configured: str | None, task: str) -> M 
     teachers = [
         m
         for m in models.values()
-        if m.manifest.task == task and m.manifest.role == "teacher" and m.manifest.kind == "model"
+        if m.manifest.task == task and m.manifest.role == Role.TEACHER and m.manifest.kind == "model"
     ]
     return max(teachers, key=lambda m: m.manifest.version) if teachers else None

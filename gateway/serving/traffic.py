@@ -8,8 +8,8 @@ import threading
 from collections.abc import Mapping
 from pathlib import Path
 
+from durablefs import write_json
 from gateway.errors import InvalidInput
-from rollout.store import write_json_atomic
 
 
 def validate_weights(
@@ -65,4 +65,4 @@ class TrafficStore:
     def set(self, task: str, weights: dict[str, int]) -> None:
         with self._lock:
             self._weights[task] = dict(weights)
-            write_json_atomic(self.path, self._weights)
+            write_json(self.path, self._weights)

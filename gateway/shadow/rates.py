@@ -21,9 +21,9 @@ import threading
 from collections.abc import Mapping
 from pathlib import Path
 
+from durablefs import write_json
 from gateway.errors import InvalidInput
 from gateway.settings import Settings
-from rollout.store import write_json_atomic
 
 
 def validate_rates(
@@ -80,6 +80,6 @@ class ShadowRates:
             overrides = {**self._overrides, **{k: v for k, v in changes.items() if v is not None}}
             for ref in [k for k, v in changes.items() if v is None]:
                 overrides.pop(ref, None)
-            write_json_atomic(self.path, overrides)
+            write_json(self.path, overrides)
             self._overrides = overrides
             return dict(overrides)

@@ -17,6 +17,7 @@ from distill.registry import (
     ModelRef,
     Registry,
     RegistryError,
+    Role,
     Staging,
 )
 
@@ -28,8 +29,8 @@ def manifest(name: str = NAME, version: int = 1, files: list[str] | None = None,
         name=name,
         version=version,
         task="classify",
-        role="student",
-        format="onnx",
+        role=extra.pop("role", Role.STUDENT),
+        format=extra.pop("format", "onnx"),
         files=["model.onnx", "tokenizer/tokenizer.json"] if files is None else files,
         labels=["negative", "neutral", "positive"],
         tokenizer="tokenizer/tokenizer.json",
@@ -285,3 +286,33 @@ def test_an_invalid_manifest_is_a_registry_error(tmp_path: Path) -> None:
         registry.get(f"{NAME}@1")
     with pytest.raises(RegistryError, match="invalid manifest"):
         registry.list()
+
+
+# --- latest model of a task and role ---------------------------------------------------------------------
+
+
+def test_latest_of_takes_the_highest_real_version_of_that_task_and_role(tmp_path: Path) -> None:
+    registry = Registry(tmp_path)
+    publish(registry, manifest(version=1))
+    publish(registry, manifest(version=2))
+    publish(registry, manifest(name="classify-teacher", role=Role.TEACHER, version=7))
+    fault = manifest(name="classify-fault", version=9, files=[], kind="fault", format="fault")
+    fault.fault = FaultSpec(wraps="classify-student@2")
+    publish(registry, fault)
+
+    assert [m.ref for m in registry.models_of("classify", Role.STUDENT)] == [
+        "classify-student@1",
+        "classify-student@2",
+    ]
+    latest = registry.latest_of("classify", Role.STUDENT)
+    assert latest is not None and latest.ref == "classify-student@2"
+    teacher = registry.latest_of("classify", Role.TEACHER)
+    assert teacher is not None and teacher.ref == "classify-teacher@7"
+    assert registry.latest_of("generate", Role.STUDENT) is None
+
+
+def test_role_is_stored_as_its_plain_name(tmp_path: Path) -> None:
+    stored = publish(Registry(tmp_path), manifest())
+    on_disk = json.loads((Registry(tmp_path).path(stored.ref) / MANIFEST).read_text())
+    assert on_disk["role"] == "student"
+    assert Registry(tmp_path).get(stored.ref).role is Role.STUDENT

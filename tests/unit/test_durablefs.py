@@ -1,0 +1,41 @@
+"""Unit tests of durablefs: the one atomic write (temp, fsync, rename, fsync dir) every state file uses."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+from typing import IO
+
+import pytest
+
+from durablefs import write_json, write_text, write_with
+
+
+def test_a_write_replaces_the_file_whole_and_leaves_no_temp(tmp_path: Path) -> None:
+    target = tmp_path / "traffic.json"
+    write_json(target, {"classify": {"a@1": 100}})
+    write_json(target, {"classify": {"a@1": 95, "b@1": 5}})
+    assert json.loads(target.read_text()) == {"classify": {"a@1": 95, "b@1": 5}}
+    assert [p.name for p in tmp_path.iterdir()] == ["traffic.json"]
+
+
+def test_a_writer_that_fails_midway_leaves_the_old_content_and_no_temp(tmp_path: Path) -> None:
+    target = tmp_path / "state.json"
+    write_json(target, {"phase": "progressing"})
+
+    def half_then_crash(handle: IO[bytes]) -> None:
+        handle.write(b'{"phase": "prom')
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_with(target, half_then_crash)
+    assert json.loads(target.read_text()) == {"phase": "progressing"}
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
+
+
+def test_a_secret_is_written_with_its_mode_from_the_first_byte(tmp_path: Path) -> None:
+    target = tmp_path / "admin.token"
+    write_text(target, "s3cret\n", mode=0o600)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert target.read_text() == "s3cret\n"
