@@ -1,21 +1,22 @@
-"""Shared fixtures: a tiny but real registry (teacher + ONNX student built from a seeded subset)."""
+"""Shared fixtures: a tiny but real registry (teacher + ONNX student built from a seeded subset), and
+`serve`, a real uvicorn on 127.0.0.1 (port 0) serving `create_app`, started and stopped per test."""
 
 from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from distill.classify.build import ClassifyRecipe, ensure_default_classify_models
+from distill.classify.build import ensure_default_classify_models
 from distill.registry import Registry
-
-# Small enough to build in ~30 s on 2 cores, real in every other respect.
-TINY_RECIPE = ClassifyRecipe(teacher_examples=320, student_examples=320, eval_examples=200, threads=2)
+from tests.support import TINY_RECIPE, RunningServer, build_generate_state, start_server
 
 
 @pytest.fixture(scope="session")
@@ -37,8 +38,6 @@ def state_dir(built_state: Path, tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def generate_built_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A state dir holding generate-teacher@1 (the real SmolLM2) and a tiny-budget generate-student@1."""
-    from tests.lm_support import build_generate_state
-
     state = tmp_path_factory.mktemp("generate-state")
     build_generate_state(state)
     return state
@@ -49,3 +48,18 @@ def generate_state_dir(generate_built_state: Path, tmp_path: Path) -> Path:
     target = tmp_path / "gstate"
     shutil.copytree(generate_built_state, target, copy_function=os.link)
     return target
+
+
+@pytest.fixture
+def serve(state_dir: Path) -> Iterator[Callable[..., RunningServer]]:
+    """`serve(**settings)` starts a server on the test's state dir; all are stopped after the test."""
+    started: list[RunningServer] = []
+
+    def _start(**overrides: Any) -> RunningServer:
+        running = start_server(overrides.pop("state_dir", state_dir), **overrides)
+        started.append(running)
+        return running
+
+    yield _start
+    for running in started:
+        running.stop()

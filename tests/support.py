@@ -1,20 +1,56 @@
-"""Helpers shared by integration and e2e tests: free ports, keyed traffic, reading /metrics text,
-killing a training run mid-way."""
+"""Helpers shared by the tests: a real gateway on 127.0.0.1, client traffic, the tiny recipes and models
+the fixtures build, reading /metrics text, killing a training run mid-way."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
+import numpy as np
+import torch
+import uvicorn
+
+from distill.classify.build import ClassifyRecipe
+from distill.generate.build import TINY_GENERATE_RECIPE, ensure_default_generate_models
+from distill.generate.targets import TargetSet
+from distill.generate.topk import topk_targets
+from distill.registry import Registry
+from gateway.app import create_app
+from gateway.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# Small enough to build in ~30 s on 2 cores, real in every other respect.
+TINY_RECIPE = ClassifyRecipe(teacher_examples=320, student_examples=320, eval_examples=200, threads=2)
+
+# Rollout settings for the e2e scenarios on the tiny models.
+TEACHER, STUDENT = "classify-teacher@1", "classify-student@1"
+FAST = {
+    "steps": [5, 25, 50, 100],
+    "min_dwell_s": 1.0,
+    "min_samples": 30,
+    "min_requests": 30,
+    "max_disagreement": 0.45,
+    "error_budget": 0.1,
+    "p99_slo_ms": 1000.0,
+    # The tiny test students' mean KL is ~0.005 nats. The KL guard bounds each sample by kl_cap (10), so
+    # proving "below 0.5" takes ~200 compared samples per step; "below 2" takes ~50. The guard's own
+    # behaviour is tested in tests/unit/test_rollout_judge.py; these tests are about the steps.
+    "max_kl": 2.0,
+}
 
 
 def free_port() -> int:
@@ -82,3 +118,172 @@ def is_alive(pid: int) -> bool:
         return _stat_fields(pid)[0] != "Z"
     except (OSError, IndexError):
         return False
+
+
+@dataclass
+class RunningServer:
+    url: str
+    settings: Settings
+    server: uvicorn.Server
+    thread: threading.Thread
+
+    @property
+    def token(self) -> str:
+        return (self.settings.state_dir / "admin.token").read_text().strip()
+
+    def admin_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
+
+
+def start_server(state_dir: Path, **overrides: Any) -> RunningServer:
+    settings = Settings(state_dir=state_dir, **overrides)
+    config = uvicorn.Config(
+        create_app(settings), host="127.0.0.1", port=0, log_level="warning", lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    running = RunningServer(f"http://127.0.0.1:{port}", settings, server, thread)
+    while httpx.get(f"{running.url}/readyz").status_code != 200:
+        if time.monotonic() > deadline:
+            raise RuntimeError("models did not load")
+        time.sleep(0.05)
+    return running
+
+
+class TrafficLoop:
+    """Posts real texts with distinct routing keys until `stop()`, `max_requests` or `max_seconds`.
+
+    `path` and `body` choose the endpoint: /classify with `{"text": ...}` by default. `pause_s` is each
+    thread's think time between requests: a loop that saturates both cores starves the SCHED_IDLE
+    shadow teacher, and the canary's compared samples (its evidence) then trickle in; it may be changed
+    while the loop runs (each thread reads it after every request). `max_seconds` must
+    outlast the caller's wait: a generate rollout once sat at its last step, out of traffic, after the
+    180 s this used to be.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        texts: list[str],
+        threads: int = 4,
+        max_requests: int = 50_000,
+        max_seconds: float = 900.0,  # a safety net only: leaving the `with` stops the loop
+        path: str = "/classify",
+        body: Callable[[str], dict[str, Any]] = lambda text: {"text": text},
+        pause_s: float = 0.0,
+    ) -> None:
+        self.url = url
+        self.texts = texts
+        self.path = path
+        self.body = body
+        self.max_requests = max_requests
+        self.max_seconds = max_seconds
+        self.pause_s = pause_s
+        self.codes: Counter[int] = Counter()
+        self.served: Counter[str] = Counter()
+        self._ids = itertools.count()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def __enter__(self) -> TrafficLoop:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + self.max_seconds
+        with httpx.Client(base_url=self.url, timeout=60) as client:
+            while not self._stop.is_set() and time.monotonic() < deadline:
+                i = next(self._ids)
+                if i >= self.max_requests:
+                    return
+                text = self.texts[i % len(self.texts)]
+                try:
+                    r = client.post(self.path, json=self.body(text), headers={"x-kdgate-key": f"user-{i}"})
+                except httpx.HTTPError:
+                    with self._lock:
+                        self.codes[0] += 1
+                    continue
+                with self._lock:
+                    self.codes[r.status_code] += 1
+                    if r.status_code == 200:
+                        self.served[r.headers["x-kdgate-model"]] += 1
+                if self.pause_s:
+                    self._stop.wait(self.pause_s)
+
+
+def build_generate_state(state: Path) -> None:
+    """generate-teacher@1 (SmolLM2 from the packaged GGUF) and generate-student@1 distilled from it with
+    TINY_GENERATE_RECIPE: the real build path, at a budget that makes a poor but real student."""
+    ensure_default_generate_models(Registry(state), TINY_GENERATE_RECIPE, log=lambda _: None)
+
+
+# --- tiny causal LMs for the /generate KD unit tests ---
+
+V, K, EOS, PAD = 64, 5, 2, 2
+
+
+def tiny_llama(seed: int, tied: bool = True) -> torch.nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=V,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=tied,
+        bos_token_id=1,
+        eos_token_id=EOS,
+        pad_token_id=PAD,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+class CharTokenizer:
+    """Just enough of a Hugging Face tokenizer for `teacher_targets`: a chat prompt → ids."""
+
+    pad_token_id = PAD
+    eos_token_id = EOS
+
+    def apply_chat_template(self, messages: list[dict[str, str]], **_: object) -> list[int]:
+        return [1] + [3 + ord(c) % (V - 3) for c in messages[0]["content"]]
+
+
+def random_targets(seed: int, n: int = 12, sharpness: float = 1.0) -> TargetSet:
+    """Random sequences scored by a tiny random teacher under teacher forcing (logits × sharpness)."""
+    teacher = tiny_llama(seed + 100, tied=False)  # tied random Llamas mostly predict their input token
+    rng = np.random.default_rng(seed)
+    prompts = [rng.integers(3, V, rng.integers(2, 8)).tolist() for _ in range(n)]
+    completions = [rng.integers(3, V, rng.integers(1, 10)).tolist() for _ in range(n)]
+    rows = []
+    with torch.no_grad():
+        for p, c in zip(prompts, completions, strict=True):
+            logits = teacher(input_ids=torch.tensor([p + c])).logits[0, len(p) - 1 : len(p) + len(c) - 1]
+            rows.append(topk_targets(logits * sharpness, K))
+    return TargetSet.from_sequences(
+        prompts, completions, *(np.concatenate([r[j].numpy() for r in rows]) for j in range(3))
+    )

@@ -19,12 +19,8 @@ import httpx
 import pytest
 import yaml
 
-# Re-exported so that e2e tests can start real gateways: pytest registers the fixtures a conftest
-# module holds as attributes, imported or not (`state_dir`/`built_state` come from tests/conftest.py).
 from distill.classify.build import load_split
-from tests.conftest import TINY_RECIPE
-from tests.integration.conftest import serve  # noqa: F401
-from tests.support import free_port
+from tests.support import TINY_RECIPE, free_port
 
 SCRAPE_INTERVAL_S = 1.0
 

@@ -16,8 +16,7 @@ from distill.corpora import bbc_paragraphs
 from distill.generate.build import TINY_GENERATE_RECIPE, build_generate_student
 from distill.registry import Registry
 from distill.shadowlog.reader import read_shadow
-from tests.e2e.test_rollout_local import FAST, STUDENT
-from tests.e2e.traffic import TrafficLoop
+from tests.support import FAST, STUDENT, TrafficLoop
 
 CANDIDATE = "classify-student@2"
 

@@ -16,7 +16,7 @@ import httpx
 
 from distill.faults import register_fault_model
 from distill.registry import FaultSpec, Registry
-from tests.e2e.traffic import TrafficLoop
+from tests.support import TrafficLoop
 
 TEACHER = "generate-teacher@1"
 FAST = {

@@ -16,22 +16,7 @@ import pytest
 
 from distill.faults import register_fault_model
 from distill.registry import FaultSpec, Registry
-from tests.e2e.traffic import TrafficLoop
-
-TEACHER, STUDENT = "classify-teacher@1", "classify-student@1"
-FAST = {
-    "steps": [5, 25, 50, 100],
-    "min_dwell_s": 1.0,
-    "min_samples": 30,
-    "min_requests": 30,
-    "max_disagreement": 0.45,
-    "error_budget": 0.1,
-    "p99_slo_ms": 1000.0,
-    # The tiny test students' mean KL is ~0.005 nats. The KL guard bounds each sample by kl_cap (10), so
-    # proving "below 0.5" takes ~200 compared samples per step; "below 2" takes ~50. The guard's own
-    # behaviour is tested in tests/unit/test_rollout_judge.py; these tests are about the steps.
-    "max_kl": 2.0,
-}
+from tests.support import FAST, STUDENT, TEACHER, TrafficLoop
 
 
 def start(server: Any, candidate: str, **overrides: Any) -> httpx.Response:

@@ -15,8 +15,7 @@ import pytest
 
 from distill.faults import register_fault_model
 from distill.registry import FaultSpec, Registry
-from tests.e2e.test_rollout_local import FAST, STUDENT, TEACHER
-from tests.e2e.traffic import TrafficLoop
+from tests.support import FAST, STUDENT, TEACHER, TrafficLoop
 
 
 @pytest.fixture

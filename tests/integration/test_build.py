@@ -14,7 +14,7 @@ from distill.classify.build import ONNX_FP32, ensure_default_classify_models, lo
 from distill.classify.runner import load_runner
 from distill.faults import InjectedFault, register_fault_model
 from distill.registry import FaultSpec, Registry
-from tests.conftest import TINY_RECIPE
+from tests.support import TINY_RECIPE
 
 TEACHER, STUDENT = "classify-teacher@1", "classify-student@1"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -12,7 +13,6 @@ import pytest
 
 from distill.faults import register_fault_model
 from distill.registry import FaultSpec, Registry
-from loadtests.bench_gateway import server_timing
 from tests.support import metric_sum
 
 TEACHER, STUDENT = "classify-teacher@1", "classify-student@1"
@@ -29,7 +29,8 @@ def test_single_text_is_classified_with_model_and_request_id(serve) -> None:
     assert sum(result["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
     assert body["model"] == response.headers["x-kdgate-model"] == TEACHER  # default split: teacher 100
     assert body["request_id"] == response.headers["x-request-id"]
-    timing = server_timing(response.headers["server-timing"])
+    entries = re.findall(r"(\w+);dur=([\d.]+)", response.headers["server-timing"])
+    timing = {name: float(ms) for name, ms in entries}
     assert set(timing) == {"queue", "model", "handler"}
     assert 0 < timing["model"] <= timing["handler"] and 0 <= timing["queue"] <= timing["handler"]
 

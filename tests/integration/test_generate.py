@@ -18,8 +18,7 @@ import pytest
 from distill.faults import FaultSpec, register_fault_model
 from distill.registry import Registry
 from distill.shadowlog.reader import read_shadow
-from tests.integration.conftest import RunningServer, start_server
-from tests.support import metric_sum
+from tests.support import RunningServer, metric_sum, start_server
 
 TEACHER, STUDENT = "generate-teacher@1", "generate-student@1"
 CHAT = [{"role": "user", "content": "What is the capital of France?"}]

@@ -15,54 +15,7 @@ from distill.generate.data import Prompt, in_heldout, prompt_texts, seed_prompts
 from distill.generate.kd import evaluate, kd_loss, lr_factor, make_batch, train_kd
 from distill.generate.targets import TargetSet, teacher_targets
 from distill.generate.topk import topk_kl, topk_targets
-
-V, K, EOS, PAD = 64, 5, 2, 2
-
-
-def tiny_llama(seed: int, tied: bool = True) -> torch.nn.Module:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=V,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        tie_word_embeddings=tied,
-        bos_token_id=1,
-        eos_token_id=EOS,
-        pad_token_id=PAD,
-    )
-    return LlamaForCausalLM(config).eval()
-
-
-class CharTokenizer:
-    """Just enough of a Hugging Face tokenizer for `teacher_targets`: a chat prompt → ids."""
-
-    pad_token_id = PAD
-    eos_token_id = EOS
-
-    def apply_chat_template(self, messages: list[dict[str, str]], **_: object) -> list[int]:
-        return [1] + [3 + ord(c) % (V - 3) for c in messages[0]["content"]]
-
-
-def random_targets(seed: int, n: int = 12, sharpness: float = 1.0) -> TargetSet:
-    """Random sequences scored by a tiny random teacher under teacher forcing (logits × sharpness)."""
-    teacher = tiny_llama(seed + 100, tied=False)  # tied random Llamas mostly predict their input token
-    rng = np.random.default_rng(seed)
-    prompts = [rng.integers(3, V, rng.integers(2, 8)).tolist() for _ in range(n)]
-    completions = [rng.integers(3, V, rng.integers(1, 10)).tolist() for _ in range(n)]
-    rows = []
-    with torch.no_grad():
-        for p, c in zip(prompts, completions, strict=True):
-            logits = teacher(input_ids=torch.tensor([p + c])).logits[0, len(p) - 1 : len(p) + len(c) - 1]
-            rows.append(topk_targets(logits * sharpness, K))
-    return TargetSet.from_sequences(
-        prompts, completions, *(np.concatenate([r[j].numpy() for r in rows]) for j in range(3))
-    )
+from tests.support import EOS, PAD, CharTokenizer, K, V, random_targets, tiny_llama
 
 
 @settings(max_examples=50, deadline=None)

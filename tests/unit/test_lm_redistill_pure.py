@@ -12,7 +12,7 @@ from distill.gate import Figures, GateConfig, gate
 from distill.generate.redistill import corrupted, subset
 from gateway.continual.check import live_disagreement, offline_disagreement
 from gateway.continual.store import LoopStore, loop_store_path
-from tests.unit.test_lm_kd import random_targets
+from tests.support import random_targets
 
 
 def test_subset_keeps_each_sequence_with_its_own_target_rows() -> None:
