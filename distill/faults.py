@@ -1,8 +1,9 @@
-"""A model that behaves like a broken one: real code, used for rollout rehearsals and fault tests.
+"""Models that behave like broken ones: real code, used for rollout rehearsals and fault tests.
 
 A `kind="fault"` manifest wraps another registered model and adds latency, raised errors on a share of
 batches, or wrong answers (a fixed label permutation) on a share of inputs. Which inputs get wrong
-answers depends only on the text, so the same input is wrong every time — as with a real bad model.
+answers depends only on the input, so the same input is wrong every time — as with a real bad model.
+The wrappers live with their task (`distill/classify/faults.py`, `distill/generate/faults.py`).
 """
 
 from __future__ import annotations
@@ -12,14 +13,8 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
-
-import numpy as np
 
 from distill.registry import FaultSpec, Lineage, Manifest, Registry
-
-if TYPE_CHECKING:
-    from distill.classify.runner import Runner
 
 
 class InjectedFault(RuntimeError):
@@ -36,46 +31,30 @@ def is_wrong_input(text: str, rate: float, seed: int) -> bool:
     return int.from_bytes(digest[:4], "big") / 2**32 < rate
 
 
-class FaultyRunner:
-    def __init__(
-        self,
-        manifest: Manifest,
-        inner: Runner,
-        spec: FaultSpec,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        self.manifest = manifest
-        self.inner = inner
+class FaultDice:
+    """The faults both tasks' wrappers share: the added latency, the seeded draw of a failing call, and
+    the deterministic choice of inputs that get a wrong answer."""
+
+    def __init__(self, ref: str, spec: FaultSpec, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.ref = ref
         self.spec = spec
         self._sleep = sleep
         self._rng = random.Random(spec.seed)
         self._lock = threading.Lock()
-        num_labels = len(manifest.labels)
-        self.permutation = spec.permutation or default_permutation(num_labels)
-        if sorted(self.permutation) != list(range(num_labels)):
-            raise ValueError(f"permutation {self.permutation} is not a permutation of {num_labels} labels")
 
-    @property
-    def ref(self) -> str:
-        return self.manifest.ref
-
-    def predict_logits(self, texts: list[str]) -> np.ndarray:
+    def delay(self) -> None:
         if self.spec.latency_ms:
             self._sleep(self.spec.latency_ms / 1000.0)
+
+    def maybe_fail(self) -> None:
+        """Raises `InjectedFault` on a share `error_rate` of calls."""
         with self._lock:  # one seeded stream shared by all callers: reproducible for a given call order
             fail = self._rng.random() < self.spec.error_rate
         if fail:
             raise InjectedFault(f"{self.ref}: injected failure")
-        logits = self.inner.predict_logits(texts)  # (B, C)
-        permuted = np.empty_like(logits)
-        permuted[:, self.permutation] = logits  # label i's score moves to permutation[i]
-        wrong = np.array([is_wrong_input(t, self.spec.wrong_rate, self.spec.seed) for t in texts], dtype=bool)
-        return np.where(wrong[:, None], permuted, logits)
 
-    def predict_batch(self, texts: list[str]) -> np.ndarray:
-        from distill.classify.runner import softmax
-
-        return softmax(self.predict_logits(texts))
+    def is_wrong(self, key: str) -> bool:
+        return is_wrong_input(key, self.spec.wrong_rate, self.spec.seed)
 
 
 def register_fault_model(registry: Registry, spec: FaultSpec, name: str | None = None) -> Manifest:

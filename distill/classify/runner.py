@@ -12,8 +12,8 @@ from typing import Protocol
 import numpy as np
 import onnxruntime as ort
 
+from distill.classify.faults import FaultyRunner
 from distill.classify.tokenize import BatchTokenizer
-from distill.faults import FaultyRunner
 from distill.registry import Manifest, Registry, RegistryError
 
 ONNX_COPY = "model.onnx"  # the parity-checked ONNX export a PyTorch teacher keeps beside its weights

@@ -8,15 +8,13 @@ which on-policy agreement alone does not catch.
 
 from __future__ import annotations
 
-import random
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from distill.faults import InjectedFault, is_wrong_input
+from distill.faults import FaultDice
 from distill.generate.runner import CausalLM, DecodeState, TokenScores
 from distill.registry import FaultSpec, Manifest
 
@@ -39,12 +37,10 @@ class FaultyLM:
         self.manifest = manifest
         self.inner = inner
         self.spec = spec
+        self.dice = FaultDice(manifest.ref, spec, sleep)
         self.tokenizer = inner.tokenizer
         self.eos_ids = inner.eos_ids
         self.max_positions = inner.max_positions
-        self._sleep = sleep
-        self._rng = random.Random(spec.seed)
-        self._lock = threading.Lock()
 
     @property
     def ref(self) -> str:
@@ -57,24 +53,17 @@ class FaultyLM:
         return self.inner.decode_text(ids)
 
     def _degenerate(self, prompt_ids: list[int]) -> bool:
-        return is_wrong_input(",".join(map(str, prompt_ids)), self.spec.wrong_rate, self.spec.seed)
-
-    def _delay(self) -> None:
-        if self.spec.latency_ms:
-            self._sleep(self.spec.latency_ms / 1000.0)
+        return self.dice.is_wrong(",".join(map(str, prompt_ids)))
 
     def prefill(self, ids: list[int]) -> tuple[DecodeState, torch.Tensor]:
-        self._delay()
-        with self._lock:  # one seeded stream: reproducible for a given call order
-            fail = self._rng.random() < self.spec.error_rate
-        if fail:
-            raise InjectedFault(f"{self.ref}: injected failure")
+        self.dice.delay()
+        self.dice.maybe_fail()
         state, logits = self.inner.prefill(ids)
         looped = _LoopState(state.cache, state.length, loop_token=-1 if self._degenerate(ids) else None)
         return looped, logits
 
     def decode(self, state: DecodeState, token: int) -> torch.Tensor:
-        self._delay()
+        self.dice.delay()
         logits = self.inner.decode(state, token)
         if isinstance(state, _LoopState) and state.loop_token is not None:
             if state.loop_token < 0:
@@ -84,7 +73,7 @@ class FaultyLM:
         return logits
 
     def score(self, prompt_ids: list[int], completion_ids: list[int], k: int = 20) -> TokenScores:
-        self._delay()  # a slow teacher is slow on the shadow path too (full-queue tests)
+        self.dice.delay()  # a slow teacher is slow on the shadow path too (full-queue tests)
         return self.inner.score(prompt_ids, completion_ids, k)
 
     def completion_logits(self, prompt_ids: list[int], completion_ids: list[int]) -> torch.Tensor:

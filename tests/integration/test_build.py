@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from distill.classify.build import ONNX_FP32, ensure_default_classify_models, load_split
+from distill.classify.faults import FaultyRunner
 from distill.classify.runner import load_runner
 from distill.faults import InjectedFault, register_fault_model
 from distill.registry import FaultSpec, Registry
@@ -98,8 +99,9 @@ def test_fault_model_wraps_a_real_model(state_dir: Path) -> None:
         load_runner(registry, failing).predict_batch(texts[:2])
     slept: list[float] = []
     slow = register_fault_model(registry, FaultSpec(wraps=STUDENT, latency_ms=250.0), "slow").ref
-    runner = load_runner(registry, slow)
-    runner._sleep = slept.append  # type: ignore[attr-defined]
+    manifest = registry.get(slow)
+    assert manifest.fault is not None
+    runner = FaultyRunner(manifest, load_runner(registry, STUDENT), manifest.fault, sleep=slept.append)
     runner.predict_batch(texts[:1])
     assert slept == [0.25]
 
