@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from distill.classify.evaluate import softmax
 from distill.faults import FaultDice, default_permutation
 from distill.registry import FaultSpec, Manifest
 
@@ -48,6 +49,4 @@ class FaultyRunner:
         return np.where(wrong[:, None], permuted, logits)
 
     def predict_batch(self, texts: list[str]) -> np.ndarray:
-        from distill.classify.runner import softmax  # the runner module loads this one
-
         return softmax(self.predict_logits(texts))

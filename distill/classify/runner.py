@@ -12,6 +12,7 @@ from typing import Protocol
 import numpy as np
 import onnxruntime as ort
 
+from distill.classify.evaluate import softmax
 from distill.classify.faults import FaultyRunner
 from distill.classify.tokenize import BatchTokenizer
 from distill.registry import Manifest, Registry, RegistryError
@@ -28,12 +29,6 @@ class Runner(Protocol):
     def predict_logits(self, texts: list[str]) -> np.ndarray: ...
 
     def predict_batch(self, texts: list[str]) -> np.ndarray: ...
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)
 
 
 class _ClassifierRunner:
