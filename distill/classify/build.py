@@ -32,6 +32,7 @@ from distill.corpora import LabelledTexts, Split, load_dataset, split_dataset
 from distill.losses import kd_loss
 from distill.registry import Lineage, Manifest, Registry, Role
 from distill.trainer import train
+from durablefs import write_with
 
 TEACHER_NAME = "classify-teacher"
 
@@ -179,9 +180,7 @@ def teacher_soft_labels(
     steps = tqdm(range(0, len(texts.texts), chunk), desc="teacher soft labels", unit="chunk")
     logits = np.concatenate([runner.predict_logits(texts.texts[start : start + chunk]) for start in steps])
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp.npy")
-    np.save(tmp, logits)
-    tmp.replace(cache)
+    write_with(cache, lambda handle: np.save(handle, logits))
     return logits
 
 
