@@ -11,7 +11,6 @@ import onnxruntime as ort
 import torch
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
-from distill.classify.model import EncoderClassifier
 from distill.classify.tokenize import BatchTokenizer
 
 
@@ -26,8 +25,9 @@ class Parity:
     n: int
 
 
-def export_onnx(model: EncoderClassifier, path: Path, tokenizer: BatchTokenizer) -> None:
-    """Exports with dynamic batch and sequence axes (the TorchScript exporter: no onnxscript needed)."""
+def export_onnx(model: torch.nn.Module, path: Path, tokenizer: BatchTokenizer) -> None:
+    """Exports a `(input_ids, attention_mask) -> logits` module with dynamic batch and sequence axes
+    (the TorchScript exporter: no onnxscript needed)."""
     model.eval()
     ids, mask = tokenizer(["a short example", "and a somewhat longer example sentence to trace"])
     with warnings.catch_warnings():
@@ -61,7 +61,7 @@ def onnx_logits(path: Path, tokenizer: BatchTokenizer, texts: list[str], batch_s
 
 @torch.no_grad()
 def torch_logits(
-    model: EncoderClassifier, tokenizer: BatchTokenizer, texts: list[str], batch_size: int = 64
+    model: torch.nn.Module, tokenizer: BatchTokenizer, texts: list[str], batch_size: int = 64
 ) -> np.ndarray:
     model.eval()
     chunks = []

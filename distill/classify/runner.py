@@ -104,9 +104,15 @@ class OnnxClassifierRunner(_ClassifierRunner):
         self.session = ort.InferenceSession(
             str(directory / onnx_file), sess_options=options, providers=["CPUExecutionProvider"]
         )
+        # An imported BERT-style export may also take token_type_ids (zeros: one segment).
+        self._segments = any(i.name == "token_type_ids" for i in self.session.get_inputs())
+        self._output = self.session.get_outputs()[0].name
 
     def _logits(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        (logits,) = self.session.run(["logits"], {"input_ids": ids, "attention_mask": mask})
+        feeds = {"input_ids": ids, "attention_mask": mask}
+        if self._segments:
+            feeds["token_type_ids"] = np.zeros_like(ids)
+        (logits,) = self.session.run([self._output], feeds)
         return np.asarray(logits, dtype=np.float32)
 
 

@@ -19,12 +19,12 @@ class BatchTokenizer:
 
     def __init__(self, tokenizer: Tokenizer, max_length: int) -> None:
         tokenizer = Tokenizer.from_str(tokenizer.to_str())  # private copy: settings below are global to it
+        self.pad_id = pad_id_of(tokenizer)
         # The shipped tokenizer.json pads every input to 128; we pad per batch instead (far less work).
         tokenizer.no_padding()
         tokenizer.enable_truncation(max_length)
         self._tok = tokenizer
         self.max_length = max_length
-        self.pad_id = 0
 
     @classmethod
     def from_dir(cls, directory: str | Path, max_length: int) -> BatchTokenizer:
@@ -42,3 +42,15 @@ class BatchTokenizer:
             ids[row, : len(enc.ids)] = enc.ids
             mask[row, : len(enc.ids)] = 1
         return ids, mask
+
+
+def pad_id_of(tokenizer: Tokenizer) -> int:
+    """The id padding uses: from the tokenizer's padding settings, else its pad token, else 0. It matters
+    beyond the mask for models that derive positions from it (RoBERTa counts non-pad tokens)."""
+    if tokenizer.padding is not None:
+        return int(tokenizer.padding["pad_id"])
+    for token in ("[PAD]", "<pad>"):
+        found = tokenizer.token_to_id(token)
+        if found is not None:
+            return int(found)
+    return 0

@@ -1,0 +1,45 @@
+"""What every model import shares, whatever its task: the refusal users see, and the provenance a
+manifest records (where the files came from, their sha256, when).
+
+A refusal is one line naming what is wrong and what to do; the CLI prints it and exits 2.
+
+>>> str(ImportRefused("no tokenizer.json in /m", "save it with tokenizer.save_pretrained('/m')"))
+"no tokenizer.json in /m: save it with tokenizer.save_pretrained('/m')"
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+CHUNK = 1 << 20
+
+
+class ImportRefused(ValueError):
+    """A model that cannot be imported as asked; the message says why and what to do."""
+
+    def __init__(self, problem: str, remedy: str) -> None:
+        super().__init__(f"{problem}: {remedy}")
+        self.problem = problem
+        self.remedy = remedy
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def provenance(source: Path, files: list[Path]) -> dict[str, Any]:
+    """The lineage `data` of an imported model: its source, the sha256 of each source file read, and
+    when it was imported."""
+    root = source if source.is_dir() else source.parent
+    return {
+        "source": str(source.resolve()),
+        "sha256": {str(f.relative_to(root)): sha256_of(f) for f in sorted(files)},
+        "imported": datetime.now(UTC).isoformat(timespec="seconds"),
+    }

@@ -1,0 +1,143 @@
+"""Importing a user's /classify model (issue: bring your own teacher): a foreign Hugging Face classifier
+made the way a user makes one (MiniLM from its package + a 5-topic head, `save_pretrained`), its ONNX
+export, and every refusal — each leaves nothing in the registry."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from distill.classify.importer import SAMPLE_TEXTS, import_classifier
+from distill.classify.io import base_encoder_dir
+from distill.classify.runner import load_runner
+from distill.importing import ImportRefused
+from distill.registry import Registry, Role
+
+TOPICS = ["business", "entertainment", "politics", "sport", "tech"]
+
+
+@pytest.fixture(scope="module")
+def foreign(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A BERT-family classifier folder as `save_pretrained` writes it (weights, config with id2label,
+    the fast tokenizer). The head is seeded, not trained: import is about files, not accuracy."""
+    folder = tmp_path_factory.mktemp("foreign") / "minilm-topics"
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        base_encoder_dir(),
+        num_labels=len(TOPICS),
+        id2label=dict(enumerate(TOPICS)),
+        label2id={t: i for i, t in enumerate(TOPICS)},
+        local_files_only=True,
+    )
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(base_encoder_dir(), local_files_only=True).save_pretrained(folder)
+    return folder
+
+
+def reference_logits(folder: Path, texts: list[str]) -> np.ndarray:
+    model = AutoModelForSequenceClassification.from_pretrained(folder, local_files_only=True).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    with torch.no_grad():
+        batch = tokenizer(texts, padding=True, truncation=True, max_length=128, return_tensors="pt")
+        return model(**batch).logits.numpy()
+
+
+def test_a_hugging_face_classifier_is_imported_exported_and_served_as_it_computes(
+    foreign: Path, tmp_path: Path
+) -> None:
+    registry = Registry(tmp_path)
+    manifest = import_classifier(registry, foreign, role=Role.TEACHER)
+    assert manifest.ref == "classify-teacher-minilm-topics@1"
+    assert manifest.labels == TOPICS and manifest.format == "onnx" and manifest.role is Role.TEACHER
+    assert manifest.metrics["onnx_parity_max_abs_diff"] < 1e-4
+    assert manifest.metrics["size_mb"] > 1 and manifest.metrics["p50_ms"] > 0
+    weights = hashlib.sha256((foreign / "model.safetensors").read_bytes()).hexdigest()
+    assert manifest.lineage.data["sha256"]["model.safetensors"] == weights
+    assert manifest.lineage.data["source"] == str(foreign.resolve())
+    served = load_runner(registry, manifest.ref).predict_logits(SAMPLE_TEXTS)
+    np.testing.assert_allclose(served, reference_logits(foreign, SAMPLE_TEXTS), atol=1e-4)
+
+
+def test_an_onnx_export_with_its_tokenizer_and_labels_is_imported(foreign: Path, tmp_path: Path) -> None:
+    """A user's own export, with token_type_ids as a third input (as BERT exports usually have)."""
+    export = tmp_path / "export"
+    export.mkdir()
+    shutil.copyfile(foreign / "tokenizer.json", export / "tokenizer.json")
+    model = AutoModelForSequenceClassification.from_pretrained(foreign, local_files_only=True).eval()
+    ids = torch.tensor([[101, 2307, 2154, 102]])
+    axes = {0: "batch", 1: "tokens"}
+    torch.onnx.export(
+        model,
+        (ids, torch.ones_like(ids), torch.zeros_like(ids)),
+        str(export / "topics.onnx"),
+        input_names=["input_ids", "attention_mask", "token_type_ids"],
+        output_names=["scores"],
+        dynamic_axes={"input_ids": axes, "attention_mask": axes, "token_type_ids": axes},
+        opset_version=17,
+        dynamo=False,
+    )
+    registry = Registry(tmp_path / "state")
+    manifest = import_classifier(registry, export / "topics.onnx", role=Role.TEACHER, labels=TOPICS)
+    assert manifest.labels == TOPICS and manifest.lineage.recipe["from"] == "onnx"
+    served = load_runner(registry, manifest.ref).predict_logits(SAMPLE_TEXTS)
+    np.testing.assert_allclose(served, reference_logits(foreign, SAMPLE_TEXTS), atol=1e-4)
+
+
+def copy_of(folder: Path, where: Path) -> Path:
+    target = where / folder.name
+    shutil.copytree(folder, target)
+    return target
+
+
+def refused(registry: Registry, source: Path, **kwargs: object) -> str:
+    with pytest.raises(ImportRefused) as caught:
+        import_classifier(registry, source, **{"role": Role.TEACHER, **kwargs})  # type: ignore[arg-type]
+    assert registry.list() == [] or kwargs.get("role") is Role.STUDENT
+    assert not [p for p in registry.root.iterdir() if p.name.startswith(".")]  # no staging left behind
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+def test_bad_imports_are_refused_with_what_to_do_and_register_nothing(foreign: Path, tmp_path: Path) -> None:
+    registry = Registry(tmp_path / "state")
+
+    assert "no sequence-classification head" in refused(registry, base_encoder_dir())
+
+    no_tokenizer = copy_of(foreign, tmp_path / "a")
+    (no_tokenizer / "tokenizer.json").unlink()
+    assert "missing tokenizer" in refused(registry, no_tokenizer)
+
+    assert "3 labels given but the head has 5 outputs" in refused(registry, foreign, labels=["a", "b", "c"])
+
+    truncated = copy_of(foreign, tmp_path / "b")
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    assert "truncated or corrupt" in refused(registry, truncated)
+
+    causal = tmp_path / "tiny-llama"
+    config = LlamaConfig(
+        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2
+    )
+    LlamaForCausalLM(config).save_pretrained(causal)
+    assert "causal language model" in refused(registry, causal)
+
+    assert "does not exist" in refused(registry, tmp_path / "nowhere")
+    junk = copy_of(foreign, tmp_path / "c") / "model.onnx"
+    junk.write_bytes(b"not a protobuf")
+    assert "no label names" in refused(registry, junk)
+    assert "truncated or corrupt" in refused(registry, junk, labels=TOPICS)
+
+
+def test_a_student_must_predict_its_teachers_labels(foreign: Path, tmp_path: Path) -> None:
+    registry = Registry(tmp_path)
+    import_classifier(registry, foreign, role=Role.TEACHER, labels=[t.upper() for t in TOPICS])
+    message = refused(registry, foreign, role=Role.STUDENT)
+    assert "differ from its teacher" in message
+    assert [m.role for m in registry.list()] == [Role.TEACHER]
