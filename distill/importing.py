@@ -10,9 +10,12 @@ A refusal is one line naming what is wrong and what to do; the CLI prints it and
 from __future__ import annotations
 
 import hashlib
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from distill.registry import Role
 
 CHUNK = 1 << 20
 
@@ -43,3 +46,14 @@ def provenance(source: Path, files: list[Path]) -> dict[str, Any]:
         "sha256": {str(f.relative_to(root)): sha256_of(f) for f in sorted(files)},
         "imported": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+
+
+def default_name(task: str, role: Role, source: Path) -> str:
+    """`<task>-<role>-<source name>`, reduced to the characters a model ref allows."""
+    stem = re.sub(r"[^a-z0-9]+", "-", source.stem.lower()).strip("-") or "imported"
+    return f"{task}-{role}-{stem}"
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__

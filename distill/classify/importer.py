@@ -14,7 +14,6 @@ Example::
 
 from __future__ import annotations
 
-import re
 import shutil
 import statistics
 import time
@@ -28,7 +27,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification
 from distill.classify.export import check_parity, export_onnx, onnx_logits, torch_logits
 from distill.classify.runner import OnnxClassifierRunner
 from distill.classify.tokenize import TOKENIZER_FILE, BatchTokenizer
-from distill.importing import ImportRefused, provenance
+from distill.importing import ImportRefused, default_name, one_line, provenance
 from distill.registry import Lineage, Manifest, Registry, Role
 
 ONNX_FILE = "model.onnx"
@@ -96,12 +95,6 @@ def import_classifier(
         return staging.commit(manifest.model_copy(update={"metrics": metrics}))
 
 
-def default_name(task: str, role: Role, source: Path) -> str:
-    """`<task>-<role>-<source name>`, reduced to the characters a model ref allows."""
-    stem = re.sub(r"[^a-z0-9]+", "-", source.stem.lower()).strip("-") or "imported"
-    return f"{task}-{role}-{stem}"
-
-
 def measure(manifest: Manifest, directory: Path) -> dict[str, float]:
     """Size of the served file and p50 latency of one short text at batch 1, one thread."""
     runner = OnnxClassifierRunner(manifest, directory, threads=1)
@@ -127,7 +120,7 @@ def _tokenizer(folder: Path, max_length: int) -> BatchTokenizer:
     try:
         return BatchTokenizer.from_dir(folder, max_length)
     except Exception as exc:  # the tokenizers library raises its own Exception type on a bad file
-        raise ImportRefused(f"cannot read {path} ({_one_line(exc)})", "save the tokenizer again") from exc
+        raise ImportRefused(f"cannot read {path} ({one_line(exc)})", "save the tokenizer again") from exc
 
 
 def _export_hf_folder(
@@ -141,7 +134,7 @@ def _export_hf_folder(
         config = AutoConfig.from_pretrained(source, local_files_only=True)
     except (ValueError, OSError, KeyError) as exc:
         raise ImportRefused(
-            f"unknown architecture in {source / 'config.json'} ({_one_line(exc)})",
+            f"unknown architecture in {source / 'config.json'} ({one_line(exc)})",
             "import a model transformers' AutoModelForSequenceClassification can load, or its ONNX export",
         ) from exc
     architectures = list(config.architectures or [])
@@ -168,7 +161,7 @@ def _export_hf_folder(
         model = AutoModelForSequenceClassification.from_pretrained(source, local_files_only=True).eval()
     except Exception as exc:  # safetensors, torch and transformers each raise their own on a bad file
         raise ImportRefused(
-            f"cannot load the weights in {source} ({_one_line(exc)})",
+            f"cannot load the weights in {source} ({one_line(exc)})",
             "the file may be truncated or corrupt: save the model again",
         ) from exc
     logits_only = LogitsOnly(model).eval()
@@ -196,7 +189,7 @@ def _copy_onnx_file(source: Path, staging: Path, labels: list[str] | None, max_l
         session = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"])
     except Exception as exc:  # ONNX Runtime raises its own exception types on a bad file
         raise ImportRefused(
-            f"cannot load {source} ({_one_line(exc)})",
+            f"cannot load {source} ({one_line(exc)})",
             "the file may be truncated or corrupt: export it again",
         ) from exc
     inputs = {i.name for i in session.get_inputs()}
@@ -230,8 +223,3 @@ class LogitsOnly(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__

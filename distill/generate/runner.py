@@ -122,12 +122,16 @@ def kl_against(scores: TokenScores, student_logits: torch.Tensor) -> np.ndarray:
 
 def load_lm(registry: Registry, ref: str) -> CausalLM:
     """Loads a generate model from its registry folder (local files only)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     manifest = registry.get(ref)
     if manifest.task != "generate" or manifest.format != "torch":
         raise RegistryError(f"{ref} is not a generate model in torch format")
-    directory: Path = registry.path(ref)
+    return open_lm(manifest, registry.path(ref))
+
+
+def open_lm(manifest: Manifest, directory: Path) -> CausalLM:
+    """The causal LM whose Hugging Face files are in `directory` (a registry folder or a staging one)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
     # "auto": the stored dtype (the teacher is fp32; a student may be saved in bf16 to decode faster)
     model = AutoModelForCausalLM.from_pretrained(directory, dtype="auto", local_files_only=True)

@@ -40,20 +40,21 @@ def gguf_path() -> Path:
     return path
 
 
-def convert_gguf(target: Path) -> None:
-    """Writes the dequantized teacher and its tokenizer into `target` (weights in fp32 safetensors)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+def convert_gguf(target: Path, source: Path | None = None) -> None:
+    """Writes a GGUF model (by default the packaged teacher) dequantized, with the tokenizer the GGUF
+    file carries, into `target` as a Hugging Face folder (weights in fp32 safetensors)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    source = gguf_path()
+    source = source or gguf_path()
     tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
     loaded = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
     # save_pretrained refuses a model that carries a GGUF quantization_config ("not serializable"):
-    # rebuild a plain Llama from the same config and copy the dequantized weights across.
+    # rebuild a plain model of the same architecture from the same config, copy the dequantized weights.
     config: Any = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    plain = LlamaForCausalLM(config)
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(loaded.state_dict())
     plain.generation_config = loaded.generation_config
     plain.save_pretrained(target, safe_serialization=True)

@@ -1,6 +1,7 @@
-"""Importing a user's /classify model (issue: bring your own teacher): a foreign Hugging Face classifier
-made the way a user makes one (MiniLM from its package + a 5-topic head, `save_pretrained`), its ONNX
-export, and every refusal — each leaves nothing in the registry."""
+"""Importing a user's models (issue: bring your own teacher). /classify: a foreign Hugging Face classifier
+made the way a user makes one (MiniLM from its package + a 5-topic head, `save_pretrained`) and its ONNX
+export; /generate: SmolLM2 as a plain folder and as the packaged GGUF, and a student that shares its
+tokenizer. Every refusal leaves nothing in the registry."""
 
 from __future__ import annotations
 
@@ -16,7 +17,10 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Llam
 from distill.classify.importer import SAMPLE_TEXTS, import_classifier
 from distill.classify.io import base_encoder_dir
 from distill.classify.runner import load_runner
-from distill.importing import ImportRefused
+from distill.generate.importer import import_causal_lm
+from distill.generate.runner import load_lm
+from distill.generate.teacher import gguf_path
+from distill.importing import ImportRefused, sha256_of
 from distill.registry import Registry, Role
 
 TOPICS = ["business", "entertainment", "politics", "sport", "tech"]
@@ -141,3 +145,62 @@ def test_a_student_must_predict_its_teachers_labels(foreign: Path, tmp_path: Pat
     message = refused(registry, foreign, role=Role.STUDENT)
     assert "differ from its teacher" in message
     assert [m.role for m in registry.list()] == [Role.TEACHER]
+
+
+# --- /generate: causal LMs --------------------------------------------------------------------------------
+
+
+def tiny_causal_lm(folder: Path, tokenizer_from: Path | None) -> Path:
+    """A random 1-layer Llama saved as a user would, with the tokenizer of `tokenizer_from` (if any)."""
+    config = LlamaConfig(
+        vocab_size=30522, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2
+    )
+    LlamaForCausalLM(config).save_pretrained(folder)
+    if tokenizer_from is not None:
+        AutoTokenizer.from_pretrained(tokenizer_from, local_files_only=True).save_pretrained(folder)
+    return folder
+
+
+def test_causal_lms_are_imported_from_a_folder_and_from_gguf_and_a_student_shares_the_tokenizer(
+    generate_built_state: Path, tmp_path: Path
+) -> None:
+    built = Registry(generate_built_state)
+    registry = Registry(tmp_path / "state")
+    teacher = import_causal_lm(registry, built.path("generate-teacher@1"), role=Role.TEACHER, name="smollm2")
+    assert teacher.ref == "smollm2@1" and teacher.format == "torch" and "model.safetensors" in teacher.files
+    assert teacher.metrics["p50_ms_per_token"] > 0 and teacher.metrics["size_mb"] > 100
+    lm = load_lm(registry, teacher.ref)
+    assert lm.decode_text(lm.encode("Hello there")) == "Hello there"
+
+    student = import_causal_lm(registry, built.path("generate-student@1"), role=Role.STUDENT)
+    assert student.lineage.teacher == teacher.ref
+
+    other_vocab = tiny_causal_lm(tmp_path / "bert-vocab-llama", tokenizer_from=base_encoder_dir())
+    with pytest.raises(ImportRefused, match="tokenizer differs from its teacher smollm2@1"):
+        import_causal_lm(registry, other_vocab, role=Role.STUDENT)
+
+    from_gguf = import_causal_lm(registry, gguf_path(), role=Role.TEACHER)
+    assert from_gguf.lineage.recipe["from"] == "gguf"
+    assert from_gguf.lineage.data["sha256"] == {gguf_path().name: sha256_of(gguf_path())}
+    assert len(registry.list()) == 3
+
+
+def test_bad_causal_lm_imports_are_refused_and_register_nothing(foreign: Path, tmp_path: Path) -> None:
+    registry = Registry(tmp_path / "state")
+
+    def refused_lm(source: Path) -> str:
+        with pytest.raises(ImportRefused) as caught:
+            import_causal_lm(registry, source, role=Role.TEACHER)
+        assert registry.list() == []
+        assert not [p for p in registry.root.iterdir() if p.name.startswith(".")]
+        return str(caught.value)
+
+    assert "sequence classifier" in refused_lm(foreign)
+    assert "missing tokenizer" in refused_lm(tiny_causal_lm(tmp_path / "no-tok", tokenizer_from=None))
+    broken = tiny_causal_lm(tmp_path / "broken", tokenizer_from=base_encoder_dir())
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    assert "does not load or run" in refused_lm(broken)
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"GGUF" + b"\0" * 64)
+    assert "cannot read" in refused_lm(junk)
