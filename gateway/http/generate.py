@@ -360,7 +360,6 @@ def _account(
                 request_id=request_id,
                 at=time.time(),
                 served=served,
-                prompt_text=served.lm.tokenizer.decode(prompt_ids),
                 prompt_ids=prompt_ids,
                 finished=outcome.finished,
                 latency_ms=(now - outcome.started) * 1000.0,
