@@ -269,11 +269,11 @@ def greedy_tokens_per_s(model: Any, prompt_ids: list[int], new_tokens: int = 64,
     ids = torch.tensor([prompt_ids])  # (1, P)
     best = 0.0
     for _ in range(repeats + 1):  # the first run warms up allocator and kernels
-        out = model(input_ids=ids, past_key_values=DynamicCache(), use_cache=True)
+        out = model(input_ids=ids, cache=DynamicCache(), use_cache=True)
         token = out.logits[:, -1].argmax(-1, keepdim=True)  # (1, 1)
         started = time.perf_counter()
         for _ in range(new_tokens):
-            out = model(input_ids=token, past_key_values=out.past_key_values, use_cache=True)
+            out = model(input_ids=token, cache=out.cache, use_cache=True)
             token = out.logits[:, -1].argmax(-1, keepdim=True)
         best = max(best, new_tokens / (time.perf_counter() - started))
     return best

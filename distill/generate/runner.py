@@ -80,14 +80,13 @@ class CausalLM:
     def prefill(self, ids: list[int]) -> tuple[DecodeState, torch.Tensor]:
         from transformers import DynamicCache
 
-        cache = DynamicCache()
-        out = self.model(input_ids=torch.tensor([ids]), past_key_values=cache, use_cache=True)
-        return DecodeState(out.past_key_values, len(ids)), out.logits[0, -1]  # (V,)
+        out = self.model(input_ids=torch.tensor([ids]), cache=DynamicCache(), use_cache=True)
+        return DecodeState(out.cache, len(ids)), out.logits[0, -1]  # (V,)
 
     @torch.inference_mode()
     def decode(self, state: DecodeState, token: int) -> torch.Tensor:
-        out = self.model(input_ids=torch.tensor([[token]]), past_key_values=state.cache, use_cache=True)
-        state.cache = out.past_key_values
+        out = self.model(input_ids=torch.tensor([[token]]), cache=state.cache, use_cache=True)
+        state.cache = out.cache
         state.length += 1
         return out.logits[0, -1]  # (V,)
 

@@ -148,12 +148,8 @@ async def generate(
         raise ModelUnavailable(f"no {TASK} model is loaded (build one with: kdgate distill --task generate)")
     chosen = choose(state, x_kdgate_key or request_id, x_kdgate_model)
     messages = [m.model_dump() for m in body.messages] if body.messages is not None else None
-    prompt_ids = chosen.lm.encode(body.prompt, messages)
-    if len(prompt_ids) > state.settings.max_prompt_tokens:
-        where = "messages" if messages is not None else "prompt"
-        raise InvalidInput(
-            f"prompt is {len(prompt_ids)} tokens; at most {state.settings.max_prompt_tokens}", field=where
-        )
+    # tokenized on the model's engine thread: a long prompt or chat template never stalls the event loop
+    prompt_ids = await chosen.engine.encode(body.prompt, messages, state.settings.max_prompt_tokens)
     if state.in_flight.count >= state.settings.max_in_flight:
         state.metrics.rejected.labels("overloaded").inc()
         raise Overloaded(f"more than {state.settings.max_in_flight} requests in flight; retry shortly")
@@ -364,7 +360,6 @@ def _account(
                 request_id=request_id,
                 at=time.time(),
                 served=served,
-                prompt_text=served.lm.tokenizer.decode(prompt_ids),
                 prompt_ids=prompt_ids,
                 finished=outcome.finished,
                 latency_ms=(now - outcome.started) * 1000.0,

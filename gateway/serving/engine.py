@@ -3,12 +3,14 @@
 Each round the worker admits waiting requests (prefill) up to `max_active`, then gives every active
 request one decode step — so a short request never waits for a long one to finish, and a request whose
 client went away is dropped at its next turn. Events (text deltas, the end, an error) go back to the
-request's asyncio queue on the event loop. The model never runs on the event loop thread.
+request's asyncio queue on the event loop. Neither the model nor its tokenizer runs on the event loop
+thread: a request's prompt is tokenized here too (`encode`), between two decode steps.
 
 Interleaving is fair but not batched: each step is one sequence's forward pass. Batched decoding of
 sequences of different lengths (padded KV caches) is the next step for throughput at high concurrency.
 
 >>> engine = GenerationEngine(lm, max_active=4, max_waiting=16).start()
+>>> prompt_ids = await engine.encode("Once upon a time", None, limit=1024)
 >>> job = engine.submit(prompt_ids, GenerationParams(max_tokens=32), loop)
 >>> async for event in job.events(): ...
 """
@@ -27,7 +29,7 @@ import numpy as np
 import torch
 
 from distill.generate.runner import DecodeState
-from gateway.errors import Overloaded
+from gateway.errors import InvalidInput, ModelUnavailable, Overloaded
 from gateway.serving.sampling import pick_token, stop_scan
 
 log = logging.getLogger("kdgate.generation")
@@ -41,6 +43,10 @@ class LanguageModel(Protocol):
 
     @property
     def ref(self) -> str: ...
+
+    def encode(
+        self, prompt: str | None = None, messages: list[dict[str, str]] | None = None
+    ) -> list[int]: ...
 
     def prefill(self, ids: list[int]) -> tuple[DecodeState, torch.Tensor]: ...
 
@@ -123,6 +129,38 @@ class Job:
         self.cancelled = True
 
 
+@dataclass(eq=False)
+class Encoding:
+    """One prompt to tokenize on the worker thread; its ids (or its error) resolve `future`."""
+
+    prompt: str | None
+    messages: list[dict[str, str]] | None
+    limit: int  # the most prompt tokens accepted
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[list[int]]
+
+    def run(self, lm: LanguageModel) -> None:
+        try:
+            ids = lm.encode(self.prompt, self.messages)
+            if len(ids) > self.limit:
+                where = "messages" if self.messages is not None else "prompt"
+                raise InvalidInput(f"prompt is {len(ids)} tokens; at most {self.limit}", field=where)
+        except Exception as exc:
+            self.loop.call_soon_threadsafe(_resolve, self.future, None, exc)
+        else:
+            self.loop.call_soon_threadsafe(_resolve, self.future, ids, None)
+
+
+def _resolve(future: asyncio.Future[list[int]], ids: list[int] | None, error: BaseException | None) -> None:
+    if future.done():  # the request went away while its prompt was being tokenized
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        assert ids is not None
+        future.set_result(ids)
+
+
 class GenerationEngine:
     def __init__(
         self, lm: LanguageModel, max_active: int = 4, max_waiting: int = 32, record_topk: int | None = None
@@ -133,6 +171,7 @@ class GenerationEngine:
         self.max_waiting = max_waiting
         self._waiting: collections.deque[Job] = collections.deque()
         self._active: list[Job] = []
+        self._encodings: list[Encoding] = []  # not bounded by max_waiting: a request holds no slot yet
         self._wake = threading.Condition()
         self._closed = False
         self._held = 0  # jobs waiting or active; guarded by _wake
@@ -141,6 +180,20 @@ class GenerationEngine:
     def start(self) -> GenerationEngine:
         self._thread.start()
         return self
+
+    async def encode(
+        self, prompt: str | None, messages: list[dict[str, str]] | None, limit: int
+    ) -> list[int]:
+        """The prompt's token ids (a raw prompt, or chat messages through the chat template), tokenized on
+        the worker thread; a prompt over `limit` tokens is `InvalidInput` naming `prompt` or `messages`."""
+        loop = asyncio.get_running_loop()
+        encoding = Encoding(prompt, messages, limit, loop, loop.create_future())
+        with self._wake:
+            if self._closed:
+                raise ModelUnavailable(f"{self.lm.ref} is shutting down")
+            self._encodings.append(encoding)
+            self._wake.notify()
+        return await encoding.future
 
     def submit(self, prompt_ids: list[int], params: GenerationParams, loop: asyncio.AbstractEventLoop) -> Job:
         job = Job(prompt_ids, params, loop, topk=TopK() if self.record_topk else None)
@@ -165,18 +218,32 @@ class GenerationEngine:
     def _run(self) -> None:
         while True:
             with self._wake:
-                while not self._closed and not self._waiting and not self._active:
+                while not (self._closed or self._waiting or self._active or self._encodings):
                     self._wake.wait()
                 if self._closed:
-                    return
+                    break
                 while self._waiting and len(self._active) < self.max_active:
                     self._active.append(self._waiting.popleft())
+            self._encode_pending()
             for job in list(self._active):
                 if job.cancelled or not self._advance(job):
                     self._active.remove(job)
                     job.state = job.logits = None  # free the KV cache now
                     with self._wake:
                         self._held -= 1
+                # between any two steps: a new request waits one forward pass for its prompt, not a round
+                self._encode_pending()
+        with self._wake:
+            left, self._encodings = self._encodings, []
+        for encoding in left:
+            error = ModelUnavailable(f"{self.lm.ref} is shutting down")
+            encoding.loop.call_soon_threadsafe(_resolve, encoding.future, None, error)
+
+    def _encode_pending(self) -> None:
+        with self._wake:
+            pending, self._encodings = self._encodings, []
+        for encoding in pending:
+            encoding.run(self.lm)
 
     def _advance(self, job: Job) -> bool:
         """One step of one job; False when it is finished (or failed)."""

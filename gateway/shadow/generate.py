@@ -47,7 +47,6 @@ class GenerateShadowItem:
     request_id: str
     at: float  # wall clock, epoch seconds
     served: LoadedLM
-    prompt_text: str  # the prompt as the model read it (chat template applied)
     prompt_ids: list[int]
     finished: Finished  # the completion: ids, text, how it ended, the served model's own logprobs
     latency_ms: float
@@ -55,6 +54,12 @@ class GenerateShadowItem:
     @property
     def completion_ids(self) -> list[int]:
         return self.finished.completion_ids
+
+    @property
+    def prompt_text(self) -> str:
+        """The prompt as the model read it (chat template applied). Decoded when the worker logs the item:
+        the tokenizer stays off the event loop, and a dropped item costs nothing."""
+        return str(self.served.lm.tokenizer.decode(self.prompt_ids))
 
 
 def accepted_prefix(agree: np.ndarray) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -129,6 +130,21 @@ def test_bad_input_is_a_4xx_naming_the_field(server: Any, body: dict[str, Any], 
     r = gen(server.url, body)
     assert r.status_code == 422, r.text
     assert r.json()["error"]["field"] == field
+
+
+def test_a_prompt_over_the_token_limit_is_a_422_naming_its_field(server: Any) -> None:
+    """Counted on the model's engine thread, answered with the same error as any other bad input."""
+    long = "x " * 3000  # under max_prompt_chars, over max_prompt_tokens
+    for body, field in (
+        ({"prompt": long}, "prompt"),
+        ({"messages": [{"role": "user", "content": long}]}, "messages"),
+    ):
+        r = gen(server.url, body)
+        assert r.status_code == 422, r.text
+        error = r.json()["error"]
+        assert error["type"] == "invalid_input" and error["field"] == field
+        assert re.fullmatch(r"prompt is \d+ tokens; at most 1024", error["message"])
+        assert r.headers["x-request-id"]
 
 
 def test_malformed_json_and_unknown_pin(server: Any) -> None:
