@@ -87,7 +87,8 @@ class Lane(Generic[I]):
 
 class ShadowPipeline(ABC, Generic[I]):
     """A task's subclass passes its lanes: `score` for student items, `own` for teacher-served ones
-    (None: they share the score lane, in its other lane)."""
+    (None: they share the score lane, never favoured). Built only while shadowing is enabled
+    (`settings.shadow_enabled`): the routes offer to a pipeline only when there is one."""
 
     task: str  # the `task` label of every metric it counts
 

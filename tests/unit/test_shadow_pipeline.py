@@ -11,9 +11,11 @@ from typing import Any
 
 import pytest
 
+from gateway.serving.engine import Finished
 from gateway.serving.metrics import GatewayMetrics
 from gateway.serving.window import LiveWindow
 from gateway.settings import Settings
+from gateway.shadow.generate import GenerateShadow, GenerateShadowItem
 from gateway.shadow.pipeline import Lane, ShadowPipeline
 from gateway.shadow.queue import FavouredAsyncQueue
 from gateway.shadow.rates import ShadowRates
@@ -36,10 +38,10 @@ class Item:
 
 @dataclass
 class Writer:
-    records: list[str] = field(default_factory=list)
+    records: list[Any] = field(default_factory=list)
     closed: bool = False
 
-    def append(self, record: str) -> None:
+    def append(self, record: Any) -> None:
         self.records.append(record)
 
     def close(self) -> None:
@@ -204,3 +206,51 @@ def test_niced_thread_runs_calls_in_its_own_thread_and_hands_back_their_errors()
     thread = NicedThread("shadow-test", nice=0)
     assert asyncio.run(scenario(thread)) == "shadow-test"
     thread.stop(timeout=30)
+
+
+@dataclass(frozen=True)
+class FailingLM:
+    def completion_logits(self, prompt_ids: list[int], ids: list[int]) -> Any:
+        raise RuntimeError("the student failed")
+
+
+@dataclass(frozen=True)
+class LM:
+    ref: str
+    lm: FailingLM = field(default_factory=FailingLM)
+
+
+@dataclass(frozen=True)
+class Pool:
+    teacher: LM
+
+    def lm_teacher(self) -> LM:
+        return self.teacher
+
+
+def test_generate_shadow_logs_the_teachers_own_completion_and_counts_a_failure_in_tokens(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """/generate's subclass on the shared pipeline: its scorer runs in the niced thread, and what the
+    base counts is in completion tokens."""
+    teacher, student = LM(TEACHER), LM(SAMPLED)
+    settings = Settings(state_dir=tmp_path, shadow_generate_queue_size=4)
+    metrics, writer = GatewayMetrics(), Writer()
+    rates = ShadowRates(tmp_path / "rates.json", settings)
+    shadow = GenerateShadow(settings, metrics, Pool(teacher), LiveWindow(), writer, rates)
+
+    def item(request_id: str, served: LM, tokens: int) -> GenerateShadowItem:
+        finished = Finished("length", "", list(range(tokens)), [0.0] * tokens, topk=None)
+        return GenerateShadowItem(request_id, 0.0, served, "prompt", [1], finished, 1.0)
+
+    async def scenario() -> None:
+        shadow.start()
+        shadow.offer(item("own", teacher, 3), teacher)
+        shadow.offer(item("student", student, 5), teacher)
+        await shadow.close(drain_seconds=60)
+
+    asyncio.run(scenario())
+    assert [record["request_id"] for record in writer.records] == ["own"] and writer.closed
+    error = {"task": "generate", "model": SAMPLED, "outcome": "error"}
+    assert metrics.registry.get_sample_value("kdgate_shadow_total", error) == 5
+    assert "shadow scoring failed for student" in caplog.text
