@@ -102,7 +102,7 @@ def create_app(settings: Settings) -> FastAPI:
         if state.shadow is not None:
             await state.shadow.close()  # graceful stop (SIGTERM): score what is queued, flush the log
         if state.generate_shadow is not None:
-            await asyncio.to_thread(state.generate_shadow.close)
+            await state.generate_shadow.close()
         await state.pool.close()
 
     app = FastAPI(

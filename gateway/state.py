@@ -17,7 +17,7 @@ from gateway.serving.pool import ModelPool
 from gateway.serving.traffic import TrafficStore
 from gateway.serving.window import LiveWindow
 from gateway.settings import Settings, token_path
-from gateway.shadow.classify import ShadowPipeline
+from gateway.shadow.classify import ClassifyShadow
 from gateway.shadow.generate import GenerateShadow
 from gateway.shadow.rates import ShadowRates
 from rollout.driver import Controller
@@ -36,7 +36,7 @@ class GatewayState:
     admin_token: str
     window: LiveWindow
     shadow_rates: ShadowRates
-    shadow: ShadowPipeline | None
+    shadow: ClassifyShadow | None
     generate_shadow: GenerateShadow | None
     controller: Controller
     ready: bool = False
@@ -83,7 +83,7 @@ class GatewayState:
                     protect_after=lambda: holder[0].protect_shadow_after if holder else None,
                 ).start()
 
-            shadow = ShadowPipeline(
+            shadow = ClassifyShadow(
                 settings,
                 metrics,
                 pool,

@@ -1,21 +1,17 @@
-"""Shadow scoring: the teacher re-runs sampled student traffic after the response has gone out.
+"""Shadow scoring for /classify: the teacher re-runs sampled student traffic after the response went out.
 
-Request path: `offer()` only decides (pure hash of the request id against the model's rate) and puts
-the item on a bounded queue — when it is full the item is dropped and counted, never waited on. The
-candidate of an active rollout is scored first and has room kept for it (shadow_queue.py): the judge
-waits on its comparisons.
-Student items: a worker takes up to `shadow_batch` of them and runs the teacher once on all their
-texts (a runner of its own, in a SCHED_IDLE process of its own: shadow_teacher.py), then computes top-1
-agreement and KL(teacher ‖ student), updates metrics and the live window and appends one shadow record
-per text to the log (at serving priority, briefly), and pauses so the teacher keeps to its CPU budget
-(a fixed floor; opt-in, more while serving is quiet: shadow_budget.py).
+Sampling, eligibility, the queues, drop accounting and the workers are the shared pipeline's
+(pipeline.py). Here, student items: a worker takes up to `shadow_batch` of them and runs the teacher
+once on all their texts (a runner of its own, in a SCHED_IDLE process of its own: teacher_process.py),
+then computes top-1 agreement and KL(teacher ‖ student), updates metrics and the live window and
+appends one shadow record per text to the log (at serving priority, briefly), and pauses so the
+teacher keeps to its CPU budget (a fixed floor; opt-in, more while serving is quiet: budget.py).
 Teacher-served items have their soft output already: a second worker logs them in bulk, no teacher call.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,10 +23,10 @@ from distill.classify.runner import softmax
 from distill.shadowlog.writer import ShadowLogWriter
 from gateway.serving.metrics import GatewayMetrics
 from gateway.serving.pool import LoadedModel, ModelPool
-from gateway.serving.routing import unit_hash
 from gateway.serving.window import LiveWindow
 from gateway.settings import Settings
 from gateway.shadow.budget import pause_for_budget, shadow_budget
+from gateway.shadow.pipeline import Lane, ShadowPipeline
 from gateway.shadow.queue import FavouredAsyncQueue
 from gateway.shadow.rates import ShadowRates
 from gateway.shadow.teacher_process import ShadowTeacher
@@ -49,20 +45,8 @@ class ShadowItem:
     latency_ms: float
 
 
-def should_shadow(request_id: str, rate: float) -> bool:
-    """Pure and reproducible: the same request id is always (not) sampled at a given rate."""
-    return rate >= 1.0 or (rate > 0.0 and unit_hash("shadow", request_id) < rate)
-
-
 OWN_LINGER_S = 0.25  # teacher-served records gather this long before one hop logs them all
 OWN_BATCH = 512
-
-
-def _more(items: list[ShadowItem], queue: asyncio.Queue[ShadowItem], most: int) -> list[ShadowItem]:
-    """`items` and whatever else is queued, up to `most` items in all."""
-    while len(items) < most and not queue.empty():
-        items.append(queue.get_nowait())
-    return items
 
 
 def split_rows(items: list[ShadowItem], scored: np.ndarray) -> dict[int, np.ndarray]:
@@ -79,10 +63,12 @@ def agreement_and_kl(teacher_logits: np.ndarray, served_logits: np.ndarray) -> t
     return agree, kl_per_row(teacher_logits, served_logits)  # (B,), (B,)
 
 
-class ShadowPipeline:
-    """Two workers, one job each: student items are scored by the teacher (at idle priority, under the
+class ClassifyShadow(ShadowPipeline[ShadowItem]):
+    """Two lanes, one job each: student items are scored by the teacher (at idle priority, under the
     CPU budget); teacher-served items are only logged, a few times a second in bulk, so neither the
     budget's pauses nor a starved teacher call ever hold them up."""
+
+    task = "classify"
 
     def __init__(
         self,
@@ -95,18 +81,19 @@ class ShadowPipeline:
         busy_share: Callable[[], float | None] = lambda: None,
         favoured: Callable[[str], bool] = lambda ref: False,
     ) -> None:
-        self.settings = settings
-        self.rates = rates
-        self.busy_share = busy_share  # share of recent time serving had a request in flight
-        self.favoured = favoured  # is this model the candidate of an active rollout?
-        self.metrics = metrics
+        size = settings.shadow_queue_size
+        super().__init__(
+            settings,
+            metrics,
+            window,
+            writer,
+            rates,
+            favoured,
+            score=Lane(FavouredAsyncQueue(size), self._score, settings.shadow_batch, rest=self._rest),
+            own=Lane(FavouredAsyncQueue(size, reserve=0), self._log_own, OWN_BATCH, linger=OWN_LINGER_S),
+        )
         self.pool = pool
-        self.window = window
-        self.writer = writer
-        self.queue: FavouredAsyncQueue[ShadowItem] = FavouredAsyncQueue(settings.shadow_queue_size)
-        self.own_queue: asyncio.Queue[ShadowItem] = asyncio.Queue(maxsize=settings.shadow_queue_size)
-        self._workers: list[asyncio.Task[None]] = []
-        self._closing = False  # serving has stopped: drain at full speed
+        self.busy_share = busy_share  # share of recent time serving had a request in flight
         self.teacher = ShadowTeacher(  # a private teacher, not the serving one, in its own process
             pool.registry,
             nice=settings.shadow_nice,
@@ -114,114 +101,51 @@ class ShadowPipeline:
             prefer_onnx=settings.teacher_runtime == "onnx",
         )
 
-    def rate_of(self, model: str) -> float:
-        return self.rates.rate(model)
+    def weight(self, item: ShadowItem) -> int:
+        return len(item.texts)
 
-    def offer(self, item: ShadowItem, teacher: LoadedModel) -> None:
-        """Called on the request path: O(1), never blocks."""
-        model, task = item.served.ref, item.task
-        if item.served is teacher:
-            queued = not self.own_queue.full()
-            if queued:
-                self.own_queue.put_nowait(item)
-        else:
-            self.window.add(model, eligible=len(item.texts))
-            self.metrics.shadow_eligible.labels(task, model).inc(len(item.texts))
-            if not should_shadow(item.request_id, self.rate_of(model)):
-                return
-            queued = self.queue.offer(item, self.favoured(model))
-        if not queued:
-            self.metrics.shadow.labels(task, model, "dropped").inc(len(item.texts))
-            self.window.add(model, dropped=len(item.texts))
+    def log_failure(self, items: list[ShadowItem], why: object) -> None:
+        failure = isinstance(why, Exception)
+        log.warning("shadow scoring failed for %d items: %s", len(items), why, exc_info=failure)
 
-    def start(self) -> None:
-        if not self._workers:
-            loop = asyncio.get_running_loop()
-            self._workers = [
-                loop.create_task(self._start_teacher()),
-                loop.create_task(self._score_students()),
-                loop.create_task(self._log_own()),
-            ]
-
-    async def close(self, drain_seconds: float = 10.0) -> None:
-        """Graceful stop: score what is queued (bounded by `drain_seconds`), then flush the log."""
-        self._closing = True
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(self.queue.join(), self.own_queue.join()), drain_seconds)
-        for worker in self._workers:
-            worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await worker
-        for queue in (self.queue, self.own_queue):  # past the drain time: dropped, and counted as such
-            while not queue.empty():
-                item = queue.get_nowait()
-                self.metrics.shadow.labels(item.task, item.served.ref, "dropped").inc(len(item.texts))
-        # A batch still with the teacher past the drain time was cancelled above, which stops its process.
-        await self.teacher.close()
-        await asyncio.to_thread(self.writer.close)
-
-    async def _start_teacher(self) -> None:
+    async def prepare(self) -> None:
         try:
             await self.teacher.worker_pid()
         except Exception:  # the first batch tries again, and counts its failure
             log.warning("the shadow teacher's process did not start", exc_info=True)
 
-    async def _score_students(self) -> None:
-        while True:
-            items = _more([await self.queue.get()], self.queue, self.settings.shadow_batch)
-            try:
-                cpu_s = await self._score(items)
-            finally:
-                for _ in items:
-                    self.queue.task_done()
-            if not self._closing:
-                await asyncio.sleep(pause_for_budget(cpu_s, self._budget(items[0].task)))
+    async def stop_scoring(self) -> None:
+        # A batch still with the teacher past the drain time was cancelled, which stops its process.
+        await self.teacher.close()
 
-    def _budget(self, task: str) -> float | None:
+    def _rest(self, cpu_s: float) -> float:
+        return pause_for_budget(cpu_s, self._budget())
+
+    def _budget(self) -> float | None:
         """This batch's budget: from the floor (serving always busy) up to the idle budget (serving idle)."""
         settings = self.settings
         budget = shadow_budget(self.busy_share(), settings.shadow_max_cpu, settings.shadow_idle_cpu)
-        self.metrics.shadow_budget.labels(task).set(1.0 if budget is None else budget)  # one-threaded: ≤ 1
+        self.metrics.shadow_budget.labels(self.task).set(1.0 if budget is None else budget)  # one thread: ≤ 1
         return budget
 
-    async def _log_own(self) -> None:
+    async def _log_own(self, items: list[ShadowItem]) -> float:
         """Teacher-served records need no teacher call: at serving priority (never starved), a batch at
         a time (one thread hop per batch, not per request)."""
-        while True:
-            first = await self.own_queue.get()
-            if not self._closing:
-                await asyncio.sleep(OWN_LINGER_S)
-            items = _more([first], self.own_queue, OWN_BATCH)
-            try:
-                await asyncio.to_thread(self._log, items, {})
-            except Exception as exc:
-                self._failed(items, exc)
-            finally:
-                for _ in items:
-                    self.own_queue.task_done()
+        await asyncio.to_thread(self._log, items, {})
+        return 0.0
 
     async def _score(self, students: list[ShadowItem]) -> float:
         """Scores and logs `students`; the seconds of CPU the teacher took."""
-        teacher = self.pool.teacher_of(students[0].task)  # one task per pipeline
+        teacher = self.pool.teacher_of(self.task)
         if teacher is None:
-            self._failed(students, "no teacher loaded to shadow with")
+            self.failed(students, "no teacher loaded to shadow with")
             return 0.0
-        try:
-            texts = [t for item in students for t in item.texts]
-            scored, cpu_s = await self.teacher.score(teacher.ref, texts)  # (ΣB, C), its CPU seconds
-            # Only the teacher call is at idle priority: the bookkeeping takes locks the request path
-            # takes too (metrics, live window), and must not sit on them while starved.
-            await asyncio.to_thread(self._log, students, split_rows(students, scored), teacher.ref)
-        except Exception as exc:
-            self._failed(students, exc)
-            return 0.0
+        texts = [t for item in students for t in item.texts]
+        scored, cpu_s = await self.teacher.score(teacher.ref, texts)  # (ΣB, C), its CPU seconds
+        # Only the teacher call is at idle priority: the bookkeeping takes locks the request path
+        # takes too (metrics, live window), and must not sit on them while starved.
+        await asyncio.to_thread(self._log, students, split_rows(students, scored), teacher.ref)
         return cpu_s
-
-    def _failed(self, items: list[ShadowItem], why: object) -> None:
-        failure = isinstance(why, Exception)
-        log.warning("shadow scoring failed for %d items: %s", len(items), why, exc_info=failure)
-        for item in items:  # counted per text, like "compared" and "dropped"
-            self.metrics.shadow.labels(item.task, item.served.ref, "error").inc(len(item.texts))
 
     def _log(
         self, items: list[ShadowItem], teacher_logits: dict[int, np.ndarray], teacher_ref: str | None = None

@@ -8,18 +8,14 @@ before its first disagreement, and degeneracy (a repetition loop agrees well wit
 it, so degeneracy is measured and guarded separately). Teacher-served completions are logged without a
 second teacher call.
 
-Request path: `offer()` decides and enqueues (bounded; full → dropped and counted; the candidate of
-an active rollout first, with room kept for it: shadow_queue.py). One worker thread, niced below
-serving, scores items one by one.
+Sampling, eligibility, the queue, drop accounting and the worker are the shared pipeline's
+(pipeline.py); the one lane's items are scored one by one in a thread niced below serving (thread.py).
 """
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import logging
-import queue
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -33,13 +29,14 @@ from gateway.serving.metrics import GatewayMetrics
 from gateway.serving.pool import LoadedLM, ModelPool
 from gateway.serving.window import LiveWindow
 from gateway.settings import Settings
-from gateway.shadow.classify import should_shadow
-from gateway.shadow.queue import FavouredThreadQueue
+from gateway.shadow.pipeline import Lane, ShadowPipeline
+from gateway.shadow.queue import FavouredAsyncQueue
 from gateway.shadow.rates import ShadowRates
-from gateway.shadow.teacher_process import lower_priority
+from gateway.shadow.thread import NicedThread
 
 log = logging.getLogger("kdgate.shadow.generate")
 TASK = "generate"
+STOP_GRACE_S = 5.0  # a close lets the item in hand finish this long past the drain time
 
 
 @dataclass(frozen=True)
@@ -68,7 +65,11 @@ def accepted_prefix(agree: np.ndarray) -> int:
     return int(misses[0]) if misses.size else int(agree.size)
 
 
-class GenerateShadow:
+class GenerateShadow(ShadowPipeline[GenerateShadowItem]):
+    """One lane: students' and the teacher's own completions alike, one at a time, in a niced thread."""
+
+    task = TASK
+
     def __init__(
         self,
         settings: Settings,
@@ -79,63 +80,32 @@ class GenerateShadow:
         rates: ShadowRates,
         favoured: Callable[[str], bool] = lambda ref: False,
     ) -> None:
-        self.settings = settings
-        self.rates = rates
-        self.favoured = favoured  # is this model the candidate of an active rollout?
-        self.metrics = metrics
-        self.pool = pool
-        self.window = window
-        self.writer = writer
-        self.queue: FavouredThreadQueue[GenerateShadowItem] = FavouredThreadQueue(
-            settings.shadow_generate_queue_size
+        score = Lane(
+            FavouredAsyncQueue[GenerateShadowItem](settings.shadow_generate_queue_size), self._score_one
         )
-        self._thread = threading.Thread(target=self._run, name="shadow-generate", daemon=True)
-        self._stop_at: float | None = None  # set by close(): past it, queued items are dropped
+        super().__init__(settings, metrics, window, writer, rates, favoured, score)
+        self.pool = pool
+        self._thread = NicedThread("shadow-generate", settings.shadow_nice)
 
-    def start(self) -> GenerateShadow:
-        self._thread.start()
-        return self
+    def weight(self, item: GenerateShadowItem) -> int:
+        return len(item.completion_ids)
 
-    def offer(self, item: GenerateShadowItem, teacher: LoadedLM) -> None:
-        """Called on the request path: O(1), never blocks. Counts are in completion tokens."""
-        model, tokens = item.served.ref, len(item.completion_ids)
-        if not item.completion_ids:
-            return
-        if item.served is not teacher:
-            self.window.add(model, eligible=tokens)
-            self.metrics.shadow_eligible.labels(TASK, model).inc(tokens)
-            if not should_shadow(item.request_id, self.rates.rate(model)):
-                return
-        if not self.queue.offer(item, favoured=item.served is not teacher and self.favoured(model)):
-            self.metrics.shadow.labels(TASK, model, "dropped").inc(tokens)
-            self.window.add(model, dropped=tokens)
+    def log_failure(self, items: list[GenerateShadowItem], why: object) -> None:
+        exc = why if isinstance(why, BaseException) else None
+        for item in items:
+            log.warning("shadow scoring failed for %s", item.request_id, exc_info=exc)
 
-    def close(self, drain_seconds: float = 10.0) -> None:
-        """Graceful stop: score what is queued until `drain_seconds` have passed, drop the rest (each
-        item costs teacher passes: a long queue must not keep the cores busy after the stop), then
-        flush the log."""
-        self._stop_at = time.monotonic() + drain_seconds
-        with contextlib.suppress(queue.Full):
-            self.queue.put_nowait((False, None))  # behind what is queued: the worker's stop sign
-        self._thread.join(timeout=drain_seconds + 5.0)
-        self.writer.close()
+    async def stop_scoring(self) -> None:
+        # Each item costs teacher passes: past the drain time, only the one in hand is let finish.
+        await asyncio.to_thread(self._thread.stop, STOP_GRACE_S)
 
-    def _run(self) -> None:
-        lower_priority(self.settings.shadow_nice)
-        while True:
-            if self._stop_at is not None and time.monotonic() > self._stop_at:
-                return  # stopping, past the drain deadline: what is still queued is dropped
-            try:
-                item = self.queue.get(timeout=0.5)  # wakes up to notice a passed deadline
-            except queue.Empty:
-                continue
-            if item is None:
-                return
-            try:
-                self.writer.append(self._score(item))
-            except Exception:
-                log.warning("shadow scoring failed for %s", item.request_id, exc_info=True)
-                self.metrics.shadow.labels(TASK, item.served.ref, "error").inc(len(item.completion_ids))
+    async def _score_one(self, items: list[GenerateShadowItem]) -> float:
+        (item,) = items
+        await self._thread.run(self._score_and_log, item)
+        return 0.0  # no CPU budget: the niced thread yields to serving
+
+    def _score_and_log(self, item: GenerateShadowItem) -> None:
+        self.writer.append(self._score(item))
 
     def _score(self, item: GenerateShadowItem) -> dict[str, object]:
         teacher = self.pool.lm_teacher()

@@ -11,8 +11,8 @@ So each queue has two lanes:
   favoured items, so a backlog of stable traffic alone never drops the candidate's (a favoured item
   is dropped only when the whole queue is full).
 
-Both stdlib queues let a subclass replace their storage (as their PriorityQueue does), so waiting,
-`join()` and `task_done()` stay theirs; only the storage and `offer()` are written here.
+asyncio's queue lets a subclass replace its storage (as its PriorityQueue does), so waiting, `join()`
+and `task_done()` stay its own; only the storage and `offer()` are written here.
 
 >>> q = FavouredAsyncQueue(maxsize=4, reserve=1)
 >>> [q.offer(item, favoured=False) for item in "abcd"]
@@ -24,7 +24,6 @@ Both stdlib queues let a subclass replace their storage (as their PriorityQueue 
 from __future__ import annotations
 
 import asyncio
-import queue
 from collections import deque
 from typing import Any, Generic, TypeVar
 
@@ -63,7 +62,7 @@ def _admits(qsize: int, maxsize: int, reserve: int, favoured: bool) -> bool:
 
 
 class FavouredAsyncQueue(asyncio.Queue[Any], Generic[T]):
-    """For the /classify pipeline's asyncio worker: `offer` on the event loop, never blocks; `get()`
+    """For the shadow pipeline's asyncio workers: `offer` on the event loop, never blocks; `get()`
     returns the items offered."""
 
     def __init__(self, maxsize: int, reserve: int | None = None) -> None:
@@ -78,26 +77,4 @@ class FavouredAsyncQueue(asyncio.Queue[Any], Generic[T]):
         if not _admits(self.qsize(), self.maxsize, self.reserve, favoured):
             return False
         self.put_nowait((favoured, item))
-        return True
-
-
-class FavouredThreadQueue(queue.Queue[Any], Generic[T]):
-    """For the /generate pipeline's worker thread: `offer` from request threads, never blocks."""
-
-    def __init__(self, maxsize: int, reserve: int | None = None) -> None:
-        super().__init__(maxsize)
-        self.reserve = default_reserve(maxsize) if reserve is None else reserve
-
-    def _init(self, maxsize: int) -> None:
-        self.queue: Any = TwoLanes()
-
-    def offer(self, item: T, favoured: bool) -> bool:
-        """Queues `item` unless its lane is full; False: dropped (the caller counts it). Two threads
-        racing for the last place of the other lane may both get in, one place into the reserve."""
-        if not _admits(self.qsize(), self.maxsize, self.reserve, favoured):
-            return False
-        try:
-            self.put_nowait((favoured, item))
-        except queue.Full:
-            return False
         return True

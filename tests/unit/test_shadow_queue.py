@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.shadow.queue import FavouredAsyncQueue, FavouredThreadQueue, default_reserve
+from gateway.shadow.queue import FavouredAsyncQueue, default_reserve
 
 # An operation: ("offer", favoured) or ("take", None).
 operations = st.lists(
@@ -23,7 +22,7 @@ def test_admission_and_order_follow_the_two_lane_rule(
 ) -> None:
     """Against a reference model: an other item is refused once the queue holds maxsize − reserve
     items, a favoured one only when it is full; takes return favoured items first, each lane FIFO."""
-    q: FavouredThreadQueue[tuple[bool, int]] = FavouredThreadQueue(maxsize)
+    q: FavouredAsyncQueue[tuple[bool, int]] = FavouredAsyncQueue(maxsize)
     reserve = default_reserve(maxsize)
     favoured: list[tuple[bool, int]] = []
     others: list[tuple[bool, int]] = []
@@ -64,19 +63,3 @@ def test_async_queue_waits_for_an_item_and_joins_when_all_are_done() -> None:
 
     # The worker was woken by the first item but ran after all three were queued: candidate first.
     assert asyncio.run(scenario()) == ["candidate", "stable-1", "stable-2"]
-
-
-def test_thread_queue_wakes_a_waiting_worker_and_keeps_its_stop_sign_behind_queued_items() -> None:
-    q: FavouredThreadQueue[str | None] = FavouredThreadQueue(8)
-    taken: list[str] = []
-
-    def worker() -> None:
-        while (item := q.get(timeout=5)) is not None:
-            taken.append(item)
-
-    thread = threading.Thread(target=worker)
-    thread.start()
-    assert q.offer("stable", favoured=False)
-    q.put_nowait((False, None))  # the stop sign, as GenerateShadow.close() queues it
-    thread.join(timeout=5)
-    assert not thread.is_alive() and taken == ["stable"]
