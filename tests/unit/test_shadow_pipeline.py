@@ -208,8 +208,15 @@ def test_niced_thread_runs_calls_in_its_own_thread_and_hands_back_their_errors()
     thread.stop(timeout=30)
 
 
+class Tokenizer:
+    def decode(self, ids: list[int]) -> str:
+        return " ".join(map(str, ids))
+
+
 @dataclass(frozen=True)
 class FailingLM:
+    tokenizer: Tokenizer = field(default_factory=Tokenizer)
+
     def completion_logits(self, prompt_ids: list[int], ids: list[int]) -> Any:
         raise RuntimeError("the student failed")
 
@@ -241,7 +248,7 @@ def test_generate_shadow_logs_the_teachers_own_completion_and_counts_a_failure_i
 
     def item(request_id: str, served: LM, tokens: int) -> GenerateShadowItem:
         finished = Finished("length", "", list(range(tokens)), [0.0] * tokens, topk=None)
-        return GenerateShadowItem(request_id, 0.0, served, "prompt", [1], finished, 1.0)
+        return GenerateShadowItem(request_id, 0.0, served, [1], finished, 1.0)
 
     async def scenario() -> None:
         shadow.start()
