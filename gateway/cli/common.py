@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -31,6 +32,13 @@ Token = Annotated[
     ),
 ]
 DEFAULT_STATE = Path(".kdgate")
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+def offline() -> None:
+    # Models load from installed packages and local files only; a hub lookup would hang air-gapped hosts.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 def admin_client(url: str, token: str | None, state_dir: Path) -> httpx.Client:
