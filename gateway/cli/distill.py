@@ -13,8 +13,16 @@ from typing import TYPE_CHECKING, Annotated, Any, Protocol
 import typer
 
 from distill.gate import GateConfig
-from gateway.cli.common import DEFAULT_STATE, DEFAULT_URL, GatewayUrl, StateDir, Token, console, offline
-from gateway.settings import token_path
+from gateway.cli.common import (
+    DEFAULT_STATE,
+    DEFAULT_URL,
+    GatewayUrl,
+    StateDir,
+    Token,
+    admin_token,
+    console,
+    offline,
+)
 
 if TYPE_CHECKING:
     from distill.gate import GateResult
@@ -308,13 +316,10 @@ def watch(
     """
     from distill.trigger import TriggerConfig
     from gateway.continual.check import CheckConfig, ContinualCheck
-    from gateway.continual.watch import AdminHost, GatewayClient
+    from gateway.continual.watch import AdminHost
+    from rollout.admin_client import AdminClient
 
-    if token is None:
-        path = token_path(state_dir)
-        if not path.exists():
-            raise typer.BadParameter(f"no --token and no {path}; start the gateway first or pass --token")
-        token = path.read_text().strip()
+    secret = admin_token(token, state_dir)
     if task not in ("classify", "generate"):
         raise typer.BadParameter(f"unknown task {task!r} (classify or generate)", param_hint="--task")
     minimum = min_new_records or (2000 if task == "classify" else 300)
@@ -330,7 +335,8 @@ def watch(
         )
     except ValueError as exc:
         raise typer.BadParameter(f"not valid JSON: {exc}") from exc
-    check = ContinualCheck(state_dir, AdminHost(GatewayClient(url, token)), config)
+    # A reload answers once the new models are loaded: a longer wait than the other admin calls.
+    check = ContinualCheck(state_dir, AdminHost(AdminClient(url, secret, timeout=30.0)), config)
     while True:
         try:
             console.print(f"{time.strftime('%H:%M:%S')} {asyncio.run(check.run_once())}")

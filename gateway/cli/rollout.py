@@ -18,8 +18,8 @@ from gateway.cli.common import (
     GatewayUrl,
     StateDir,
     Token,
-    admin_client,
-    call,
+    admin,
+    admin_token,
     console,
 )
 
@@ -61,8 +61,8 @@ def rollout_start(
             body["steps"] = [int(s) for s in steps.split(",")]
         except ValueError as exc:
             raise typer.BadParameter(f"steps must be integers like 5,25,50,100, got {steps!r}") from exc
-    with admin_client(url, token, state_dir) as client:
-        result = call(client, "POST", "/admin/rollouts", body)
+    with admin(url, token, state_dir) as client:
+        result = client.start_rollout(body)
     console.print(_state_line(result["state"]))
 
 
@@ -109,8 +109,8 @@ def rollout_status(
     state_dir: StateDir = DEFAULT_STATE,
 ) -> None:
     """Phase, weights and the judge's evidence per guarded metric."""
-    with admin_client(url, token, state_dir) as client:
-        console.print(_status_table(call(client, "GET", f"/admin/rollouts/{task}"), None))
+    with admin(url, token, state_dir) as client:
+        console.print(_status_table(client.rollout(task), None))
 
 
 @rollout_app.command("watch")
@@ -123,9 +123,9 @@ def rollout_watch(
 ) -> None:
     """Redraw the rollout's state, evidence and step ETA until it ends (Ctrl-C to leave)."""
     previous: tuple[float, float] | None = None
-    with admin_client(url, token, state_dir) as client, Live(console=console, auto_refresh=False) as live:
+    with admin(url, token, state_dir) as client, Live(console=console, auto_refresh=False) as live:
         while True:
-            result = call(client, "GET", f"/admin/rollouts/{task}")
+            result = client.rollout(task)
             live.update(_status_table(result, previous), refresh=True)
             evidence = {e["metric"]: e for e in result.get("evidence", [])}
             previous = (float(evidence.get("disagreement", {}).get("n", 0)), time.time())
@@ -142,12 +142,8 @@ def _command(name: str) -> None:
         token: Token = None,
         state_dir: StateDir = DEFAULT_STATE,
     ) -> None:
-        with admin_client(url, token, state_dir) as client:
-            console.print(
-                _state_line(
-                    call(client, "POST", f"/admin/rollouts/{task}/{name}", {"reason": reason})["state"]
-                )
-            )
+        with admin(url, token, state_dir) as client:
+            console.print(_state_line(client.command_rollout(task, name, reason)["state"]))
 
     run.__doc__ = {
         "pause": "Freeze the rollout at its current weights.",
@@ -172,18 +168,17 @@ def rollout_run(
     min_window_s: Annotated[float, typer.Option(help="Shortest PromQL window: ≥ 2 scrape intervals.")] = 30.0,
 ) -> None:
     """Drive rollouts standalone from Prometheus (run gateways with KDGATE_ROLLOUT_DRIVER=external)."""
-    from rollout.admin_client import GatewayAdminClient
+    from rollout.admin_client import AdminClient
     from rollout.driver import Controller
     from rollout.prometheus import PrometheusSource
     from rollout.store import AuditLog, RolloutStore
 
-    secret = token or (state_dir / "admin.token").read_text().strip()
     directory = state_dir / "rollout"
     controller = Controller(
         RolloutStore(directory),
         AuditLog(directory),
         PrometheusSource(prometheus, min_window_s=min_window_s),
-        GatewayAdminClient(gateway, secret),
+        AdminClient(gateway, admin_token(token, state_dir), timeout=5.0),
     )
     controller.resync()
     console.print(f"driving rollouts in {directory} from {prometheus} every {tick:g} s (Ctrl-C to stop)")
@@ -201,9 +196,8 @@ def events(
     as_json: Annotated[bool, typer.Option("--json", help="Raw JSON lines.")] = False,
 ) -> None:
     """The audit log of rollout transitions: time, actor, from → to, weights, reason."""
-    params = f"?limit={limit}" + (f"&task={task}" if task else "")
-    with admin_client(url, token, state_dir) as client:
-        rows = call(client, "GET", f"/admin/events{params}")["events"]
+    with admin(url, token, state_dir) as client:
+        rows = client.events(task, limit)
     if as_json:
         for row in rows:
             typer.echo(json.dumps(row))

@@ -14,8 +14,7 @@ from gateway.cli.common import (
     GatewayUrl,
     StateDir,
     Token,
-    admin_client,
-    call,
+    admin,
     console,
 )
 
@@ -53,8 +52,8 @@ def shadow_rates_command(
     url: GatewayUrl = DEFAULT_URL, token: Token = None, state_dir: StateDir = DEFAULT_STATE
 ) -> None:
     """The shadow rate of each loaded student, and what the shadow scored and dropped (live window)."""
-    with admin_client(url, token, state_dir) as client:
-        result = call(client, "GET", "/admin/shadow")
+    with admin(url, token, state_dir) as client:
+        result = client.shadow()
     if not result["enabled"]:
         console.print("[yellow]the shadow is off on this gateway (shadow_enabled: false)[/yellow]")
     table = Table("model", "task", "rate", "set by", "eligible", "compared", "dropped")
@@ -89,8 +88,8 @@ def shadow_rate_command(
         if not ref or not (value == "default" or _is_number(value)):
             raise typer.BadParameter(f"expected REF=RATE or REF=default, got {pair!r}", param_hint="RATES")
         parsed[ref] = None if value == "default" else float(value)  # the gateway checks the range
-    with admin_client(url, token, state_dir) as client:
-        result = call(client, "PUT", f"/admin/shadow/{task}", {"rates": parsed})
+    with admin(url, token, state_dir) as client:
+        result = client.set_shadow_rates(task, parsed)
     console.print(f"{task}: {result['rates']}")
 
 

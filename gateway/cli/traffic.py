@@ -13,8 +13,7 @@ from gateway.cli.common import (
     GatewayUrl,
     StateDir,
     Token,
-    admin_client,
-    call,
+    admin,
     console,
 )
 
@@ -26,8 +25,8 @@ def traffic_get(
     url: GatewayUrl = DEFAULT_URL, token: Token = None, state_dir: StateDir = DEFAULT_STATE
 ) -> None:
     """Show the weights of every task."""
-    with admin_client(url, token, state_dir) as client:
-        traffic = call(client, "GET", "/admin/traffic")["traffic"]
+    with admin(url, token, state_dir) as client:
+        traffic = client.traffic()
     table = Table("task", "model", "weight")
     for task, weights in traffic.items():
         for model, weight in sorted(weights.items()):
@@ -50,6 +49,6 @@ def traffic_set(
         if not sep or not ref or not value.lstrip("-").isdigit():
             raise typer.BadParameter(f"expected REF=WEIGHT, got {pair!r}", param_hint="WEIGHTS")
         parsed[ref] = int(value)
-    with admin_client(url, token, state_dir) as client:
-        result = call(client, "PUT", f"/admin/traffic/{task}", {"weights": parsed})
+    with admin(url, token, state_dir) as client:
+        result = client.set_traffic(task, parsed)
     console.print(f"{task}: {result['weights']}")
