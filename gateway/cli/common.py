@@ -1,16 +1,19 @@
-"""What the CLI commands share: options, the console, and the admin API client."""
+"""What the CLI commands share: options, the console, and the admin client with the CLI's error exits."""
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
-import httpx
 import typer
 from rich.console import Console
 
 from gateway.settings import token_path
+from rollout.admin_client import AdminClient, AdminError
 
 # Wide tables when piped (rich assumes 80 columns without a terminal).
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -31,25 +34,39 @@ Token = Annotated[
     ),
 ]
 DEFAULT_STATE = Path(".kdgate")
+DEFAULT_URL = "http://127.0.0.1:8000"
 
 
-def admin_client(url: str, token: str | None, state_dir: Path) -> httpx.Client:
-    if token is None:
-        path = token_path(state_dir)
-        if not path.exists():
-            raise typer.BadParameter(f"no --token and no {path}; start the gateway first or pass --token")
-        token = path.read_text().strip()
-    return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=10.0)
+def offline() -> None:
+    # Models load from installed packages and local files only; a hub lookup would hang air-gapped hosts.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-def call(client: httpx.Client, method: str, path: str, body: object | None = None) -> dict[str, Any]:
-    try:
-        response = client.request(method, path, json=body)
-    except httpx.HTTPError as exc:
-        console.print(f"[red]cannot reach the gateway at {client.base_url}: {exc}[/red]")
-        raise typer.Exit(2) from exc
-    payload = response.json()
-    if response.status_code >= 400:
-        console.print(f"[red]{response.status_code}: {payload.get('error', payload)}[/red]")
-        raise typer.Exit(1)
-    return dict(payload)
+def admin_token(token: str | None, state_dir: Path) -> str:
+    """The --token given, or the one the gateway wrote into its state dir."""
+    if token is not None:
+        return token
+    path = token_path(state_dir)
+    if not path.exists():
+        raise typer.BadParameter(f"no --token and no {path}; start the gateway first or pass --token")
+    return path.read_text().strip()
+
+
+@contextmanager
+def admin(url: str, token: str | None, state_dir: Path) -> Iterator[AdminClient]:
+    """An admin client for a command's body; a failed call ends the command with the gateway's error
+    (exit 1), or exit 2 when the gateway cannot be reached.
+
+        with admin(url, token, state_dir) as client:
+            console.print(client.traffic())
+    """
+    with AdminClient(url, admin_token(token, state_dir), timeout=10.0) as client:
+        try:
+            yield client
+        except AdminError as exc:
+            if exc.status is None:
+                console.print(f"[red]cannot reach the gateway at {client.base_url}: {exc.detail}[/red]")
+                raise typer.Exit(2) from exc
+            console.print(f"[red]{exc.status}: {exc.detail}[/red]")
+            raise typer.Exit(1) from exc

@@ -193,6 +193,9 @@ def test_shadow_rate_set_at_run_time_stops_sampling_and_survives_a_restart(serve
         bad = httpx.put(f"{server.url}/admin/shadow/classify", json={"rates": rates}, headers=headers)
         assert bad.status_code == 422 and bad.json()["error"]["field"] == field
     assert httpx.put(f"{server.url}/admin/shadow/classify", json={"rates": {STUDENT: 1}}).status_code == 401
+    refused = kdgate("shadow", "rate", "classify", f"{STUDENT}=2", *where)  # the gateway's error, exit 1
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert refused.stdout.startswith("422: {'type': 'invalid_input'"), refused.stdout
     assert "0.00" in kdgate("shadow", "rates", *where).stdout
     server.stop()
 

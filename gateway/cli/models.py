@@ -1,0 +1,67 @@
+"""`kdgate models list|show|fault`: the model registry on disk (no gateway needed)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from gateway.cli.common import DEFAULT_STATE, StateDir, console
+
+models_app = typer.Typer(help="Inspect the model registry.", no_args_is_help=True)
+
+
+@models_app.command("list")
+def models_list(state_dir: StateDir = DEFAULT_STATE) -> None:
+    """Table of registered models with their key offline figures."""
+    from distill.registry import Registry
+
+    table = Table("ref", "task", "role", "kind", "format", "test acc", "agreement", "teacher", "created")
+    for m in Registry(state_dir).list():
+        acc, agree = m.metrics.get("test_accuracy"), m.metrics.get("agreement")
+        table.add_row(
+            m.ref,
+            m.task,
+            m.role,
+            m.kind,
+            m.format,
+            f"{acc:.4f}" if acc is not None else "-",
+            f"{agree:.4f}" if agree is not None else "-",
+            m.lineage.teacher or "-",
+            m.lineage.created,
+        )
+    console.print(table)
+
+
+@models_app.command("show")
+def models_show(
+    ref: Annotated[str, typer.Argument(help="Model ref, e.g. classify-student@1.")],
+    state_dir: StateDir = DEFAULT_STATE,
+) -> None:
+    """Print one manifest (lineage, recipe, figures) as JSON."""
+    from distill.registry import Registry, RegistryError
+
+    try:
+        manifest = Registry(state_dir).get(ref)
+    except RegistryError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    typer.echo(manifest.model_dump_json(indent=2))
+
+
+@models_app.command("fault")
+def models_fault(
+    wraps: Annotated[str, typer.Argument(help="Ref of the model to wrap, e.g. classify-student@1.")],
+    state_dir: StateDir = DEFAULT_STATE,
+    latency_ms: Annotated[float, typer.Option(help="Added to every batch.")] = 0.0,
+    error_rate: Annotated[float, typer.Option(help="Share of batches that raise.")] = 0.0,
+    wrong_rate: Annotated[float, typer.Option(help="Share of inputs answered with a permuted label.")] = 0.0,
+    name: Annotated[str | None, typer.Option(help="Registry name (default <name>-faulty).")] = None,
+) -> None:
+    """Register a fault-injection model (for rollback rehearsals); a restart of the gateway loads it."""
+    from distill.faults import register_fault_model
+    from distill.registry import FaultSpec, Registry
+
+    spec = FaultSpec(wraps=wraps, latency_ms=latency_ms, error_rate=error_rate, wrong_rate=wrong_rate)
+    console.print(f"registered {register_fault_model(Registry(state_dir), spec, name).ref}")
