@@ -10,14 +10,23 @@ A refusal is one line naming what is wrong and what to do; the CLI prints it and
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from distill.registry import Role
 
 CHUNK = 1 << 20
+
+
+class Kind(StrEnum):
+    """What a task does: label texts, or generate text."""
+
+    CLASSIFY = "classify"
+    GENERATE = "generate"
 
 
 class ImportRefused(ValueError):
@@ -57,3 +66,19 @@ def default_name(task: str, role: Role, source: Path) -> str:
 def one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+
+
+def guess_kind(source: Path) -> Kind:
+    """A .gguf file or a folder whose config names a causal-LM architecture generates; anything else is
+    taken for a classifier (whose importer then says precisely what is missing)."""
+    if source.suffix == ".gguf":
+        return Kind.GENERATE
+    config = source / "config.json"
+    if source.is_dir() and config.exists():
+        try:
+            architectures = json.loads(config.read_text()).get("architectures") or []
+        except ValueError as exc:
+            raise ImportRefused(f"{config} is not valid JSON", "save the model again") from exc
+        if any(str(a).endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
+            return Kind.GENERATE
+    return Kind.CLASSIFY

@@ -1,12 +1,15 @@
-"""`kdgate models list|show|fault`: the model registry on disk (no gateway needed)."""
+"""`kdgate models list|show|fault|import`: the model registry on disk (no gateway needed)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
+from distill.importing import Kind
+from distill.registry import Role
 from gateway.cli.common import DEFAULT_STATE, StateDir, console
 
 models_app = typer.Typer(help="Inspect the model registry.", no_args_is_help=True)
@@ -65,3 +68,51 @@ def models_fault(
 
     spec = FaultSpec(wraps=wraps, latency_ms=latency_ms, error_rate=error_rate, wrong_rate=wrong_rate)
     console.print(f"registered {register_fault_model(Registry(state_dir), spec, name).ref}")
+
+
+@models_app.command("import")
+def models_import(
+    path: Annotated[Path, typer.Argument(help="A Hugging Face model folder, an .onnx or a .gguf file.")],
+    role: Annotated[Role, typer.Option(help="teacher: the reference of its task; student: a candidate.")],
+    kind: Annotated[
+        Kind | None,
+        typer.Option(help="classify or generate (default: from the files; .gguf and causal LMs generate)."),
+    ] = None,
+    task: Annotated[str | None, typer.Option(help="The task it serves (default: its kind's task).")] = None,
+    name: Annotated[str | None, typer.Option(help="Registry name (default <task>-<role>-<file>).")] = None,
+    labels: Annotated[
+        str | None, typer.Option(help="Comma-separated label names in output order (required for .onnx).")
+    ] = None,
+    state_dir: StateDir = DEFAULT_STATE,
+) -> None:
+    """Import your own model: checked, exported to ONNX (classify), measured, registered with provenance.
+
+    A refused import prints one line saying what is wrong and what to do, exits 2 and registers nothing.
+    A running gateway serves it after `POST /admin/models/reload` or a restart.
+    """
+    from distill.importing import ImportRefused, guess_kind
+    from distill.registry import Registry
+
+    try:
+        kind = kind or guess_kind(path)
+        task = task or kind.value
+        if task != kind.value:
+            raise ImportRefused(
+                f"task {task!r} is not a {kind.value} task",
+                f"import a {kind.value} model with --task {kind.value}",
+            )
+        registry = Registry(state_dir)
+        if kind is Kind.CLASSIFY:
+            from distill.classify.importer import import_classifier
+
+            listed = [label.strip() for label in labels.split(",")] if labels else None
+            manifest = import_classifier(registry, path, role=role, task=task, name=name, labels=listed)
+        else:
+            from distill.generate.importer import import_causal_lm
+
+            manifest = import_causal_lm(registry, path, role=role, task=task, name=name)
+    except ImportRefused as exc:
+        console.print(f"[red]{exc}[/red]", soft_wrap=True)
+        raise typer.Exit(2) from exc
+    figures = ", ".join(f"{k} {v}" for k, v in manifest.metrics.items())
+    console.print(f"registered {manifest.ref} ({manifest.task} {manifest.role}): {figures}", soft_wrap=True)

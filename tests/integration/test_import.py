@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -204,3 +206,24 @@ def test_bad_causal_lm_imports_are_refused_and_register_nothing(foreign: Path, t
     junk = tmp_path / "junk.gguf"
     junk.write_bytes(b"GGUF" + b"\0" * 64)
     assert "cannot read" in refused_lm(junk)
+
+
+def kdgate(*args: str) -> subprocess.CompletedProcess[str]:
+    command = [str(Path(sys.executable).with_name("kdgate")), "models", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600)
+
+
+def test_the_cli_imports_or_refuses_with_one_line_and_exit_2(foreign: Path, tmp_path: Path) -> None:
+    state = str(tmp_path / "state")
+    done = kdgate("import", str(foreign), "--role", "teacher", "--state-dir", state)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "registered classify-teacher-minilm-topics@1 (classify teacher)" in done.stdout
+
+    no_head = kdgate("import", str(base_encoder_dir()), "--role", "teacher", "--state-dir", state)
+    assert no_head.returncode == 2
+    assert len(no_head.stdout.strip().splitlines()) == 1
+    assert "no sequence-classification head" in no_head.stdout
+
+    as_generate = kdgate("import", str(foreign), "--kind=generate", "--role=student", f"--state-dir={state}")
+    assert as_generate.returncode == 2 and "sequence classifier" in as_generate.stdout
+    assert [m.ref for m in Registry(Path(state)).list()] == ["classify-teacher-minilm-topics@1"]
