@@ -23,7 +23,7 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -159,6 +159,7 @@ def train_kd(
     checkpoint: Path | None = None,
     checkpoint_every: int = 50,
     desc: str = "distil",
+    on_step: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
     """Trains `model` in place for `seconds` of wall time (or `max_steps`), epoch after epoch of
     length-bucketed batches; AdamW with `lr_factor(progress)`. Returns a summary.
@@ -170,6 +171,9 @@ def train_kd(
     are saved there every `checkpoint_every` steps, and a run of the same plan resumes from it: a
     step-bound run ends with the weights an uninterrupted one would have; a time-bound one trains for
     what is left of its budget.
+
+    `on_step(step)` is called after each step and its checkpoint, if one was due, with the steps done so
+    far; an exception it raises ends the run there, as a kill between two steps would.
     """
     torch.manual_seed(seed)
     model.model.embed_tokens.weight.requires_grad_(not freeze_embeddings)  # tied: freezes the head too
@@ -219,6 +223,8 @@ def train_kd(
                 at = {"step": step, "epoch": epoch, "batch": index + 1, "running": running, "seen": seen}
                 if checkpoint is not None and step % checkpoint_every == 0:
                     save_checkpoint(checkpoint, model, optimizer, plan, at | {"elapsed": elapsed_now()})
+                if on_step is not None:
+                    on_step(step)
             skip = 0
             epoch += 1
     if max_steps is not None and step < max_steps:

@@ -12,7 +12,7 @@ import pytest
 
 from distill.classify.build import ONNX_FP32, ensure_default_classify_models, load_split
 from distill.classify.runner import load_runner
-from distill.faults import InjectedFault, register_fault_model
+from distill.faults import FaultyRunner, InjectedFault, register_fault_model
 from distill.registry import FaultSpec, Registry
 from tests.support import TINY_RECIPE
 
@@ -98,9 +98,9 @@ def test_fault_model_wraps_a_real_model(state_dir: Path) -> None:
         load_runner(registry, failing).predict_batch(texts[:2])
     slept: list[float] = []
     slow = register_fault_model(registry, FaultSpec(wraps=STUDENT, latency_ms=250.0), "slow").ref
-    runner = load_runner(registry, slow)
-    runner._sleep = slept.append  # type: ignore[attr-defined]
-    runner.predict_batch(texts[:1])
+    loaded = load_runner(registry, slow)
+    assert isinstance(loaded, FaultyRunner)
+    FaultyRunner(loaded.manifest, loaded.inner, loaded.spec, sleep=slept.append).predict_batch(texts[:1])
     assert slept == [0.25]
 
 
