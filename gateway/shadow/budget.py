@@ -38,4 +38,5 @@ def shadow_budget(busy_share: float | None, floor: float | None, idle: float | N
     if idle is None or busy_share is None:
         return floor
     top = max(floor, min(1.0, idle))
-    return top - (top - floor) * min(1.0, max(0.0, busy_share))
+    budget = top - (top - floor) * min(1.0, max(0.0, busy_share))
+    return max(floor, budget)  # rounding must not take a busy gateway's budget below its floor
