@@ -13,7 +13,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class Settings(BaseSettings):
     """Validated at start and passed down; nothing else reads the environment.
 
-    >>> Settings(state_dir=Path("/tmp/kd"), max_batch_size=16)
+    >>> Settings(state_dir=Path("/tmp/kd"), max_batch_size=16).max_batch_size
+    16
     """
 
     # KDGATE_SHADOW_MAX_CPU=none turns an optional limit off, as null does in a YAML config file.

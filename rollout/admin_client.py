@@ -3,9 +3,10 @@
 The controller owns the split while a rollout is progressing, so it sets it with `?force=true`: the
 gateway refuses manual `traffic set` during a rollout unless forced, and the controller is not manual.
 
-Example:
-    >>> setter = GatewayAdminClient("http://gateway:8000", token)
-    >>> setter.set_weights("classify", {"classify-teacher@1": 75, "classify-student@3": 25})
+Example::
+
+    setter = GatewayAdminClient("http://gateway:8000", token)
+    setter.set_weights("classify", {"classify-teacher@1": 75, "classify-student@3": 25})
 """
 
 from __future__ import annotations

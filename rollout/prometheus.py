@@ -12,11 +12,11 @@ check, never a healthy one. A Prometheus that cannot answer (connection refused,
 `"status": "error"`, an unreadable body) raises `MetricSourceUnavailable`, which the controller records
 as "could not measure".
 
-Example:
-    >>> source = PrometheusSource("http://prometheus:9090", min_window_s=30.0)
-    >>> obs = source.observe(state)  # state: the task's RolloutState, phase progressing
-    >>> obs.compared, obs.p99_ms
-    (412.3, 87.5)
+Example::
+
+    source = PrometheusSource("http://prometheus:9090", min_window_s=30.0)
+    obs = source.observe(state)  # state: the task's RolloutState, phase progressing
+    obs.compared, obs.p99_ms     # (412.3, 87.5)
 """
 
 from __future__ import annotations

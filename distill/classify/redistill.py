@@ -6,8 +6,10 @@ forgetting), warm-start from the current student, distil (soft targets everywher
 the seed data has them), export like any student, then gate against the parent: only a candidate that
 passes is registered, with its data window and gate figures in the lineage.
 
->>> result = redistill(Registry(state_dir), RedistillRecipe(since=t0), shadow_root=f"{state_dir}/shadow")
->>> result.manifest.ref if result.gate.passed else result.gate.reasons
+Example::
+
+    result = redistill(Registry(state_dir), RedistillRecipe(since=t0), shadow_root=f"{state_dir}/shadow")
+    result.manifest.ref if result.gate.passed else result.gate.reasons
 """
 
 from __future__ import annotations

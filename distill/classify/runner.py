@@ -1,7 +1,9 @@
 """Runners: one small interface to run any registered /classify model on a batch of texts.
 
->>> runner = load_runner(Registry(state_dir), "classify-student@1", threads=1)
->>> runner.predict_batch(["what a lovely day"])       # (1, C) probabilities
+Example::
+
+    runner = load_runner(Registry(state_dir), "classify-student@1", threads=1)
+    runner.predict_batch(["what a lovely day"])       # (1, C) probabilities
 """
 
 from __future__ import annotations

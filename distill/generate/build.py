@@ -5,9 +5,11 @@ Reads top to bottom: seed prompts (train / held-out) → teacher completions and
 `budget_minutes` of wall time → held-out agreement / KL / perplexity, decode speed of student and
 teacher → saved (bf16 by default) with the teacher's tokenizer and chat template → registered.
 
->>> registry = Registry(Path(".kdgate"))
->>> ensure_default_generate_models(registry, GenerateRecipe())        # first start: ~9 min on 2 cores
->>> build_generate_student(registry, GenerateRecipe.for_budget(30), parent="generate-student@1")
+Example::
+
+    registry = Registry(Path(".kdgate"))
+    ensure_default_generate_models(registry, GenerateRecipe())        # first start: ~9 min on 2 cores
+    build_generate_student(registry, GenerateRecipe.for_budget(30), parent="generate-student@1")
 """
 
 from __future__ import annotations

@@ -12,9 +12,11 @@ the compute of a model this small).
 Threads: the caller sets `torch.set_num_threads` once (the build uses `recipe.threads`); speed is
 measured with whatever is set, and reported with it.
 
->>> student = layer_dropped_student(teacher, (0, 10, 20, 29))
->>> summary = train_kd(student, targets, seconds=300, ...)
->>> evaluate(student, heldout_targets)     # {"agreement": …, "kl": …, "perplexity": …}
+Example::
+
+    student = layer_dropped_student(teacher, (0, 10, 20, 29))
+    summary = train_kd(student, targets, seconds=300, ...)
+    evaluate(student, heldout_targets)     # {"agreement": …, "kl": …, "perplexity": …}
 """
 
 from __future__ import annotations

@@ -12,8 +12,10 @@ the first build trained on, and of the window before this one → KD warm-starte
 held-out agreement as the task proxy, the share of greedy completions that loop) → registered with
 lineage only if it passes.
 
->>> result = redistill_generate(Registry(state_dir), LMRedistillRecipe(since=t0), f"{state_dir}/shadow")
->>> result.manifest.ref if result.gate.passed else result.gate.reasons
+Example::
+
+    result = redistill_generate(Registry(state_dir), LMRedistillRecipe(since=t0), f"{state_dir}/shadow")
+    result.manifest.ref if result.gate.passed else result.gate.reasons
 """
 
 from __future__ import annotations

@@ -10,8 +10,10 @@ by the GIL, so every microsecond here is one the model or the next request does 
 errors take the same path as FastAPI's (`RequestValidationError`, mapped to a 4xx naming the field in
 app.py), and `openapi(...)` declares the body and headers, so /docs still shows them.
 
->>> body = await read_json_body(request, ClassifyRequest)
->>> key = header(request, "x-kdgate-key")
+Example (in a route)::
+
+    body = await read_json_body(request, ClassifyRequest)
+    key = header(request, "x-kdgate-key")
 """
 
 from __future__ import annotations

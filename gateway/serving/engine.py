@@ -8,9 +8,11 @@ request's asyncio queue on the event loop. The model never runs on the event loo
 Interleaving is fair but not batched: each step is one sequence's forward pass. Batched decoding of
 sequences of different lengths (padded KV caches) is the next step for throughput at high concurrency.
 
->>> engine = GenerationEngine(lm, max_active=4, max_waiting=16).start()
->>> job = engine.submit(prompt_ids, GenerationParams(max_tokens=32), loop)
->>> async for event in job.events(): ...
+Example::
+
+    engine = GenerationEngine(lm, max_active=4, max_waiting=16).start()
+    job = engine.submit(prompt_ids, GenerationParams(max_tokens=32), loop)
+    async for event in job.events(): ...
 """
 
 from __future__ import annotations

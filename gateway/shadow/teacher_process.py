@@ -12,9 +12,11 @@ needs (~0.2 s). It talks over its stdin/stdout: length-prefixed pickles, one req
 two processes of ours. It exits when its stdin closes (and ignores SIGINT and SIGTERM sent to the whole
 process group), so a gateway killed with -9 leaves no orphan and a graceful stop can still drain.
 
->>> teacher = ShadowTeacher(registry, nice=10, idle_class=True, prefer_onnx=True)
->>> logits, cpu_s = await teacher.score("classify-teacher@1", ["what a day"])   # (1, C), CPU seconds
->>> await teacher.close()
+Example::
+
+    teacher = ShadowTeacher(registry, nice=10, idle_class=True, prefer_onnx=True)
+    logits, cpu_s = await teacher.score("classify-teacher@1", ["what a day"])   # (1, C), CPU seconds
+    await teacher.close()
 """
 
 from __future__ import annotations

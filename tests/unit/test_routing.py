@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -40,10 +38,6 @@ def test_shares_converge_to_the_weights(weights: dict[str, int], salt: int) -> N
     for model, weight in weights.items():
         # ±3.5 points is > 4 standard deviations at the worst case (p = 0.5, n = 4000: σ ≈ 0.8 points).
         assert abs(100 * counts[model] / n - weight) <= 3.5, (model, counts, weights)
-
-
-def test_doctest_example_holds() -> None:
-    assert doctest.testmod(gateway.serving.routing).failed == 0
 
 
 # --- (b) stickiness -------------------------------------------------------------------------------------
