@@ -5,8 +5,10 @@ running loss, …) next to a `plan`: whatever identifies the run's batch plan. A
 checkpoint whose plan equals its own; anything else (another plan, an unreadable file) is ignored with a
 warning and the run starts from the beginning, because a wrong resume is worse than a slower one.
 
->>> save_checkpoint(path, model, optimizer, plan={"total": 120}, progress={"step": 50, "running": 0.4})
->>> load_checkpoint(path, model, optimizer, plan={"total": 120})   # {"step": 50, "running": 0.4} or None
+Example::
+
+    save_checkpoint(path, model, optimizer, plan={"total": 120}, progress={"step": 50, "running": 0.4})
+    load_checkpoint(path, model, optimizer, plan={"total": 120})   # {"step": 50, "running": 0.4} or None
 """
 
 from __future__ import annotations

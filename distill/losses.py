@@ -21,7 +21,12 @@ def kd_loss(
     term's gradient magnitude independent of T, so alpha means the same thing at any temperature.
     Without labels (e.g. shadow-log text) the loss is the soft term alone.
 
-    >>> kd_loss(s, t, y, temperature=2.0, alpha=0.9)   # s, t: (B, C) logits, y: (B,) int64
+    >>> t = torch.tensor([[2.0, 0.0, -1.0]])                # (B, C) teacher logits
+    >>> y = torch.tensor([0])                               # (B,) int64 labels
+    >>> float(kd_loss(t.clone(), t, y, temperature=2.0, alpha=1.0))  # the student matches the teacher
+    0.0
+    >>> float(kd_loss(-t, t, y, temperature=2.0, alpha=0.9)) > 0
+    True
     """
     if not 0 < temperature < math.inf:
         raise ValueError(f"temperature must be > 0, got {temperature}")

@@ -4,10 +4,12 @@ Registration is atomic: files are written into a hidden staging folder, the mani
 folder is renamed into place. A crash mid-way leaves only a staging folder, which is never listed and is
 swept on the next open.
 
->>> reg = Registry(Path(".kdgate"))
->>> with reg.stage("classify-student") as staging:
-...     (staging.path / "model.onnx").write_bytes(...)
-...     staging.commit(manifest)          # -> classify-student@<next version>
+Example::
+
+    reg = Registry(Path(".kdgate"))
+    with reg.stage("classify-student") as staging:
+        (staging.path / "model.onnx").write_bytes(...)
+        staging.commit(manifest)          # -> classify-student@<next version>
 """
 
 from __future__ import annotations

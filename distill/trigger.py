@@ -25,8 +25,11 @@ def should_redistill(
     offline_disagreement: float | None,
     config: TriggerConfig,
 ) -> Trigger:
-    """>>> should_redistill(2500, None, 0, None, TriggerConfig()).fire
-    True"""
+    """Whether to re-distil now, and why.
+
+    >>> should_redistill(2500, None, 0, None, TriggerConfig()).fire
+    True
+    """
     if new_records >= config.min_new_records:
         return Trigger(True, f"{new_records} new shadow records (≥ {config.min_new_records})")
     if (

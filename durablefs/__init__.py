@@ -7,13 +7,14 @@ rename it over the target, fsync the directory (the rename itself is only durabl
 entry is on disk). It is its own package because `gateway`, `rollout` and `distill` all write state
 and `rollout` and `distill` import neither each other nor `gateway`.
 
->>> import tempfile
+>>> import shutil, tempfile
 >>> folder = Path(tempfile.mkdtemp())
 >>> write_json(folder / "weights.json", {"classify-student@1": 5})
 >>> (folder / "weights.json").read_text()
 '{\\n  "classify-student@1": 5\\n}\\n'
 >>> sorted(p.name for p in folder.iterdir())  # no temp file left behind
 ['weights.json']
+>>> shutil.rmtree(folder)
 """
 
 from __future__ import annotations

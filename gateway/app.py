@@ -1,7 +1,9 @@
 """The FastAPI application: lifespan (load models off the loop), health, metrics, error mapping.
 
->>> app = create_app(Settings(state_dir=Path(".kdgate")))
->>> uvicorn.run(app, host="127.0.0.1", port=8000)
+Example::
+
+    app = create_app(Settings(state_dir=Path(".kdgate")))
+    uvicorn.run(app, host="127.0.0.1", port=8000)
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class Settings(BaseSettings):
     """Validated at start and passed down; nothing else reads the environment.
 
-    >>> Settings(state_dir=Path("/tmp/kd"), max_batch_size=16)
+    >>> Settings(state_dir=Path("/tmp/kd"), max_batch_size=16).max_batch_size
+    16
     """
 
     # KDGATE_SHADOW_MAX_CPU=none turns an optional limit off, as null does in a YAML config file.
@@ -58,21 +59,21 @@ class Settings(BaseSettings):
     shadow_favour_candidates: bool = True
     shadow_topk: int = Field(20, ge=1, le=256)  # teacher top-k logged per generated token
     shadow_nice: int = Field(10, ge=0, le=19)  # the shadow teacher runs below serving on the same cores
-    # /classify shadow in SCHED_IDLE too: it runs only on cores serving leaves idle. At c=8 on 2 cores
-    # served p99 rose 9-14% with it vs 35-95% with the nice value alone, for 60% vs 67-71% of requests
-    # compared (the rest are dropped and counted; loadtests/bench_shadow.py). The /generate shadow
-    # keeps the nice value only: its rollouts need comparisons while both cores decode.
+    # /classify shadow in SCHED_IDLE too: it runs only on cores serving leaves idle, so a saturated
+    # gateway pays little served p99 for it, and what the shadow cannot keep up with is dropped and
+    # counted (loadtests/bench_shadow.py measures both). The /generate shadow keeps the nice value
+    # only: its rollouts need comparisons while both cores decode.
     shadow_idle_class: bool = True
     # Cores the /classify shadow teacher may use at most, averaged over its batches (it pauses after
     # each batch for as long as the budget needs). SCHED_IDLE alone lets it run whenever a core is
     # idle for a moment, beside the serving model, and what they share (caches, memory, the host's
-    # core) still showed in served p99; the budget bounds that overlap. None: no budget.
+    # core) costs served p99; the budget bounds that overlap. None: no budget.
     shadow_max_cpu: float | None = Field(0.25, gt=0, le=64)
     # Opt-in: the budget while no request is in flight; it falls linearly to shadow_max_cpu as the
     # share of time with a request in flight rises to 1 (gateway/shadow/budget.py). A canary on a
-    # gateway that is not saturated then gathers its compared samples faster (BBC loop e2e test), but
-    # at c=8 it cost served p99 +9% against +4% for the fixed budget (bench_shadow), so it is off by
-    # default. None: always shadow_max_cpu.
+    # gateway that is not saturated then gathers its compared samples faster, but a busy gateway pays
+    # more served p99 than with the fixed budget (loadtests/bench_shadow.py), so it is off by default.
+    # None: always shadow_max_cpu.
     shadow_idle_cpu: float | None = Field(None, gt=0, le=1)
     shadow_root: str | None = None  # fsspec URL of the shadow log (default <state_dir>/shadow)
     shadow_flush_rows: int = Field(512, ge=1)  # a segment is written every N records...

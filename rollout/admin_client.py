@@ -8,10 +8,10 @@ sent (or the transport's error when unreached).
 As the controller's `WeightSetter`, `set_weights` forces the split: the gateway refuses a manual split
 during a rollout unless forced, and the controller owning the rollout is not manual.
 
-Example:
-    >>> with AdminClient("http://gateway:8000", token) as admin:
-    ...     admin.set_traffic("classify", {"classify-teacher@1": 75, "classify-student@3": 25})
-    {'task': 'classify', 'weights': {'classify-teacher@1': 75, 'classify-student@3': 25}}
+Example::
+
+    with AdminClient("http://gateway:8000", token) as admin:
+        admin.set_traffic("classify", {"classify-teacher@1": 75, "classify-student@3": 25})
 """
 
 from __future__ import annotations

@@ -6,8 +6,10 @@ evidence. The state is re-read from the store on every tick, so a restart resume
 the new state is persisted *before* weights are applied: after a crash in between, `resync()` on start
 re-asserts the persisted weights.
 
->>> controller = Controller(RolloutStore(d), AuditLog(d), source, setter)
->>> controller.tick()          # every second (local source) or five (Prometheus)
+Example::
+
+    controller = Controller(RolloutStore(d), AuditLog(d), source, setter)
+    controller.tick()          # every second (local source) or five (Prometheus)
 """
 
 from __future__ import annotations

@@ -12,11 +12,11 @@ check, never a healthy one. A Prometheus that cannot answer (connection refused,
 `"status": "error"`, an unreadable body) raises `MetricSourceUnavailable`, which the controller records
 as "could not measure".
 
-Example:
-    >>> source = PrometheusSource("http://prometheus:9090", min_window_s=30.0)
-    >>> obs = source.observe(state)  # state: the task's RolloutState, phase progressing
-    >>> obs.compared, obs.p99_ms
-    (412.3, 87.5)
+Example::
+
+    source = PrometheusSource("http://prometheus:9090", min_window_s=30.0)
+    obs = source.observe(state)  # state: the task's RolloutState, phase progressing
+    obs.compared, obs.p99_ms     # (412.3, 87.5)
 """
 
 from __future__ import annotations
@@ -69,11 +69,11 @@ def counter_increase(selector: str, window_s: int) -> str:
     window's start only because its gateway was unreachable then (stale) without restarting, or because
     Prometheus itself had no data then, is taken whole, history included — these need an outage exactly
     at the step's start. Against that, plain `increase()` loses about one interval of traffic on every
-    new series (-31% on a 7 s window in the e2e setting).
+    new series (-31% on a 7 s window).
     """
     born = f"({selector} unless {selector} offset {window_s}s)"
     # Series that existed at the window's start: the plain difference, which (unlike increase()) does not
-    # extrapolate to the window's edges (+17% on a 7 s window here, inflating the judge's n); a negative
+    # extrapolate to the window's edges (+17% on a 7 s window, inflating the judge's n); a negative
     # difference means a counter reset (gateway restart), where increase() is the right tool.
     existing = f"(({selector} - {selector} offset {window_s}s) >= 0)"
     return f"{born} or {existing} or increase({selector}[{window_s}s])"

@@ -47,7 +47,13 @@ class RolloutStore:
 
 
 class AuditLog:
-    """>>> log.append(event); log.read(task="classify", limit=20)"""
+    """Rollout events appended to one JSON-lines file, each fsynced; a torn last line is skipped.
+
+    Example::
+
+        log.append(event)
+        log.read(task="classify", limit=20)    # the task's last 20 events, oldest first
+    """
 
     def __init__(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)

@@ -4,8 +4,10 @@ Reads top to bottom: split the seed data → fine-tune the teacher → export it
 training text with the teacher (cached) → distil the student (Hinton KD) → export, check parity,
 quantize when INT8 keeps accuracy → register with lineage and offline figures.
 
->>> registry = Registry(Path(".kdgate"))
->>> ensure_default_classify_models(registry, ClassifyRecipe())   # builds only what is missing
+Example::
+
+    registry = Registry(Path(".kdgate"))
+    ensure_default_classify_models(registry, ClassifyRecipe())   # builds only what is missing
 """
 
 from __future__ import annotations

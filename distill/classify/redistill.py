@@ -6,8 +6,10 @@ forgetting), warm-start from the current student, distil (soft targets everywher
 the seed data has them), export like any student, then gate against the parent: only a candidate that
 passes is registered, with its data window and gate figures in the lineage.
 
->>> result = redistill(Registry(state_dir), RedistillRecipe(since=t0), shadow_root=f"{state_dir}/shadow")
->>> result.manifest.ref if result.gate.passed else result.gate.reasons
+Example::
+
+    result = redistill(Registry(state_dir), RedistillRecipe(since=t0), shadow_root=f"{state_dir}/shadow")
+    result.manifest.ref if result.gate.passed else result.gate.reasons
 """
 
 from __future__ import annotations
@@ -62,9 +64,9 @@ class RedistillRecipe:
     seed: int = 0
     warm_start: bool = True  # from the parent's PyTorch weights
     checkpoint_every: int = 50  # training steps between checkpoints (a killed run resumes from the last)
-    # Freezing the 30k-token embedding table (3/4 of the weights) saved a third of each step, but a
-    # shifted domain brings words the student has barely seen: frozen, a 300-record warm start lost
-    # 5-10 points of agreement in the watch e2e test. Trained by default.
+    # Freezing the 30k-token embedding table (3/4 of the weights) saves a third of each step, but a
+    # shifted domain brings words the student has barely seen, and a frozen table cannot learn them (a
+    # 300-record warm start loses 5-10 points of agreement). Trained by default.
     freeze_embeddings: bool = False
     # Rehearsal only: rotate every target to the wrong class, producing a candidate the gate must refuse.
     corrupt_targets: bool = False

@@ -1,7 +1,9 @@
 """Runners: one small interface to run any registered /classify model on a batch of texts.
 
->>> runner = load_runner(Registry(state_dir), "classify-student@1", threads=1)
->>> runner.predict_batch(["what a lovely day"])       # (1, C) probabilities
+Example::
+
+    runner = load_runner(Registry(state_dir), "classify-student@1", threads=1)
+    runner.predict_batch(["what a lovely day"])       # (1, C) probabilities
 """
 
 from __future__ import annotations
@@ -35,11 +37,11 @@ class _ClassifierRunner:
     """Shared batching: inputs longer than a chunk are cut into length-sorted chunks (less padding), order
     restored."""
 
-    # Texts per model call. On the 2-core VM this was measured on (MiniLM teacher, ONNX, 1 thread, tweets),
-    # a call's cost per text did not fall with its size — 15.2 ms alone, 14.5 in length-sorted chunks of
-    # 8, 20.3 in sorted chunks of 32, 22.5 unsorted: a bigger batch's activations leave the 1 MB L2 cache
-    # and it pads to its longest text. The micro-batcher still hands over up to max_batch_size texts at
-    # once (one thread hop, sorted across requests); they run here in chunks of 8.
+    # Texts per model call. A call's cost per text does not fall with its size (MiniLM teacher, ONNX, one
+    # thread, tweets: 15.2 ms alone, 14.5 in length-sorted chunks of 8, 20.3 in sorted chunks of 32, 22.5
+    # unsorted): a bigger batch's activations leave a 1 MB L2 cache and it pads to its longest text. The
+    # micro-batcher still hands over up to max_batch_size texts at once (one thread hop, sorted across
+    # requests); they run here in chunks of 8.
     chunk_size = 8
 
     def __init__(self, manifest: Manifest, directory: Path) -> None:

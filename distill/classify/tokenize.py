@@ -13,8 +13,10 @@ TOKENIZER_FILE = "tokenizer.json"
 class BatchTokenizer:
     """Wraps a `tokenizer.json`: truncates to `max_length` and pads each batch to its longest text.
 
-    >>> tok = BatchTokenizer.from_dir(model_dir, max_length=64)
-    >>> ids, mask = tok(["good day", "bad day"])   # int64 arrays (B, T)
+    Example::
+
+        tok = BatchTokenizer.from_dir(model_dir, max_length=64)
+        ids, mask = tok(["good day", "bad day"])   # int64 arrays (B, T)
     """
 
     def __init__(self, tokenizer: Tokenizer, max_length: int) -> None:

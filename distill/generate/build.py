@@ -5,9 +5,11 @@ Reads top to bottom: seed prompts (train / held-out) → teacher completions and
 `budget_minutes` of wall time → held-out agreement / KL / perplexity, decode speed of student and
 teacher → saved (bf16 by default) with the teacher's tokenizer and chat template → registered.
 
->>> registry = Registry(Path(".kdgate"))
->>> ensure_default_generate_models(registry, GenerateRecipe())        # first start: ~9 min on 2 cores
->>> build_generate_student(registry, GenerateRecipe.for_budget(30), parent="generate-student@1")
+Example::
+
+    registry = Registry(Path(".kdgate"))
+    ensure_default_generate_models(registry, GenerateRecipe())        # first start: ~9 min on 2 cores
+    build_generate_student(registry, GenerateRecipe.for_budget(30), parent="generate-student@1")
 """
 
 from __future__ import annotations
@@ -69,8 +71,9 @@ class GenerateRecipe:
     teacher_bf16: bool = field(default_factory=bf16_is_native)
     # held-out targets are always fp32, so the reported agreement is against the served teacher
     student_layers: tuple[int, ...] = (0, 1, 2, 3)  # teacher layers kept (embeddings/norm always);
-    # every 4-layer pick starts broken (KL 14-23), the first four train best: agreement 0.35 vs 0.33 for
-    # 0/10/20/29 after 4 min. 4 layers in bf16 decode ~5× the teacher; 5 would fall under 4×
+    # every 4-layer pick starts far from the teacher and the first four train best (evenly spread
+    # 0/10/20/29 reach lower agreement on the same budget). 4 layers in bf16 decode ~5× the teacher;
+    # 5 would fall under 4×
     freeze_embeddings: bool = True  # tied embedding/head stays the teacher's: cheaper steps, no drift
     batch_size: int = 16  # sequences per KD step (~2 s per step with bf16 autocast on 2 cores)
     lr: float = 2e-3  # AdamW peak; warm-up 5 %, cosine to 10 % over the wall-time budget. 4-min

@@ -8,9 +8,11 @@ text never appears in a training prompt. The order is a seeded permutation per s
 a fixed pattern, so the first n prompts of a split are the same for every larger n (the teacher
 targets cached for a short build are reused by a longer one).
 
->>> train = seed_prompts("train", 512, seed=0)          # list[Prompt]
->>> held_out = seed_prompts("heldout", 64, seed=0)      # disjoint from every train list
->>> train[0].messages                                    # [{"role": "user", "content": "Summarize: ..."}]
+Example::
+
+    train = seed_prompts("train", 512, seed=0)          # list[Prompt]
+    held_out = seed_prompts("heldout", 64, seed=0)      # disjoint from every train list
+    train[0].messages                                    # [{"role": "user", "content": "Summarize: ..."}]
 """
 
 from __future__ import annotations

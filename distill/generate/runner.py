@@ -3,11 +3,13 @@
 The gateway's generation scheduler drives `prefill` / `decode` itself (so it can interleave requests,
 stream tokens and stop a request whose client went away); the shadow worker calls `score`.
 
->>> lm = load_lm(registry, "generate-teacher@1")
->>> ids = lm.encode(messages=[{"role": "user", "content": "Hi"}])
->>> state, logits = lm.prefill(ids)            # logits (V,) for the first new token
->>> logits = lm.decode(state, token_id)        # one more position
->>> scores = lm.score(ids, completion_ids, k=20)
+Example::
+
+    lm = load_lm(registry, "generate-teacher@1")
+    ids = lm.encode(messages=[{"role": "user", "content": "Hi"}])
+    state, logits = lm.prefill(ids)            # logits (V,) for the first new token
+    logits = lm.decode(state, token_id)        # one more position
+    scores = lm.score(ids, completion_ids, k=20)
 """
 
 from __future__ import annotations

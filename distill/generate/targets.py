@@ -10,7 +10,9 @@ Targets are cached in shards of `shard_size` prompts under
 `<state_dir>/cache/lm_targets/<teacher ref>/<fingerprint>/`, keyed by everything that changes them, so a
 second build or a longer budget run with more prompts only generates the shards it lacks.
 
->>> targets = cached_targets(cache_root, teacher_ref, key, prompts, lambda chunk: teacher_targets(...))
+Example::
+
+    targets = cached_targets(cache_root, teacher_ref, key, prompts, lambda chunk: teacher_targets(...))
 """
 
 from __future__ import annotations

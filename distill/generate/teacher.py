@@ -5,7 +5,9 @@ that once and register `generate-teacher@1` as plain safetensors + tokenizer, wh
 under a second. The package is located with `find_spec` and never imported: its `__init__` imports
 the `llm` CLI, which we do not install.
 
->>> ensure_generate_teacher(Registry(Path(".kdgate")))     # -> Manifest of generate-teacher@1
+Example::
+
+    ensure_generate_teacher(Registry(Path(".kdgate")))     # -> Manifest of generate-teacher@1
 """
 
 from __future__ import annotations

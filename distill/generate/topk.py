@@ -5,8 +5,13 @@ and the probability mass outside them (the "tail" bucket). The KL between teache
 over k + 1 outcomes: the k ids and "anything else". Training (token-level KD) and shadow scoring use
 the same function, so the live KL and the KL the student was trained to lower are the same quantity.
 
->>> ids, logprobs, tail = topk_targets(teacher_logits, k=20)          # (B, T, k), (B, T, k), (B, T)
->>> kl = topk_kl(ids, logprobs, tail, student_logits)                # (B, T) nats
+>>> teacher_logits = torch.tensor([[[4.0, 2.0, 1.0, 0.0, -1.0]]])      # (B, T, V) = (1, 1, 5)
+>>> ids, logprobs, tail = topk_targets(teacher_logits, k=2)           # (B, T, k), (B, T, k), (B, T)
+>>> ids.tolist()
+[[[0, 1]]]
+>>> kl = topk_kl(ids, logprobs, tail, teacher_logits)                 # (B, T) nats
+>>> kl.tolist()                                                       # a student equal to the teacher
+[[0.0]]
 """
 
 from __future__ import annotations

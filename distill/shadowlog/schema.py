@@ -1,7 +1,7 @@
 """What a shadow record is: the Arrow schema, the dict the writer takes, and how it becomes Parquet.
 
 This is the data contract between the gateway (writer) and re-distillation (reader); see "Shadow log"
-in DESIGN.md. Choices, measured in the note of issue 4:
+in DESIGN.md. Choices:
 
 - ``ts`` is ``timestamp[ms, UTC]`` — readable by every Parquet tool, and reader filters push down on it.
   Records carry it as float epoch seconds (what ``time.time()`` returns).

@@ -33,12 +33,15 @@ class Segment:
     size: int
 
 
-def task_dir(root: str, task: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The fsspec filesystem and directory holding the segments of ``task`` under ``root``."""
+def task_dir(
+    root: str, task: str, fs: fsspec.AbstractFileSystem | None = None
+) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec filesystem and directory holding the segments of ``task`` under ``root``: ``fs`` when
+    given (one built with its own options), else the one fsspec resolves from ``root``'s protocol."""
     if not _TASK_RE.match(task):
         raise ValueError(f"task must match {_TASK_RE.pattern}, got {task!r}")
-    fs, path = fsspec.core.url_to_fs(root)
-    return fs, f"{path.rstrip('/')}/{task}"
+    resolved, path = fsspec.core.url_to_fs(root)
+    return fs or resolved, f"{path.rstrip('/')}/{task}"
 
 
 def list_segments(fs: fsspec.AbstractFileSystem, directory: str) -> list[Segment]:

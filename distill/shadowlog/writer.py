@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import fsspec
 import pyarrow.parquet as pq
 
 from distill.shadowlog.retention import Retention
@@ -65,7 +66,9 @@ class ShadowLogWriter:
     ``close()`` may be called from a signal handler (then return or ``sys.exit()`` from the handler; not
     ``os._exit()``). One writer per ``<root>/<task>`` directory: its start deletes leftover temp files.
     ``protect_after`` (epoch seconds, or a callable returning them) protects segments that may hold
-    records at or after that time — e.g. the window an unfinished training run still reads.
+    records at or after that time — e.g. the window an unfinished training run still reads. ``fs`` is
+    the filesystem ``root`` is on, when it needs options of its own (credentials, an endpoint); by
+    default fsspec resolves it from ``root``'s protocol.
     """
 
     def __init__(
@@ -82,6 +85,7 @@ class ShadowLogWriter:
         compression: str = "zstd",
         max_pending_rows: int | None = None,
         clock: Callable[[], float] = time.time,
+        fs: fsspec.AbstractFileSystem | None = None,
     ) -> None:
         if flush_rows < 1 or flush_seconds <= 0:
             raise ValueError("flush_rows must be >= 1 and flush_seconds > 0")
@@ -94,7 +98,7 @@ class ShadowLogWriter:
         self.max_pending_rows = max_pending_rows if max_pending_rows is not None else 20 * flush_rows
         self.counters = WriterCounters()
         self._clock = clock
-        self._fs, self._dir = task_dir(root, task)
+        self._fs, self._dir = task_dir(root, task, fs)
         self._id = uuid.uuid4().hex[:8]
         self._seq = 0
         # RLocks and the per-thread depth let close() run from a signal handler that interrupted
@@ -178,7 +182,7 @@ class ShadowLogWriter:
     def start(self) -> ShadowLogWriter:
         """Start a daemon thread calling ``maybe_flush()``, so an idle log still meets ``flush_seconds``.
         With retention on, the directory is listed here, at start-up, rather than after the first flush
-        under load (50,000 segments took 1.6 s)."""
+        under load (listing 50,000 segments costs ~1.6 s)."""
         if self._thread is None:
             if self.retention.enabled:
                 try:

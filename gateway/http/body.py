@@ -1,17 +1,18 @@
 """Reading a hot endpoint's body and headers without FastAPI's parameter machinery.
 
-Why: with the model replaced by a no-op and no network, /classify cost 600-770 µs of CPU per request on
-this 2-core VM, and a profile of it put FastAPI's dependency solving at ~20% of the time (the
-`Header(...)` parameters walked through its field-annotation checks on every request, the JSON body
-decoded by `json.loads` and then validated by pydantic in Python mode). Read here — pydantic-core
-validates the raw bytes at once, headers are dictionary lookups — the same profile counts ~440 fewer
-Python calls per request and dependency solving falls to ~4%. The serving process is bound to one core
-by the GIL, so every microsecond here is one the model or the next request does not get. Validation
+Why: for a cheap request FastAPI's dependency solving is a large share of the CPU (about a fifth of
+/classify's with a no-op model): `Header(...)` parameters go through its field-annotation checks on
+every request, and a JSON body is decoded by `json.loads` and then validated by pydantic in Python
+mode. Here pydantic-core validates the raw bytes at once and headers are dictionary lookups. The
+serving process is bound to one core by the GIL, so every microsecond here is one the model or the
+next request does not get. Validation
 errors take the same path as FastAPI's (`RequestValidationError`, mapped to a 4xx naming the field in
 app.py), and `openapi(...)` declares the body and headers, so /docs still shows them.
 
->>> body = await read_json_body(request, ClassifyRequest)
->>> key = header(request, "x-kdgate-key")
+Example (in a route)::
+
+    body = await read_json_body(request, ClassifyRequest)
+    key = header(request, "x-kdgate-key")
 """
 
 from __future__ import annotations

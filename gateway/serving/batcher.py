@@ -42,8 +42,14 @@ class _Pending:
 
 
 class MicroBatcher:
-    """>>> batcher = MicroBatcher(runner.predict_logits, max_batch=32, max_wait=0.002)
-    >>> logits = await batcher.submit(["hello"])      # (1, C)"""
+    """Gathers concurrent `submit` calls into batches of at most `max_batch` texts for `fn`, waiting at
+    most `max_wait` seconds for a batch to fill.
+
+    Example::
+
+        batcher = MicroBatcher(runner.predict_logits, max_batch=32, max_wait=0.002)
+        logits = await batcher.submit(["hello"])      # (1, C)
+    """
 
     def __init__(
         self,

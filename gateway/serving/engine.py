@@ -9,10 +9,12 @@ thread: a request's prompt is tokenized here too (`encode`), between two decode 
 Interleaving is fair but not batched: each step is one sequence's forward pass. Batched decoding of
 sequences of different lengths (padded KV caches) is the next step for throughput at high concurrency.
 
->>> engine = GenerationEngine(lm, max_active=4, max_waiting=16).start()
->>> prompt_ids = await engine.encode("Once upon a time", None, limit=1024)
->>> job = engine.submit(prompt_ids, GenerationParams(max_tokens=32), loop)
->>> async for event in job.events(): ...
+Example::
+
+    engine = GenerationEngine(lm, max_active=4, max_waiting=16).start()
+    prompt_ids = await engine.encode("Once upon a time", None, limit=1024)
+    job = engine.submit(prompt_ids, GenerationParams(max_tokens=32), loop)
+    async for event in job.events(): ...
 """
 
 from __future__ import annotations

@@ -13,27 +13,36 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 _TWO_52 = float(2**52)
 
+Digest = Callable[[bytes], bytes]
+"""A hash of bytes to 8 bytes, uniform over its range."""
 
-def unit_hash(model: str, key: str) -> float:
-    """A stable uniform number in (0, 1) for (model, key)."""
-    digest = hashlib.blake2b(f"{model}\0{key}".encode(), digest_size=8).digest()
+
+def blake2b_64(data: bytes) -> bytes:
+    """The routing digest: 64-bit BLAKE2b, stable across processes and machines (unlike `hash`)."""
+    return hashlib.blake2b(data, digest_size=8).digest()
+
+
+def unit_hash(model: str, key: str, digest: Digest = blake2b_64) -> float:
+    """A stable uniform number in (0, 1) for (model, key); inside the interval for every digest."""
+    digest_bytes = digest(f"{model}\0{key}".encode())
     # 52 bits + 0.5: the largest value, 1 - 2^-53, is still a double below 1 (53 bits would round to 1.0).
-    return ((int.from_bytes(digest, "big") >> 12) + 0.5) / _TWO_52
+    return ((int.from_bytes(digest_bytes, "big") >> 12) + 0.5) / _TWO_52
 
 
-def pick_model(weights: Mapping[str, float], key: str) -> str:
-    """The model for `key` under `weights` (non-negative, at least one positive)."""
+def pick_model(weights: Mapping[str, float], key: str, digest: Digest = blake2b_64) -> str:
+    """The model for `key` under `weights` (non-negative, at least one positive); `digest` hashes
+    (model, key) for `unit_hash`."""
     best: str | None = None
     best_score = -math.inf
     for model in sorted(weights):  # sorted: ties (practically impossible) break the same way everywhere
         weight = weights[model]
         if weight <= 0:
             continue
-        score = -weight / math.log(unit_hash(model, key))
+        score = -weight / math.log(unit_hash(model, key, digest))
         if score > best_score:
             best, best_score = model, score
     if best is None:

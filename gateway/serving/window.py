@@ -43,8 +43,13 @@ class Totals:
 
 
 class LiveWindow:
-    """>>> window.add("classify-student@1", compared=1, disagreed=0, kl_sum=0.02)
-    >>> window.totals("classify-student@1", seconds=60).compared"""
+    """Per-model totals in one-second buckets over the last `horizon_seconds`; thread-safe.
+
+    >>> window = LiveWindow(clock=lambda: 1000.0)
+    >>> window.add("classify-student@1", compared=1, disagreed=0, kl_sum=0.02)
+    >>> window.totals("classify-student@1", seconds=60).compared
+    1.0
+    """
 
     def __init__(self, horizon_seconds: float = 600.0, clock: Callable[[], float] = time.time) -> None:
         self.horizon = horizon_seconds

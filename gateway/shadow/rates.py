@@ -7,10 +7,11 @@ teacher) an operator turns shadowing down without a restart, and turns it up aga
 needs its samples sooner. The bench uses it too: shadow at 0% and 100% alternate in one gateway process,
 so the cost of shadowing is not lost in the difference between two processes (loadtests/bench_shadow.py).
 
->>> rates = ShadowRates(state_dir / "shadow_rates.json", settings)
->>> rates.update({"classify-student@1": 0.25})
->>> rates.rate("classify-student@1")
-0.25
+Example::
+
+    rates = ShadowRates(state_dir / "shadow_rates.json", settings)
+    rates.update({"classify-student@1": 0.25})
+    rates.rate("classify-student@1")     # 0.25, also after a restart
 """
 
 from __future__ import annotations

@@ -99,10 +99,9 @@ def test_fault_model_wraps_a_real_model(state_dir: Path) -> None:
         load_runner(registry, failing).predict_batch(texts[:2])
     slept: list[float] = []
     slow = register_fault_model(registry, FaultSpec(wraps=STUDENT, latency_ms=250.0), "slow").ref
-    manifest = registry.get(slow)
-    assert manifest.fault is not None
-    runner = FaultyRunner(manifest, load_runner(registry, STUDENT), manifest.fault, sleep=slept.append)
-    runner.predict_batch(texts[:1])
+    loaded = load_runner(registry, slow)
+    assert isinstance(loaded, FaultyRunner)
+    FaultyRunner(loaded.manifest, loaded.inner, loaded.spec, sleep=slept.append).predict_batch(texts[:1])
     assert slept == [0.25]
 
 

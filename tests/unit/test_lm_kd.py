@@ -112,9 +112,7 @@ class Killed(Exception):
     """Stands in for a kill -9 between two steps."""
 
 
-def test_a_step_bound_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_step_bound_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path: Path) -> None:
     torch.set_num_threads(1)
     data = random_targets(6, n=20)  # 5 batches per epoch: 12 steps cross two epoch boundaries
     args = dict(seconds=600, max_steps=12, batch_size=4, lr=3e-3, temperature=1.0, alpha=0.5)
@@ -122,24 +120,16 @@ def test_a_step_bound_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(
     reference = tiny_llama(8)
     train_kd(reference, data, **args)
 
-    import distill.generate.kd as lm_kd
-
-    real_make_batch, calls = lm_kd.make_batch, []
-
-    def dies_at_step_8(*a: object, **k: object) -> object:
-        calls.append(1)
-        if len(calls) == 8:
+    def dies_after_step_7(step: int) -> None:
+        if step == 7:
             raise Killed
-        return real_make_batch(*a, **k)  # type: ignore[arg-type]
 
-    checkpoint = tmp_path / "run.pt"
-    monkeypatch.setattr(lm_kd, "make_batch", dies_at_step_8)
+    args |= dict(checkpoint=tmp_path / "run.pt", checkpoint_every=3)
     with pytest.raises(Killed):
-        train_kd(tiny_llama(8), data, checkpoint=checkpoint, checkpoint_every=3, **args)
-    monkeypatch.setattr(lm_kd, "make_batch", real_make_batch)
+        train_kd(tiny_llama(8), data, **args, on_step=dies_after_step_7)
 
     resumed = tiny_llama(8)  # the parent again, as a rerun loads it
-    summary = train_kd(resumed, data, checkpoint=checkpoint, checkpoint_every=3, **args)
+    summary = train_kd(resumed, data, **args)
     assert summary["resumed_from_step"] == 6 and summary["steps"] == 12
     for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), name

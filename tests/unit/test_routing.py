@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
-from types import SimpleNamespace
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -41,10 +38,6 @@ def test_shares_converge_to_the_weights(weights: dict[str, int], salt: int) -> N
     for model, weight in weights.items():
         # ±3.5 points is > 4 standard deviations at the worst case (p = 0.5, n = 4000: σ ≈ 0.8 points).
         assert abs(100 * counts[model] / n - weight) <= 3.5, (model, counts, weights)
-
-
-def test_doctest_example_holds() -> None:
-    assert doctest.testmod(gateway.serving.routing).failed == 0
 
 
 # --- (b) stickiness -------------------------------------------------------------------------------------
@@ -142,20 +135,17 @@ def test_no_positive_weight_raises(weights: dict[str, float]) -> None:
 # --- the hash's range ----------------------------------------------------------------------------------
 
 
-class _FixedDigest:
-    def __init__(self, digest: bytes) -> None:
-        self._digest = digest
+def test_largest_and_smallest_digests_still_route() -> None:
+    def largest(data: bytes) -> bytes:
+        return b"\xff" * 8
 
-    def digest(self) -> bytes:
-        return self._digest
+    def smallest(data: bytes) -> bytes:
+        return b"\x00" * 8
 
-
-def test_largest_digest_still_routes(monkeypatch: pytest.MonkeyPatch) -> None:
-    def blake2b(data: bytes, digest_size: int) -> _FixedDigest:
-        return _FixedDigest(b"\xff" * digest_size)  # the largest 64-bit digest
-
-    monkeypatch.setattr(gateway.serving.routing, "hashlib", SimpleNamespace(blake2b=blake2b))
-    assert pick_model({"a@1": 1}, "k") == "a@1"
+    assert pick_model({"a@1": 1}, "k", digest=largest) == "a@1"
+    assert pick_model({"a@1": 1}, "k", digest=smallest) == "a@1"
+    assert 0.0 < gateway.serving.routing.unit_hash("a@1", "k", smallest) < 0.5
+    assert 0.5 < gateway.serving.routing.unit_hash("a@1", "k", largest) < 1.0
 
 
 def test_unit_hash_is_stable_inside_the_unit_interval_and_roughly_uniform() -> None:

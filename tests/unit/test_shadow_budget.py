@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import time
 
 import numpy as np
@@ -12,6 +13,14 @@ from hypothesis import strategies as st
 from gateway.serving.inflight import InFlight
 from gateway.shadow.budget import pause_for_budget, shadow_budget
 from gateway.shadow.teacher_process import cpu_timed
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 @given(st.floats(0.0, 10.0, allow_subnormal=False), st.floats(0.01, 0.99))
@@ -27,17 +36,22 @@ def test_no_budget_or_a_whole_core_never_pauses(budget: float | None) -> None:
     assert pause_for_budget(0.5, budget) == 0.0
 
 
-def test_cpu_time_counts_computing_not_waiting() -> None:
-    def spin_then_sleep(texts: list[str]) -> np.ndarray:
-        until = time.thread_time() + 0.05
-        while time.thread_time() < until:
-            pass
-        time.sleep(0.2)  # waiting costs no budget
+def test_cpu_time_counts_what_the_cpu_clock_advanced_during_the_call() -> None:
+    cpu = _Clock()
+
+    def compute_then_wait(texts: list[str]) -> np.ndarray:
+        cpu.now += 0.05  # computing advances the CPU clock; a wait after it would not
         return np.zeros((len(texts), 3))
 
-    logits, cpu = cpu_timed(spin_then_sleep, ["a", "b"])
+    cpu.now = 7.0
+    logits, spent = cpu_timed(compute_then_wait, ["a", "b"], cpu_clock=cpu)
     assert logits.shape == (2, 3)
-    assert 0.05 <= cpu < 0.15
+    assert spent == pytest.approx(0.05)
+
+
+def test_the_default_cpu_clock_is_the_process_cpu_time_not_the_wall_clock() -> None:
+    # Every thread of the worker process (the tokenizer's pool too) counts; sleeping does not.
+    assert inspect.signature(cpu_timed).parameters["cpu_clock"].default is time.process_time
 
 
 @given(st.floats(0.0, 1.0), st.floats(0.01, 1.0), st.floats(0.01, 1.0))
@@ -65,14 +79,6 @@ def test_no_floor_no_budget_and_no_idle_budget_or_measurement_the_floor() -> Non
     assert shadow_budget(0.0, None, 1.0) is None
     assert shadow_budget(0.0, 0.25, None) == 0.25
     assert shadow_budget(None, 0.25, 1.0) == 0.25
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_busy_share_counts_time_with_any_request_in_flight_once() -> None:

@@ -13,6 +13,7 @@ import fsspec
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from fsspec.implementations.memory import MemoryFileSystem
 
 from distill.shadowlog.reader import read_shadow, shadow_stats
 from distill.shadowlog.schema import SCHEMA_VERSION, SHADOW_SCHEMA
@@ -287,20 +288,25 @@ def test_concurrent_appends_lose_nothing(mem_root: str) -> None:
     assert len(ids) == 4000 and set(ids) == {f"r{i}" for i in range(4000)}
 
 
-def test_failed_write_is_retried_without_loss_or_duplicates(
-    mem_root: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    w = ShadowLogWriter(mem_root, "classify", flush_rows=5)
-    real_mv = w._fs.mv
-    failures = [1]
+class FailingRenames(MemoryFileSystem):
+    """The in-memory store (the same files as ``memory://``) whose next ``failures`` renames fail, as an
+    unreachable object store's do."""
 
-    def flaky_mv(src: str, dst: str) -> None:
-        if failures[0]:
-            failures[0] -= 1
+    cachable = False  # fsspec would hand every test the first instance, with its count spent
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    def mv(self, path1: str, path2: str, *args: Any, **kwargs: Any) -> None:
+        if self.failures:
+            self.failures -= 1
             raise OSError("storage unavailable")
-        real_mv(src, dst)
+        super().mv(path1, path2, *args, **kwargs)
 
-    monkeypatch.setattr(w._fs, "mv", flaky_mv)
+
+def test_failed_write_is_retried_without_loss_or_duplicates(mem_root: str) -> None:
+    w = ShadowLogWriter(mem_root, "classify", flush_rows=5, fs=FailingRenames(failures=1))
     for i in range(7):
         w.append(record(i))  # the 5th append's flush fails: logged and counted, not raised
     assert w.counters.flush_errors == 1 and segments(mem_root) == []
