@@ -79,6 +79,60 @@ def guess_kind(source: Path) -> Kind:
             architectures = json.loads(config.read_text()).get("architectures") or []
         except ValueError as exc:
             raise ImportRefused(f"{config} is not valid JSON", "save the model again") from exc
-        if any(str(a).endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
+        if kind_of(architectures) is Kind.GENERATE:
             return Kind.GENERATE
     return Kind.CLASSIFY
+
+
+def kind_of(architectures: list[str]) -> Kind | None:
+    """What a Hugging Face config's architectures can serve: a sequence-classification head classifies,
+    a language-model head generates; None when there is neither (a bare encoder, say)."""
+    if any(str(a).endswith("ForSequenceClassification") for a in architectures):
+        return Kind.CLASSIFY
+    if any(str(a).endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
+        return Kind.GENERATE
+    return None
+
+
+def hf_config(source: Path, kind: Kind) -> Any:
+    """The folder's transformers config, refused unless it is a model of `kind` (one line each: no
+    config, an architecture transformers does not know, the other kind, no head)."""
+    from transformers import AutoConfig
+
+    loader = "AutoModelForSequenceClassification" if kind is Kind.CLASSIFY else "AutoModelForCausalLM"
+    if not (source / "config.json").exists():
+        raise ImportRefused(f"no config.json in {source}", "pass a folder written by save_pretrained")
+    try:
+        config = AutoConfig.from_pretrained(source, local_files_only=True)
+    except (ValueError, OSError, KeyError) as exc:
+        raise ImportRefused(
+            f"unknown architecture in {source / 'config.json'} ({one_line(exc)})",
+            f"import a model transformers' {loader} can load",
+        ) from exc
+    architectures = list(config.architectures or [])
+    found = kind_of(architectures)
+    if found is not None and found is not kind:
+        what = "a causal language model" if found is Kind.GENERATE else "a sequence classifier"
+        raise ImportRefused(
+            f"{source} is {what} ({architectures[0]}), not a {kind} model",
+            f"import it into a {found} task (--kind {found})",
+        )
+    if found is None:
+        head = "sequence-classification" if kind is Kind.CLASSIFY else "language-model"
+        raise ImportRefused(
+            f"{source} has no {head} head (architectures: {architectures or 'none'})",
+            f"save a model loaded with {loader} (save_pretrained)",
+        )
+    return config
+
+
+def require_file(folder: Path, name: str) -> Path:
+    """`folder/name`, refused as a missing tokenizer when absent (the one file every import needs
+    beside the weights)."""
+    path = folder / name
+    if not path.exists():
+        raise ImportRefused(
+            f"missing tokenizer: no {name} in {folder}",
+            "save the model's fast tokenizer beside it (tokenizer.save_pretrained(folder))",
+        )
+    return path

@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
-from transformers import AutoConfig, AutoModelForSequenceClassification
+from transformers import AutoModelForSequenceClassification
 
 from distill.classify.export import check_parity, export_onnx, onnx_logits, torch_logits
 from distill.classify.runner import OnnxClassifierRunner
 from distill.classify.tokenize import TOKENIZER_FILE, BatchTokenizer
-from distill.importing import ImportRefused, default_name, one_line, provenance
+from distill.importing import ImportRefused, Kind, default_name, hf_config, one_line, provenance, require_file
 from distill.registry import Lineage, Manifest, Registry, Role
 
 ONNX_FILE = "model.onnx"
@@ -111,12 +111,7 @@ def measure(manifest: Manifest, directory: Path) -> dict[str, float]:
 
 
 def _tokenizer(folder: Path, max_length: int) -> BatchTokenizer:
-    path = folder / TOKENIZER_FILE
-    if not path.exists():
-        raise ImportRefused(
-            f"missing tokenizer: no {TOKENIZER_FILE} in {folder}",
-            "save the model's fast tokenizer beside it (tokenizer.save_pretrained(folder))",
-        )
+    path = require_file(folder, TOKENIZER_FILE)
     try:
         return BatchTokenizer.from_dir(folder, max_length)
     except Exception as exc:  # the tokenizers library raises its own Exception type on a bad file
@@ -128,27 +123,7 @@ def _export_hf_folder(
 ) -> tuple[list[str], int, dict[str, float]]:
     """Loads the folder's classifier, exports it to ONNX in `staging`, checks parity; returns its
     labels, the max length it takes and the parity figures."""
-    if not (source / "config.json").exists():
-        raise ImportRefused(f"no config.json in {source}", "pass a folder written by save_pretrained")
-    try:
-        config = AutoConfig.from_pretrained(source, local_files_only=True)
-    except (ValueError, OSError, KeyError) as exc:
-        raise ImportRefused(
-            f"unknown architecture in {source / 'config.json'} ({one_line(exc)})",
-            "import a model transformers' AutoModelForSequenceClassification can load, or its ONNX export",
-        ) from exc
-    architectures = list(config.architectures or [])
-    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
-        raise ImportRefused(
-            f"{source} is a causal language model ({architectures[0]}), not a classifier",
-            "import it into a generate task (--kind generate)",
-        )
-    if not any(a.endswith("ForSequenceClassification") for a in architectures):
-        raise ImportRefused(
-            f"{source} has no sequence-classification head (architectures: {architectures or 'none'})",
-            "fine-tune it with AutoModelForSequenceClassification and save_pretrained it, "
-            "or import its ONNX export with --labels",
-        )
+    config = hf_config(source, Kind.CLASSIFY)
     head = [str(config.id2label[i]) for i in range(config.num_labels)]
     if labels is not None and len(labels) != len(head):
         raise ImportRefused(

@@ -22,7 +22,7 @@ from transformers import AutoConfig, AutoTokenizer
 
 from distill.generate.runner import open_lm
 from distill.generate.teacher import convert_gguf
-from distill.importing import ImportRefused, default_name, one_line, provenance
+from distill.importing import ImportRefused, Kind, default_name, hf_config, one_line, provenance, require_file
 from distill.registry import Lineage, Manifest, Registry, Role
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -102,31 +102,8 @@ def measure(manifest: Manifest, directory: Path) -> dict[str, float]:
 
 
 def _check_hf_folder(source: Path) -> None:
-    if not (source / "config.json").exists():
-        raise ImportRefused(f"no config.json in {source}", "pass a folder written by save_pretrained")
-    try:
-        config = AutoConfig.from_pretrained(source, local_files_only=True)
-    except (ValueError, OSError, KeyError) as exc:
-        raise ImportRefused(
-            f"unknown architecture in {source / 'config.json'} ({one_line(exc)})",
-            "import a model transformers' AutoModelForCausalLM can load",
-        ) from exc
-    architectures = list(config.architectures or [])
-    if any(a.endswith("ForSequenceClassification") for a in architectures):
-        raise ImportRefused(
-            f"{source} is a sequence classifier ({architectures[0]}), not a causal language model",
-            "import it into a classify task (--kind classify)",
-        )
-    if not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
-        raise ImportRefused(
-            f"{source} has no language-model head (architectures: {architectures or 'none'})",
-            "import a model saved from AutoModelForCausalLM",
-        )
-    if not (source / TOKENIZER_FILE).exists():
-        raise ImportRefused(
-            f"missing tokenizer: no {TOKENIZER_FILE} in {source}",
-            "save the model's fast tokenizer beside it (tokenizer.save_pretrained(folder))",
-        )
+    hf_config(source, Kind.GENERATE)
+    require_file(source, TOKENIZER_FILE)
     if not any(source.glob("*.safetensors")):
         raise ImportRefused(
             f"no safetensors weights in {source}", "save the model with save_pretrained (safetensors)"
