@@ -1,10 +1,11 @@
 """Re-distil the /classify student from the shadow log: new traffic → new student → gate → registry.
 
-Reads top to bottom: take the shadow window (teacher logits on real traffic), hold out its most recent
-slice for the gate, mix in a replay share of the seed data and of older shadow records (against
-forgetting), warm-start from the current student, distil (soft targets everywhere, hard labels where
-the seed data has them), export like any student, then gate against the parent: only a candidate that
-passes is registered, with its data window and gate figures in the lineage.
+The run skeleton is `distill.runs`; this module supplies what /classify does differently: the window is
+the teacher's logits on real traffic (deduplicated by text), its most recent slice is held out for the
+gate, replay mixes in a share of the seed data and of older shadow records (against forgetting), the
+trainer distils warm-started from the current student (soft targets everywhere, hard labels where the
+seed data has them), and the candidate is exported like any student and gated on the recent hold-out
+and the seed test split.
 
 Example::
 
@@ -14,34 +15,29 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from distill.classify.build import STUDENT_NAME, ClassifyRecipe, Log, _stderr, load_split, teacher_soft_labels
+from distill.classify.build import STUDENT_NAME, ClassifyRecipe, load_split, teacher_soft_labels
 from distill.classify.evaluate import accuracy, compare_to_teacher
 from distill.classify.io import load_classifier
+from distill.classify.model import EncoderClassifier
 from distill.classify.runner import load_runner
-from distill.classify.student_export import export_student, student_manifest
+from distill.classify.student_export import ExportedStudent, export_student, student_manifest
 from distill.classify.tokenize import BatchTokenizer
-from distill.corpora import LabelledTexts
-from distill.gate import Figures, GateConfig, GateResult, gate
+from distill.corpora import LabelledTexts, Split
+from distill.gate import Figures, GateConfig
 from distill.losses import kd_loss
-from distill.registry import Lineage, Manifest, Registry
+from distill.registry import Manifest
+from distill.runs import Passed, RunContext, redistill_run
 from distill.shadowlog.reader import read_shadow
 from distill.trainer import train
-from durablefs import write_json
-
-RUNS_FILE = "runs.jsonl"
-PIN_MAX_AGE_S = 86400.0
 
 
 @dataclass(frozen=True)
@@ -74,19 +70,36 @@ class RedistillRecipe:
 
 
 @dataclass(frozen=True)
-class RedistillResult:
-    gate: GateResult
-    manifest: Manifest | None  # None when the gate refused the candidate
-    data: dict[str, object]
-    seconds: float
-    training: dict[str, float]  # the trainer's summary: steps, final loss, step it resumed from
-
-
-@dataclass(frozen=True)
 class TrainingSet:
     texts: list[str]
     teacher_logits: np.ndarray  # (N, C)
     labels: np.ndarray  # (N,), -1 where there is no label
+
+
+@dataclass(frozen=True)
+class ShadowWindow:
+    texts: list[str]  # unique input texts
+    logits: np.ndarray  # (N, C) the teacher's
+    stamps: list[float]  # epoch seconds of each text's last record
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+@dataclass(frozen=True)
+class Targets:
+    train: TrainingSet  # window (older part), old shadow and seed replay
+    hold_texts: list[str]  # the window's newest slice: the gate's recent traffic
+    hold_teacher: np.ndarray  # (H, C)
+    split: Split  # the seed data: replay, and its test split for the accuracy gate
+    tokenizer: BatchTokenizer  # the parent's
+
+
+@dataclass(frozen=True)
+class Candidate:
+    exported: ExportedStudent
+    folder: Path
+    test_texts: LabelledTexts
 
 
 def window_records(
@@ -115,226 +128,156 @@ def _sample(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
     return rng.permutation(n)[: min(n, k)]
 
 
-def redistill(
-    registry: Registry,
-    recipe: RedistillRecipe,
-    shadow_root: str,
-    parent_ref: str | None = None,
-    log: Log = _stderr,
-) -> RedistillResult:
-    started = time.monotonic()
-    torch.set_num_threads(recipe.threads)
-    rng = np.random.default_rng(recipe.seed)
-    parent = registry.get(parent_ref) if parent_ref else registry.latest(STUDENT_NAME)
-    if parent is None or parent.lineage.teacher is None:
-        raise ValueError("no student with a teacher to re-distil from; build one first (kdgate distill)")
-    teacher = registry.get(parent.lineage.teacher)
-    run = InterruptibleRun.open(registry, parent, recipe)  # an interrupted identical run: same window
-    until = run.until
+class ClassifyRun:
+    """/classify's part of a re-distillation run (`distill.runs.RunTask`)."""
 
-    # 1. The window, its newest slice held out for the gate.
-    texts, logits, stamps = window_records(shadow_root, teacher.ref, recipe.since, until)
-    if len(texts) < 20:
-        run.finish()  # nothing to resume: the next run takes a fresh window
-        raise ValueError(f"only {len(texts)} usable shadow records in the window; need at least 20")
-    order = np.argsort(stamps, kind="stable")
-    n_hold = max(1, int(len(texts) * recipe.holdout_fraction))
-    train_idx, hold_idx = order[:-n_hold], order[-n_hold:]
-    hold_texts, hold_teacher = [texts[i] for i in hold_idx], logits[hold_idx]
+    name = "classify"
+    student = STUDENT_NAME
+    recipe_name = "redistill-from-shadow"
+    seed_recipe_type = ClassifyRecipe
+    min_records = 20
+    records = "shadow records"
+    no_parent = "no student with a teacher to re-distil from; build one first (kdgate distill)"
 
-    # 2. Replay: older shadow records and labelled seed data.
-    old_texts, old_logits, _ = (
-        window_records(shadow_root, teacher.ref, None, recipe.since)
-        if recipe.since is not None
-        else ([], np.zeros((0, logits.shape[1])), [])
-    )
-    old_pick = _sample(len(old_texts), math.ceil(recipe.old_shadow_replay * len(train_idx)), rng)
-    seed_recipe = _seed_recipe(parent)
-    split = load_split(seed_recipe)
-    seed_pick = _sample(len(split.train.texts), math.ceil(recipe.seed_replay * len(train_idx)), rng)
-    seed_part: LabelledTexts = split.train.take(sorted(seed_pick.tolist()))
-    seed_logits = teacher_soft_labels(registry, teacher, seed_part, log) if seed_part.texts else logits[:0]
+    def window(self, run: RunContext[RedistillRecipe], since: float | None, until: float) -> ShadowWindow:
+        return ShadowWindow(*window_records(run.shadow_root, run.teacher.ref, since, until))
 
-    data = TrainingSet(
-        texts=[texts[i] for i in train_idx] + [old_texts[i] for i in old_pick] + seed_part.texts,
-        teacher_logits=np.concatenate(
-            [logits[train_idx], old_logits[old_pick].reshape(-1, logits.shape[1]), seed_logits]
-        ).astype(np.float32),
-        labels=np.asarray([-1] * (len(train_idx) + len(old_pick)) + seed_part.labels, dtype=np.int64),
-    )
-    if recipe.corrupt_targets:  # every target names the wrong class: a candidate the gate must refuse
-        n_classes = data.teacher_logits.shape[1]
-        data = replace(
-            data,
-            teacher_logits=np.roll(data.teacher_logits, 1, axis=1),
-            labels=np.where(data.labels >= 0, (data.labels + 1) % n_classes, data.labels),
+    def targets(
+        self, run: RunContext[RedistillRecipe], window: ShadowWindow
+    ) -> tuple[Targets, dict[str, int]]:
+        recipe, texts, logits = run.recipe, window.texts, window.logits
+        rng = np.random.default_rng(recipe.seed)
+        order = np.argsort(window.stamps, kind="stable")
+        n_hold = max(1, int(len(texts) * recipe.holdout_fraction))
+        train_idx, hold_idx = order[:-n_hold], order[-n_hold:]
+
+        # Replay: older shadow records and labelled seed data.
+        old_texts, old_logits, _ = (
+            window_records(run.shadow_root, run.teacher.ref, None, recipe.since)
+            if recipe.since is not None
+            else ([], np.zeros((0, logits.shape[1])), [])
         )
-    window: dict[str, object] = {
-        "since": recipe.since,
-        "until": until,
-        "first_ts": float(min(stamps)),
-        "last_ts": float(max(stamps)),
-        "counts": {
+        old_pick = _sample(len(old_texts), math.ceil(recipe.old_shadow_replay * len(train_idx)), rng)
+        split = load_split(run.seed_recipe)
+        seed_pick = _sample(len(split.train.texts), math.ceil(recipe.seed_replay * len(train_idx)), rng)
+        seed_part: LabelledTexts = split.train.take(sorted(seed_pick.tolist()))
+        seed_logits = (
+            teacher_soft_labels(run.registry, run.teacher, seed_part, run.log)
+            if seed_part.texts
+            else logits[:0]
+        )
+        data = TrainingSet(
+            texts=[texts[i] for i in train_idx] + [old_texts[i] for i in old_pick] + seed_part.texts,
+            teacher_logits=np.concatenate(
+                [logits[train_idx], old_logits[old_pick].reshape(-1, logits.shape[1]), seed_logits]
+            ).astype(np.float32),
+            labels=np.asarray([-1] * (len(train_idx) + len(old_pick)) + seed_part.labels, dtype=np.int64),
+        )
+        if recipe.corrupt_targets:  # every target names the wrong class: a candidate the gate must refuse
+            n_classes = data.teacher_logits.shape[1]
+            data = replace(
+                data,
+                teacher_logits=np.roll(data.teacher_logits, 1, axis=1),
+                labels=np.where(data.labels >= 0, (data.labels + 1) % n_classes, data.labels),
+            )
+        counts = {
             "shadow_window": len(train_idx),
             "holdout": n_hold,
             "old_shadow": len(old_pick),
             "seed": len(seed_part.texts),
-        },
-    }
-    log(f"re-distilling {parent.ref}: {window['counts']}")
+        }
+        tokenizer = BatchTokenizer.from_dir(run.registry.path(run.parent.ref), run.parent.max_length)
+        return Targets(data, [texts[i] for i in hold_idx], logits[hold_idx], split, tokenizer), counts
 
-    # 3. Distil, warm-started from the parent.
-    tokenizer = BatchTokenizer.from_dir(registry.path(parent.ref), parent.max_length)
-    model = load_classifier(registry.path(parent.ref))
-    if not recipe.warm_start:
-        torch.manual_seed(recipe.seed)  # a resumed run must draw the same frozen tensors: not checkpointed
-        model = type(model)(model.encoder.config, model.head.out_features)
-    if recipe.freeze_embeddings:
-        model.encoder.embeddings.word_embeddings.weight.requires_grad_(False)
-    soft = torch.from_numpy(data.teacher_logits)
-    labels = torch.from_numpy(data.labels)
+    def train(
+        self, run: RunContext[RedistillRecipe], targets: Targets, checkpoint: Path
+    ) -> tuple[EncoderClassifier, dict[str, float]]:
+        recipe, data = run.recipe, targets.train
+        model = load_classifier(run.registry.path(run.parent.ref))
+        if not recipe.warm_start:
+            torch.manual_seed(
+                recipe.seed
+            )  # a resumed run must draw the same frozen tensors: not checkpointed
+            model = type(model)(model.encoder.config, model.head.out_features)
+        if recipe.freeze_embeddings:
+            model.encoder.embeddings.word_embeddings.weight.requires_grad_(False)
+        soft = torch.from_numpy(data.teacher_logits)
+        labels = torch.from_numpy(data.labels)
 
-    def loss_fn(student_logits: torch.Tensor, batch: np.ndarray) -> torch.Tensor:
-        loss = kd_loss(student_logits, soft[batch], None, recipe.temperature, 1.0)
-        labelled = labels[batch] >= 0
-        if recipe.alpha < 1.0 and bool(labelled.any()):
-            hard = F.cross_entropy(student_logits[labelled], labels[batch][labelled])
-            loss = recipe.alpha * loss + (1.0 - recipe.alpha) * hard
-        return loss
+        def loss_fn(student_logits: torch.Tensor, batch: np.ndarray) -> torch.Tensor:
+            loss = kd_loss(student_logits, soft[batch], None, recipe.temperature, 1.0)
+            labelled = labels[batch] >= 0
+            if recipe.alpha < 1.0 and bool(labelled.any()):
+                hard = F.cross_entropy(student_logits[labelled], labels[batch][labelled])
+                loss = recipe.alpha * loss + (1.0 - recipe.alpha) * hard
+            return loss
 
-    steps_per_epoch = math.ceil(len(data.texts) / recipe.batch_size)
-    training = train(
-        model,
-        data.texts,
-        tokenizer,
-        loss_fn,
-        epochs=max(recipe.epochs, math.ceil(recipe.min_steps / steps_per_epoch)),
-        batch_size=recipe.batch_size,
-        lr=recipe.lr,
-        head_lr=recipe.head_lr,
-        seed=recipe.seed,
-        desc=f"{STUDENT_NAME}: re-distil",
-        checkpoint=run.checkpoint,
-        checkpoint_every=recipe.checkpoint_every,
-    )
-
-    # 4. Export like any student, then gate against the parent on the same data.
-    parent_runner = load_runner(registry, parent.ref, threads=recipe.threads)
-    parent_figures = _figures(
-        parent_runner.predict_logits(hold_texts),
-        hold_teacher,
-        parent_runner.predict_logits(split.test.texts),
-        split.test.labels,
-    )
-    with registry.stage(STUDENT_NAME) as staging:
-        exported = export_student(
+        steps_per_epoch = math.ceil(len(data.texts) / recipe.batch_size)
+        summary = train(
             model,
-            staging.path,
-            tokenizer,
-            split.test.texts,
-            split.test.labels,
-            seed_recipe.int8_max_accuracy_drop,
+            data.texts,
+            targets.tokenizer,
+            loss_fn,
+            epochs=max(recipe.epochs, math.ceil(recipe.min_steps / steps_per_epoch)),
+            batch_size=recipe.batch_size,
+            lr=recipe.lr,
+            head_lr=recipe.head_lr,
+            seed=recipe.seed,
+            desc=f"{STUDENT_NAME}: re-distil",
+            checkpoint=checkpoint,
+            checkpoint_every=recipe.checkpoint_every,
         )
-        candidate_hold = exported.logits_of(staging.path, tokenizer, hold_texts)
-        figures = _figures(candidate_hold, hold_teacher, exported.test_logits, split.test.labels)
-        verdict = gate(figures, parent_figures, recipe.gate)
-        manifest = None
-        if verdict.passed:
-            teacher_test = teacher_soft_labels(registry, teacher, split.test, log)
-            seed_compare = compare_to_teacher(teacher_test, exported.test_logits)
-            metrics = {
-                "test_accuracy": figures.seed_accuracy,
-                # The rollout judge compares live disagreement with this: take it on recent traffic.
-                "agreement": figures.recent_agreement,
-                "disagreement": 1.0 - figures.recent_agreement,
-                "mean_kl": figures.recent_kl,
-                "seed_test_agreement": seed_compare["agreement"],
-                "seed_test_mean_kl": seed_compare["mean_kl"],
-                **exported.metrics,
-                "gate": verdict.to_dict(),
-                "train_seconds": round(time.monotonic() - started, 1),
-            }
-            manifest = staging.commit(
-                student_manifest(
-                    registry,
-                    exported,
-                    parent,
-                    Lineage(
-                        teacher=teacher.ref,
-                        parent=parent.ref,
-                        data={"source": "shadow", "window": window, "seed_source": seed_recipe.dataset},
-                        recipe={
-                            "name": "redistill-from-shadow",
-                            **asdict(recipe),
-                            "seed_recipe": asdict(seed_recipe),
-                        },
-                        seed=recipe.seed,
-                    ),
-                    metrics,
-                )
-            )
-    result = RedistillResult(verdict, manifest, window, round(time.monotonic() - started, 1), training)
-    record_run(registry, "classify", parent, manifest, verdict, window, result.seconds, asdict(recipe))
-    run.finish()
-    log(
-        f"registered {manifest.ref}"
-        if manifest
-        else f"gate refused the candidate: {'; '.join(verdict.reasons)}"
-    )
-    return result
+        return model, summary
+
+    def parent_figures(self, run: RunContext[RedistillRecipe], targets: Targets) -> Figures:
+        parent = load_runner(run.registry, run.parent.ref, threads=run.recipe.threads)
+        test = targets.split.test
+        return _figures(
+            parent.predict_logits(targets.hold_texts),
+            targets.hold_teacher,
+            parent.predict_logits(test.texts),
+            test.labels,
+        )
+
+    def candidate(
+        self, run: RunContext[RedistillRecipe], student: EncoderClassifier, targets: Targets, folder: Path
+    ) -> tuple[Candidate, Figures]:
+        tokenizer, test = targets.tokenizer, targets.split.test
+        exported = export_student(
+            student, folder, tokenizer, test.texts, test.labels, run.seed_recipe.int8_max_accuracy_drop
+        )
+        candidate_hold = exported.logits_of(folder, tokenizer, targets.hold_texts)
+        figures = _figures(candidate_hold, targets.hold_teacher, exported.test_logits, test.labels)
+        return Candidate(exported, folder, test), figures
+
+    def lineage_data(self, run: RunContext[RedistillRecipe]) -> dict[str, object]:
+        return {"seed_source": run.seed_recipe.dataset}
+
+    def manifest(self, run: RunContext[RedistillRecipe], candidate: Candidate, passed: Passed) -> Manifest:
+        figures, verdict = passed.figures, passed.verdict
+        exported = candidate.exported
+        teacher_test = teacher_soft_labels(run.registry, run.teacher, candidate.test_texts, run.log)
+        seed_compare = compare_to_teacher(teacher_test, exported.test_logits)
+        metrics = {
+            "test_accuracy": figures.seed_accuracy,
+            # The rollout judge compares live disagreement with this: take it on recent traffic.
+            "agreement": figures.recent_agreement,
+            "disagreement": 1.0 - figures.recent_agreement,
+            "mean_kl": figures.recent_kl,
+            "seed_test_agreement": seed_compare["agreement"],
+            "seed_test_mean_kl": seed_compare["mean_kl"],
+            **exported.metrics,
+            "gate": verdict.to_dict(),
+            "train_seconds": run.elapsed(),
+        }
+        return student_manifest(run.registry, exported, run.parent, passed.lineage, metrics)
 
 
-@dataclass(frozen=True)
-class InterruptibleRun:
-    """What makes a run resumable after a crash or kill: its window end is pinned on disk before it
-    trains (a rerun without `until` would otherwise take "now" and train on a different window), and
-    the trainer checkpoints under a name derived from everything that defines the run.
-
-    `<state_dir>/distill/inflight.json` holds the pinned runs; `<state_dir>/distill/checkpoints/`
-    their checkpoints. Both are removed when the run ends (registered or refused).
-    """
-
-    inflight: Path
-    key: str  # parent + recipe without `until`
-    until: float
-    checkpoint: Path
-
-    @classmethod
-    def open(cls, registry: Registry, parent: Manifest, recipe: Any) -> InterruptibleRun:
-        """`recipe`: a frozen dataclass with `until` and `checkpoint_every` (either task's recipe)."""
-        folder = Path(registry.root.parent) / "distill"
-        inflight = folder / "inflight.json"
-        spec = {"parent": parent.ref, "recipe": {**asdict(recipe), "until": None, "checkpoint_every": None}}
-        key = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
-        now = time.time()
-        # A pin older than a day belongs to a run that is not coming back: train on a fresh window, and
-        # drop its checkpoint (a few hundred MB for a /generate student).
-        pinned = {}
-        for k, v in _read_json(inflight).items():
-            if now - float(v) < PIN_MAX_AGE_S:
-                pinned[k] = v
-            else:
-                (folder / "checkpoints" / f"{k}-{float(v):.3f}.pt").unlink(missing_ok=True)
-        until = recipe.until if recipe.until is not None else pinned.get(key, now)
-        if recipe.until is None and key not in pinned:
-            folder.mkdir(parents=True, exist_ok=True)
-            write_json(inflight, {**pinned, key: until})
-        checkpoint = folder / "checkpoints" / f"{key}-{until:.3f}.pt"
-        return cls(inflight, key, float(until), checkpoint)
-
-    def finish(self) -> None:
-        pinned = _read_json(self.inflight)
-        if pinned.pop(self.key, None) is not None:
-            write_json(self.inflight, pinned)
-        self.checkpoint.unlink(missing_ok=True)
+CLASSIFY_RUN = ClassifyRun()
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        loaded = json.loads(path.read_text())
-    except (FileNotFoundError, ValueError):
-        return {}
-    return loaded if isinstance(loaded, dict) else {}
+# redistill(registry, recipe, shadow_root, parent_ref=None, log=STDERR) -> RunResult
+redistill = partial(redistill_run, CLASSIFY_RUN)
 
 
 def _figures(
@@ -342,44 +285,3 @@ def _figures(
 ) -> Figures:
     compared = compare_to_teacher(hold_teacher, hold_logits)
     return Figures(compared["agreement"], compared["mean_kl"], accuracy(test_logits, test_labels))
-
-
-def _seed_recipe(parent: Manifest) -> ClassifyRecipe:
-    """The seed data (and its split) the first student was built from: replay and the accuracy gate use it."""
-    known = set(ClassifyRecipe.__dataclass_fields__)
-    chain = parent.lineage.recipe
-    source: dict[str, Any] = (
-        chain if "dataset" in chain else chain.get("seed_recipe", {})
-    )  # re-distilled parent
-    given: dict[str, Any] = {
-        k: (tuple(v) if isinstance(v, list) else v) for k, v in source.items() if k in known
-    }
-    return ClassifyRecipe(**given)
-
-
-def record_run(
-    registry: Registry,
-    task: str,
-    parent: Manifest,
-    registered: Manifest | None,
-    verdict: GateResult,
-    data: dict[str, object],
-    seconds: float,
-    recipe: dict[str, Any],
-) -> None:
-    """Every run of either task, registered or refused, with its reasons and figures:
-    `<state_dir>/distill/runs.jsonl` (the audit trail `kdgate distill` and the loop leave)."""
-    path = Path(registry.root.parent) / "distill" / RUNS_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    entry = {
-        "at": time.time(),
-        "task": task,
-        "parent": parent.ref,
-        "registered": registered.ref if registered else None,
-        "gate": verdict.to_dict(),
-        "data": data,
-        "seconds": seconds,
-        "recipe": recipe,
-    }
-    with path.open("a") as handle:
-        handle.write(json.dumps(entry, default=str) + "\n")

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from distill.checkpoint import load_checkpoint, save_checkpoint
+from distill.generate.degeneracy import is_degenerate
 from distill.generate.targets import TargetSet
 from distill.generate.topk import topk_kl
 from distill.trainer import length_bucketed_batches
@@ -285,3 +286,21 @@ def greedy_tokens_per_s(model: Any, prompt_ids: list[int], new_tokens: int = 64,
             token = out.logits[:, -1].argmax(-1, keepdim=True)
         best = max(best, new_tokens / (time.perf_counter() - started))
     return best
+
+
+def degenerate_rate(model: Any, prompts: list[list[int]], new_tokens: int, eos: int) -> float:
+    """Share of greedy completions that loop (`is_degenerate`), as the shadow measures served ones."""
+    if not prompts:
+        return 0.0
+    loops = 0
+    with torch.inference_mode():
+        for prompt in prompts:
+            out = model.generate(
+                torch.tensor([prompt]),
+                max_new_tokens=new_tokens,
+                do_sample=False,
+                eos_token_id=eos,
+                pad_token_id=eos,
+            )
+            loops += int(is_degenerate(out[0, len(prompt) :].tolist()))
+    return loops / len(prompts)

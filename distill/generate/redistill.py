@@ -6,11 +6,11 @@ That is on-policy distillation data (GKD, Agarwal et al. 2024): the student lear
 distribution on the sequences the student itself produces, where its mistakes are. Teacher-served
 completions come with the top-k the teacher recorded while generating.
 
-Reads top to bottom: the window (newest `holdout_fraction` held out) → replay of the cached seed targets
-the first build trained on, and of the window before this one → KD warm-started from the parent for
-`budget_minutes` → gate against the parent on the same data (recent hold-out agreement and KL, seed
-held-out agreement as the task proxy, the share of greedy completions that loop) → registered with
-lineage only if it passes.
+The run skeleton is `distill.runs`; this module supplies what /generate does differently: the window's
+completions (newest `holdout_fraction` held out), replay of the cached seed targets the first build
+trained on and of the window before this one, KD warm-started from the parent for `budget_minutes`, and
+the gate figures (recent hold-out agreement and KL, seed held-out agreement as the task proxy, the share
+of greedy completions that loop).
 
 Example::
 
@@ -22,21 +22,32 @@ from __future__ import annotations
 
 import math
 import shutil
-import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from distill.classify.build import Log, _stderr
-from distill.classify.redistill import InterruptibleRun, record_run
-from distill.gate import Figures, GateConfig, GateResult, gate
-from distill.generate.build import STUDENT_NAME, TOKENIZER_FILES, GenerateRecipe, latest_student, load_targets
-from distill.generate.degeneracy import is_degenerate
-from distill.generate.kd import bf16_is_native, evaluate, greedy_tokens_per_s, load_student_lm, train_kd
-from distill.generate.targets import TargetSet
-from distill.registry import Lineage, Manifest, Registry, Role
+from distill.gate import Figures, GateConfig
+from distill.generate.build import (
+    STUDENT_NAME,
+    TOKENIZER_FILES,
+    GenerateRecipe,
+    load_targets,
+)
+from distill.generate.kd import (
+    bf16_is_native,
+    degenerate_rate,
+    evaluate,
+    greedy_tokens_per_s,
+    load_student_lm,
+    train_kd,
+)
+from distill.generate.targets import TargetSet, corrupted, subset
+from distill.registry import Manifest, Role
+from distill.runs import Passed, RunContext, redistill_run
 from distill.shadowlog.reader import read_shadow
 
 TASK = "generate"
@@ -83,18 +94,12 @@ class LMRedistillRecipe:
 
 
 @dataclass(frozen=True)
-class LMRedistillResult:
-    gate: GateResult
-    manifest: Manifest | None
-    data: dict[str, object]
-    seconds: float
-    training: dict[str, float]  # the KD loop's summary: steps, final loss, step it resumed from
-
-
-@dataclass(frozen=True)
 class ShadowWindow:
     targets: TargetSet  # one sequence per usable record, oldest first
     stamps: np.ndarray  # (n,) epoch seconds
+
+    def __len__(self) -> int:
+        return len(self.targets)
 
 
 def window_sequences(
@@ -144,225 +149,194 @@ def window_sequences(
     return ShadowWindow(targets, np.asarray(stamps)[order])
 
 
-def subset(data: TargetSet, rows: list[int]) -> TargetSet:
-    """Sequences `rows` of `data`, in that order."""
-    starts = data.target_starts
-    return TargetSet.from_sequences(
-        [data.sequence(i)[: data.prompt_lens[i]].tolist() for i in rows],
-        [data.completion(i).tolist() for i in rows],
-        np.concatenate([data.topk_ids[starts[i] : starts[i + 1]] for i in rows]),
-        np.concatenate([data.topk_logprobs[starts[i] : starts[i + 1]] for i in rows]),
-        np.concatenate([data.tail[starts[i] : starts[i + 1]] for i in rows]),
-    )
+@dataclass(frozen=True)
+class Recent:
+    """The window as read, with the teacher's tokenizer that read it (replay and export use it too)."""
+
+    window: ShadowWindow
+    tokenizer: Any
+    teacher_dir: Path
+
+    def __len__(self) -> int:
+        return len(self.window)
+
+    @property
+    def stamps(self) -> np.ndarray:
+        return self.window.stamps
 
 
-def corrupted(data: TargetSet) -> TargetSet:
-    """Every position's target becomes the previous completion token at full confidence: a student
-    trained on it learns to repeat itself (rehearsal of a bad candidate)."""
-    starts = data.target_starts
-    ids = data.topk_ids.copy()
-    for i in range(len(data)):
-        completion = data.completion(i)
-        ids[starts[i] : starts[i + 1], 0] = np.concatenate([completion[:1], completion[:-1]])
-    logprobs = np.full_like(data.topk_logprobs, -30.0)
-    logprobs[:, 0] = 0.0
-    return replace(data, topk_ids=ids, topk_logprobs=logprobs, tail=np.zeros_like(data.tail))
+@dataclass(frozen=True)
+class Targets:
+    train: TargetSet  # the window's older part, seed replay and the window before
+    hold: TargetSet  # the window's newest completions: the gate's recent traffic
+    seed_hold: TargetSet  # the seed held-out targets: the gate's task proxy
+    probe: list[list[int]]  # recent held-out prompts the gate generates greedily from
+    recent: Recent
+    pad_id: int
+    eos: int
 
 
-def degenerate_rate(model: Any, prompts: list[list[int]], new_tokens: int, eos: int) -> float:
-    """Share of greedy completions that loop (`is_degenerate`), as the shadow measures served ones."""
-    if not prompts:
-        return 0.0
-    loops = 0
-    with torch.inference_mode():
-        for prompt in prompts:
-            out = model.generate(
-                torch.tensor([prompt]),
-                max_new_tokens=new_tokens,
-                do_sample=False,
-                eos_token_id=eos,
-                pad_token_id=eos,
-            )
-            loops += int(is_degenerate(out[0, len(prompt) :].tolist()))
-    return loops / len(prompts)
+@dataclass(frozen=True)
+class Candidate:
+    served: Any  # the student as the gateway loads it
+    folder: Path
+    probe: list[list[int]]
 
 
-def redistill_generate(
-    registry: Registry,
-    recipe: LMRedistillRecipe,
-    shadow_root: str,
-    parent_ref: str | None = None,
-    log: Log = _stderr,
-) -> LMRedistillResult:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+class GenerateRun:
+    """/generate's part of a re-distillation run (`distill.runs.RunTask`)."""
 
-    started = time.monotonic()
-    torch.set_num_threads(recipe.threads)
-    parent = registry.get(parent_ref) if parent_ref else latest_student(registry)
-    if parent is None or parent.lineage.teacher is None:
-        raise ValueError("no generate student with a teacher to re-distil from; build one first")
-    teacher_manifest = registry.get(parent.lineage.teacher)
-    teacher_dir = registry.path(teacher_manifest.ref)
-    tokenizer = AutoTokenizer.from_pretrained(teacher_dir, local_files_only=True)
-    run = InterruptibleRun.open(registry, parent, recipe)  # an interrupted identical run: same window
-    until = run.until
+    name = TASK
+    student = STUDENT_NAME
+    recipe_name = "redistill-generate-from-shadow"
+    seed_recipe_type = GenerateRecipe
+    min_records = 10
+    records = "/generate shadow records"
+    no_parent = "no generate student with a teacher to re-distil from; build one first"
 
-    # 1. The window, its newest completions held out for the gate.
-    window = window_sequences(shadow_root, teacher_manifest.ref, tokenizer, recipe.since, until)
-    n = len(window.targets) if window is not None else 0
-    if window is None or n < 10:
-        run.finish()  # nothing to resume: the next run takes a fresh window
-        raise ValueError(f"only {n} usable /generate shadow records in the window; need at least 10")
-    n_hold = max(2, int(n * recipe.holdout_fraction))
-    train_part = subset(window.targets, list(range(n - n_hold)))
-    hold = subset(window.targets, list(range(n - n_hold, n)))
+    def window(self, run: RunContext[LMRedistillRecipe], since: float | None, until: float) -> Recent | None:
+        from transformers import AutoTokenizer
 
-    # 2. Replay: the seed targets the first build trained on (cached; regenerated only if missing).
-    seed_recipe = _seed_recipe(parent)
-    teacher = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float32, local_files_only=True)
-    teacher.eval()
-    seed_train = load_targets(registry, teacher_manifest.ref, teacher, tokenizer, seed_recipe, "train")
-    seed_hold = load_targets(registry, teacher_manifest.ref, teacher, tokenizer, seed_recipe, "heldout")
-    del teacher  # 0.5 GB that training does not need
-    rng = np.random.default_rng(recipe.seed)
-    n_replay = min(len(seed_train), math.ceil(recipe.seed_replay * len(train_part)))
-    replay = subset(seed_train, sorted(rng.permutation(len(seed_train))[:n_replay].tolist()))
-    # ...and the traffic before this window: the previous window of the same span (an older log is
-    # bounded by retention, not by what one run should read: top-k per token is large).
-    old = None
-    if recipe.since is not None:
-        start = recipe.since - (until - recipe.since)
-        older = window_sequences(shadow_root, teacher_manifest.ref, tokenizer, start, recipe.since)
-        if older is not None and older.targets.topk_ids.shape[1] == train_part.topk_ids.shape[1]:
-            n_old = min(len(older.targets), math.ceil(recipe.old_shadow_replay * len(train_part)))
-            old = subset(older.targets, sorted(rng.permutation(len(older.targets))[:n_old].tolist()))
-    train_set = TargetSet.concat([train_part, replay] + ([old] if old is not None else []))
-    if recipe.corrupt_targets:
-        train_set = corrupted(train_set)
-    data: dict[str, object] = {
-        "since": recipe.since,
-        "until": until,
-        "first_ts": float(window.stamps.min()),
-        "last_ts": float(window.stamps.max()),
-        "counts": {
+        teacher_dir = run.registry.path(run.teacher.ref)
+        tokenizer = AutoTokenizer.from_pretrained(teacher_dir, local_files_only=True)
+        window = window_sequences(run.shadow_root, run.teacher.ref, tokenizer, since, until)
+        return Recent(window, tokenizer, teacher_dir) if window is not None else None
+
+    def targets(self, run: RunContext[LMRedistillRecipe], recent: Recent) -> tuple[Targets, dict[str, int]]:
+        from transformers import AutoModelForCausalLM
+
+        recipe, tokenizer, n = run.recipe, recent.tokenizer, len(recent)
+        n_hold = max(2, int(n * recipe.holdout_fraction))
+        train_part = subset(recent.window.targets, list(range(n - n_hold)))
+        hold = subset(recent.window.targets, list(range(n - n_hold, n)))
+
+        # Replay: the seed targets the first build trained on (cached; regenerated only if missing).
+        teacher = AutoModelForCausalLM.from_pretrained(
+            recent.teacher_dir, dtype=torch.float32, local_files_only=True
+        )
+        teacher.eval()
+        seed_train = load_targets(run.registry, run.teacher.ref, teacher, tokenizer, run.seed_recipe, "train")
+        seed_hold = load_targets(
+            run.registry, run.teacher.ref, teacher, tokenizer, run.seed_recipe, "heldout"
+        )
+        del teacher  # 0.5 GB that training does not need
+        rng = np.random.default_rng(recipe.seed)
+        n_replay = min(len(seed_train), math.ceil(recipe.seed_replay * len(train_part)))
+        replay = subset(seed_train, sorted(rng.permutation(len(seed_train))[:n_replay].tolist()))
+        # ...and the traffic before this window: the previous window of the same span (an older log is
+        # bounded by retention, not by what one run should read: top-k per token is large).
+        old = None
+        if recipe.since is not None:
+            start = recipe.since - (run.until - recipe.since)
+            older = window_sequences(run.shadow_root, run.teacher.ref, tokenizer, start, recipe.since)
+            if older is not None and older.targets.topk_ids.shape[1] == train_part.topk_ids.shape[1]:
+                n_old = min(len(older.targets), math.ceil(recipe.old_shadow_replay * len(train_part)))
+                old = subset(older.targets, sorted(rng.permutation(len(older.targets))[:n_old].tolist()))
+        train_set = TargetSet.concat([train_part, replay] + ([old] if old is not None else []))
+        if recipe.corrupt_targets:
+            train_set = corrupted(train_set)
+        counts = {
             "shadow_window": len(train_part),
             "holdout": len(hold),
             "seed": len(replay),
             "old_shadow": len(old) if old is not None else 0,
             "window_tokens": len(train_part.topk_ids),
-        },
-    }
-    log(f"re-distilling {parent.ref}: {data['counts']}")
+        }
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        probe = [hold.sequence(i)[: hold.prompt_lens[i]].tolist() for i in range(len(hold))]
+        probe = probe[: recipe.degeneracy_prompts]
+        targets = Targets(train_set, hold, seed_hold, probe, recent, int(pad), int(tokenizer.eos_token_id))
+        return targets, counts
 
-    # 3. KD, warm-started from the parent (bf16 on disk → fp32 to train).
-    pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
-    student = AutoModelForCausalLM.from_pretrained(
-        registry.path(parent.ref), dtype=torch.float32, local_files_only=True
-    )
-    summary = train_kd(
-        student,
-        train_set,
-        seconds=60 * recipe.budget_minutes,
-        batch_size=recipe.batch_size,
-        lr=recipe.lr,
-        temperature=recipe.temperature,
-        alpha=recipe.alpha,
-        seed=recipe.seed,
-        pad_id=pad_id,
-        bf16=recipe.train_bf16,
-        freeze_embeddings=True,
-        max_steps=recipe.max_steps,
-        checkpoint=run.checkpoint,
-        checkpoint_every=recipe.checkpoint_every,
-        desc=f"{STUDENT_NAME}: re-distil",
-    )
+    def train(
+        self, run: RunContext[LMRedistillRecipe], targets: Targets, checkpoint: Path
+    ) -> tuple[Any, dict[str, float]]:
+        """KD warm-started from the parent (bf16 on disk → fp32 to train)."""
+        from transformers import AutoModelForCausalLM
 
-    # 4. Save as served, then gate against the parent on the same data.
-    eos = int(tokenizer.eos_token_id)
-    probe = [hold.sequence(i)[: hold.prompt_lens[i]].tolist() for i in range(len(hold))]
-    probe = probe[: recipe.degeneracy_prompts]
-    parent_model = load_student_lm(registry.path(parent.ref))
-    parent_figures = _figures(parent_model, hold, seed_hold, probe, pad_id, eos, recipe)
-    del parent_model
-    with registry.stage(STUDENT_NAME) as staging:
-        student.to(getattr(torch, seed_recipe.export_dtype)).save_pretrained(
-            staging.path, safe_serialization=True
+        recipe = run.recipe
+        student = AutoModelForCausalLM.from_pretrained(
+            run.registry.path(run.parent.ref), dtype=torch.float32, local_files_only=True
+        )
+        summary = train_kd(
+            student,
+            targets.train,
+            seconds=60 * recipe.budget_minutes,
+            batch_size=recipe.batch_size,
+            lr=recipe.lr,
+            temperature=recipe.temperature,
+            alpha=recipe.alpha,
+            seed=recipe.seed,
+            pad_id=targets.pad_id,
+            bf16=recipe.train_bf16,
+            freeze_embeddings=True,
+            max_steps=recipe.max_steps,
+            checkpoint=checkpoint,
+            checkpoint_every=recipe.checkpoint_every,
+            desc=f"{STUDENT_NAME}: re-distil",
+        )
+        return student, summary
+
+    def parent_figures(self, run: RunContext[LMRedistillRecipe], targets: Targets) -> Figures:
+        return _figures(load_student_lm(run.registry.path(run.parent.ref)), targets, run.recipe)
+
+    def candidate(
+        self, run: RunContext[LMRedistillRecipe], student: Any, targets: Targets, folder: Path
+    ) -> tuple[Candidate, Figures]:
+        student.to(getattr(torch, run.seed_recipe.export_dtype)).save_pretrained(
+            folder, safe_serialization=True
         )
         for name in TOKENIZER_FILES:
-            shutil.copyfile(teacher_dir / name, staging.path / name)
-        served = load_student_lm(staging.path)  # gate exactly what the gateway will load
-        figures = _figures(served, hold, seed_hold, probe, pad_id, eos, recipe)
-        verdict = gate(figures, parent_figures, recipe.gate)
-        manifest = None
-        if verdict.passed:
-            speed = greedy_tokens_per_s(served, probe[0], seed_recipe.speed_tokens, seed_recipe.speed_repeats)
-            metrics = {
-                # The rollout judge derives its live thresholds from these: take them on recent traffic.
-                "heldout_agreement": round(figures.recent_agreement, 4),
-                "heldout_kl": round(figures.recent_kl, 4),
-                "seed_heldout_agreement": round(figures.seed_accuracy, 4),
-                "degenerate_rate": figures.degenerate_rate,
-                "tokens_per_s": round(speed, 1),
-                "export_dtype": seed_recipe.export_dtype,
-                "gate": verdict.to_dict(),
-                **{f"train_{k}": v for k, v in summary.items()},
-                "build_seconds": round(time.monotonic() - started, 1),
-            }
-            manifest = staging.commit(
-                Manifest(
-                    name=STUDENT_NAME,
-                    version=registry.next_version(STUDENT_NAME),
-                    task="generate",
-                    role=Role.STUDENT,
-                    format="torch",
-                    files=sorted(p.name for p in staging.path.iterdir() if p.is_file()),
-                    tokenizer="tokenizer.json",
-                    max_length=parent.max_length,
-                    lineage=Lineage(
-                        teacher=teacher_manifest.ref,
-                        parent=parent.ref,
-                        data={"source": "shadow", "window": data},
-                        recipe={
-                            "name": "redistill-generate-from-shadow",
-                            **asdict(recipe),
-                            "seed_recipe": asdict(seed_recipe),
-                        },
-                        seed=recipe.seed,
-                    ),
-                    metrics=metrics,
-                )
-            )
-    result = LMRedistillResult(verdict, manifest, data, round(time.monotonic() - started, 1), summary)
-    record_run(registry, TASK, parent, manifest, verdict, data, result.seconds, asdict(recipe))
-    run.finish()
-    log(
-        f"registered {manifest.ref}"
-        if manifest
-        else f"gate refused the candidate: {'; '.join(verdict.reasons)}"
+            shutil.copyfile(targets.recent.teacher_dir / name, folder / name)
+        served = load_student_lm(folder)  # gate exactly what the gateway will load
+        return Candidate(served, folder, targets.probe), _figures(served, targets, run.recipe)
+
+    def lineage_data(self, run: RunContext[LMRedistillRecipe]) -> dict[str, object]:
+        return {}
+
+    def manifest(self, run: RunContext[LMRedistillRecipe], candidate: Candidate, passed: Passed) -> Manifest:
+        figures, verdict = passed.figures, passed.verdict
+        seed = run.seed_recipe
+        speed = greedy_tokens_per_s(
+            candidate.served, candidate.probe[0], seed.speed_tokens, seed.speed_repeats
+        )
+        metrics = {
+            # The rollout judge derives its live thresholds from these: take them on recent traffic.
+            "heldout_agreement": round(figures.recent_agreement, 4),
+            "heldout_kl": round(figures.recent_kl, 4),
+            "seed_heldout_agreement": round(figures.seed_accuracy, 4),
+            "degenerate_rate": figures.degenerate_rate,
+            "tokens_per_s": round(speed, 1),
+            "export_dtype": seed.export_dtype,
+            "gate": verdict.to_dict(),
+            **{f"train_{k}": v for k, v in passed.training.items()},
+            "build_seconds": run.elapsed(),
+        }
+        return Manifest(
+            name=STUDENT_NAME,
+            version=run.registry.next_version(STUDENT_NAME),
+            task="generate",
+            role=Role.STUDENT,
+            format="torch",
+            files=sorted(p.name for p in candidate.folder.iterdir() if p.is_file()),
+            tokenizer="tokenizer.json",
+            max_length=run.parent.max_length,
+            lineage=passed.lineage,
+            metrics=metrics,
+        )
+
+
+GENERATE_RUN = GenerateRun()
+
+
+# redistill_generate(registry, recipe, shadow_root, parent_ref=None, log=STDERR) -> RunResult
+redistill_generate = partial(redistill_run, GENERATE_RUN)
+
+
+def _figures(model: Any, targets: Targets, recipe: LMRedistillRecipe) -> Figures:
+    recent, seed = (
+        evaluate(model, targets.hold, targets.pad_id),
+        evaluate(model, targets.seed_hold, targets.pad_id),
     )
-    return result
-
-
-def _figures(
-    model: Any,
-    hold: TargetSet,
-    seed_hold: TargetSet,
-    probe: list[list[int]],
-    pad_id: int,
-    eos: int,
-    recipe: LMRedistillRecipe,
-) -> Figures:
-    recent, seed = evaluate(model, hold, pad_id), evaluate(model, seed_hold, pad_id)
-    loops = degenerate_rate(model, probe, recipe.degeneracy_tokens, eos)
+    loops = degenerate_rate(model, targets.probe, recipe.degeneracy_tokens, targets.eos)
     return Figures(recent["agreement"], recent["kl"], seed["agreement"], loops)
-
-
-def _seed_recipe(parent: Manifest) -> GenerateRecipe:
-    """The recipe of the first build in the parent's line: its cached targets are the replay data."""
-    chain = parent.lineage.recipe
-    source: dict[str, Any] = chain.get("seed_recipe", chain)
-    known = set(GenerateRecipe.__dataclass_fields__)
-    given: dict[str, Any] = {
-        k: (tuple(v) if isinstance(v, list) else v) for k, v in source.items() if k in known
-    }
-    return GenerateRecipe(**given)

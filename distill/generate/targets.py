@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +110,31 @@ class TargetSet:
     def load(cls, path: Path) -> TargetSet:
         with np.load(path) as data:
             return cls(**{f.name: data[f.name] for f in fields(cls)})
+
+
+def subset(data: TargetSet, rows: list[int]) -> TargetSet:
+    """Sequences `rows` of `data`, in that order."""
+    starts = data.target_starts
+    return TargetSet.from_sequences(
+        [data.sequence(i)[: data.prompt_lens[i]].tolist() for i in rows],
+        [data.completion(i).tolist() for i in rows],
+        np.concatenate([data.topk_ids[starts[i] : starts[i + 1]] for i in rows]),
+        np.concatenate([data.topk_logprobs[starts[i] : starts[i + 1]] for i in rows]),
+        np.concatenate([data.tail[starts[i] : starts[i + 1]] for i in rows]),
+    )
+
+
+def corrupted(data: TargetSet) -> TargetSet:
+    """Every position's target becomes the previous completion token at full confidence: a student
+    trained on it learns to repeat itself (rehearsal of a bad candidate)."""
+    starts = data.target_starts
+    ids = data.topk_ids.copy()
+    for i in range(len(data)):
+        completion = data.completion(i)
+        ids[starts[i] : starts[i + 1], 0] = np.concatenate([completion[:1], completion[:-1]])
+    logprobs = np.full_like(data.topk_logprobs, -30.0)
+    logprobs[:, 0] = 0.0
+    return replace(data, topk_ids=ids, topk_logprobs=logprobs, tail=np.zeros_like(data.tail))
 
 
 def chat_ids(tokenizer: Any, prompt: Prompt) -> list[int]:

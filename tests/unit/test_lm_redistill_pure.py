@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from distill.gate import Figures, GateConfig, gate
-from distill.generate.redistill import corrupted, subset
+from distill.generate.targets import corrupted, subset
 from gateway.continual.check import live_disagreement, offline_disagreement
 from gateway.continual.store import LoopStore, loop_store_path
 from tests.support import random_targets
