@@ -76,5 +76,6 @@ def register_fault_model(registry: Registry, spec: FaultSpec, name: str | None =
                 teacher=inner.lineage.teacher, parent=inner.ref, recipe={"name": "fault-injection"}
             ),
             metrics=dict(inner.metrics),
+            calibration=inner.calibration,
         )
         return staging.commit(manifest)

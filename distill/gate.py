@@ -20,6 +20,8 @@ class Figures:
     seed_accuracy: float  # accuracy on the seed test split (never trained on); /generate: seed held-out
     # agreement, the task proxy a generation model has
     degenerate_rate: float | None = None  # /generate: share of greedy completions that loop
+    calibrated_ece: float | None = None  # /classify: ECE after temperature scaling, seed test split
+    teacher_calibrated_ece: float | None = None  # the teacher's, on the same split
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,7 @@ class GateConfig:
     max_accuracy_drop: float = 0.01  # forgetting budget on the seed task (1 point)
     max_degenerate_rate: float | None = None  # /generate: a candidate that loops more often is refused
     max_degenerate_rise: float | None = None  # /generate: ...and one that loops more than its parent
+    max_ece_rise: float | None = 0.02  # /classify: calibrated ECE above the teacher's by more is refused
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,12 @@ def gate(candidate: Figures, parent: Figures | None, config: GateConfig) -> Gate
     rate, ceiling = candidate.degenerate_rate, config.max_degenerate_rate
     if rate is not None and ceiling is not None and rate > ceiling:
         reasons.append(f"{rate:.2f} of greedy completions loop > {ceiling}")
+    ece, teacher_ece = candidate.calibrated_ece, candidate.teacher_calibrated_ece
+    ece_rise = config.max_ece_rise
+    if ece is not None and teacher_ece is not None and ece_rise is not None and ece > teacher_ece + ece_rise:
+        reasons.append(
+            f"calibrated ECE {ece:.4f} exceeds the teacher's {teacher_ece:.4f} by more than {ece_rise}"
+        )
     if parent is not None:
         if candidate.recent_agreement < parent.recent_agreement - config.max_agreement_drop:
             reasons.append(

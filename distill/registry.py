@@ -56,6 +56,19 @@ class Lineage(BaseModel):
     created: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
 
+class Calibration(BaseModel):
+    """Post-hoc temperature scaling of a classifier, fitted on the validation split; the runner divides
+    the served logits by `temperature` before the softmax. ECE (top-label, `bins` equal-width bins) is
+    on the test split, before and after scaling."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float = Field(gt=0)
+    ece: float = Field(ge=0, le=1)
+    calibrated_ece: float = Field(ge=0, le=1)
+    bins: int = 15
+
+
 class FaultSpec(BaseModel):
     """Faults that a `kind="fault"` model adds to the model it wraps (rehearsals and reliability tests)."""
 
@@ -85,6 +98,7 @@ class Manifest(BaseModel):
     lineage: Lineage = Field(default_factory=Lineage)
     metrics: dict[str, Any] = Field(default_factory=dict)
     fault: FaultSpec | None = None
+    calibration: Calibration | None = None  # /classify: served probabilities use its temperature
 
     @property
     def ref(self) -> str:

@@ -32,8 +32,9 @@ from distill.classify.student_export import ONNX_FP32, STUDENT_NAME, export_stud
 from distill.classify.tokenize import TOKENIZER_FILE, BatchTokenizer
 from distill.corpora import LabelledTexts, Split, load_dataset, split_dataset
 from distill.losses import kd_loss
-from distill.registry import Lineage, Manifest, Registry, Role
+from distill.registry import Calibration, Lineage, Manifest, Registry, Role
 from distill.trainer import train
+from distill.workbench.calibrate import calibration_of
 from durablefs import write_with
 
 TEACHER_NAME = "classify-teacher"
@@ -69,6 +70,7 @@ class ClassifyRecipe:
     student_head_lr: float = 1e-3
     int8_max_accuracy_drop: float = 0.005  # keep INT8 only if test accuracy drops by at most this
     eval_examples: int | None = None  # cap on validation/test size (tests use small caps)
+    calibrate: bool = True  # fit a serving temperature on the validation split (temperature scaling)
 
     def validated(self) -> ClassifyRecipe:
         if not 0 < self.temperature < math.inf:
@@ -159,6 +161,7 @@ def build_teacher(registry: Registry, recipe: ClassifyRecipe, log: Log = _stderr
                 seed=recipe.seed,
             ),
             metrics=metrics,
+            calibration=_calibration(recipe, split, val_logits, test_logits),
         )
         staging.commit(manifest)
     log(
@@ -233,7 +236,10 @@ def build_student(
             recipe={"name": "hinton-kd", **asdict(recipe)},
             seed=recipe.seed,
         )
-        manifest = staging.commit(student_manifest(registry, exported, teacher, lineage, metrics))
+        val_logits = exported.logits_of(staging.path, tokenizer, split.val.texts)
+        calibration = _calibration(recipe, split, val_logits, exported.test_logits)
+        manifest = student_manifest(registry, exported, teacher, lineage, metrics)
+        manifest = staging.commit(manifest.model_copy(update={"calibration": calibration}))
     log(
         f"registered {manifest.ref} ({metrics['quantized']}): "
         f"test accuracy {metrics['test_accuracy']:.4f}, "
@@ -241,6 +247,14 @@ def build_student(
         f"({metrics['train_seconds']:.0f} s)"
     )
     return manifest
+
+
+def _calibration(
+    recipe: ClassifyRecipe, split: Split, val_logits: np.ndarray, test_logits: np.ndarray
+) -> Calibration | None:
+    if not recipe.calibrate:
+        return None
+    return calibration_of(val_logits, split.val.labels, test_logits, split.test.labels)
 
 
 def ensure_default_classify_models(

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from distill.classify.evaluate import softmax
 from distill.faults import FaultDice, default_permutation
 from distill.registry import FaultSpec, Manifest
 
@@ -49,4 +48,6 @@ class FaultyRunner:
         return np.where(wrong[:, None], permuted, logits)
 
     def predict_batch(self, texts: list[str]) -> np.ndarray:
-        return softmax(self.predict_logits(texts))
+        from distill.classify.runner import probabilities  # the runner module loads this one
+
+        return probabilities(self.manifest, self.predict_logits(texts))

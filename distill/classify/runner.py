@@ -33,6 +33,13 @@ class Runner(Protocol):
     def predict_batch(self, texts: list[str]) -> np.ndarray: ...
 
 
+def probabilities(manifest: Manifest, logits: np.ndarray) -> np.ndarray:
+    """The probabilities a model serves: the softmax of its logits, divided first by its calibration
+    temperature when it has one. Shadow scoring compares raw logits, so KL keeps its meaning."""
+    temperature = manifest.calibration.temperature if manifest.calibration is not None else 1.0
+    return softmax(logits / temperature)
+
+
 class _ClassifierRunner:
     """Shared batching: inputs longer than a chunk are cut into length-sorted chunks (less padding), order
     restored."""
@@ -67,7 +74,7 @@ class _ClassifierRunner:
         return out
 
     def predict_batch(self, texts: list[str]) -> np.ndarray:
-        return softmax(self.predict_logits(texts))
+        return probabilities(self.manifest, self.predict_logits(texts))
 
 
 class TorchClassifierRunner(_ClassifierRunner):

@@ -68,6 +68,9 @@ def distill(
         int | None, typer.Option(help="Train-split texts to distil on (default 20000).")
     ] = None,
     epochs: Annotated[int | None, typer.Option(help="Passes over the data (default 1).")] = None,
+    calibrate: Annotated[
+        bool, typer.Option(help="Classify: fit a temperature on the validation split; /classify serves it.")
+    ] = True,
     teacher: Annotated[str | None, typer.Option(help="Teacher ref (default: the latest teacher).")] = None,
     from_shadow: Annotated[
         bool, typer.Option(help="Re-distil the latest student from the shadow log.")
@@ -136,6 +139,7 @@ def distill(
         alpha=0.9 if alpha is None else alpha,
         student_layers=layers,
         student_epochs=epochs or 1,
+        calibrate=calibrate,
     )
     recipe = base if examples is None else ClassifyRecipe(**{**base.__dict__, "student_examples": examples})
     try:

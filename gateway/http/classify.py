@@ -9,7 +9,7 @@ import uuid
 
 from fastapi import APIRouter, Request, Response
 
-from distill.classify.runner import softmax
+from distill.classify.runner import probabilities
 from gateway.errors import InvalidInput, ModelUnavailable, NotReady, Overloaded
 from gateway.http.body import header, openapi, read_json_body
 from gateway.http.schemas import ClassifyRequest, ClassifyResponse, Prediction
@@ -134,7 +134,7 @@ async def classify(request: Request) -> Response:
             ShadowItem(TASK, request_id, time.time(), served, texts, logits, elapsed * 1000.0), teacher
         )
     labels = served.manifest.labels
-    probs = softmax(logits)
+    probs = probabilities(served.manifest, logits)
     results = [
         Prediction(
             label=labels[int(row.argmax())],

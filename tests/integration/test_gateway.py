@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 from collections import Counter
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
+from distill.classify.evaluate import softmax
+from distill.classify.runner import load_runner
 from distill.faults import register_fault_model
 from distill.registry import FaultSpec, Registry
 from tests.support import metric_sum
@@ -246,3 +250,30 @@ def test_health_ready_metrics_and_docs(serve) -> None:
     body = classify["requestBody"]["content"]["application/json"]["schema"]
     assert {"text", "texts"} <= set(body["properties"])  # the handler reads its body itself: still documented
     assert {p["name"] for p in classify["parameters"]} == {"x-kdgate-key", "x-kdgate-model", "x-request-id"}
+
+
+def test_served_probabilities_use_the_models_calibration_and_keep_its_argmax(serve, state_dir: Path) -> None:
+    """The build fits a temperature per model; /classify divides the logits by it. A copy of the student
+    with another temperature serves other probabilities for the same argmax."""
+    registry = Registry(state_dir)
+    student = registry.get(STUDENT)
+    assert student.calibration is not None and student.calibration.temperature > 0
+    assert 0 <= student.calibration.calibrated_ece <= 1
+    hotter = student.calibration.model_copy(update={"temperature": student.calibration.temperature * 3})
+    with registry.stage(student.name) as staging:
+        source = registry.path(STUDENT)
+        for path in source.rglob("*"):
+            if path.is_file() and path.name != "manifest.json":
+                (staging.path / path.relative_to(source)).parent.mkdir(parents=True, exist_ok=True)
+                os.link(path, staging.path / path.relative_to(source))
+        version = registry.next_version(student.name)
+        copy = staging.commit(student.model_copy(update={"version": version, "calibration": hotter}))
+    server = serve()
+    texts = ["what a wonderful day", "the train is late again", "it is a car"]
+    logits = load_runner(registry, STUDENT).predict_logits(texts)
+    for ref, temperature in [(STUDENT, student.calibration.temperature), (copy.ref, hotter.temperature)]:
+        body = {"texts": texts}
+        served = httpx.post(f"{server.url}/classify", json=body, headers={"x-kdgate-model": ref}).json()
+        probs = np.array([[r["probabilities"][lab] for lab in student.labels] for r in served["results"]])
+        np.testing.assert_allclose(probs, softmax(logits / temperature), atol=1e-5)
+        assert [r["label"] for r in served["results"]] == [student.labels[i] for i in logits.argmax(1)]
