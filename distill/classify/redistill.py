@@ -34,10 +34,11 @@ from distill.classify.tokenize import BatchTokenizer
 from distill.corpora import LabelledTexts, Split
 from distill.gate import Figures, GateConfig
 from distill.losses import kd_loss
-from distill.registry import Manifest
+from distill.registry import Calibration, Manifest
 from distill.runs import Passed, RunContext, redistill_run
 from distill.shadowlog.reader import read_shadow
 from distill.trainer import train
+from distill.workbench.calibrate import calibration_of
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,7 @@ class Candidate:
     exported: ExportedStudent
     folder: Path
     test_texts: LabelledTexts
+    calibration: Calibration | None
 
 
 def window_records(
@@ -248,7 +250,18 @@ class ClassifyRun:
         )
         candidate_hold = exported.logits_of(folder, tokenizer, targets.hold_texts)
         figures = _figures(candidate_hold, targets.hold_teacher, exported.test_logits, test.labels)
-        return Candidate(exported, folder, test), figures
+        calibration = None
+        if run.seed_recipe.calibrate:
+            val = targets.split.val
+            val_logits = exported.logits_of(folder, tokenizer, val.texts)
+            calibration = calibration_of(val_logits, val.labels, exported.test_logits, test.labels)
+            teacher = run.teacher.calibration
+            figures = replace(
+                figures,
+                calibrated_ece=calibration.calibrated_ece,
+                teacher_calibrated_ece=teacher.calibrated_ece if teacher is not None else None,
+            )
+        return Candidate(exported, folder, test, calibration), figures
 
     def lineage_data(self, run: RunContext[RedistillRecipe]) -> dict[str, object]:
         return {"seed_source": run.seed_recipe.dataset}
@@ -270,7 +283,8 @@ class ClassifyRun:
             "gate": verdict.to_dict(),
             "train_seconds": run.elapsed(),
         }
-        return student_manifest(run.registry, exported, run.parent, passed.lineage, metrics)
+        manifest = student_manifest(run.registry, exported, run.parent, passed.lineage, metrics)
+        return manifest.model_copy(update={"calibration": candidate.calibration})
 
 
 CLASSIFY_RUN = ClassifyRun()
