@@ -60,7 +60,7 @@ def import_classifier(
     source = Path(source)
     if not source.exists():
         raise ImportRefused(f"{source} does not exist", "pass a Hugging Face model folder or an .onnx file")
-    teacher = registry.latest_of(task, Role.TEACHER) if role is Role.STUDENT else None
+    teacher = registry.latest_of(task, Role.TEACHER)
     name = name or default_name(task, role, source)
     with registry.stage(name) as staging:
         if source.is_dir():
@@ -71,9 +71,14 @@ def import_classifier(
             parity = {}
             read = [source, source.parent / TOKENIZER_FILE]
         if teacher is not None and labels != teacher.labels:
+            if role is Role.STUDENT:
+                raise ImportRefused(
+                    f"the student's labels {labels} differ from its teacher {teacher.ref}'s {teacher.labels}",
+                    "a student must predict the same labels in the same order as the teacher of its task",
+                )
             raise ImportRefused(
-                f"the student's labels {labels} differ from its teacher {teacher.ref}'s {teacher.labels}",
-                "a student must predict the same labels in the same order as the teacher of its task",
+                f"the labels {labels} differ from those of task {task!r} ({teacher.ref}: {teacher.labels})",
+                "a new teacher of a task must keep its labels; a model with other labels is another task",
             )
         manifest = Manifest(
             name=name,
@@ -86,7 +91,7 @@ def import_classifier(
             tokenizer=TOKENIZER_FILE,
             max_length=max_length,
             lineage=Lineage(
-                teacher=teacher.ref if teacher else None,
+                teacher=teacher.ref if teacher is not None and role is Role.STUDENT else None,
                 data=provenance(source, read),
                 recipe={"name": "import", "from": "huggingface" if source.is_dir() else "onnx"},
             ),

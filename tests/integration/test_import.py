@@ -102,9 +102,10 @@ def copy_of(folder: Path, where: Path) -> Path:
 
 
 def refused(registry: Registry, source: Path, **kwargs: object) -> str:
+    before = registry.list()
     with pytest.raises(ImportRefused) as caught:
         import_classifier(registry, source, **{"role": Role.TEACHER, **kwargs})  # type: ignore[arg-type]
-    assert registry.list() == [] or kwargs.get("role") is Role.STUDENT
+    assert registry.list() == before
     assert not [p for p in registry.root.iterdir() if p.name.startswith(".")]  # no staging left behind
     message = str(caught.value)
     assert "\n" not in message
@@ -146,6 +147,7 @@ def test_a_student_must_predict_its_teachers_labels(foreign: Path, tmp_path: Pat
     import_classifier(registry, foreign, role=Role.TEACHER, labels=[t.upper() for t in TOPICS])
     message = refused(registry, foreign, role=Role.STUDENT)
     assert "differ from its teacher" in message
+    assert "differ from those of task 'classify'" in refused(registry, foreign, role=Role.TEACHER)
     assert [m.role for m in registry.list()] == [Role.TEACHER]
 
 
