@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Coroutine
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -63,19 +64,21 @@ async def _follow_rollouts(state: GatewayState) -> None:
 
 def _continual_loop(state: GatewayState) -> Coroutine[Any, Any, None]:
     settings = state.settings
-
-    def protect(since: float | None) -> None:
-        state.protect_shadow_after = since
-
-    host = GatewayHost(state.pool, state.traffic, state.controller, protect)
+    host = GatewayHost(state.pool, state.traffic, state.controller, state.shadow_protection)
     checks = [
         ContinualCheck(settings.state_dir, host, check_config(settings, t)) for t in settings.redistill_tasks
     ]
     return redistill_loop(checks, settings.redistill_check_seconds, lambda: state.ready)
 
 
-def create_app(settings: Settings) -> FastAPI:
-    state = GatewayState.build(settings)
+def create_app(
+    settings: Settings, *, clock: Callable[[], float] = time.time, drive_rollouts: bool = True
+) -> FastAPI:
+    """The gateway. `clock` (epoch seconds) is the time its rollout judge decides on; with
+    `drive_rollouts=False` the in-process controller (`app.state.gw.controller`) ticks only when its
+    caller says so. Both are for tests that step rollouts on a fake clock.
+    """
+    state = GatewayState.build(settings, clock)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -95,7 +98,8 @@ def create_app(settings: Settings) -> FastAPI:
         if settings.redistill_enabled:
             state.tasks["redistill"] = asyncio.create_task(_continual_loop(state))
         if settings.rollout_driver == "local":
-            state.tasks["rollout"] = asyncio.create_task(_drive_rollouts(state))
+            if drive_rollouts:
+                state.tasks["rollout"] = asyncio.create_task(_drive_rollouts(state))
         else:
             state.tasks["rollout"] = asyncio.create_task(_follow_rollouts(state))
         yield

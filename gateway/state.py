@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from gateway.serving.window import LiveWindow
 from gateway.settings import Settings, token_path
 from gateway.shadow.classify import ClassifyShadow
 from gateway.shadow.generate import GenerateShadow
+from gateway.shadow.protection import ShadowProtection
 from gateway.shadow.rates import ShadowRates
 from rollout.driver import Controller
 from rollout.store import AuditLog, RolloutStore
@@ -38,31 +41,37 @@ class GatewayState:
     shadow_rates: ShadowRates
     shadow: ClassifyShadow | None
     generate_shadow: GenerateShadow | None
+    rollouts: RolloutStore
+    audit: AuditLog
     controller: Controller
+    shadow_protection: ShadowProtection  # set while a re-distillation reads the log from then on
     ready: bool = False
     load_error: str | None = None
-    protect_shadow_after: float | None = None  # set while a re-distillation reads the log from then on
     in_flight: InFlight = field(default_factory=InFlight)  # requests being answered, and how busy
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, settings: Settings) -> GatewayState:
+    def build(cls, settings: Settings, clock: Callable[[], float] = time.time) -> GatewayState:
+        """The parts, each given what it needs. `clock` (epoch seconds) is the time the rollout judge
+        decides on: the controller's `now` and the live windows' buckets read it."""
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         registry = Registry(settings.state_dir)
         metrics = GatewayMetrics()
         pool = ModelPool(registry, settings, metrics)
-        holder: list[GatewayState] = []  # the writer's retention asks the (not yet built) state
-        window = LiveWindow(settings.window_seconds)
+        window = LiveWindow(settings.window_seconds, clock=clock)
         in_flight = InFlight()
         rates = ShadowRates(settings.state_dir / SHADOW_RATES_FILE, settings)
         traffic = TrafficStore(settings.state_dir / "traffic.json")
+        protection = ShadowProtection()
         rollout_dir = settings.state_dir / "rollout"
+        rollouts, audit = RolloutStore(rollout_dir), AuditLog(rollout_dir)
         controller = Controller(
-            RolloutStore(rollout_dir),
-            AuditLog(rollout_dir),
+            rollouts,
+            audit,
             LocalSource(window),
             TrafficSetter(traffic, metrics, pool),
             MetricsSink(metrics),
+            clock=clock,
         )
 
         def favoured(ref: str) -> bool:  # the judge waits on the comparisons of a rollout's candidate
@@ -80,7 +89,7 @@ class GatewayState:
                     max_bytes=settings.shadow_max_bytes,
                     max_age_seconds=settings.shadow_max_age_seconds,
                     redact_inputs=settings.redact_inputs,
-                    protect_after=lambda: holder[0].protect_shadow_after if holder else None,
+                    protect_after=protection,
                 ).start()
 
             shadow = ClassifyShadow(
@@ -96,7 +105,7 @@ class GatewayState:
             generate_shadow = GenerateShadow(
                 settings, metrics, pool, window, writer("generate"), rates, favoured=favoured
             )
-        state = cls(
+        return cls(
             settings=settings,
             registry=registry,
             metrics=metrics,
@@ -107,11 +116,12 @@ class GatewayState:
             shadow_rates=rates,
             shadow=shadow,
             generate_shadow=generate_shadow,
+            rollouts=rollouts,
+            audit=audit,
             controller=controller,
+            shadow_protection=protection,
             in_flight=in_flight,
         )
-        holder.append(state)
-        return state
 
 
 def ensure_token_file(state_dir: Path) -> str:

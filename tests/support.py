@@ -1,5 +1,6 @@
-"""Helpers shared by the tests: a real gateway on 127.0.0.1, client traffic, the tiny recipes and models
-the fixtures build, reading /metrics text, killing a training run mid-way."""
+"""Helpers shared by the tests: a real gateway on 127.0.0.1 (in this process or as `kdgate serve`), client
+traffic, a fake clock and the stepping of a rollout on it, the tiny recipes and models the fixtures build,
+reading /metrics text, killing a training run mid-way."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -30,6 +32,7 @@ from distill.generate.topk import topk_targets
 from distill.registry import Registry
 from gateway.app import create_app
 from gateway.settings import Settings
+from gateway.state import GatewayState
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -120,12 +123,29 @@ def is_alive(pid: int) -> bool:
         return False
 
 
+class FakeClock:
+    """Epoch seconds that move only when told (`advance`). It starts at the wall clock's now, so what it
+    stamps sits beside what real clocks stamp (shadow records, logs)."""
+
+    def __init__(self, start: float | None = None) -> None:
+        self.now = time.time() if start is None else start
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self.now += seconds
+
+
 @dataclass
 class RunningServer:
     url: str
     settings: Settings
     server: uvicorn.Server
     thread: threading.Thread
+    gateway: GatewayState  # the app's parts: a test that drives rollouts ticks `gateway.controller`
 
     @property
     def token(self) -> str:
@@ -139,11 +159,17 @@ class RunningServer:
         self.thread.join(timeout=15)
 
 
-def start_server(state_dir: Path, **overrides: Any) -> RunningServer:
+def start_server(
+    state_dir: Path,
+    *,
+    clock: Callable[[], float] = time.time,
+    drive_rollouts: bool = True,
+    **overrides: Any,
+) -> RunningServer:
+    """A gateway on 127.0.0.1 (port 0) in a thread, ready; `clock` and `drive_rollouts` go to `create_app`."""
     settings = Settings(state_dir=state_dir, **overrides)
-    config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=0, log_level="warning", lifespan="on"
-    )
+    app = create_app(settings, clock=clock, drive_rollouts=drive_rollouts)
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -153,12 +179,75 @@ def start_server(state_dir: Path, **overrides: Any) -> RunningServer:
             raise RuntimeError("uvicorn did not start")
         time.sleep(0.02)
     port = server.servers[0].sockets[0].getsockname()[1]
-    running = RunningServer(f"http://127.0.0.1:{port}", settings, server, thread)
+    running = RunningServer(f"http://127.0.0.1:{port}", settings, server, thread, app.state.gw)
     while httpx.get(f"{running.url}/readyz").status_code != 200:
         if time.monotonic() > deadline:
             raise RuntimeError("models did not load")
         time.sleep(0.05)
     return running
+
+
+def start_gateway(state_dir: Path, **settings: object) -> tuple[subprocess.Popen[bytes], str]:
+    """`kdgate serve` as a process of its own (a test may kill -9 it), ready; settings as KDGATE_* vars."""
+    port = free_port()
+    env = {**os.environ, **{f"KDGATE_{k.upper()}": str(v) for k, v in settings.items()}}
+    kdgate = Path(sys.executable).with_name("kdgate")
+    cmd = [str(kdgate), "serve", "--state-dir", str(state_dir), "--port", str(port), "--no-build"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        assert proc.poll() is None, "gateway exited during start"
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "gateway did not become ready"
+        time.sleep(0.2)
+
+
+ENDED = frozenset({"promoted", "rolled_back", "paused"})
+
+
+def rollout_status(server: RunningServer, task: str) -> dict[str, Any]:
+    """GET /admin/rollouts/<task>: state, config and the judge's latest evidence."""
+    r = httpx.get(f"{server.url}/admin/rollouts/{task}", headers=server.admin_headers())
+    r.raise_for_status()
+    result: dict[str, Any] = r.json()
+    return result
+
+
+def step_rollout(
+    server: RunningServer,
+    clock: FakeClock,
+    task: str,
+    until: frozenset[str] = ENDED,
+    timeout: float = 900.0,
+    pause_s: float = 0.2,
+) -> dict[str, Any]:
+    """Drives the rollout of `task` through the gateway's own controller on a fake clock, tick by tick,
+    until its phase is in `until`; returns its status then (as the admin API shows it).
+
+    At the start of every step the clock jumps over the step's dwell: the only thing waited for is the
+    evidence, the compared samples the shadow scores from the caller's real traffic. Between ticks that
+    left the step as it was the wall clock waits `pause_s`. `timeout` (wall seconds) bounds a failure only."""
+    deadline = time.monotonic() + timeout
+    dwelt: tuple[int, float] | None = None
+    while True:
+        current = rollout_status(server, task)
+        state = current["state"]
+        if state["phase"] in until:
+            return current
+        assert time.monotonic() < deadline, f"the rollout of {task} did not end: {current}"
+        step = (state["step_index"], state["step_started_at"])
+        if step != dwelt:  # a new step: its dwell passes at once
+            clock.advance(current["config"]["min_dwell_s"])
+            dwelt = step
+        server.gateway.controller.tick()
+        after = rollout_status(server, task)["state"]
+        if (after["phase"], after["step_index"]) == (state["phase"], state["step_index"]):
+            time.sleep(pause_s)
 
 
 class TrafficLoop:

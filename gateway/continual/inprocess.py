@@ -18,25 +18,23 @@ from gateway.rollouts.start import RolloutStart, start_rollout
 from gateway.serving.pool import ModelPool
 from gateway.serving.traffic import TrafficStore
 from gateway.settings import Settings
+from gateway.shadow.protection import ShadowProtection
 from rollout.driver import Controller, NoRollout
 
 log = logging.getLogger("kdgate.redistill")
 
 
 class GatewayHost:
-    """The check's host inside the gateway: its own pool, split and rollout controller."""
+    """The check's host inside the gateway: its own pool, split, rollout controller and the protection
+    its shadow log writers' retention reads."""
 
     def __init__(
-        self,
-        pool: ModelPool,
-        traffic: TrafficStore,
-        controller: Controller,
-        protect: Callable[[float | None], None],
+        self, pool: ModelPool, traffic: TrafficStore, controller: Controller, protection: ShadowProtection
     ) -> None:
         self.pool = pool
         self.traffic = traffic
         self.controller = controller
-        self.protect = protect
+        self.protection = protection
 
     async def rollout_phase(self, task: str) -> str | None:
         try:
@@ -56,7 +54,7 @@ class GatewayHost:
         await asyncio.to_thread(start_rollout, body, self.pool, self.traffic, self.controller, "judge")
 
     def protect_shadow_after(self, since: float | None) -> None:
-        self.protect(since)
+        self.protection.since = since
 
 
 def check_config(settings: Settings, task: str) -> CheckConfig:

@@ -88,7 +88,7 @@ async def set_traffic(
     if task not in SERVED_TASKS:
         raise InvalidInput(f"unknown task {task!r}; served: {list(SERVED_TASKS)}", field="task")
     weights = validate_weights(task, update.weights, state.pool.tasks_of())
-    rollout = state.controller.store.load(task)
+    rollout = state.rollouts.load(task)
     if rollout is not None and rollout[0].phase is Phase.PROGRESSING and not force:
         raise Conflict(
             f"a rollout of {task!r} is progressing ({rollout[0].candidate} at {rollout[0].weight}%); "

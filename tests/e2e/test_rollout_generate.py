@@ -3,12 +3,12 @@
 The candidates wrap the real SmolLM2 teacher (a fault model with no fault is a student that agrees with
 the teacher; with `wrong_rate=1` it falls into a repetition loop on every prompt). The loop is what
 on-policy agreement alone can miss — the teacher, reading the loop, predicts more of it — so the test
-loosens the disagreement guard and expects the degeneracy guard to catch it.
+loosens the disagreement guard and expects the degeneracy guard to catch it. Each scenario steps the
+gateway's controller on a fake clock (`step_rollout`): only the evidence is waited for.
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ import httpx
 
 from distill.faults import register_fault_model
 from distill.registry import FaultSpec, Registry
-from tests.support import TrafficLoop
+from tests.support import FakeClock, TrafficLoop, step_rollout
 
 TEACHER = "generate-teacher@1"
 FAST = {
@@ -46,21 +46,15 @@ def start(server: Any, candidate: str, **overrides: Any) -> httpx.Response:
     return httpx.post(f"{server.url}/admin/rollouts", json=body, headers=server.admin_headers())
 
 
-def wait_for_end(server: Any, timeout: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        current = httpx.get(f"{server.url}/admin/rollouts/generate", headers=server.admin_headers()).json()
-        if current["state"]["phase"] in {"promoted", "rolled_back", "paused"} or time.monotonic() > deadline:
-            return current
-        time.sleep(0.25)
-
-
 def test_agreeing_candidate_is_promoted(serve, generate_state_dir: Path) -> None:
     good = register_fault_model(Registry(generate_state_dir), FaultSpec(wraps=TEACHER), name="gen-copy").ref
-    server = serve(state_dir=generate_state_dir, rollout_tick_seconds=0.25, shadow_generate_queue_size=8)
+    clock = FakeClock()
+    server = serve(
+        state_dir=generate_state_dir, clock=clock, drive_rollouts=False, shadow_generate_queue_size=8
+    )
     assert start(server, good, max_disagreement=0.2, max_degenerate_rate=0.5).status_code == 201
     with TrafficLoop(server.url, QUESTIONS, threads=3, path="/generate", body=chat) as loop:
-        final = wait_for_end(server, timeout=900)  # a bound on a failure only: the end stops the wait
+        final = step_rollout(server, clock, "generate")
     assert final["state"]["phase"] == "promoted", final
     assert set(loop.codes) == {200}
     verdicts = {e["metric"]: e["verdict"] for e in final["evidence"]}
@@ -71,10 +65,13 @@ def test_repetition_loop_is_rolled_back_by_the_degeneracy_guard(serve, generate_
     looping = register_fault_model(
         Registry(generate_state_dir), FaultSpec(wraps=TEACHER, wrong_rate=1.0), name="gen-loop"
     ).ref
-    server = serve(state_dir=generate_state_dir, rollout_tick_seconds=0.25, shadow_generate_queue_size=8)
+    clock = FakeClock()
+    server = serve(
+        state_dir=generate_state_dir, clock=clock, drive_rollouts=False, shadow_generate_queue_size=8
+    )
     assert start(server, looping, max_disagreement=0.95, max_kl=9.0).status_code == 201
     with TrafficLoop(server.url, QUESTIONS, threads=3, path="/generate", body=chat):
-        final = wait_for_end(server, timeout=900)  # a bound on a failure only: the end stops the wait
+        final = step_rollout(server, clock, "generate")
     assert final["state"]["phase"] == "rolled_back", final
     failed = {e["metric"] for e in final["evidence"] if e["verdict"] == "fail"}
     assert failed == {"degenerate"}, final["evidence"]

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,28 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from distill.shadowlog.reader import read_shadow
-from tests.support import child_pids, free_port, is_alive
+from tests.support import child_pids, is_alive, start_gateway
 
 STUDENT = "classify-student@1"
-
-
-def start_gateway(state_dir: Path, **settings: object) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    env = {**os.environ, **{f"KDGATE_{k.upper()}": str(v) for k, v in settings.items()}}
-    kdgate = Path(sys.executable).with_name("kdgate")
-    cmd = [str(kdgate), "serve", "--state-dir", str(state_dir), "--port", str(port), "--no-build"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        assert proc.poll() is None, "gateway exited during start"
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "gateway did not become ready"
-        time.sleep(0.2)
 
 
 def send(url: str, state_dir: Path, n: int) -> list[str]:
