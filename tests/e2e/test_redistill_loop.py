@@ -1,5 +1,8 @@
 """The continual loop on a real server: shifted-domain traffic → shadow records → re-distilled
-classify-student@2 → gate passes → its canary is started and promoted by the judge."""
+classify-student@2 → gate passes → its canary is started and promoted by the judge.
+
+The loop runs on its own; once it has started the canary, the test steps the gateway's controller on a
+fake clock (`step_rollout`)."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -16,13 +20,28 @@ from distill.corpora import bbc_paragraphs
 from distill.generate.build import TINY_GENERATE_RECIPE, build_generate_student
 from distill.registry import Registry
 from distill.shadowlog.reader import read_shadow
-from tests.support import FAST, STUDENT, TrafficLoop
+from tests.support import FAST, STUDENT, FakeClock, RunningServer, TrafficLoop, step_rollout
 
 CANDIDATE = "classify-student@2"
 
 
+def wait_for_canary(server: RunningServer, task: str, candidate: str, timeout: float) -> dict[str, Any]:
+    """The rollout of `task` once the loop has started `candidate`'s canary; `timeout` bounds a failure."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = httpx.get(f"{server.url}/admin/rollouts/{task}", headers=server.admin_headers())
+        if r.status_code == 200 and r.json()["state"]["candidate"] == candidate:
+            result: dict[str, Any] = r.json()
+            return result
+        assert time.monotonic() < deadline, f"no canary of {candidate}: {r.text}"
+        time.sleep(1.0)
+
+
 def test_bbc_traffic_to_a_tweet_student_is_redistilled_and_promoted(serve) -> None:
+    clock = FakeClock()
     server = serve(
+        clock=clock,
+        drive_rollouts=False,
         redistill_enabled=True,
         redistill_min_new_records=300,
         redistill_check_seconds=1.0,
@@ -42,26 +61,17 @@ def test_bbc_traffic_to_a_tweet_student_is_redistilled_and_promoted(serve) -> No
             "max_agreement_drop": 0.1,
             "max_kl_rise": 0.05,
         },
-        rollout_tick_seconds=0.25,
         shadow_idle_cpu=1.0,  # opt-in: comparisons at the pace of a quiet gateway, not of the floor
     )
     headers = server.admin_headers()
     split = {"weights": {STUDENT: 100}}
     assert httpx.put(f"{server.url}/admin/traffic/classify", json=split, headers=headers).status_code == 200
     paragraphs = bbc_paragraphs(limit=500, seed=3)
-    deadline = time.monotonic() + 420
-    phase = None
     # Paced, not flat out: the training child and the shadow teacher (whose budget grows into idle
     # cores) need CPU beside serving, as on a gateway that is not saturated.
-    with TrafficLoop(server.url, paragraphs, threads=2, max_seconds=420, pause_s=0.02) as loop:
-        while time.monotonic() < deadline:
-            r = httpx.get(f"{server.url}/admin/rollouts/classify", headers=headers)
-            if r.status_code == 200:
-                state = r.json()["state"]
-                phase = state["phase"]
-                if state["candidate"] == CANDIDATE and phase in ("promoted", "rolled_back"):
-                    break
-            time.sleep(1.0)
+    with TrafficLoop(server.url, paragraphs, threads=2, max_seconds=900, pause_s=0.02) as loop:
+        wait_for_canary(server, "classify", CANDIDATE, timeout=420)
+        phase = step_rollout(server, clock, "classify", timeout=420)["state"]["phase"]
     assert phase == "promoted", phase
     assert set(loop.codes) == {200}
     models = httpx.get(f"{server.url}/admin/models", headers=headers).json()["models"]
@@ -123,8 +133,11 @@ def test_generate_traffic_is_redistilled_and_promoted(serve, generate_state_dir:
     sensible = replace(TINY_GENERATE_RECIPE, student_layers=(0, 1, 2, 3), budget_minutes=3.0, max_steps=28)
     student = build_generate_student(Registry(generate_state_dir), sensible, log=lambda _: None).ref
     candidate = f"generate-student@{int(student.split('@')[1]) + 1}"
+    clock = FakeClock()
     server = serve(
         state_dir=generate_state_dir,
+        clock=clock,
+        drive_rollouts=False,
         redistill_enabled=True,
         redistill_tasks=["generate"],
         redistill_min_new_completions=24,
@@ -147,7 +160,6 @@ def test_generate_traffic_is_redistilled_and_promoted(serve, generate_state_dir:
             "max_kl": 19.0,  # below the generate kl_cap (20)
             "max_degenerate_rate": 0.99,
         },
-        rollout_tick_seconds=0.25,
         shadow_flush_seconds=0.2,
         shadow_generate_queue_size=8,
     )
@@ -157,30 +169,17 @@ def test_generate_traffic_is_redistilled_and_promoted(serve, generate_state_dir:
     topics = [
         f"Write one sentence about {t}." for t in ("rain", "a goal", "a phone", "shares", "bread", "trains")
     ]
-    phase = None
-    # 900 s: on a machine 2-3x slower than usual (2026-12-01) the run plus its canary took ~420 s, the old
-    # limit; a promotion ends the wait at once, so the limit only bounds a failure.
-    deadline = time.monotonic() + 900
     body = lambda text: {"messages": [{"role": "user", "content": text}], "max_tokens": 12}  # noqa: E731
     # One client thread with a think time until the canary starts, as on a gateway that is not
-    # saturated: the training child runs in SCHED_IDLE, and flat out (serving plus the niced shadow
-    # teacher on both cores) its 6 s of KD took 238 s of wall time (91 s with the pause; 2026-12-02).
-    # Then flat out: the canary's evidence comes with its traffic (its 50% step took 54 s flat out,
-    # 100 s with the pause).
+    # saturated: the training child runs in SCHED_IDLE and needs the cores serving and the niced shadow
+    # teacher leave it. Then flat out: the canary's evidence comes with its traffic.
     traffic = TrafficLoop(
-        server.url, topics, threads=1, max_seconds=900, path="/generate", body=body, pause_s=0.5
+        server.url, topics, threads=1, max_seconds=1800, path="/generate", body=body, pause_s=0.5
     )
     with traffic as loop:
-        while time.monotonic() < deadline:
-            r = httpx.get(f"{server.url}/admin/rollouts/generate", headers=headers)
-            if r.status_code == 200:
-                state = r.json()["state"]
-                phase = state["phase"]
-                if state["candidate"] == candidate:
-                    loop.pause_s = 0.0
-                    if phase in ("promoted", "rolled_back"):
-                        break
-            time.sleep(1.0)
+        wait_for_canary(server, "generate", candidate, timeout=900)  # bounds a failure only
+        loop.pause_s = 0.0
+        phase = step_rollout(server, clock, "generate", timeout=900)["state"]["phase"]
     assert phase == "promoted", phase
     assert set(loop.codes) == {200}
     models = httpx.get(f"{server.url}/admin/models", headers=headers).json()["models"]
