@@ -8,11 +8,12 @@ import json
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Protocol
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from distill.gate import GateConfig
+from durablefs import write_json
 from gateway.cli.common import (
     DEFAULT_STATE,
     DEFAULT_URL,
@@ -25,8 +26,7 @@ from gateway.cli.common import (
 )
 
 if TYPE_CHECKING:
-    from distill.gate import GateResult
-    from distill.registry import Manifest
+    from distill.runs import RunResult
 
 distill_app = typer.Typer(
     help="Distil students: a new version from the teacher or the shadow log, or continually (watch)."
@@ -254,21 +254,6 @@ def _gate_config(overrides: str | None, base: GateConfig) -> GateConfig:
         raise typer.BadParameter(f"--gate must be a JSON object of GateConfig fields: {exc}") from exc
 
 
-class RunResult(Protocol):
-    """What both tasks' re-distillation runs return (`RedistillResult`, `LMRedistillResult`)."""
-
-    @property
-    def gate(self) -> GateResult: ...
-    @property
-    def manifest(self) -> Manifest | None: ...
-    @property
-    def data(self) -> dict[str, object]: ...
-    @property
-    def seconds(self) -> float: ...
-    @property
-    def training(self) -> dict[str, float]: ...
-
-
 def _report(result: RunResult, result_json: Path | None) -> None:
     summary = {
         "registered": result.manifest.ref if result.manifest else None,
@@ -278,7 +263,7 @@ def _report(result: RunResult, result_json: Path | None) -> None:
         "training": result.training,  # resumed_from_step > 0: it took up a stopped run's checkpoint
     }
     if result_json is not None:
-        result_json.write_text(json.dumps(summary))
+        write_json(result_json, summary)  # the loop reads it: never half a file
     typer.echo(json.dumps(summary, indent=2))
     if not result.gate.passed:
         raise typer.Exit(3)  # refused by the gate: distinct from errors (1) for scripts and the loop
