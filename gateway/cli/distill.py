@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -194,7 +195,6 @@ def _redistill(
     gate: str | None,
 ) -> None:
     from distill.classify.redistill import RedistillRecipe, redistill
-    from distill.registry import Registry
 
     gate_config = _gate_config(gate, GateConfig())
     recipe = RedistillRecipe(
@@ -206,13 +206,7 @@ def _redistill(
         corrupt_targets=corrupt_targets,
         gate=gate_config,
     )
-    try:
-        root = shadow_root or str(state_dir / "shadow")
-        result = redistill(Registry(state_dir), recipe, root, parent_ref=parent, log=console.print)
-    except ValueError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from exc
-    _report(result, result_json)
+    _run_and_report(redistill, recipe, state_dir, shadow_root, parent, result_json)
 
 
 def _redistill_generate(
@@ -229,7 +223,6 @@ def _redistill_generate(
     gate: str | None,
 ) -> None:
     from distill.generate.redistill import GENERATE_GATE, LMRedistillRecipe, redistill_generate
-    from distill.registry import Registry
 
     recipe = LMRedistillRecipe(
         since=since, until=until, threads=threads, seed=seed, gate=_gate_config(gate, GENERATE_GATE)
@@ -238,13 +231,7 @@ def _redistill_generate(
         recipe = replace(recipe, budget_minutes=budget)
     if steps:  # the step count rules; a budget given beside it still caps the wall time
         recipe = replace(recipe, max_steps=steps, budget_minutes=budget or STEPS_TIME_CAP_MINUTES)
-    try:
-        root = shadow_root or str(state_dir / "shadow")
-        result = redistill_generate(Registry(state_dir), recipe, root, parent_ref=parent, log=console.print)
-    except ValueError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from exc
-    _report(result, result_json)
+    _run_and_report(redistill_generate, recipe, state_dir, shadow_root, parent, result_json)
 
 
 def _gate_config(overrides: str | None, base: GateConfig) -> GateConfig:
@@ -252,6 +239,27 @@ def _gate_config(overrides: str | None, base: GateConfig) -> GateConfig:
         return replace(base, **json.loads(overrides)) if overrides else base
     except (ValueError, TypeError) as exc:
         raise typer.BadParameter(f"--gate must be a JSON object of GateConfig fields: {exc}") from exc
+
+
+def _run_and_report(
+    run: Callable[..., RunResult],
+    recipe: object,
+    state_dir: Path,
+    shadow_root: str | None,
+    parent: str | None,
+    result_json: Path | None,
+) -> None:
+    """One re-distillation run of either task (`distill.runs.redistill_run` with its task bound);
+    a refused request (no parent, too small a window) is one red line and exit 1."""
+    from distill.registry import Registry
+
+    try:
+        root = shadow_root or str(state_dir / "shadow")
+        result = run(Registry(state_dir), recipe, root, parent_ref=parent, log=console.print)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    _report(result, result_json)
 
 
 def _report(result: RunResult, result_json: Path | None) -> None:
