@@ -24,24 +24,11 @@ from gateway.continual.check import ContinualCheck
 from gateway.continual.inprocess import GatewayHost, check_config, redistill_loop
 from gateway.errors import GatewayError, InvalidInput, MalformedRequest
 from gateway.http import admin, classify, generate, rollouts
-from gateway.serving.pool import SERVED_TASKS
+from gateway.serving.default_build import build_in_background, missing_defaults
 from gateway.settings import Settings
 from gateway.state import GatewayState
 
 log = logging.getLogger("kdgate.app")
-
-
-def _load_models(state: GatewayState) -> None:
-    state.pool.load_all()
-    for task in SERVED_TASKS:
-        teacher = state.pool.teacher_ref(task)
-        if teacher is None:
-            continue
-        loaded = state.pool.tasks_of()
-        persisted = state.traffic.get(task)
-        if not persisted or any(loaded.get(ref) != task for ref in persisted):
-            state.traffic.set(task, {teacher: 100})  # default, or the old split names a missing model
-        state.metrics.set_weights(task, state.traffic.get(task), [r for r, t in loaded.items() if t == task])
 
 
 async def _drive_rollouts(state: GatewayState) -> None:
@@ -84,13 +71,16 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async def load() -> None:
             try:
-                await asyncio.to_thread(_load_models, state)
+                await asyncio.to_thread(state.load_models)
                 state.ready = True
             except Exception as exc:  # readyz reports it; the process stays up for inspection
                 log.exception("loading models failed")
                 state.load_error = f"{type(exc).__name__}: {exc}"
 
         state.tasks["loader"] = asyncio.create_task(load())
+        if settings.build_missing_models and missing_defaults(state):
+            state.building = True  # before the first request: a task to come answers 503, not 404
+            state.tasks["build"] = asyncio.create_task(build_in_background(state))
         if state.shadow is not None:
             state.shadow.start()
         if state.generate_shadow is not None:
@@ -130,10 +120,16 @@ def create_app(
 
     @app.get("/readyz", tags=["health"])
     async def readyz() -> JSONResponse:
-        if state.ready:
-            return JSONResponse({"status": "ready", "models": sorted(state.pool.tasks_of())})
-        body = {"status": "loading" if state.load_error is None else "failed", "error": state.load_error}
-        return JSONResponse(body, status_code=503)
+        """200 once a task can answer (its teacher is loaded), with each task's readiness."""
+        if not state.ready:
+            body = {"status": "loading" if state.load_error is None else "failed", "error": state.load_error}
+            return JSONResponse(body, status_code=503)
+        tasks = state.task_readiness()
+        models = sorted(state.pool.tasks_of())
+        if "ready" in tasks.values():
+            return JSONResponse({"status": "ready", "tasks": tasks, "models": models})
+        status = "building" if state.building else "no_models"
+        return JSONResponse({"status": status, "tasks": tasks, "models": models}, status_code=503)
 
     @app.get("/metrics", tags=["health"])
     async def metrics() -> Response:
@@ -154,7 +150,7 @@ def _request_id(request: Request) -> dict[str, str]:
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(GatewayError)
     async def gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status, headers=_request_id(request))
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers() | _request_id(request))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

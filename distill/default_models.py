@@ -1,0 +1,150 @@
+"""The default models of a fresh state, built one at a time in the order that answers soonest, and the
+status file that tells a gateway (and its operator) what is built, what is building and what failed.
+
+The order: the generate teacher (a conversion of the packaged GGUF file, seconds), the classify teacher
+(a fine-tune, minutes), then the students (distillation from those teachers). A gateway serves each task
+as soon as its teacher exists and picks up the students as they are registered (each behind its gate).
+A step whose task already has a model in its role (built before, or imported) is skipped.
+
+    steps = default_steps(ClassifyRecipe(), GenerateRecipe())
+    build_missing(registry, steps, status_path(state_dir))
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel
+
+from distill.classify.build import ClassifyRecipe, build_student, build_teacher
+from distill.registry import Registry, Role
+from durablefs import write_json
+
+if TYPE_CHECKING:
+    from distill.generate.build import GenerateRecipe
+
+Log = Callable[[str], None]
+
+
+class StepState(StrEnum):
+    PENDING = "pending"
+    BUILDING = "building"
+    DONE = "done"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class BuildStep:
+    task: str
+    role: Role
+    build: Callable[[Registry, Log], object]
+
+    @property
+    def label(self) -> str:
+        return f"{self.task} {self.role}"
+
+
+class StepStatus(BaseModel):
+    task: str
+    role: str
+    state: StepState = StepState.PENDING
+    started_at: float | None = None
+    ended_at: float | None = None
+    ref: str | None = None  # what it registered
+    error: str | None = None
+
+
+class BuildStatus(BaseModel):
+    steps: list[StepStatus] = []
+    started_at: float | None = None
+    ended_at: float | None = None  # None while the build runs
+
+    @property
+    def running(self) -> bool:
+        return self.started_at is not None and self.ended_at is None
+
+    def building(self, task: str) -> bool:
+        """Whether a model of `task` is still to come from this build."""
+        pending = {StepState.PENDING, StepState.BUILDING}
+        return self.running and any(s.task == task and s.state in pending for s in self.steps)
+
+
+def status_path(state_dir: Path) -> Path:
+    return state_dir / "build" / "status.json"
+
+
+def read_status(state_dir: Path) -> BuildStatus:
+    """The last build's status (an empty one when no build ever ran, or the file is unreadable)."""
+    path = status_path(state_dir)
+    try:
+        return BuildStatus.model_validate_json(path.read_text())
+    except (OSError, ValueError):
+        return BuildStatus()
+
+
+def default_steps(classify: ClassifyRecipe, generate: GenerateRecipe | None) -> list[BuildStep]:
+    """The default models in build order; with `generate` None, no /generate models."""
+
+    def generate_teacher(registry: Registry, log: Log) -> object:
+        from distill.generate.teacher import ensure_generate_teacher
+
+        return ensure_generate_teacher(registry)
+
+    def classify_teacher(registry: Registry, log: Log) -> object:
+        return build_teacher(registry, classify, log)
+
+    def classify_student(registry: Registry, log: Log) -> object:
+        teacher = registry.latest_of("classify", Role.TEACHER)
+        if teacher is None:
+            raise RuntimeError("no classify teacher to distil from")
+        return build_student(registry, classify, teacher.ref, log)
+
+    def generate_student(registry: Registry, log: Log) -> object:
+        from distill.generate.build import build_generate_student
+
+        assert generate is not None
+        return build_generate_student(registry, generate, log=log)
+
+    steps = [BuildStep("classify", Role.TEACHER, classify_teacher)]
+    steps.append(BuildStep("classify", Role.STUDENT, classify_student))
+    if generate is not None:
+        steps.insert(0, BuildStep("generate", Role.TEACHER, generate_teacher))
+        steps.append(BuildStep("generate", Role.STUDENT, generate_student))
+    return steps
+
+
+def missing(registry: Registry, steps: list[BuildStep]) -> list[BuildStep]:
+    """The steps whose task has no model in their role yet."""
+    return [s for s in steps if registry.latest_of(s.task, s.role) is None]
+
+
+def build_missing(registry: Registry, steps: list[BuildStep], status_file: Path, log: Log = print) -> bool:
+    """Builds each missing step in order, rewriting `status_file` (durably) at every transition.
+    A failed step is recorded with its error and the build goes on (a student of a failed teacher then
+    fails too, saying so). Returns whether every step ended done."""
+    todo = missing(registry, steps)
+    status = BuildStatus(steps=[StepStatus(task=s.task, role=s.role) for s in todo], started_at=time.time())
+    write_json(status_file, status.model_dump(mode="json"))
+    for step, entry in zip(todo, status.steps, strict=True):
+        entry.state, entry.started_at = StepState.BUILDING, time.time()
+        write_json(status_file, status.model_dump(mode="json"))
+        log(f"building the {step.label}")
+        try:
+            step.build(registry, log)
+        except Exception as exc:  # recorded for the operator; the next steps may still succeed
+            entry.state, entry.error = StepState.FAILED, f"{type(exc).__name__}: {exc}"
+            log(f"the {step.label} failed: {entry.error}\n{traceback.format_exc()}")
+        else:
+            built = registry.latest_of(step.task, step.role)
+            entry.state, entry.ref = StepState.DONE, None if built is None else built.ref
+        entry.ended_at = time.time()
+        write_json(status_file, status.model_dump(mode="json"))
+    status.ended_at = time.time()
+    write_json(status_file, status.model_dump(mode="json"))
+    return all(s.state is StepState.DONE for s in status.steps)

@@ -1,0 +1,95 @@
+"""The default models a fresh gateway lacks, built while it already serves: `kdgate models build` in a
+child below serving (the re-distillation's nice value and scheduling class), teachers first. After each
+step the child registers, the gateway loads what is new, so a task answers as soon as its teacher exists
+and a student joins once it is built and gated. The child's output goes to <state-dir>/build/build.log;
+each step's state to <state-dir>/build/status.json (`GET /admin/build`, `kdgate models build-status`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from distill.classify.build import ClassifyRecipe
+from distill.default_models import BuildStep, StepState, default_steps, missing, read_status
+from gateway.continual.child import below_serving
+from gateway.settings import Settings
+from gateway.state import GatewayState
+
+log = logging.getLogger("kdgate.build")
+POLL_SECONDS = 1.0
+
+
+def _steps(settings: Settings) -> list[BuildStep]:
+    classify = replace(ClassifyRecipe(dataset=settings.dataset), **settings.build_recipe)
+    generate = None
+    if settings.build_generate:
+        from distill.generate.build import GenerateRecipe
+
+        generate = replace(GenerateRecipe(), **settings.build_generate_recipe)
+    return default_steps(classify, generate)
+
+
+def missing_defaults(state: GatewayState) -> list[BuildStep]:
+    return missing(state.registry, _steps(state.settings))
+
+
+def build_command(settings: Settings) -> list[str]:
+    kdgate = str(Path(sys.executable).with_name("kdgate"))
+    cmd = [kdgate, "models", "build", "--state-dir", str(settings.state_dir), "--dataset", settings.dataset]
+    cmd.append("--generate" if settings.build_generate else "--no-generate")
+    if settings.build_recipe:
+        cmd += ["--recipe", json.dumps(settings.build_recipe)]
+    if settings.build_generate_recipe:
+        cmd += ["--generate-recipe", json.dumps(settings.build_generate_recipe)]
+    return cmd
+
+
+async def build_in_background(state: GatewayState) -> None:
+    """Runs the build child to its end, loading each model as its step is done. Cancelled (the gateway
+    stopping), it stops the child; the next start builds what is still missing."""
+    settings = state.settings
+    log_path = settings.state_dir / "build" / "build.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log.info("building the missing default models in the background; progress in %s", log_path)
+    state.building = True
+    try:
+        with log_path.open("ab") as output:
+            proc = await asyncio.create_subprocess_exec(
+                *build_command(settings),
+                stdout=output,
+                stderr=asyncio.subprocess.STDOUT,
+                preexec_fn=below_serving(settings.redistill_nice, settings.redistill_idle_class),
+            )
+        await _follow(state, proc)
+    finally:
+        state.building = False
+    await asyncio.to_thread(state.load_models)  # whatever the last step registered
+    if proc.returncode:
+        log.error("building the default models failed (exit %s); see %s", proc.returncode, log_path)
+
+
+async def _follow(state: GatewayState, proc: asyncio.subprocess.Process) -> None:
+    loaded: set[str | None] = set()
+    try:
+        while proc.returncode is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), POLL_SECONDS)
+            steps = read_status(state.settings.state_dir).steps
+            built = {s.ref for s in steps if s.state is StepState.DONE}
+            if built - loaded and state.ready:  # before the first load, that load takes them all
+                await asyncio.to_thread(state.load_models)
+                loaded |= built
+    except asyncio.CancelledError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 10)
+            except TimeoutError:
+                proc.kill()
+        raise
