@@ -101,8 +101,9 @@ def test_standalone_watch_redistils_and_starts_a_canary_on_the_gateway(serve, st
         assert time.monotonic() < deadline, "the shadow log did not fill"
         time.sleep(0.5)
     # The tiny models are weak and 300 records are few: the gate only has to let a sane candidate by.
-    gate = {"min_agreement": 0.0, "max_kl": 10.0, "min_accuracy": 0.0, "max_accuracy_drop": 0.05}
-    gate |= {"max_agreement_drop": 0.05, "max_kl_rise": 0.1}
+    # Its recent-traffic figures come from ~60 held-out records, so a 0.05 margin is 3 records: noise.
+    gate = {"min_agreement": 0.0, "max_kl": 10.0, "min_accuracy": 0.0, "max_accuracy_drop": 0.2}
+    gate |= {"max_agreement_drop": 0.2, "max_kl_rise": 0.5}
     kdgate = Path(sys.executable).with_name("kdgate")
     cmd = [str(kdgate), "distill", "watch", "--once", "--url", server.url, "--state-dir", str(state_dir)]
     cmd += ["--min-new-records", "200", "--gate", json.dumps(gate)]
