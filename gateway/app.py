@@ -96,9 +96,10 @@ def create_app(
         for task in state.tasks.values():
             task.cancel()
         if state.shadow is not None:
-            await state.shadow.close()  # graceful stop (SIGTERM): score what is queued, flush the log
+            # graceful stop (SIGTERM): score what is queued, flush the log
+            await state.shadow.close(settings.shadow_drain_seconds)
         if state.generate_shadow is not None:
-            await state.generate_shadow.close()
+            await state.generate_shadow.close(settings.shadow_drain_seconds)
         await state.pool.close()
 
     app = FastAPI(

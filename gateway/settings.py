@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     shadow_rates: dict[str, float] = Field(default_factory=dict)  # per model ref overrides of shadow_rate
     shadow_queue_size: int = Field(1024, ge=1)  # pending shadow items; beyond it items are dropped, counted
     shadow_batch: int = Field(32, ge=1)  # items scored per teacher call
+    # On a graceful stop, queued shadow items are still scored for this long; the rest are dropped, counted.
+    shadow_drain_seconds: float = Field(10.0, ge=0)
     shadow_generate_queue_size: int = Field(64, ge=1)  # /generate items: each costs a teacher pass
     # Score the candidate of an active rollout first, and keep a quarter of each shadow queue for it: the
     # judge waits on its comparisons, while the stable model's only feed the log (gateway/shadow/queue.py).

@@ -46,13 +46,15 @@ FAST = {
     "min_dwell_s": 1.0,
     "min_samples": 30,
     "min_requests": 30,
-    "max_disagreement": 0.45,
+    # The tiny student disagrees with its tiny teacher on ~25% of texts; its mean KL is ~0.005 nats (each
+    # sample bounded by kl_cap, 10). At these thresholds the judge's confidence sequences pass a step on
+    # ~30 compared samples (the min_samples floor); a disagreement bound of 0.45 would take ~95, which a 5%
+    # step gathers slowly. The guards' own behaviour is tested in tests/unit/test_rollout_judge.py; these
+    # tests are about the steps.
+    "max_disagreement": 0.6,
     "error_budget": 0.1,
     "p99_slo_ms": 1000.0,
-    # The tiny test students' mean KL is ~0.005 nats. The KL guard bounds each sample by kl_cap (10), so
-    # proving "below 0.5" takes ~200 compared samples per step; "below 2" takes ~50. The guard's own
-    # behaviour is tested in tests/unit/test_rollout_judge.py; these tests are about the steps.
-    "max_kl": 2.0,
+    "max_kl": 3.0,
 }
 
 
@@ -166,8 +168,11 @@ def start_server(
     drive_rollouts: bool = True,
     **overrides: Any,
 ) -> RunningServer:
-    """A gateway on 127.0.0.1 (port 0) in a thread, ready; `clock` and `drive_rollouts` go to `create_app`."""
-    settings = Settings(state_dir=state_dir, **overrides)
+    """A gateway on 127.0.0.1 (port 0) in a thread, ready; `clock` and `drive_rollouts` go to `create_app`.
+
+    Its stop scores what the shadow has queued for 1 s, not 10: a test that ends under load leaves a
+    backlog it does not read."""
+    settings = Settings(state_dir=state_dir, **{"shadow_drain_seconds": 1.0, **overrides})
     app = create_app(settings, clock=clock, drive_rollouts=drive_rollouts)
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)

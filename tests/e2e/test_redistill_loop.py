@@ -101,8 +101,9 @@ def test_standalone_watch_redistils_and_starts_a_canary_on_the_gateway(serve, st
         assert time.monotonic() < deadline, "the shadow log did not fill"
         time.sleep(0.5)
     # The tiny models are weak and 300 records are few: the gate only has to let a sane candidate by.
-    gate = {"min_agreement": 0.0, "max_kl": 10.0, "min_accuracy": 0.0, "max_accuracy_drop": 0.05}
-    gate |= {"max_agreement_drop": 0.05, "max_kl_rise": 0.1}
+    # Its recent-traffic figures come from ~60 held-out records, so a 0.05 margin is 3 records: noise.
+    gate = {"min_agreement": 0.0, "max_kl": 10.0, "min_accuracy": 0.0, "max_accuracy_drop": 0.2}
+    gate |= {"max_agreement_drop": 0.2, "max_kl_rise": 0.5}
     kdgate = Path(sys.executable).with_name("kdgate")
     cmd = [str(kdgate), "distill", "watch", "--once", "--url", server.url, "--state-dir", str(state_dir)]
     cmd += ["--min-new-records", "200", "--gate", json.dumps(gate)]
@@ -127,9 +128,8 @@ def test_generate_traffic_is_redistilled_and_promoted(serve, generate_state_dir:
     completions: the gate's floors are off and its margins and the canary's thresholds are wide; the
     loop's steps are what is tested.
 
-    The build is bound by steps, not time: with a 24 s budget a busy CI machine got 20 steps, and that
-    student disagreed with the teacher on 0.97 of live tokens (the canary's limit is 0.95) where 24-26
-    steps gave 0.78-0.81."""
+    The build is bound by steps, not time, so the student is the same on any machine: a few steps
+    fewer leave it disagreeing with the teacher on more live tokens than the canary's limit (0.95)."""
     sensible = replace(TINY_GENERATE_RECIPE, student_layers=(0, 1, 2, 3), budget_minutes=3.0, max_steps=28)
     student = build_generate_student(Registry(generate_state_dir), sensible, log=lambda _: None).ref
     candidate = f"generate-student@{int(student.split('@')[1]) + 1}"
