@@ -124,12 +124,18 @@ def missing(registry: Registry, steps: list[BuildStep]) -> list[BuildStep]:
     return [s for s in steps if registry.latest_of(s.task, s.role) is None]
 
 
+def planned(steps: list[BuildStep]) -> BuildStatus:
+    """A build about to start: every step pending."""
+    return BuildStatus(steps=[StepStatus(task=s.task, role=s.role) for s in steps], started_at=time.time())
+
+
 def build_missing(registry: Registry, steps: list[BuildStep], status_file: Path, log: Log = print) -> bool:
     """Builds each missing step in order, rewriting `status_file` (durably) at every transition.
     A failed step is recorded with its error and the build goes on (a student of a failed teacher then
     fails too, saying so). Returns whether every step ended done."""
     todo = missing(registry, steps)
-    status = BuildStatus(steps=[StepStatus(task=s.task, role=s.role) for s in todo], started_at=time.time())
+    status = planned(todo)
+    status_file.parent.mkdir(parents=True, exist_ok=True)
     write_json(status_file, status.model_dump(mode="json"))
     for step, entry in zip(todo, status.steps, strict=True):
         entry.state, entry.started_at = StepState.BUILDING, time.time()

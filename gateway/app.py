@@ -24,7 +24,7 @@ from gateway.continual.check import ContinualCheck
 from gateway.continual.inprocess import GatewayHost, check_config, redistill_loop
 from gateway.errors import GatewayError, InvalidInput, MalformedRequest
 from gateway.http import admin, classify, generate, rollouts
-from gateway.serving.default_build import build_in_background, missing_defaults
+from gateway.serving.default_build import missing_defaults, start_background_build
 from gateway.settings import Settings
 from gateway.state import GatewayState
 
@@ -78,9 +78,8 @@ def create_app(
                 state.load_error = f"{type(exc).__name__}: {exc}"
 
         state.tasks["loader"] = asyncio.create_task(load())
-        if settings.build_missing_models and missing_defaults(state):
-            state.building = True  # before the first request: a task to come answers 503, not 404
-            state.tasks["build"] = asyncio.create_task(build_in_background(state))
+        if settings.build_missing_models and (steps := missing_defaults(state)):
+            state.tasks["build"] = start_background_build(state, steps)
         if state.shadow is not None:
             state.shadow.start()
         if state.generate_shadow is not None:

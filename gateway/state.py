@@ -12,6 +12,7 @@ from pathlib import Path
 from distill.registry import Registry
 from distill.shadowlog.writer import ShadowLogWriter
 from durablefs import write_text
+from gateway.errors import ModelUnavailable
 from gateway.rollouts.ports import LocalSource, MetricsSink, TrafficSetter
 from gateway.serving.inflight import InFlight
 from gateway.serving.metrics import GatewayMetrics
@@ -47,7 +48,7 @@ class GatewayState:
     shadow_protection: ShadowProtection  # set while a re-distillation reads the log from then on
     ready: bool = False  # the models registered at start are loaded
     load_error: str | None = None
-    building: bool = False  # a background build of missing default models is running
+    building: frozenset[str] = frozenset()  # tasks a running background build brings models for
     in_flight: InFlight = field(default_factory=InFlight)  # requests being answered, and how busy
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
 
@@ -75,8 +76,16 @@ class GatewayState:
             if self.pool.teacher_ref(task) is not None:
                 readiness[task] = "ready"
             else:
-                readiness[task] = "building" if self.building else "missing"
+                readiness[task] = "building" if task in self.building else "missing"
         return readiness
+
+    def no_model(self, task: str) -> ModelUnavailable:
+        """The refusal of a request to a task with no teacher loaded: 503 with Retry-After."""
+        if task in self.building:
+            return ModelUnavailable(f"the {task} models are being built (GET /admin/build); retry later")
+        return ModelUnavailable(
+            f"no {task} teacher is loaded (kdgate models import PATH --role teacher, or kdgate models build)"
+        )
 
     @classmethod
     def build(cls, settings: Settings, clock: Callable[[], float] = time.time) -> GatewayState:

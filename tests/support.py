@@ -37,7 +37,8 @@ from gateway.state import GatewayState
 ROOT = Path(__file__).resolve().parents[1]
 
 # Small enough to build in ~30 s on 2 cores, real in every other respect.
-TINY_RECIPE = ClassifyRecipe(teacher_examples=320, student_examples=320, eval_examples=200, threads=2)
+TINY = {"teacher_examples": 320, "student_examples": 320, "eval_examples": 200, "threads": 2}
+TINY_RECIPE = ClassifyRecipe(**TINY)
 
 # Rollout settings for the e2e scenarios on the tiny models.
 TEACHER, STUDENT = "classify-teacher@1", "classify-student@1"
@@ -166,13 +167,17 @@ def start_server(
     *,
     clock: Callable[[], float] = time.time,
     drive_rollouts: bool = True,
+    wait_ready: bool = True,
     **overrides: Any,
 ) -> RunningServer:
-    """A gateway on 127.0.0.1 (port 0) in a thread, ready; `clock` and `drive_rollouts` go to `create_app`.
+    """A gateway on 127.0.0.1 (port 0) in a thread, ready (or only listening, without `wait_ready`);
+    `clock` and `drive_rollouts` go to `create_app`.
 
     Its stop scores what the shadow has queued for 1 s, not 10: a test that ends under load leaves a
-    backlog it does not read."""
-    settings = Settings(state_dir=state_dir, **{"shadow_drain_seconds": 1.0, **overrides})
+    backlog it does not read. It builds no missing default model unless asked: the fixtures build the
+    (tiny) models a test serves."""
+    defaults = {"shadow_drain_seconds": 1.0, "build_missing_models": False}
+    settings = Settings(state_dir=state_dir, **{**defaults, **overrides})
     app = create_app(settings, clock=clock, drive_rollouts=drive_rollouts)
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
@@ -185,7 +190,7 @@ def start_server(
         time.sleep(0.02)
     port = server.servers[0].sockets[0].getsockname()[1]
     running = RunningServer(f"http://127.0.0.1:{port}", settings, server, thread, app.state.gw)
-    while httpx.get(f"{running.url}/readyz").status_code != 200:
+    while wait_ready and httpx.get(f"{running.url}/readyz").status_code != 200:
         if time.monotonic() > deadline:
             raise RuntimeError("models did not load")
         time.sleep(0.05)

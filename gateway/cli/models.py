@@ -3,11 +3,10 @@ the default models."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated
-
 import json
 import time
+from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.table import Table

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from gateway.cli.common import DEFAULT_STATE, StateDir, console, offline
+from gateway.cli.common import DEFAULT_STATE, StateDir, offline
 
 
 def serve(

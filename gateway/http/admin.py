@@ -76,7 +76,7 @@ async def build_status(request: Request) -> dict[str, object]:
     """The background build of missing default models: each step's state, times and registered ref."""
     state = _state(request)
     status = read_status(state.settings.state_dir)
-    return {"running": state.building, **status.model_dump(mode="json")}
+    return {"running": bool(state.building), **status.model_dump(mode="json")}
 
 
 @router.get("/traffic")

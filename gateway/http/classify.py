@@ -52,8 +52,9 @@ def choose(state: GatewayState, key: str, pinned: str | None) -> LoadedModel:
         if model is None or model.manifest.task != TASK:
             raise InvalidInput(f"no loaded {TASK} model {pinned!r}", field="x-kdgate-model")
         return model
-    weights = state.traffic.get(TASK)
-    return models[pick_model(weights, key)]
+    if state.pool.teacher_of(TASK) is None:
+        raise state.no_model(TASK)
+    return models[pick_model(state.traffic.get(TASK), key)]
 
 
 async def run_with_fallback(
@@ -61,7 +62,7 @@ async def run_with_fallback(
 ) -> tuple[LoadedModel, Batched]:
     teacher = state.pool.teacher_of(TASK)
     if teacher is None:
-        raise ModelUnavailable(f"no {TASK} teacher is loaded")
+        raise state.no_model(TASK)
     if chosen is teacher:
         return teacher, await teacher.batcher.submit_timed(texts)
     timeout = state.settings.student_timeout_ms / 1000.0
@@ -109,9 +110,9 @@ async def classify(request: Request) -> Response:
     if state.in_flight.count >= state.settings.max_in_flight:
         state.metrics.rejected.labels("overloaded").inc()
         raise Overloaded(f"more than {state.settings.max_in_flight} requests in flight; retry shortly")
+    chosen = choose(state, key or request_id, pinned)  # may refuse: before the in-flight count
     state.in_flight.enter()
     started = time.perf_counter()
-    chosen = choose(state, key or request_id, pinned)
     try:
         served, batched = await run_with_fallback(state, chosen, texts)
     except Exception as exc:

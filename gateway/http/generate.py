@@ -145,7 +145,7 @@ async def generate(
     check_limits(body, state)
     teacher = state.pool.lm_teacher()
     if teacher is None:
-        raise ModelUnavailable(f"no {TASK} model is loaded (build one with: kdgate distill --task generate)")
+        raise state.no_model(TASK)
     chosen = choose(state, x_kdgate_key or request_id, x_kdgate_model)
     messages = [m.model_dump() for m in body.messages] if body.messages is not None else None
     # tokenized on the model's engine thread: a long prompt or chat template never stalls the event loop

@@ -16,7 +16,16 @@ from dataclasses import replace
 from pathlib import Path
 
 from distill.classify.build import ClassifyRecipe
-from distill.default_models import BuildStep, StepState, default_steps, missing, read_status
+from distill.default_models import (
+    BuildStep,
+    StepState,
+    default_steps,
+    missing,
+    planned,
+    read_status,
+    status_path,
+)
+from durablefs import write_json
 from gateway.continual.child import below_serving
 from gateway.settings import Settings
 from gateway.state import GatewayState
@@ -50,14 +59,23 @@ def build_command(settings: Settings) -> list[str]:
     return cmd
 
 
-async def build_in_background(state: GatewayState) -> None:
+def start_background_build(state: GatewayState, steps: list[BuildStep]) -> asyncio.Task[None]:
+    """Marks the tasks the build brings (their requests get 503 + Retry-After until then, and `/readyz`
+    says `building`), shows its steps as pending, and starts the build on the running loop."""
+    state.building = frozenset(s.task for s in steps)
+    path = status_path(state.settings.state_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, planned(steps).model_dump(mode="json"))
+    return asyncio.create_task(_build(state))
+
+
+async def _build(state: GatewayState) -> None:
     """Runs the build child to its end, loading each model as its step is done. Cancelled (the gateway
     stopping), it stops the child; the next start builds what is still missing."""
     settings = state.settings
     log_path = settings.state_dir / "build" / "build.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log.info("building the missing default models in the background; progress in %s", log_path)
-    state.building = True
     try:
         with log_path.open("ab") as output:
             proc = await asyncio.create_subprocess_exec(
@@ -68,7 +86,7 @@ async def build_in_background(state: GatewayState) -> None:
             )
         await _follow(state, proc)
     finally:
-        state.building = False
+        state.building = frozenset()
     await asyncio.to_thread(state.load_models)  # whatever the last step registered
     if proc.returncode:
         log.error("building the default models failed (exit %s); see %s", proc.returncode, log_path)
