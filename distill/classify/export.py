@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +87,20 @@ def check_parity(reference: np.ndarray, exported: np.ndarray, atol: float = 1e-4
     return parity
 
 
+class _QuantizerChatter(logging.Filter):
+    """Drops ONNX Runtime's quantizer messages below ERROR: it logs a line per node on the root logger,
+    hundreds per model, and advice about pre-processing that a dynamic INT8 export does not need."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or "onnxruntime/quantization" not in record.pathname
+
+
 def quantize_int8(src: Path, dst: Path) -> None:
     """Dynamic (weight-only INT8, activations quantized on the fly) quantization: no calibration data."""
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+    chatter = _QuantizerChatter()
+    root = logging.getLogger()  # where the quantizer logs (`logging.info`, not a named logger)
+    root.addFilter(chatter)
+    try:
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+    finally:
+        root.removeFilter(chatter)

@@ -6,6 +6,7 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -35,6 +36,19 @@ Token = Annotated[
 ]
 DEFAULT_STATE = Path(".kdgate")
 DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+def utc_time(ts: float | None) -> str:
+    """An epoch time as operators read it.
+
+    >>> utc_time(1796406568.43)
+    '2026-12-04 17:49:28 UTC'
+    >>> utc_time(None)
+    '-'
+    """
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def offline() -> None:

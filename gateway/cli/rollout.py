@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
@@ -21,6 +20,7 @@ from gateway.cli.common import (
     admin,
     admin_token,
     console,
+    utc_time,
 )
 
 rollout_app = typer.Typer(
@@ -204,9 +204,8 @@ def events(
         return
     table = Table("time", "task", "actor", "from → to", "weights", "reason")
     for e in rows:
-        at = datetime.fromtimestamp(e["at"], UTC).strftime("%Y-%m-%d %H:%M:%S")
         table.add_row(
-            at,
+            utc_time(e["at"]),
             e["task"],
             e["actor"],
             f"{e['from_phase']} → {e['to_phase']}",

@@ -16,6 +16,7 @@ from gateway.cli.common import (
     Token,
     admin,
     console,
+    utc_time,
 )
 
 shadow_app = typer.Typer(
@@ -41,8 +42,8 @@ def shadow_stats_command(
             "-" if agree is None else f"{agree:.4f}",
             "-" if kl is None else f"{kl:.4f}",
             f"{row['bytes'] / 1e6:.2f}",
-            str(row["first_ts"]),
-            str(row["last_ts"]),
+            utc_time(row["first_ts"]),
+            utc_time(row["last_ts"]),
         )
     console.print(table)
 
