@@ -23,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from gateway.continual.check import ContinualCheck
 from gateway.continual.inprocess import GatewayHost, check_config, redistill_loop
 from gateway.errors import GatewayError, InvalidInput, MalformedRequest
-from gateway.http import admin, classify, generate, rollouts
+from gateway.http import admin, classify, generate, rollouts, v2
 from gateway.serving.pool import SERVED_TASKS
 from gateway.settings import Settings
 from gateway.state import GatewayState
@@ -120,6 +120,7 @@ def create_app(
     app.state.gw = state
     app.include_router(classify.router)
     app.include_router(generate.router)
+    app.include_router(v2.router)
     app.include_router(admin.router)
     app.include_router(rollouts.router)
     _install_error_handlers(app)
@@ -151,10 +152,29 @@ def _request_id(request: Request) -> dict[str, str]:
     return {"x-request-id": rid[:256]} if rid else {}
 
 
+# The protocols with an error shape of their own, by path prefix; other paths get gateway/errors.py's.
+PROTOCOL_ERRORS: dict[str, Callable[[GatewayError, dict[str, str]], JSONResponse]] = {
+    v2.PREFIX + "/": v2.error_response,
+}
+
+
+def _error(request: Request, err: GatewayError, details: list[dict[str, Any]] | None = None) -> JSONResponse:
+    """`err` in the shape of the protocol the request spoke (`details`, FastAPI's validation errors, only
+    in the native shape)."""
+    headers = _request_id(request)
+    for prefix, shape in PROTOCOL_ERRORS.items():
+        if request.url.path.startswith(prefix):
+            return shape(err, headers)
+    body = err.body()
+    if details is not None:
+        body["details"] = details
+    return JSONResponse(body, status_code=err.status, headers=headers)
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(GatewayError)
     async def gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status, headers=_request_id(request))
+        return _error(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -169,11 +189,9 @@ def _install_error_handlers(app: FastAPI) -> None:
         else:
             err = InvalidInput(f"{field}: {first.get('msg', 'invalid')}", field)
         details = [{"field": ".".join(map(str, e.get("loc", ()))), "message": e.get("msg")} for e in errors]
-        body = err.body()
-        body["details"] = details
-        return JSONResponse(body, status_code=err.status, headers=_request_id(request))
+        return _error(request, err, details)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s", request.url.path)
-        return JSONResponse({"error": {"type": "internal", "message": "internal error"}}, status_code=500)
+        return _error(request, GatewayError("internal error"))
