@@ -77,6 +77,7 @@ def test_a_pinned_version_serves_and_is_named(client) -> None:
     for name, version in (("classify-student", "1"), ("classify-student@1", ""), ("classify-student", "")):
         response = client.infer(name, [_texts(["great"])], model_version=version).get_response()
         assert (response["model_name"], response["model_version"]) == ("classify-student", "1")
+    assert not client.is_model_ready("classify-student", "9")
     column = client.infer("classify-student", [_texts(["a", "b"], shape=[2, 1])], model_version="1")
     assert column.as_numpy("label").shape == (2,)  # [N, 1] texts give [N] labels
 
@@ -86,7 +87,10 @@ def test_requested_outputs_only_in_json_or_binary(client) -> None:
         wanted = [triton.InferRequestedOutput("probabilities", binary_data=binary)]
         result = client.infer("classify", [_texts(TEXTS)], outputs=wanted)
         assert result.as_numpy("label") is None
-        assert result.as_numpy("probabilities").reshape(3, -1).sum(axis=1) == pytest.approx(1.0, abs=1e-5)
+        probs = result.as_numpy("probabilities").reshape(3, -1)
+        assert probs.sum(axis=1) == pytest.approx(1.0, abs=1e-5)
+        sent = result.get_output("probabilities")
+        assert sent.get("parameters", {}).get("binary_data_size") == (4 * probs.size if binary else None)
 
 
 def test_sticky_key_follows_the_split_as_on_classify(server: RunningServer, client) -> None:
