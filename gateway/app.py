@@ -16,13 +16,15 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.continual.check import ContinualCheck
 from gateway.continual.inprocess import GatewayHost, check_config, redistill_loop
-from gateway.errors import GatewayError, InvalidInput, MalformedRequest
+from gateway.errors import GatewayError, InvalidInput, MalformedRequest, NotFound
 from gateway.http import admin, classify, generate, rollouts, v2
 from gateway.serving.pool import SERVED_TASKS
 from gateway.settings import Settings
@@ -158,13 +160,17 @@ PROTOCOL_ERRORS: dict[str, Callable[[GatewayError, dict[str, str]], JSONResponse
 }
 
 
+def _protocol_shape(request: Request) -> Callable[[GatewayError, dict[str, str]], JSONResponse] | None:
+    return next((shape for p, shape in PROTOCOL_ERRORS.items() if request.url.path.startswith(p)), None)
+
+
 def _error(request: Request, err: GatewayError, details: list[dict[str, Any]] | None = None) -> JSONResponse:
     """`err` in the shape of the protocol the request spoke (`details`, FastAPI's validation errors, only
     in the native shape)."""
     headers = _request_id(request)
-    for prefix, shape in PROTOCOL_ERRORS.items():
-        if request.url.path.startswith(prefix):
-            return shape(err, headers)
+    shape = _protocol_shape(request)
+    if shape is not None:
+        return shape(err, headers)
     body = err.body()
     if details is not None:
         body["details"] = details
@@ -190,6 +196,14 @@ def _install_error_handlers(app: FastAPI) -> None:
             err = InvalidInput(f"{field}: {first.get('msg', 'invalid')}", field)
         details = [{"field": ".".join(map(str, e.get("loc", ()))), "message": e.get("msg")} for e in errors]
         return _error(request, err, details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def no_route(request: Request, exc: StarletteHTTPException) -> Response:
+        """A path no route serves: a protocol's clients read its own shape (the rest get FastAPI's)."""
+        shape = _protocol_shape(request)
+        if shape is None or exc.status_code != 404:
+            return await http_exception_handler(request, exc)
+        return shape(NotFound(f"no route {request.method} {request.url.path}"), _request_id(request))
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
@@ -93,11 +94,22 @@ async def ready(request: Request) -> dict[str, bool]:
     return {"ready": True}
 
 
+# Each route has a form with `/versions/{version}` and one without (the latest loaded version, or the
+# alias): two thin routes onto one function, so `version` is never a query parameter.
+
+
 @router.get("/models/{name}", response_model=ModelMetadata)
-@router.get("/models/{name}/versions/{version}", response_model=ModelMetadata)
-async def metadata(request: Request, name: str, version: str | None = None) -> ModelMetadata:
+async def metadata(request: Request, name: str) -> ModelMetadata:
     """Inputs and outputs; `parameters.labels` orders the columns of `probabilities`."""
-    state = _state(request)
+    return _metadata(_state(request), name, None)
+
+
+@router.get("/models/{name}/versions/{version}", response_model=ModelMetadata)
+async def version_metadata(request: Request, name: str, version: str) -> ModelMetadata:
+    return _metadata(_state(request), name, version)
+
+
+def _metadata(state: GatewayState, name: str, version: str | None) -> ModelMetadata:
     model = _resolve(state, name, version) or state.pool.teacher_of(TASK)
     if model is None:
         raise NotFound(f"no {TASK} teacher is loaded", field="model")
@@ -106,32 +118,41 @@ async def metadata(request: Request, name: str, version: str | None = None) -> M
 
 
 @router.get("/models/{name}/ready")
-@router.get("/models/{name}/versions/{version}/ready")
-async def model_ready(request: Request, name: str, version: str | None = None) -> dict[str, object]:
-    _resolve(_state(request), name, version)
+async def model_ready(request: Request, name: str) -> dict[str, object]:
+    _resolve(_state(request), name, None)
     return {"name": name, "ready": True}
+
+
+@router.get("/models/{name}/versions/{version}/ready")
+async def version_ready(request: Request, name: str, version: str) -> dict[str, object]:
+    _resolve(_state(request), name, version)
+    return {"name": name, "version": version, "ready": True}
 
 
 INFER_HEADERS = {
     **HEADERS,
     HEADER_LENGTH: "Binary tensor extension: the size of the JSON header before the tensors' bytes.",
 }
+INFER_DOCS: dict[str, Any] = {
+    "response_model": InferResponse,
+    "openapi_extra": openapi(InferRequest, INFER_HEADERS),
+}
 
 
-@router.post(
-    "/models/{name}/infer",
-    response_model=InferResponse,
-    openapi_extra=openapi(InferRequest, INFER_HEADERS),
-)
-@router.post(
-    "/models/{name}/versions/{version}/infer",
-    response_model=InferResponse,
-    openapi_extra=openapi(InferRequest, INFER_HEADERS),
-)
-async def infer(request: Request, name: str, version: str | None = None) -> Response:
+@router.post("/models/{name}/infer", **INFER_DOCS)
+async def infer(request: Request, name: str) -> Response:
     """Classifies the texts of the BYTES input `text` ([N] or [N, 1]) into `label` (BYTES [N]) and
     `probabilities` (FP32 [N, C]); `outputs` picks some of them by name. The response names the model
     that served (`model_name`, `model_version`) and echoes `id`."""
+    return await _infer(request, name, None)
+
+
+@router.post("/models/{name}/versions/{version}/infer", **INFER_DOCS)
+async def version_infer(request: Request, name: str, version: str) -> Response:
+    return await _infer(request, name, version)
+
+
+async def _infer(request: Request, name: str, version: str | None) -> Response:
     entered = time.perf_counter()
     state = _state(request)
     model = _resolve(state, name, version)

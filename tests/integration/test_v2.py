@@ -3,8 +3,10 @@ httpx for the JSON shapes) to one real gateway with the real (tiny) models."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,12 +26,13 @@ TEXTS = ["I love this new phone", "the delay was terrible", "meh"]
 
 @pytest.fixture(scope="module")
 def server(built_state: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    """One gateway for the module (its tests leave the traffic split as they found it), with a student
-    copy that always fails, to see the teacher answer for it."""
+    """One gateway for the module (its tests leave the traffic split as they found it), with copies of
+    the student that always fail and that are slow, and room for two requests in flight."""
     state = tmp_path_factory.mktemp("v2") / "state"
     shutil.copytree(built_state, state, copy_function=os.link)
     register_fault_model(Registry(state), FaultSpec(wraps=STUDENT, error_rate=1.0), name="classify-broken")
-    running = start_server(state)
+    register_fault_model(Registry(state), FaultSpec(wraps=STUDENT, latency_ms=300), name="classify-slow")
+    running = start_server(state, max_in_flight=2, student_timeout_ms=5000)
     yield running
     running.stop()
 
@@ -138,6 +141,21 @@ def test_wrong_datatype_is_400_and_unknown_model_404(client) -> None:
     assert raised.value.status() == "404" and "'nope'" in raised.value.message()
 
 
+def test_a_burst_over_the_in_flight_bound_gets_429_in_v2_shape(server: RunningServer) -> None:
+    tensor = {"name": "text", "datatype": "BYTES", "shape": [1], "data": ["hi"]}
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+            infer = "/v2/models/classify-slow/infer"
+            return await asyncio.gather(*(http.post(infer, json={"inputs": [tensor]}) for _ in range(8)))
+
+    responses = asyncio.run(burst())
+    codes = Counter(r.status_code for r in responses)
+    assert codes[429] >= 1 and codes[200] >= 1 and set(codes) <= {200, 429}, codes
+    refused = next(r for r in responses if r.status_code == 429)
+    assert "in flight" in refused.json()["error"]
+
+
 def test_json_shapes_over_raw_http(server: RunningServer) -> None:
     url = f"{server.url}/v2/models/classify-student/versions/1/infer"
     tensor = {"name": "text", "datatype": "BYTES", "shape": [2], "data": TEXTS[:2]}
@@ -169,7 +187,10 @@ def test_json_shapes_over_raw_http(server: RunningServer) -> None:
     assert malformed.status_code == 400 and set(malformed.json()) == {"error"}
     unknown = httpx.get(f"{server.url}/v2/models/classify-student@9")
     assert unknown.status_code == 404 and "classify-student@9" in unknown.json()["error"]
-    native = httpx.post(f"{server.url}/classify", json={"text": " "})  # the native shape is its own
+    no_route = httpx.get(f"{server.url}/v2/models/classify/nothing")
+    assert no_route.status_code == 404 and set(no_route.json()) == {"error"}
+    assert httpx.get(f"{server.url}/nothing").json() == {"detail": "Not Found"}  # the native shape is its own
+    native = httpx.post(f"{server.url}/classify", json={"text": " "})
     assert native.status_code == 422 and native.json()["error"]["field"] == "text"
 
 
