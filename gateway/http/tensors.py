@@ -71,7 +71,8 @@ class RequestedOutput(BaseModel):
 class InferRequest(BaseModel):
     """An inference request. Fields v2 defines and this model does not use are accepted and ignored."""
 
-    id: StrictStr | None = Field(None, max_length=MAX_ID_CHARS)
+    # Echoed in the `x-request-id` header too: printable ASCII only, as a header value must be.
+    id: StrictStr | None = Field(None, max_length=MAX_ID_CHARS, pattern=r"^[\x20-\x7e]*$")
     parameters: dict[str, Any] = Field(default_factory=dict)
     inputs: list[InputTensor]
     outputs: list[RequestedOutput] | None = None

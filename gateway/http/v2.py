@@ -78,8 +78,8 @@ def _resolve(state: GatewayState, name: str, version: str | None) -> LoadedModel
 
 
 @router.get("", response_model=ServerMetadata)
-async def server_metadata() -> ServerMetadata:
-    return ServerMetadata(name="kdgate", version="0.1.0", extensions=["binary_tensor_data"])
+async def server_metadata(request: Request) -> ServerMetadata:
+    return ServerMetadata(name="kdgate", version=request.app.version, extensions=["binary_tensor_data"])
 
 
 @router.get("/health/live")

@@ -180,6 +180,7 @@ def test_json_shapes_over_raw_http(server: RunningServer) -> None:
         ({"inputs": []}, 400, "inputs"),
         ({"inputs": [{**tensor, "data": [1, 2]}]}, 400, "inputs[0].data"),
         ({"inputs": [tensor], "outputs": [{"name": "logits"}]}, 400, "outputs[0].name"),
+        ({"id": "a\nb", "inputs": [tensor]}, 400, "id"),
     ):
         refused = httpx.post(url, json=request)
         assert refused.status_code == status and refused.json()["error"].startswith(field + ":"), refused.text
