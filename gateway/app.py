@@ -154,13 +154,15 @@ def _request_id(request: Request) -> dict[str, str]:
     return {"x-request-id": rid[:256]} if rid else {}
 
 
+ErrorShape = Callable[[GatewayError, dict[str, str]], JSONResponse]  # (error, headers) -> response
+
 # The protocols with an error shape of their own, by path prefix; other paths get gateway/errors.py's.
-PROTOCOL_ERRORS: dict[str, Callable[[GatewayError, dict[str, str]], JSONResponse]] = {
+PROTOCOL_ERRORS: dict[str, ErrorShape] = {
     v2.PREFIX + "/": v2.error_response,
 }
 
 
-def _protocol_shape(request: Request) -> Callable[[GatewayError, dict[str, str]], JSONResponse] | None:
+def _protocol_shape(request: Request) -> ErrorShape | None:
     return next((shape for p, shape in PROTOCOL_ERRORS.items() if request.url.path.startswith(p)), None)
 
 
