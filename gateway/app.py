@@ -16,14 +16,16 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.continual.check import ContinualCheck
 from gateway.continual.inprocess import GatewayHost, check_config, redistill_loop
-from gateway.errors import GatewayError, InvalidInput, MalformedRequest
-from gateway.http import admin, classify, generate, rollouts
+from gateway.errors import GatewayError, InvalidInput, MalformedRequest, NotFound
+from gateway.http import admin, classify, generate, rollouts, v2
 from gateway.serving.default_build import missing_defaults, start_background_build
 from gateway.settings import Settings
 from gateway.state import GatewayState
@@ -110,6 +112,7 @@ def create_app(
     app.state.gw = state
     app.include_router(classify.router)
     app.include_router(generate.router)
+    app.include_router(v2.router)
     app.include_router(admin.router)
     app.include_router(rollouts.router)
     _install_error_handlers(app)
@@ -147,10 +150,35 @@ def _request_id(request: Request) -> dict[str, str]:
     return {"x-request-id": rid[:256]} if rid else {}
 
 
+ErrorShape = Callable[[GatewayError, dict[str, str]], JSONResponse]  # (error, headers) -> response
+
+# The protocols with an error shape of their own, by path prefix; other paths get gateway/errors.py's.
+PROTOCOL_ERRORS: dict[str, ErrorShape] = {
+    v2.PREFIX + "/": v2.error_response,
+}
+
+
+def _protocol_shape(request: Request) -> ErrorShape | None:
+    return next((shape for p, shape in PROTOCOL_ERRORS.items() if request.url.path.startswith(p)), None)
+
+
+def _error(request: Request, err: GatewayError, details: list[dict[str, Any]] | None = None) -> JSONResponse:
+    """`err` in the shape of the protocol the request spoke (`details`, FastAPI's validation errors, only
+    in the native shape)."""
+    headers = err.headers() | _request_id(request)
+    shape = _protocol_shape(request)
+    if shape is not None:
+        return shape(err, headers)
+    body = err.body()
+    if details is not None:
+        body["details"] = details
+    return JSONResponse(body, status_code=err.status, headers=headers)
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(GatewayError)
     async def gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers() | _request_id(request))
+        return _error(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -165,11 +193,17 @@ def _install_error_handlers(app: FastAPI) -> None:
         else:
             err = InvalidInput(f"{field}: {first.get('msg', 'invalid')}", field)
         details = [{"field": ".".join(map(str, e.get("loc", ()))), "message": e.get("msg")} for e in errors]
-        body = err.body()
-        body["details"] = details
-        return JSONResponse(body, status_code=err.status, headers=_request_id(request))
+        return _error(request, err, details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def no_route(request: Request, exc: StarletteHTTPException) -> Response:
+        """A path no route serves: a protocol's clients read its own shape (the rest get FastAPI's)."""
+        shape = _protocol_shape(request)
+        if shape is None or exc.status_code != 404:
+            return await http_exception_handler(request, exc)
+        return shape(NotFound(f"no route {request.method} {request.url.path}"), _request_id(request))
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s", request.url.path)
-        return JSONResponse({"error": {"type": "internal", "message": "internal error"}}, status_code=500)
+        return _error(request, GatewayError("internal error"))

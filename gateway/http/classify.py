@@ -1,4 +1,5 @@
-"""POST /classify: validate, route, run on the micro-batcher, fall back to the teacher on failure."""
+"""POST /classify, and the one classify request path every protocol route shares (`classify_texts`):
+validate, route, run on the micro-batcher, fall back to the teacher on failure, account, offer to shadow."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import asyncio
 import logging
 import time
 import uuid
+from dataclasses import dataclass
 
+import numpy as np
 from fastapi import APIRouter, Request, Response
 
 from distill.classify.runner import probabilities
@@ -29,14 +32,15 @@ def _state(request: Request) -> GatewayState:
     return state
 
 
-def check_limits(texts: list[str], state: GatewayState) -> None:
+def check_limits(texts: list[str], state: GatewayState, field: str = "texts") -> None:
+    """Size limits (settings). Errors name `field`, its element `field[i]`, or `text` when it is alone."""
     settings = state.settings
     if not texts:
-        raise InvalidInput("'texts' must hold at least one text", field="texts")
+        raise InvalidInput(f"'{field}' must hold at least one text", field=field)
     if len(texts) > settings.max_texts:
-        raise InvalidInput(f"at most {settings.max_texts} texts per request, got {len(texts)}", field="texts")
+        raise InvalidInput(f"at most {settings.max_texts} texts per request, got {len(texts)}", field=field)
     for i, text in enumerate(texts):
-        where = "text" if len(texts) == 1 else f"texts[{i}]"
+        where = "text" if len(texts) == 1 else f"{field}[{i}]"
         if not text.strip():
             raise InvalidInput("text must not be empty", field=where)
         if len(text) > settings.max_text_chars:
@@ -84,29 +88,41 @@ HEADERS = {
 }
 
 
-@router.post(
-    "/classify",
-    response_model=ClassifyResponse,
-    tags=["inference"],
-    openapi_extra=openapi(ClassifyRequest, HEADERS),
-)
-async def classify(request: Request) -> Response:
-    """Classifies one text (`text`) or a batch (`texts`).
+@dataclass(frozen=True)
+class Classified:
+    """What the one classify request path produced: the model routed to, the model that answered (the
+    teacher after a fallback), its batch's timing and the probabilities it serves."""
 
-    `x-kdgate-key` keeps one caller on one model while the traffic split holds; `x-kdgate-model` pins a
-    loaded model (operators, debugging). Body and headers are read by `lean_request` (not FastAPI's
-    parameters): the hot path's own cost.
+    chosen: LoadedModel
+    served: LoadedModel
+    batched: Batched
+    probabilities: np.ndarray  # (N, C), in the order of `served.manifest.labels`
+
+    @property
+    def fell_back(self) -> bool:
+        return self.served is not self.chosen
+
+
+async def classify_texts(
+    state: GatewayState,
+    texts: list[str],
+    request_id: str,
+    key: str | None,
+    pinned: str | None,
+    field: str = "texts",
+) -> Classified:
+    """The request path every classify protocol route shares: readiness, limits (errors name `field`),
+    the in-flight bound, routing (`pinned` ref, else `key`, else `request_id`, against the split), the
+    run with fallback to the teacher, metrics and live windows, and the offer to shadow.
+
+    Example (in a route)::
+
+        done = await classify_texts(state, ["great service"], request_id, key=None, pinned=None)
+        done.served.ref, done.probabilities  # 'classify-teacher@1', (1, C)
     """
-    entered = time.perf_counter()
-    state = _state(request)
-    request_id = header(request, "x-request-id") or uuid.uuid4().hex
-    request.state.request_id = request_id  # error responses carry it too (app.py)
-    key, pinned = header(request, "x-kdgate-key"), header(request, "x-kdgate-model")
-    body = await read_json_body(request, ClassifyRequest)
     if not state.ready:
         raise NotReady("models are still loading")
-    texts = body.items()
-    check_limits(texts, state)
+    check_limits(texts, state, field)
     if state.in_flight.count >= state.settings.max_in_flight:
         state.metrics.rejected.labels("overloaded").inc()
         raise Overloaded(f"more than {state.settings.max_in_flight} requests in flight; retry shortly")
@@ -134,14 +150,37 @@ async def classify(request: Request) -> Response:
         state.shadow.offer(
             ShadowItem(TASK, request_id, time.time(), served, texts, logits, elapsed * 1000.0), teacher
         )
+    return Classified(chosen, served, batched, probabilities(served.manifest, logits))
+
+
+@router.post(
+    "/classify",
+    response_model=ClassifyResponse,
+    tags=["inference"],
+    openapi_extra=openapi(ClassifyRequest, HEADERS),
+)
+async def classify(request: Request) -> Response:
+    """Classifies one text (`text`) or a batch (`texts`).
+
+    `x-kdgate-key` keeps one caller on one model while the traffic split holds; `x-kdgate-model` pins a
+    loaded model (operators, debugging). Body and headers are read by `lean_request` (not FastAPI's
+    parameters): the hot path's own cost.
+    """
+    entered = time.perf_counter()
+    state = _state(request)
+    request_id = header(request, "x-request-id") or uuid.uuid4().hex
+    request.state.request_id = request_id  # error responses carry it too (app.py)
+    key, pinned = header(request, "x-kdgate-key"), header(request, "x-kdgate-model")
+    body = await read_json_body(request, ClassifyRequest)
+    done = await classify_texts(state, body.items(), request_id, key, pinned)
+    served = done.served
     labels = served.manifest.labels
-    probs = probabilities(served.manifest, logits)
     results = [
         Prediction(
             label=labels[int(row.argmax())],
             probabilities={lab: float(p) for lab, p in zip(labels, row, strict=True)},
         )
-        for row in probs
+        for row in done.probabilities
     ]
     # Serialised here, once, by pydantic-core: returning the model would have FastAPI validate it a
     # second time and walk it through its encoder. `response_model` above still documents it.
@@ -149,7 +188,7 @@ async def classify(request: Request) -> Response:
     headers = {
         "x-request-id": request_id,
         "x-kdgate-model": served.ref,
-        "server-timing": server_timing(batched, time.perf_counter() - entered, served is not chosen),
+        "server-timing": server_timing(done.batched, time.perf_counter() - entered, done.fell_back),
     }
     return Response(content, media_type="application/json", headers=headers)
 
