@@ -77,6 +77,16 @@ def redistill_command(
     return cmd
 
 
+async def stop_child(proc: asyncio.subprocess.Process, grace_s: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL if the child has not ended within `grace_s`."""
+    with contextlib.suppress(ProcessLookupError):  # it may have just ended by itself
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), grace_s)
+        except TimeoutError:
+            proc.kill()
+
+
 async def run_child(cmd: list[str], preexec: Callable[[], None]) -> dict[str, Any]:
     """Runs the child (`cmd` without its `--result-json`) and returns its result. A cancelled run
     (the gateway stopping) terminates the child: a run must not outlive its host; it resumes later."""
@@ -93,12 +103,7 @@ async def run_child(cmd: list[str], preexec: Callable[[], None]) -> dict[str, An
         try:
             _, err = await proc.communicate()
         except asyncio.CancelledError:
-            with contextlib.suppress(ProcessLookupError):  # it may have just ended by itself
-                proc.terminate()
-                try:
-                    await asyncio.wait_for(proc.wait(), 10)
-                except TimeoutError:
-                    proc.kill()
+            await stop_child(proc)
             raise
         if not out.exists():
             raise RuntimeError(f"re-distillation exited {proc.returncode}: {err.decode()[-2000:]}")

@@ -26,7 +26,7 @@ from distill.default_models import (
     status_path,
 )
 from durablefs import write_json
-from gateway.continual.child import below_serving
+from gateway.continual.child import below_serving, stop_child
 from gateway.settings import Settings
 from gateway.state import GatewayState
 
@@ -104,10 +104,5 @@ async def _follow(state: GatewayState, proc: asyncio.subprocess.Process) -> None
                 await asyncio.to_thread(state.load_models)
                 loaded |= built
     except asyncio.CancelledError:
-        with contextlib.suppress(ProcessLookupError):
-            proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), 10)
-            except TimeoutError:
-                proc.kill()
+        await stop_child(proc)
         raise
