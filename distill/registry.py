@@ -217,4 +217,3 @@ class Registry:
         finally:
             if staging.committed is None:
                 shutil.rmtree(staging.path, ignore_errors=True)
-

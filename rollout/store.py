@@ -19,7 +19,6 @@ from rollout.model import Event, RolloutConfig, RolloutState
 EVENTS_FILE = "events.jsonl"
 
 
-
 class RolloutStore:
     def __init__(self, directory: Path) -> None:
         self.directory = directory

@@ -30,6 +30,7 @@ from distill.generate.kd import (
     bf16_is_native,
     evaluate,
     greedy_tokens_per_s,
+    kd_options,
     layer_dropped_student,
     load_student_lm,
     train_kd,
@@ -192,16 +193,9 @@ def build_generate_student(
     summary = train_kd(
         student,
         train,
-        seconds=60 * recipe.budget_minutes,
-        batch_size=recipe.batch_size,
-        lr=recipe.lr,
-        temperature=recipe.temperature,
-        alpha=recipe.alpha,
-        seed=recipe.seed,
+        **kd_options(recipe),
         pad_id=pad_id,
-        bf16=recipe.train_bf16,
         freeze_embeddings=recipe.freeze_embeddings,
-        max_steps=recipe.max_steps,
         desc=f"{STUDENT_NAME}: distil",
     )
     fp32_metrics = evaluate(student, heldout, pad_id)

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -142,6 +142,42 @@ def kd_loss(logits: torch.Tensor, batch: KDBatch, temperature: float, alpha: flo
     soft = topk_kl(batch.topk_ids, batch.topk_logprobs, batch.tail, logits, temperature).mean()
     hard = F.cross_entropy(logits, batch.targets) if alpha < 1 else logits.new_zeros(())
     return alpha * temperature**2 * soft + (1 - alpha) * hard
+
+
+class KDRecipe(Protocol):
+    """What a build's and a re-distillation's recipes both say about their KD loop."""
+
+    # Read-only (the recipes are frozen dataclasses).
+    @property
+    def budget_minutes(self) -> float: ...
+    @property
+    def batch_size(self) -> int: ...
+    @property
+    def lr(self) -> float: ...
+    @property
+    def temperature(self) -> float: ...
+    @property
+    def alpha(self) -> float: ...
+    @property
+    def seed(self) -> int: ...
+    @property
+    def train_bf16(self) -> bool: ...
+    @property
+    def max_steps(self) -> int | None: ...
+
+
+def kd_options(recipe: KDRecipe) -> dict[str, Any]:
+    """`train_kd`'s hyper-parameters from a recipe."""
+    return {
+        "seconds": 60 * recipe.budget_minutes,
+        "batch_size": recipe.batch_size,
+        "lr": recipe.lr,
+        "temperature": recipe.temperature,
+        "alpha": recipe.alpha,
+        "seed": recipe.seed,
+        "bf16": recipe.train_bf16,
+        "max_steps": recipe.max_steps,
+    }
 
 
 def train_kd(

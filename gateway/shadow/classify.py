@@ -200,10 +200,11 @@ class ClassifyShadow(ShadowPipeline[ShadowItem]):
         and the backlog of each queue."""
         self.metrics.shadow_queued.labels("score").set(self.queue.qsize())
         self.metrics.shadow_queued.labels("log").set(self.own_queue.qsize())
+        tasks = self.pool.tasks_of()  # the live window holds both tasks' students
         for model in self.window.models():
             totals = self.window.totals(model)
-            if totals.eligible:
-                task = self.pool.models[model].manifest.task if model in self.pool.models else "classify"
+            task = tasks.get(model)
+            if totals.eligible and task is not None:
                 self.metrics.shadow_rate.labels(task, model, "configured").set(self.rate_of(model))
                 self.metrics.shadow_rate.labels(task, model, "observed").set(
                     totals.compared / totals.eligible
