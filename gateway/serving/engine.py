@@ -64,12 +64,24 @@ class GenerationParams:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    logprobs: int | None = None  # None: none reported; k: each chosen token's and its k most likely
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A completion token as a client sees it: its text, its log-probability under the serving model
+    (before temperature and top-p), and the `top` alternatives asked for, most likely first."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
 class Delta:
     text: str
     tokens: int  # completion tokens so far
+    logprobs: tuple[TokenLogprob, ...] = ()  # of the tokens since the last delta, when asked for
 
 
 @dataclass(frozen=True)
@@ -79,6 +91,7 @@ class Finished:
     completion_ids: list[int]
     token_logprobs: list[float]  # (T,) the model's log-probability of each token it chose
     topk: TopK | None  # (T, k) its own top-k per position, when the engine records them (the teacher)
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # (T,) when the request asked for them
 
 
 @dataclass
@@ -114,7 +127,9 @@ class Job:
     completion_ids: list[int] = field(default_factory=list)
     token_logprobs: list[float] = field(default_factory=list)
     topk: TopK | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)
     shown: int = 0  # characters of text already sent
+    logprobs_shown: int = 0  # entries of `logprobs` already sent
     generator: torch.Generator = field(default_factory=torch.Generator)
 
     def emit(self, event: Event) -> None:
@@ -264,7 +279,7 @@ class GenerationEngine:
             if stopped:
                 return self._finish(job, "stop", text[:visible])
             if not text.endswith("\ufffd") and visible > job.shown:  # never show half a character
-                job.emit(Delta(text[job.shown : visible], len(job.completion_ids)))
+                job.emit(Delta(text[job.shown : visible], len(job.completion_ids), self._unsent(job)))
                 job.shown = visible
             at_limit = job.state.length + 1 >= self.lm.max_positions
             if len(job.completion_ids) >= p.max_tokens or at_limit:
@@ -285,12 +300,28 @@ class GenerationEngine:
             job.topk.ids.append(top_ids.numpy().astype(np.int32))
             job.topk.logprobs.append(top_logprobs.numpy())
             job.topk.tail.append(max(0.0, 1.0 - float(top_logprobs.exp().sum())))
+        k = job.params.logprobs
+        if k is not None:  # decoded here, on the worker thread, like every other tokenizer call
+            alternatives: tuple[tuple[str, float], ...] = ()
+            if k:
+                top = logprobs.topk(k)
+                pairs = zip(top.indices.tolist(), top.values.tolist(), strict=True)
+                alternatives = tuple((self.lm.decode_text([i]), lp) for i, lp in pairs)
+            chosen = TokenLogprob(self.lm.decode_text([token]), float(logprobs[token]), alternatives)
+            job.logprobs.append(chosen)
+
+    @staticmethod
+    def _unsent(job: Job) -> tuple[TokenLogprob, ...]:
+        unsent = tuple(job.logprobs[job.logprobs_shown :])
+        job.logprobs_shown = len(job.logprobs)
+        return unsent
 
     def _finish(self, job: Job, reason: FinishReason, text: str | None = None) -> bool:
         if text is None:
             text = self.lm.decode_text(job.completion_ids)
-        if len(text) > job.shown:
-            job.emit(Delta(text[job.shown :], len(job.completion_ids)))
+        if len(text) > job.shown or len(job.logprobs) > job.logprobs_shown:
+            job.emit(Delta(text[job.shown :], len(job.completion_ids), self._unsent(job)))
             job.shown = len(text)
-        job.emit(Finished(reason, text, list(job.completion_ids), list(job.token_logprobs), job.topk))
+        ids, chosen = list(job.completion_ids), list(job.token_logprobs)
+        job.emit(Finished(reason, text, ids, chosen, job.topk, list(job.logprobs)))
         return False

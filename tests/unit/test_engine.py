@@ -120,3 +120,32 @@ def test_a_generation_streams_deltas_then_finishes_at_max_tokens() -> None:
     assert "".join(d.text for d in deltas if isinstance(d, Delta)) == "yyy"
     assert isinstance(end, Finished) and end.reason == "length" and end.text == "yyy"
     assert end.completion_ids == [ord("y")] * 3 and len(end.token_logprobs) == 3
+
+
+def test_logprobs_asked_for_come_with_each_delta_and_in_full_at_the_end() -> None:
+    async def body(engine: GenerationEngine) -> list[Event]:
+        params = GenerationParams(max_tokens=2, logprobs=2)
+        job = engine.submit([ord("a")], params, asyncio.get_running_loop())
+        return [event async for event in job.events()]
+
+    *deltas, end = run_with(LetterLM(next_char="y"), body)
+    assert isinstance(end, Finished)
+    streamed = [t for d in deltas if isinstance(d, Delta) for t in d.logprobs]
+    assert streamed == end.logprobs and [t.token for t in end.logprobs] == ["y", "y"]
+    # the LetterLM puts e^10 on "y" and 1 on each of the 127 other ids
+    expected = 10.0 - float(torch.logsumexp(torch.tensor([10.0] + [0.0] * (VOCAB - 1)), 0))
+    for t in end.logprobs:
+        assert t.logprob == pytest.approx(expected, abs=1e-5)
+        (best, best_lp), (_, second_lp) = t.top
+        assert best == "y" and best_lp == pytest.approx(t.logprob)
+        assert second_lp == pytest.approx(expected - 10)
+
+
+def test_no_logprobs_are_computed_unless_asked() -> None:
+    async def body(engine: GenerationEngine) -> list[Event]:
+        job = engine.submit([ord("a")], GenerationParams(max_tokens=2), asyncio.get_running_loop())
+        return [event async for event in job.events()]
+
+    *deltas, end = run_with(LetterLM(), body)
+    assert isinstance(end, Finished) and end.logprobs == []
+    assert all(d.logprobs == () for d in deltas if isinstance(d, Delta))
