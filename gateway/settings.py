@@ -108,7 +108,7 @@ class Settings(BaseSettings):
     redistill_idle_class: bool = False
     redistill_auto_rollout: bool = True  # start a canary of every student that passes the gate
     redistill_rollout: dict[str, Any] = Field(default_factory=dict)  # overrides of the canary's RolloutConfig
-    redistill_gate: dict[str, float] = Field(default_factory=dict)  # overrides of distill.gate.GateConfig
+    redistill_gate: dict[str, float | None] = Field(default_factory=dict)  # GateConfig overrides; None: off
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -39,7 +39,7 @@ class CheckConfig:
     idle_class: bool = False  # SCHED_IDLE as well (see child.below_serving)
     auto_rollout: bool = True  # start a canary of every candidate that passes the gate
     rollout: dict[str, Any] = field(default_factory=dict)  # overrides of the canary's RolloutConfig
-    gate: dict[str, float] = field(default_factory=dict)  # overrides of distill.gate.GateConfig
+    gate: dict[str, float | None] = field(default_factory=dict)  # overrides of GateConfig; None: off
     shadow_root: str | None = None  # default <state_dir>/shadow
     budget_minutes: float | None = None  # /generate: KD wall time of a run (default: the recipe's)
 

@@ -57,7 +57,7 @@ def redistill_command(
     until: float,
     parent: str,
     threads: int = 1,
-    gate: dict[str, float] | None = None,
+    gate: dict[str, float | None] | None = None,
     shadow_root: str | None = None,
     task: str = "classify",
     budget_minutes: float | None = None,
