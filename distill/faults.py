@@ -66,6 +66,7 @@ def register_fault_model(registry: Registry, spec: FaultSpec, name: str | None =
             name=name,
             version=registry.next_version(name),
             task=inner.task,
+            task_kind=inner.task_kind,
             role=inner.role,
             kind="fault",
             format="fault",

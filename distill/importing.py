@@ -13,20 +13,12 @@ import hashlib
 import json
 import re
 from datetime import UTC, datetime
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from distill.registry import Role
+from distill.registry import TASK_NAME, Registry, Role, TaskKind
 
 CHUNK = 1 << 20
-
-
-class Kind(StrEnum):
-    """What a task does: label texts, or generate text."""
-
-    CLASSIFY = "classify"
-    GENERATE = "generate"
 
 
 class ImportRefused(ValueError):
@@ -57,6 +49,25 @@ def provenance(source: Path, files: list[Path]) -> dict[str, Any]:
     }
 
 
+def check_task(registry: Registry, task: str, kind: TaskKind) -> None:
+    """Refuses a task name that cannot be, or a task that already exists with another kind."""
+    if not re.match(TASK_NAME, task):
+        raise ImportRefused(
+            f"{task!r} is not a task name", "use lower-case letters, digits, '-' and '_' (e.g. --task topics)"
+        )
+    if task in set(TaskKind) and task != kind:
+        raise ImportRefused(
+            f"task {task!r} is the bundled {task} task",
+            f"import a {kind} model into a task of its own (--task my-{kind})",
+        )
+    existing = {m.task_kind for m in registry.list() if m.task == task}
+    if existing and kind not in existing:
+        raise ImportRefused(
+            f"task {task!r} is a {existing.pop()} task, and this is a {kind} model",
+            f"import it into a {kind} task (--task NAME)",
+        )
+
+
 def default_name(task: str, role: Role, source: Path) -> str:
     """`<task>-<role>-<source name>`, reduced to the characters a model ref allows."""
     stem = re.sub(r"[^a-z0-9]+", "-", source.stem.lower()).strip("-") or "imported"
@@ -68,38 +79,38 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
 
 
-def guess_kind(source: Path) -> Kind:
+def guess_kind(source: Path) -> TaskKind:
     """A .gguf file or a folder whose config names a causal-LM architecture generates; anything else is
     taken for a classifier (whose importer then says precisely what is missing)."""
     if source.suffix == ".gguf":
-        return Kind.GENERATE
+        return TaskKind.GENERATE
     config = source / "config.json"
     if source.is_dir() and config.exists():
         try:
             architectures = json.loads(config.read_text()).get("architectures") or []
         except ValueError as exc:
             raise ImportRefused(f"{config} is not valid JSON", "save the model again") from exc
-        if kind_of(architectures) is Kind.GENERATE:
-            return Kind.GENERATE
-    return Kind.CLASSIFY
+        if kind_of(architectures) is TaskKind.GENERATE:
+            return TaskKind.GENERATE
+    return TaskKind.CLASSIFY
 
 
-def kind_of(architectures: list[str]) -> Kind | None:
+def kind_of(architectures: list[str]) -> TaskKind | None:
     """What a Hugging Face config's architectures can serve: a sequence-classification head classifies,
     a language-model head generates; None when there is neither (a bare encoder, say)."""
     if any(str(a).endswith("ForSequenceClassification") for a in architectures):
-        return Kind.CLASSIFY
+        return TaskKind.CLASSIFY
     if any(str(a).endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
-        return Kind.GENERATE
+        return TaskKind.GENERATE
     return None
 
 
-def hf_config(source: Path, kind: Kind) -> Any:
+def hf_config(source: Path, kind: TaskKind) -> Any:
     """The folder's transformers config, refused unless it is a model of `kind` (one line each: no
     config, an architecture transformers does not know, the other kind, no head)."""
     from transformers import AutoConfig
 
-    loader = "AutoModelForSequenceClassification" if kind is Kind.CLASSIFY else "AutoModelForCausalLM"
+    loader = "AutoModelForSequenceClassification" if kind is TaskKind.CLASSIFY else "AutoModelForCausalLM"
     if not (source / "config.json").exists():
         raise ImportRefused(f"no config.json in {source}", "pass a folder written by save_pretrained")
     try:
@@ -112,13 +123,13 @@ def hf_config(source: Path, kind: Kind) -> Any:
     architectures = list(config.architectures or [])
     found = kind_of(architectures)
     if found is not None and found is not kind:
-        what = "a causal language model" if found is Kind.GENERATE else "a sequence classifier"
+        what = "a causal language model" if found is TaskKind.GENERATE else "a sequence classifier"
         raise ImportRefused(
             f"{source} is {what} ({architectures[0]}), not a {kind} model",
             f"import it into a {found} task (--kind {found})",
         )
     if found is None:
-        head = "sequence-classification" if kind is Kind.CLASSIFY else "language-model"
+        head = "sequence-classification" if kind is TaskKind.CLASSIFY else "language-model"
         raise ImportRefused(
             f"{source} has no {head} head (architectures: {architectures or 'none'})",
             f"save a model loaded with {loader} (save_pretrained)",

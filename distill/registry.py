@@ -26,7 +26,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from durablefs import fsync_dir, fsync_file, write_json
 
@@ -43,6 +43,17 @@ class Role(StrEnum):
 
     TEACHER = "teacher"
     STUDENT = "student"
+
+
+class TaskKind(StrEnum):
+    """What a task does: label texts, or generate text. The bundled tasks are named after their kind."""
+
+    CLASSIFY = "classify"
+    GENERATE = "generate"
+
+
+# A task's name is in URLs (/classify/<task>), metric labels and folder names (the shadow log's).
+TASK_NAME = r"^[a-z][a-z0-9_-]{0,39}$"
 
 
 class Lineage(BaseModel):
@@ -87,7 +98,8 @@ class Manifest(BaseModel):
 
     name: str
     version: int = Field(ge=1)
-    task: Literal["classify", "generate"]
+    task: str = Field(pattern=TASK_NAME)  # its name: `classify`, `generate`, or a user's (`topics`)
+    task_kind: TaskKind  # given for a named task; a bundled task's is its name
     role: Role
     kind: Literal["model", "fault"] = "model"
     format: Literal["torch", "onnx", "fault"]
@@ -99,6 +111,22 @@ class Manifest(BaseModel):
     metrics: dict[str, Any] = Field(default_factory=dict)
     fault: FaultSpec | None = None
     calibration: Calibration | None = None  # /classify: served probabilities use its temperature
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bundled_task_kind(cls, data: Any) -> Any:
+        """Manifests written before tasks had names carry only `task`, which is then their kind."""
+        if isinstance(data, dict) and data.get("task_kind") is None and data.get("task") in set(TaskKind):
+            return {**data, "task_kind": data["task"]}
+        return data
+
+    @model_validator(mode="after")
+    def _kind_names_are_theirs(self) -> Manifest:
+        if self.task in set(TaskKind) and self.task != self.task_kind:
+            raise ValueError(
+                f"task {self.task!r} is the bundled {self.task} task, not a {self.task_kind} one"
+            )
+        return self
 
     @property
     def ref(self) -> str:

@@ -9,14 +9,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from distill.registry import Registry
-from distill.shadowlog.writer import ShadowLogWriter
+from distill.registry import Registry, TaskKind
+from distill.shadowlog.writer import ShadowLogWriter, ShadowLogWriters
 from durablefs import write_text
-from gateway.errors import ModelUnavailable
+from gateway.errors import ModelUnavailable, NotFound
 from gateway.rollouts.ports import LocalSource, MetricsSink, TrafficSetter
 from gateway.serving.inflight import InFlight
 from gateway.serving.metrics import GatewayMetrics
-from gateway.serving.pool import SERVED_TASKS, ModelPool
+from gateway.serving.pool import ModelPool
 from gateway.serving.traffic import TrafficStore
 from gateway.serving.window import LiveWindow
 from gateway.settings import Settings, token_path
@@ -58,7 +58,7 @@ class GatewayState:
         on `POST /admin/models/reload`."""
         self.pool.load_all()
         loaded = self.pool.tasks_of()
-        for task in SERVED_TASKS:
+        for task in self.pool.tasks():
             teacher = self.pool.teacher_ref(task)
             if teacher is None:
                 continue
@@ -72,12 +72,22 @@ class GatewayState:
         """Per served task: `ready` (its teacher is loaded), `building` (a background build will bring
         one) or `missing`."""
         readiness = {}
-        for task in SERVED_TASKS:
+        for task in self.pool.tasks():
             if self.pool.teacher_ref(task) is not None:
                 readiness[task] = "ready"
             else:
                 readiness[task] = "building" if task in self.building else "missing"
         return readiness
+
+    def served_task(self, task: str, kind: TaskKind | None = None, field: str = "task") -> TaskKind:
+        """The kind of `task` if it is served (and of `kind`, if given), else a 404 naming those that are."""
+        tasks = self.pool.tasks()
+        found = tasks.get(task)
+        if found is None or (kind is not None and found is not kind):
+            served = sorted(t for t, k in tasks.items() if kind is None or k is kind)
+            what = f"{kind} task" if kind is not None else "task"
+            raise NotFound(f"no {what} {task!r}; served: {', '.join(served)}", field=field)
+        return found
 
     def no_model(self, task: str) -> ModelUnavailable:
         """The refusal of a request to a task with no teacher loaded: 503 with Retry-After."""
@@ -134,13 +144,13 @@ class GatewayState:
                 metrics,
                 pool,
                 window,
-                writer("classify"),
+                ShadowLogWriters(writer),
                 rates,
                 busy_share=in_flight.busy_share,
                 favoured=favoured,
             )
             generate_shadow = GenerateShadow(
-                settings, metrics, pool, window, writer("generate"), rates, favoured=favoured
+                settings, metrics, pool, window, ShadowLogWriters(writer), rates, favoured=favoured
             )
         return cls(
             settings=settings,

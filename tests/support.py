@@ -24,8 +24,10 @@ import httpx
 import numpy as np
 import torch
 import uvicorn
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from distill.classify.build import ClassifyRecipe
+from distill.classify.io import base_encoder_dir
 from distill.generate.build import TINY_GENERATE_RECIPE, ensure_default_generate_models
 from distill.generate.targets import TargetSet
 from distill.generate.topk import topk_targets
@@ -329,6 +331,26 @@ class TrafficLoop:
                         self.served[r.headers["x-kdgate-model"]] += 1
                 if self.pause_s:
                     self._stop.wait(self.pause_s)
+
+
+TOPICS = ["business", "entertainment", "politics", "sport", "tech"]
+
+
+def save_foreign_classifier(folder: Path) -> Path:
+    """A user's BERT-family topic classifier, as `save_pretrained` writes it (weights, config with
+    id2label, the fast tokenizer): MiniLM from its package with a seeded 5-topic head. Not trained: the
+    tests that use it are about files and serving, not accuracy."""
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        base_encoder_dir(),
+        num_labels=len(TOPICS),
+        id2label=dict(enumerate(TOPICS)),
+        label2id={t: i for i, t in enumerate(TOPICS)},
+        local_files_only=True,
+    )
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(base_encoder_dir(), local_files_only=True).save_pretrained(folder)
+    return folder
 
 
 def build_generate_state(state: Path) -> None:

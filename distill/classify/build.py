@@ -32,7 +32,7 @@ from distill.classify.student_export import ONNX_FP32, STUDENT_NAME, export_stud
 from distill.classify.tokenize import TOKENIZER_FILE, BatchTokenizer
 from distill.corpora import LabelledTexts, Split, load_dataset, split_dataset
 from distill.losses import kd_loss
-from distill.registry import Calibration, Lineage, Manifest, Registry, Role
+from distill.registry import Calibration, Lineage, Manifest, Registry, Role, TaskKind
 from distill.trainer import train
 from distill.workbench.calibrate import calibration_of
 from durablefs import write_with
@@ -148,6 +148,7 @@ def build_teacher(registry: Registry, recipe: ClassifyRecipe, log: Log = _stderr
             name=TEACHER_NAME,
             version=registry.next_version(TEACHER_NAME),
             task="classify",
+            task_kind=TaskKind.CLASSIFY,
             role=Role.TEACHER,
             format="torch",
             files=[*files, ONNX_FP32],

@@ -27,8 +27,16 @@ from transformers import AutoModelForSequenceClassification
 from distill.classify.export import check_parity, export_onnx, onnx_logits, torch_logits
 from distill.classify.runner import OnnxClassifierRunner
 from distill.classify.tokenize import TOKENIZER_FILE, BatchTokenizer
-from distill.importing import ImportRefused, Kind, default_name, hf_config, one_line, provenance, require_file
-from distill.registry import Lineage, Manifest, Registry, Role
+from distill.importing import (
+    ImportRefused,
+    check_task,
+    default_name,
+    hf_config,
+    one_line,
+    provenance,
+    require_file,
+)
+from distill.registry import Lineage, Manifest, Registry, Role, TaskKind
 
 ONNX_FILE = "model.onnx"
 # Varied in length and content: parity and latency are checked on them.
@@ -58,6 +66,7 @@ def import_classifier(
 ) -> Manifest:
     """Registers the model at `source` as `name@<next version>` in `task`; raises `ImportRefused`."""
     source = Path(source)
+    check_task(registry, task, TaskKind.CLASSIFY)
     if not source.exists():
         raise ImportRefused(f"{source} does not exist", "pass a Hugging Face model folder or an .onnx file")
     teacher = registry.latest_of(task, Role.TEACHER)
@@ -83,7 +92,8 @@ def import_classifier(
         manifest = Manifest(
             name=name,
             version=registry.next_version(name),
-            task=task,  # type: ignore[arg-type]
+            task=task,
+            task_kind=TaskKind.CLASSIFY,
             role=role,
             format="onnx",
             files=[ONNX_FILE, TOKENIZER_FILE],
@@ -128,7 +138,7 @@ def _export_hf_folder(
 ) -> tuple[list[str], int, dict[str, float]]:
     """Loads the folder's classifier, exports it to ONNX in `staging`, checks parity; returns its
     labels, the max length it takes and the parity figures."""
-    config = hf_config(source, Kind.CLASSIFY)
+    config = hf_config(source, TaskKind.CLASSIFY)
     head = [str(config.id2label[i]) for i in range(config.num_labels)]
     if labels is not None and len(labels) != len(head):
         raise ImportRefused(

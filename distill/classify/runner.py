@@ -17,7 +17,7 @@ import onnxruntime as ort
 from distill.classify.evaluate import softmax
 from distill.classify.faults import FaultyRunner
 from distill.classify.tokenize import BatchTokenizer
-from distill.registry import Manifest, Registry, RegistryError
+from distill.registry import Manifest, Registry, RegistryError, TaskKind
 
 ONNX_COPY = "model.onnx"  # the parity-checked ONNX export a PyTorch teacher keeps beside its weights
 
@@ -138,8 +138,8 @@ def load_runner(registry: Registry, ref: str, threads: int = 1, prefer_onnx: boo
             raise RegistryError(f"{ref} is a fault model without a fault spec")
         inner = load_runner(registry, manifest.fault.wraps, threads, prefer_onnx)
         return FaultyRunner(manifest, inner, manifest.fault)
-    if manifest.task != "classify":
-        raise RegistryError(f"{ref}: no runner for task {manifest.task!r} yet")
+    if manifest.task_kind != TaskKind.CLASSIFY:
+        raise RegistryError(f"{ref} is a {manifest.task_kind} model, not a classifier")
     if manifest.format == "torch":
         if prefer_onnx and ONNX_COPY in manifest.files:
             return OnnxClassifierRunner(manifest, directory, threads, model_file=ONNX_COPY)

@@ -73,11 +73,12 @@ def student_manifest(
     lineage: Lineage,
     metrics: dict[str, object],
 ) -> Manifest:
-    """The next `classify-student` version, with labels and tokenizer settings taken from `like`."""
+    """The next `classify-student` version in `like`'s task, with its labels and tokenizer settings."""
     return Manifest(
         name=STUDENT_NAME,
         version=registry.next_version(STUDENT_NAME),
-        task="classify",
+        task=like.task,
+        task_kind=like.task_kind,
         role=Role.STUDENT,
         format="onnx",
         files=exported.files,

@@ -37,7 +37,7 @@ from distill.generate.kd import (
 )
 from distill.generate.targets import TargetSet, cached_targets, chat_ids, teacher_targets
 from distill.generate.teacher import ensure_generate_teacher
-from distill.registry import Lineage, Manifest, Registry, Role
+from distill.registry import Lineage, Manifest, Registry, Role, TaskKind
 
 STUDENT_NAME = "generate-student"
 PROMPTS_PER_BUDGET_MINUTE = 120  # ~720 sequences are trained on per minute
@@ -220,6 +220,7 @@ def build_generate_student(
             name=STUDENT_NAME,
             version=version,
             task="generate",
+            task_kind=TaskKind.GENERATE,
             role=Role.STUDENT,
             format="torch",
             files=sorted(p.name for p in staging.path.iterdir() if p.is_file()),

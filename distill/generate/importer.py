@@ -22,8 +22,16 @@ from transformers import AutoConfig, AutoTokenizer
 
 from distill.generate.runner import open_lm
 from distill.generate.teacher import convert_gguf
-from distill.importing import ImportRefused, Kind, default_name, hf_config, one_line, provenance, require_file
-from distill.registry import Lineage, Manifest, Registry, Role
+from distill.importing import (
+    ImportRefused,
+    check_task,
+    default_name,
+    hf_config,
+    one_line,
+    provenance,
+    require_file,
+)
+from distill.registry import Lineage, Manifest, Registry, Role, TaskKind
 
 TOKENIZER_FILE = "tokenizer.json"
 MAX_LENGTH_CAP = 2048  # the gateway's prompt + completion budget; a model's own limit may be lower
@@ -41,6 +49,7 @@ def import_causal_lm(
 ) -> Manifest:
     """Registers the causal LM at `source` as `name@<next version>` in `task`; raises `ImportRefused`."""
     source = Path(source)
+    check_task(registry, task, TaskKind.GENERATE)
     if not source.exists():
         raise ImportRefused(f"{source} does not exist", "pass a Hugging Face model folder or a .gguf file")
     teacher = registry.latest_of(task, Role.TEACHER) if role is Role.STUDENT else None
@@ -65,7 +74,8 @@ def import_causal_lm(
         manifest = Manifest(
             name=name,
             version=registry.next_version(name),
-            task=task,  # type: ignore[arg-type]
+            task=task,
+            task_kind=TaskKind.GENERATE,
             role=role,
             format="torch",
             files=sorted(p.name for p in staging.path.iterdir() if p.is_file()),
@@ -102,7 +112,7 @@ def measure(manifest: Manifest, directory: Path) -> dict[str, float]:
 
 
 def _check_hf_folder(source: Path) -> None:
-    hf_config(source, Kind.GENERATE)
+    hf_config(source, TaskKind.GENERATE)
     require_file(source, TOKENIZER_FILE)
     if not any(source.glob("*.safetensors")):
         raise ImportRefused(

@@ -309,7 +309,8 @@ class GenerateRun:
         return Manifest(
             name=STUDENT_NAME,
             version=run.registry.next_version(STUDENT_NAME),
-            task="generate",
+            task=run.parent.task,
+            task_kind=run.parent.task_kind,
             role=Role.STUDENT,
             format="torch",
             files=sorted(p.name for p in candidate.folder.iterdir() if p.is_file()),

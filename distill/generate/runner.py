@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from distill.generate.topk import topk_kl, topk_targets
-from distill.registry import Manifest, Registry, RegistryError
+from distill.registry import Manifest, Registry, RegistryError, TaskKind
 
 
 @dataclass
@@ -124,7 +124,7 @@ def kl_against(scores: TokenScores, student_logits: torch.Tensor) -> np.ndarray:
 def load_lm(registry: Registry, ref: str) -> CausalLM:
     """Loads a generate model from its registry folder (local files only)."""
     manifest = registry.get(ref)
-    if manifest.task != "generate" or manifest.format != "torch":
+    if manifest.task_kind != TaskKind.GENERATE or manifest.format != "torch":
         raise RegistryError(f"{ref} is not a generate model in torch format")
     return open_lm(manifest, registry.path(ref))
 

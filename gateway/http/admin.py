@@ -9,9 +9,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from distill.default_models import read_status
-from gateway.errors import Conflict, Forbidden, InvalidInput, Unauthorized
+from gateway.errors import Conflict, Forbidden, Unauthorized
 from gateway.http.schemas import ShadowRatesUpdate, TrafficUpdate
-from gateway.serving.pool import SERVED_TASKS
 from gateway.serving.traffic import validate_weights
 from gateway.shadow.rates import validate_rates
 from gateway.state import GatewayState
@@ -94,8 +93,7 @@ async def set_traffic(
     rollout of the task is progressing, unless it is paused or `?force=true` is given.
     """
     state = _state(request)
-    if task not in SERVED_TASKS:
-        raise InvalidInput(f"unknown task {task!r}; served: {list(SERVED_TASKS)}", field="task")
+    state.served_task(task)
     weights = validate_weights(task, update.weights, state.pool.tasks_of())
     rollout = state.rollouts.load(task)
     if rollout is not None and rollout[0].phase is Phase.PROGRESSING and not force:
@@ -146,8 +144,7 @@ async def set_shadow(task: str, update: ShadowRatesUpdate, request: Request) -> 
     rate (`shadow_rates`, else `shadow_rate`).
     """
     state = _state(request)
-    if task not in SERVED_TASKS:
-        raise InvalidInput(f"unknown task {task!r}; served: {list(SERVED_TASKS)}", field="task")
+    state.served_task(task)
     changes = validate_rates(task, update.rates, _students_of(state))
     await asyncio.to_thread(state.shadow_rates.update, changes)  # an fsync: not on the event loop
     rates = state.shadow_rates

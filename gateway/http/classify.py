@@ -13,6 +13,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, Request, Response
 
 from distill.classify.runner import probabilities
+from distill.registry import TaskKind
 from gateway.errors import InvalidInput, ModelUnavailable, NotReady, Overloaded
 from gateway.http.auth import require_api_key
 from gateway.http.body import header, openapi, read_json_body
@@ -50,24 +51,24 @@ def check_limits(texts: list[str], state: GatewayState, field: str = "texts") ->
             )
 
 
-def choose(state: GatewayState, key: str, pinned: str | None) -> LoadedModel:
+def choose(state: GatewayState, task: str, key: str, pinned: str | None) -> LoadedModel:
     models = state.pool.models
     if pinned is not None:
         model = models.get(pinned)
-        if model is None or model.manifest.task != TASK:
-            raise InvalidInput(f"no loaded {TASK} model {pinned!r}", field="x-kdgate-model")
+        if model is None or model.manifest.task != task:
+            raise InvalidInput(f"no loaded {task} model {pinned!r}", field="x-kdgate-model")
         return model
-    if state.pool.teacher_of(TASK) is None:
-        raise state.no_model(TASK)
-    return models[pick_model(state.traffic.get(TASK), key)]
+    if state.pool.teacher_of(task) is None:
+        raise state.no_model(task)
+    return models[pick_model(state.traffic.get(task), key)]
 
 
 async def run_with_fallback(
-    state: GatewayState, chosen: LoadedModel, texts: list[str]
+    state: GatewayState, task: str, chosen: LoadedModel, texts: list[str]
 ) -> tuple[LoadedModel, Batched]:
-    teacher = state.pool.teacher_of(TASK)
+    teacher = state.pool.teacher_of(task)
     if teacher is None:
-        raise state.no_model(TASK)
+        raise state.no_model(task)
     if chosen is teacher:
         return teacher, await teacher.batcher.submit_timed(texts)
     timeout = state.settings.student_timeout_ms / 1000.0
@@ -78,7 +79,7 @@ async def run_with_fallback(
     except Exception:
         log.warning("student %s failed; the teacher answers", chosen.ref, exc_info=True)
         reason = "error"
-    state.metrics.fallbacks.labels(TASK, chosen.ref, reason).inc()
+    state.metrics.fallbacks.labels(task, chosen.ref, reason).inc()
     return teacher, await teacher.batcher.submit_timed(texts)
 
 
@@ -111,8 +112,10 @@ async def classify_texts(
     key: str | None,
     pinned: str | None,
     field: str = "texts",
+    task: str = TASK,
 ) -> Classified:
-    """The request path every classify protocol route shares: readiness, limits (errors name `field`),
+    """The request path every classify protocol route shares, for any classify `task` (the bundled
+    `classify` by default; the caller checked it is served): readiness, limits (errors name `field`),
     the in-flight bound, routing (`pinned` ref, else `key`, else `request_id`, against the split), the
     run with fallback to the teacher, metrics and live windows, and the offer to shadow.
 
@@ -127,29 +130,29 @@ async def classify_texts(
     if state.in_flight.count >= state.settings.max_in_flight:
         state.metrics.rejected.labels("overloaded").inc()
         raise Overloaded(f"more than {state.settings.max_in_flight} requests in flight; retry shortly")
-    chosen = choose(state, key or request_id, pinned)  # may refuse: before the in-flight count
+    chosen = choose(state, task, key or request_id, pinned)  # may refuse: before the in-flight count
     state.in_flight.enter()
     started = time.perf_counter()
     try:
-        served, batched = await run_with_fallback(state, chosen, texts)
+        served, batched = await run_with_fallback(state, task, chosen, texts)
     except Exception as exc:
-        state.metrics.requests.labels(TASK, chosen.ref, "503").inc()
+        state.metrics.requests.labels(task, chosen.ref, "503").inc()
         state.window.add(chosen.ref, requests=1, errors=1)
         if isinstance(exc, ModelUnavailable):
             raise
-        log.error("the %s teacher failed", TASK, exc_info=True)
-        raise ModelUnavailable(f"the {TASK} teacher failed; retry later") from exc
+        log.error("the %s teacher failed", task, exc_info=True)
+        raise ModelUnavailable(f"the {task} teacher failed; retry later") from exc
     finally:
         state.in_flight.leave()
     logits = batched.logits
     elapsed = time.perf_counter() - started
-    state.metrics.request_seconds.labels(TASK, served.ref).observe(elapsed)
-    state.metrics.requests.labels(TASK, served.ref, "200").inc()
+    state.metrics.request_seconds.labels(task, served.ref).observe(elapsed)
+    state.metrics.requests.labels(task, served.ref, "200").inc()
     state.window.add(chosen.ref, latency_ms=elapsed * 1000.0, requests=1, errors=0 if served is chosen else 1)
-    teacher = state.pool.teacher_of(TASK)
+    teacher = state.pool.teacher_of(task)
     if state.shadow is not None and teacher is not None:
         state.shadow.offer(
-            ShadowItem(TASK, request_id, time.time(), served, texts, logits, elapsed * 1000.0), teacher
+            ShadowItem(task, request_id, time.time(), served, texts, logits, elapsed * 1000.0), teacher
         )
     return Classified(chosen, served, batched, probabilities(served.manifest, logits))
 
@@ -161,19 +164,37 @@ async def classify_texts(
     openapi_extra=openapi(ClassifyRequest, HEADERS),
 )
 async def classify(request: Request) -> Response:
-    """Classifies one text (`text`) or a batch (`texts`).
+    """Classifies one text (`text`) or a batch (`texts`) with the bundled task `classify`.
 
     `x-kdgate-key` keeps one caller on one model while the traffic split holds; `x-kdgate-model` pins a
     loaded model (operators, debugging). Body and headers are read by `lean_request` (not FastAPI's
     parameters): the hot path's own cost.
     """
+    return await _classify(request, TASK)
+
+
+@router.post(
+    "/classify/{task}",
+    response_model=ClassifyResponse,
+    tags=["inference"],
+    openapi_extra=openapi(ClassifyRequest, HEADERS),
+)
+async def classify_task(request: Request, task: str) -> Response:
+    """Classifies with the classify task `task` (an imported one, e.g. `topics`; or `classify`), as
+    `/classify` does. An unknown task is a 404 naming the served ones."""
+    return await _classify(request, task)
+
+
+async def _classify(request: Request, task: str) -> Response:
     entered = time.perf_counter()
     state = _state(request)
     request_id = header(request, "x-request-id") or uuid.uuid4().hex
     request.state.request_id = request_id  # error responses carry it too (app.py)
+    if task != TASK:  # the bundled task answers 503 until its models are built, not 404
+        state.served_task(task, TaskKind.CLASSIFY)
     key, pinned = header(request, "x-kdgate-key"), header(request, "x-kdgate-model")
     body = await read_json_body(request, ClassifyRequest)
-    done = await classify_texts(state, body.items(), request_id, key, pinned)
+    done = await classify_texts(state, body.items(), request_id, key, pinned, task=task)
     served = done.served
     labels = served.manifest.labels
     results = [

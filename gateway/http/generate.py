@@ -6,15 +6,19 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
 
 from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 
+from distill.registry import TaskKind
 from gateway.errors import NotReady
 from gateway.http.auth import require_api_key
 from gateway.http.body import MAX_HEADER_CHARS
 from gateway.http.generation import (
+    TASK,
     Generation,
     GenerationRequest,
     check_generation_limits,
@@ -46,30 +50,67 @@ def _sse(payload: dict[str, object]) -> str:
     return f"data: {json.dumps(payload)}\n\n"
 
 
-@router.post(
-    "/generate",
-    response_model=GenerateResponse,
-    tags=["inference"],
-    responses={200: {"content": {"text/event-stream": {}}, "description": "JSON, or SSE with stream"}},
-)
+@dataclass(frozen=True)
+class RoutingHeaders:
+    key: str | None  # x-kdgate-key: one key stays on one model while the split holds
+    model: str | None  # x-kdgate-model: pin a loaded model of the task
+    request_id: str | None  # x-request-id: to echo and log
+
+
+def routing_headers(
+    x_kdgate_key: str | None = Header(None, max_length=MAX_HEADER_CHARS),
+    x_kdgate_model: str | None = Header(None, max_length=MAX_HEADER_CHARS),
+    x_request_id: str | None = Header(None, max_length=MAX_HEADER_CHARS),
+) -> RoutingHeaders:
+    return RoutingHeaders(x_kdgate_key, x_kdgate_model, x_request_id)
+
+
+GENERATE_DOCS: dict[str, Any] = {
+    "response_model": GenerateResponse,
+    "tags": ["inference"],
+    "responses": {200: {"content": {"text/event-stream": {}}, "description": "JSON, or SSE with stream"}},
+}
+
+
+@router.post("/generate", **GENERATE_DOCS)
 async def generate(
     body: GenerateRequest,
     request: Request,
     response: Response,
-    x_kdgate_key: str | None = Header(None, max_length=MAX_HEADER_CHARS),
-    x_kdgate_model: str | None = Header(None, max_length=MAX_HEADER_CHARS),
-    x_request_id: str | None = Header(None, max_length=MAX_HEADER_CHARS),
+    headers: RoutingHeaders = Depends(routing_headers),
 ) -> GenerateResponse | StreamingResponse:
-    """Generates a completion of `prompt`, or the assistant's reply to chat `messages`.
+    """Generates a completion of `prompt`, or the assistant's reply to chat `messages`, with the
+    bundled task `generate`.
 
     With `stream: true` the answer is server-sent events: `data: {"text": ...}` per delta, then
     `data: {"finish_reason": ..., "usage": ...}` and `data: [DONE]`. A client that disconnects stops
     the generation at its next token.
     """
+    return await _generate(body, request, response, headers, TASK)
+
+
+@router.post("/generate/{task}", **GENERATE_DOCS)
+async def generate_task(
+    body: GenerateRequest,
+    request: Request,
+    response: Response,
+    task: str,
+    headers: RoutingHeaders = Depends(routing_headers),
+) -> GenerateResponse | StreamingResponse:
+    """Generates with the generate task `task` (an imported one; or `generate`), as `/generate` does.
+    An unknown task is a 404 naming the served ones."""
+    return await _generate(body, request, response, headers, task)
+
+
+async def _generate(
+    body: GenerateRequest, request: Request, response: Response, headers: RoutingHeaders, task: str
+) -> GenerateResponse | StreamingResponse:
     state = _state(request)
-    request_id = x_request_id or uuid.uuid4().hex
+    request_id = headers.request_id or uuid.uuid4().hex
     request.state.request_id = request_id  # error responses carry it too (app.py)
     response.headers["x-request-id"] = request_id
+    if task != TASK:  # the bundled task answers 503 until its models are built, not 404
+        state.served_task(task, TaskKind.GENERATE)
     if not state.ready:
         raise NotReady("models are still loading")
     check_limits(body, state)
@@ -77,13 +118,15 @@ async def generate(
         body.max_tokens, body.temperature, body.top_p, tuple(body.stop or ()), body.seed
     )
     messages = [m.model_dump() for m in body.messages] if body.messages is not None else None
-    asked = GenerationRequest(body.prompt, messages, params, request_id, x_kdgate_key, x_kdgate_model)
+    asked = GenerationRequest(
+        body.prompt, messages, params, request_id, headers.key, headers.model, task=task
+    )
     generation = await start_generation_request(state, asked)
     if body.stream:
-        headers = {"x-request-id": request_id, "x-kdgate-model": generation.served.ref}
+        sent = {"x-request-id": request_id, "x-kdgate-model": generation.served.ref}
         stream = _stream(generation)
         return StreamingResponse(
-            stream, media_type="text/event-stream", headers=headers, background=BackgroundTask(generation.end)
+            stream, media_type="text/event-stream", headers=sent, background=BackgroundTask(generation.end)
         )
     outcome = await generation.complete(request.is_disconnected)
     response.headers["x-kdgate-model"] = outcome.served.ref

@@ -42,6 +42,7 @@ class GenerationRequest:
     key: str | None  # sticky routing key (None: the request id)
     pinned: str | None = None  # a loaded model ref, bypassing the split
     pinned_field: str = "x-kdgate-model"  # where the pin came from, for the error naming it
+    task: str = TASK  # a served generate task (the caller checked)
 
 
 def check_generation_limits(state: GatewayState, max_tokens: int, texts: dict[str, str], field: str) -> None:
@@ -64,15 +65,13 @@ def check_generation_limits(state: GatewayState, max_tokens: int, texts: dict[st
         )
 
 
-def choose(
-    state: GatewayState, key: str, pinned: str | None, pinned_field: str = "x-kdgate-model"
-) -> LoadedLM:
+def choose(state: GatewayState, task: str, key: str, pinned: str | None, pinned_field: str) -> LoadedLM:
     lms = state.pool.lms
     if pinned is not None:
-        if pinned not in lms:
-            raise InvalidInput(f"no loaded {TASK} model {pinned!r}", field=pinned_field)
+        if pinned not in lms or lms[pinned].manifest.task != task:
+            raise InvalidInput(f"no loaded {task} model {pinned!r}", field=pinned_field)
         return lms[pinned]
-    return lms[pick_model(state.traffic.get(TASK), key)]
+    return lms[pick_model(state.traffic.get(task), key)]
 
 
 @dataclass
@@ -112,7 +111,7 @@ async def _start(
     except TimeoutError:
         reason = "timeout"
     job.cancel()
-    state.metrics.fallbacks.labels(TASK, chosen.ref, reason).inc()
+    state.metrics.fallbacks.labels(teacher.manifest.task, chosen.ref, reason).inc()
     outcome.served = teacher
     job = teacher.engine.submit(prompt_ids, params, loop)
     return job, await job.queue.get()
@@ -165,10 +164,11 @@ async def start_generation_request(state: GatewayState, request: GenerationReque
     """Routes, tokenizes and starts `request`, with fallback to the teacher before anything is sent."""
     if not state.ready:
         raise NotReady("models are still loading")
-    teacher = state.pool.lm_teacher()
+    task = request.task
+    teacher = state.pool.lm_teacher(task)
     if teacher is None:
-        raise state.no_model(TASK)
-    chosen = choose(state, request.key or request.request_id, request.pinned, request.pinned_field)
+        raise state.no_model(task)
+    chosen = choose(state, task, request.key or request.request_id, request.pinned, request.pinned_field)
     # tokenized on the model's engine thread: a long prompt or chat template never stalls the event loop
     prompt_ids = await chosen.engine.encode(
         request.prompt, request.messages, state.settings.max_prompt_tokens
@@ -188,13 +188,13 @@ async def start_generation_request(state: GatewayState, request: GenerationReque
         _account(state, outcome, teacher, rid, prompt_ids, code=code)
         if isinstance(exc, Overloaded):
             raise
-        log.error("the %s teacher failed", TASK, exc_info=True)
-        raise ModelUnavailable(f"the {TASK} teacher failed; retry later") from exc
+        log.error("the %s teacher failed", task, exc_info=True)
+        raise ModelUnavailable(f"the {task} teacher failed; retry later") from exc
     if isinstance(first, Failed):  # the teacher itself failed before its first token
         state.in_flight.leave()
         outcome.reason = "error"
         _account(state, outcome, teacher, rid, prompt_ids, code="503")
-        raise ModelUnavailable(f"the {TASK} teacher failed; retry later")
+        raise ModelUnavailable(f"the {task} teacher failed; retry later")
     end = StreamEnd(state, outcome, teacher, rid, prompt_ids, job)
     return Generation(state, outcome, teacher, rid, prompt_ids, request.params, job, first, end)
 
@@ -206,7 +206,7 @@ async def _complete(generation: Generation, disconnected: Disconnected) -> None:
     async for _ in _watch_disconnect(_events(g.job, g.first, outcome), disconnected, g.job, outcome):
         pass
     if outcome.reason == "error" and outcome.served is not g.teacher:
-        g.state.metrics.fallbacks.labels(TASK, outcome.served.ref, "error").inc()
+        g.state.metrics.fallbacks.labels(g.teacher.manifest.task, outcome.served.ref, "error").inc()
         outcome.served, outcome.text, outcome.first_token_at = g.teacher, "", None
         job = g.teacher.engine.submit(g.prompt_ids, g.params, asyncio.get_running_loop())
         first = await job.queue.get()
@@ -302,22 +302,23 @@ def _account(
     code: str,
 ) -> None:
     m, served, chosen = state.metrics, outcome.served, outcome.chosen
+    task = teacher.manifest.task
     now = time.perf_counter()
-    m.requests.labels(TASK, served.ref, code).inc()
-    m.finished.labels(TASK, served.ref, outcome.reason).inc()
+    m.requests.labels(task, served.ref, code).inc()
+    m.finished.labels(task, served.ref, outcome.reason).inc()
     if code in ("429", "503") and not outcome.completion_ids:
         state.window.add(chosen.ref, requests=1, errors=1)
         return
-    m.request_seconds.labels(TASK, served.ref).observe(now - outcome.started)
+    m.request_seconds.labels(task, served.ref).observe(now - outcome.started)
     tokens = len(outcome.completion_ids)
-    m.tokens.labels(TASK, served.ref, "prompt").inc(len(prompt_ids))
-    m.tokens.labels(TASK, served.ref, "completion").inc(tokens)
+    m.tokens.labels(task, served.ref, "prompt").inc(len(prompt_ids))
+    m.tokens.labels(task, served.ref, "completion").inc(tokens)
     per_token_ms = None
     if outcome.first_token_at is not None:
-        m.time_to_first_token.labels(TASK, served.ref).observe(outcome.first_token_at - outcome.started)
+        m.time_to_first_token.labels(task, served.ref).observe(outcome.first_token_at - outcome.started)
         if tokens > 1:
             per_token = (now - outcome.first_token_at) / (tokens - 1)
-            m.time_per_output_token.labels(TASK, served.ref).observe(per_token)
+            m.time_per_output_token.labels(task, served.ref).observe(per_token)
             per_token_ms = per_token * 1000.0
     failed = served is not chosen or outcome.reason == "error"
     # The rollout's latency guard for /generate reads time per output token (the window's "latency").
@@ -325,6 +326,7 @@ def _account(
     if state.generate_shadow is not None and outcome.finished is not None and outcome.completion_ids:
         state.generate_shadow.offer(
             GenerateShadowItem(
+                task=task,
                 request_id=request_id,
                 at=time.time(),
                 served=served,

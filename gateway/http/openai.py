@@ -26,6 +26,7 @@ from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.background import BackgroundTask
 
+from distill.registry import TaskKind
 from gateway.errors import (
     GatewayError,
     InvalidInput,
@@ -38,7 +39,6 @@ from gateway.errors import (
 from gateway.http.auth import require_api_key
 from gateway.http.body import MAX_HEADER_CHARS
 from gateway.http.generation import (
-    TASK,
     Generation,
     GenerationRequest,
     check_generation_limits,
@@ -94,19 +94,26 @@ def _state(request: Request) -> GatewayState:
     return state
 
 
-def resolve(state: GatewayState, model: str) -> str | None:
-    """The model ref `model` pins, or None for the task alias; 404 naming what is served otherwise."""
+def generate_tasks(state: GatewayState) -> list[str]:
+    """The generate tasks' names: each is a `model` alias routed by its task's split."""
+    return sorted(t for t, kind in state.pool.tasks().items() if kind is TaskKind.GENERATE)
+
+
+def resolve(state: GatewayState, model: str) -> tuple[str, str | None]:
+    """The task `model` addresses and the model ref it pins (None for a task alias); 404 naming what is
+    served otherwise."""
     if not state.ready:
         raise NotReady("models are still loading")
-    if model == TASK:
-        return None
+    if model in generate_tasks(state):
+        return model, None
     lms = state.pool.lms
     if model in lms:
-        return model
+        return lms[model].manifest.task, model
     versions = sorted((m.manifest.version, ref) for ref, m in lms.items() if m.manifest.name == model)
     if versions:  # a name alone: its latest loaded version
-        return versions[-1][1]
-    served = [TASK, *sorted(lms)]
+        ref = versions[-1][1]
+        return lms[ref].manifest.task, ref
+    served = [*generate_tasks(state), *sorted(lms)]
     raise NotFound(f"the model {model!r} does not exist; served: {', '.join(served)}", field="model")
 
 
@@ -124,12 +131,13 @@ async def _start(
     max_tokens: int,
     key_header: str | None,
 ) -> Generation:
-    pinned = resolve(state, body.model)
+    task, pinned = resolve(state, body.model)
     params = GenerationParams(
         max_tokens, body.temperature, body.top_p, body.stops(), body.seed, body.logprob_count()
     )
     request_id = uuid.uuid4().hex
-    asked = GenerationRequest(prompt, messages, params, request_id, body.user or key_header, pinned, "model")
+    key = body.user or key_header
+    asked = GenerationRequest(prompt, messages, params, request_id, key, pinned, "model", task)
     return await start_generation_request(state, asked)
 
 
@@ -189,10 +197,13 @@ async def completions(
 
 @router.get("/models")
 async def models(request: Request) -> dict[str, Any]:
-    """The task alias and every loaded generate model, in OpenAI's list shape."""
+    """The generate tasks' aliases and every loaded generate model, in OpenAI's list shape."""
     state = _state(request)
     created = int(time.time())
-    entries = [{"id": TASK, "object": "model", "created": created, "owned_by": "kdgate"}]
+    entries = [
+        {"id": task, "object": "model", "created": created, "owned_by": "kdgate"}
+        for task in generate_tasks(state)
+    ]
     for ref, loaded in sorted(state.pool.lms.items()):
         created_at = loaded.manifest.lineage.created
         entries.append({"id": ref, "object": "model", "created": _epoch(created_at), "owned_by": "kdgate"})

@@ -25,10 +25,11 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
+from distill.registry import TaskKind
 from gateway.errors import GatewayError, InvalidInput, NotFound, NotReady
 from gateway.http.auth import require_api_key
 from gateway.http.body import MAX_HEADER_CHARS, header, openapi
-from gateway.http.classify import HEADERS, TASK, classify_texts, server_timing
+from gateway.http.classify import HEADERS, classify_texts, server_timing
 from gateway.http.tensors import (
     INPUT,
     InferRequest,
@@ -61,21 +62,24 @@ def _state(request: Request) -> GatewayState:
     return state
 
 
-def _resolve(state: GatewayState, name: str, version: str | None) -> LoadedModel | None:
-    """The model `name` (and `version`) pins, or None for the task alias. 404 for anything else."""
+def _resolve(state: GatewayState, name: str, version: str | None) -> tuple[str, LoadedModel | None]:
+    """The task `name` addresses and the model it pins: a classify task's name alone is its alias,
+    routed by its split (None); a model name (and `version`) pins it. 404 for anything else."""
     if not state.ready:
         raise NotReady("models are still loading")
-    if name == TASK and version is None:
-        return None
+    tasks = [t for t, kind in state.pool.tasks().items() if kind is TaskKind.CLASSIFY]
+    if name in tasks and version is None:
+        return name, None
     ref = name if version is None else f"{name}@{version}"
-    models = [m for m in state.pool.models.values() if m.manifest.task == TASK]
+    models = list(state.pool.models.values())
     if "@" in ref:
         found = [m for m in models if m.ref == ref]
     else:  # a name alone: its latest loaded version, as Triton's default version policy
         found = sorted((m for m in models if m.manifest.name == name), key=lambda m: m.manifest.version)[-1:]
     if not found:
-        raise NotFound(f"no loaded {TASK} model {ref!r}; the task alias is '{TASK}'", field="model")
-    return found[0]
+        aliases = ", ".join(sorted(tasks))
+        raise NotFound(f"no loaded classify model {ref!r}; the task aliases are {aliases}", field="model")
+    return found[0].manifest.task, found[0]
 
 
 @router.get("", response_model=ServerMetadata)
@@ -111,10 +115,11 @@ async def version_metadata(request: Request, name: str, version: str) -> ModelMe
 
 
 def _metadata(state: GatewayState, name: str, version: str | None) -> ModelMetadata:
-    model = _resolve(state, name, version) or state.pool.teacher_of(TASK)
+    task, pinned = _resolve(state, name, version)
+    model = pinned or state.pool.teacher_of(task)
     if model is None:
-        raise NotFound(f"no {TASK} teacher is loaded", field="model")
-    versions = [] if name == TASK and version is None else [str(model.manifest.version)]
+        raise NotFound(f"no {task} teacher is loaded", field="model")
+    versions = [] if pinned is None else [str(model.manifest.version)]
     return model_metadata(name, versions, model.manifest.labels)
 
 
@@ -156,7 +161,7 @@ async def version_infer(request: Request, name: str, version: str) -> Response:
 async def _infer(request: Request, name: str, version: str | None) -> Response:
     entered = time.perf_counter()
     state = _state(request)
-    model = _resolve(state, name, version)
+    task, model = _resolve(state, name, version)
     length = header(request, HEADER_LENGTH)
     if length is not None and not length.isdigit():
         raise InvalidInput(f"must be a byte count, got {length!r}", field=HEADER_LENGTH)
@@ -165,7 +170,7 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     request.state.request_id = request_id  # error responses carry it too (app.py)
     key = header(request, "x-kdgate-key") or _parameter_key(body)
     pinned = model.ref if model is not None else header(request, "x-kdgate-model")
-    done = await classify_texts(state, texts, request_id, key, pinned, field=INPUT)
+    done = await classify_texts(state, texts, request_id, key, pinned, field=INPUT, task=task)
     served = done.served.manifest
     content, json_length = write_infer(
         body, served.name, str(served.version), request_id, served.labels, done.probabilities

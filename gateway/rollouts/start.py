@@ -10,9 +10,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from distill.registry import Manifest
+from distill.registry import Manifest, TaskKind
 from gateway.errors import Conflict, InvalidInput
-from gateway.serving.pool import SERVED_TASKS, ModelPool
+from gateway.serving.pool import ModelPool
 from gateway.serving.traffic import TrafficStore
 from rollout import machine
 from rollout.driver import Controller
@@ -69,7 +69,7 @@ def build_config(body: RolloutStart, candidate: Manifest) -> RolloutConfig:
     """The candidate's config: task defaults, its offline figures, then what the operator gave."""
     offline = _number(candidate.metrics.get("disagreement"))
     defaults: dict[str, Any] = {}
-    if candidate.task == "generate":
+    if candidate.task_kind is TaskKind.GENERATE:
         # Offline figures are per token on held-out teacher completions (distill/generate/build.py).
         defaults = dict(GENERATE_DEFAULTS)
         agreement = _number(candidate.metrics.get("heldout_agreement"))
@@ -99,8 +99,10 @@ def start_rollout(
     actor: str = machine.OPERATOR,
 ) -> tuple[RolloutState, RolloutConfig]:
     """Validates `body` against the loaded models and starts the rollout; InvalidInput or Conflict."""
-    if body.task not in SERVED_TASKS:
-        raise InvalidInput(f"unknown task {body.task!r}; served: {list(SERVED_TASKS)}", field="task")
+    if body.task not in pool.tasks():
+        raise InvalidInput(
+            f"unknown task {body.task!r}; served: {', '.join(sorted(pool.tasks()))}", field="task"
+        )
     candidate = pool.manifest_of(body.candidate)
     if candidate is None:
         raise InvalidInput(f"no loaded model {body.candidate!r}", field="candidate")

@@ -12,7 +12,7 @@ import torch
 from distill.classify.runner import Runner, load_runner
 from distill.generate.faults import FaultyLM
 from distill.generate.runner import CausalLM, load_lm
-from distill.registry import Manifest, Registry, RegistryError, Role
+from distill.registry import Manifest, Registry, RegistryError, Role, TaskKind
 from gateway.serving.batcher import MicroBatcher
 from gateway.serving.engine import GenerationEngine
 from gateway.serving.metrics import GatewayMetrics
@@ -20,7 +20,7 @@ from gateway.settings import Settings
 
 log = logging.getLogger("kdgate.pool")
 
-SERVED_TASKS = ("classify", "generate")
+BUNDLED_TASKS = {TaskKind.CLASSIFY.value: TaskKind.CLASSIFY, TaskKind.GENERATE.value: TaskKind.GENERATE}
 
 
 @dataclass
@@ -65,9 +65,9 @@ class ModelPool:
         for manifest in sorted(self.registry.list(), key=lambda m: m.kind == "fault"):
             if manifest.ref in self.models or manifest.ref in self.lms:
                 continue
-            if manifest.task == "classify":
+            if manifest.task_kind is TaskKind.CLASSIFY:
                 added[manifest.ref] = self._load(manifest)
-            elif manifest.task == "generate":
+            else:
                 added_lms[manifest.ref] = self._load_lm(manifest, {**self.lms, **added_lms})
             log.info("loaded %s (%s, %s)", manifest.ref, manifest.role, manifest.format)
         if added:
@@ -116,8 +116,17 @@ class ModelPool:
         return load_lm(self.registry, manifest.ref)
 
     def tasks_of(self) -> dict[str, str]:
+        """The task of each loaded model, by ref."""
         tasks: dict[str, str] = {ref: m.manifest.task for ref, m in self.models.items()}
         tasks.update({ref: m.manifest.task for ref, m in self.lms.items()})
+        return tasks
+
+    def tasks(self) -> dict[str, TaskKind]:
+        """The served tasks and their kinds: the bundled two (served once they have a model) and every
+        task a loaded model belongs to."""
+        tasks = dict(BUNDLED_TASKS)
+        for manifest in [m.manifest for m in self.models.values()] + [m.manifest for m in self.lms.values()]:
+            tasks[manifest.task] = manifest.task_kind
         return tasks
 
     def manifest_of(self, ref: str) -> Manifest | None:
@@ -125,16 +134,17 @@ class ModelPool:
         return None if loaded is None else loaded.manifest
 
     def teacher_ref(self, task: str) -> str | None:
-        teacher = self.teacher_of(task) if task == "classify" else self.lm_teacher()
+        teacher = self.teacher_of(task) or self.lm_teacher(task)
         return None if teacher is None else teacher.ref
 
     def teacher_of(self, task: str) -> LoadedModel | None:
-        """The task's teacher: `settings.teacher[task]` if set (it may be a fault model), else the latest."""
+        """A classify task's teacher: `settings.teacher[task]` if set (it may be a fault model), else the
+        latest."""
         return _pick_teacher(self.models, self.settings.teacher.get(task), task)
 
-    def lm_teacher(self) -> LoadedLM | None:
-        """The generate teacher: `settings.teacher["generate"]` if set, else the latest."""
-        return _pick_teacher(self.lms, self.settings.teacher.get("generate"), "generate")
+    def lm_teacher(self, task: str = TaskKind.GENERATE.value) -> LoadedLM | None:
+        """A generate task's teacher: `settings.teacher[task]` if set, else the latest."""
+        return _pick_teacher(self.lms, self.settings.teacher.get(task), task)
 
     async def close(self) -> None:
         for model in self.models.values():

@@ -20,13 +20,12 @@ import numpy as np
 
 from distill.classify.evaluate import kl_per_row
 from distill.classify.runner import softmax
-from distill.shadowlog.writer import ShadowLogWriter
 from gateway.serving.metrics import GatewayMetrics
 from gateway.serving.pool import LoadedModel, ModelPool
 from gateway.serving.window import LiveWindow
 from gateway.settings import Settings
 from gateway.shadow.budget import pause_for_budget, shadow_budget
-from gateway.shadow.pipeline import Lane, ShadowPipeline
+from gateway.shadow.pipeline import Lane, RecordLog, ShadowPipeline
 from gateway.shadow.queue import FavouredAsyncQueue
 from gateway.shadow.rates import ShadowRates
 from gateway.shadow.teacher_process import ShadowTeacher
@@ -68,7 +67,7 @@ class ClassifyShadow(ShadowPipeline[ShadowItem]):
     CPU budget); teacher-served items are only logged, a few times a second in bulk, so neither the
     budget's pauses nor a starved teacher call ever hold them up."""
 
-    task = "classify"
+    kind = "classify"
 
     def __init__(
         self,
@@ -76,7 +75,7 @@ class ClassifyShadow(ShadowPipeline[ShadowItem]):
         metrics: GatewayMetrics,
         pool: ModelPool,
         window: LiveWindow,
-        writer: ShadowLogWriter,
+        writer: RecordLog,
         rates: ShadowRates,
         busy_share: Callable[[], float | None] = lambda: None,
         favoured: Callable[[str], bool] = lambda ref: False,
@@ -125,7 +124,7 @@ class ClassifyShadow(ShadowPipeline[ShadowItem]):
         """This batch's budget: from the floor (serving always busy) up to the idle budget (serving idle)."""
         settings = self.settings
         budget = shadow_budget(self.busy_share(), settings.shadow_max_cpu, settings.shadow_idle_cpu)
-        self.metrics.shadow_budget.labels(self.task).set(1.0 if budget is None else budget)  # one thread: ≤ 1
+        self.metrics.shadow_budget.labels(self.kind).set(1.0 if budget is None else budget)  # one thread: ≤ 1
         return budget
 
     async def _log_own(self, items: list[ShadowItem]) -> float:
@@ -135,16 +134,26 @@ class ClassifyShadow(ShadowPipeline[ShadowItem]):
         return 0.0
 
     async def _score(self, students: list[ShadowItem]) -> float:
-        """Scores and logs `students`; the seconds of CPU the teacher took."""
-        teacher = self.pool.teacher_of(self.task)
-        if teacher is None:
-            self.failed(students, "no teacher loaded to shadow with")
-            return 0.0
-        texts = [t for item in students for t in item.texts]
-        scored, cpu_s = await self.teacher.score(teacher.ref, texts)  # (ΣB, C), its CPU seconds
-        # Only the teacher call is at idle priority: the bookkeeping takes locks the request path
-        # takes too (metrics, live window), and must not sit on them while starved.
-        await asyncio.to_thread(self._log, students, split_rows(students, scored), teacher.ref)
+        """Scores and logs `students`, each task's with its own teacher; the seconds of CPU it took."""
+        by_task: dict[str, list[ShadowItem]] = {}
+        for item in students:
+            by_task.setdefault(item.task, []).append(item)
+        cpu_s = 0.0
+        for task, items in by_task.items():
+            teacher = self.pool.teacher_of(task)
+            if teacher is None:
+                self.failed(items, f"no {task} teacher loaded to shadow with")
+                continue
+            texts = [t for item in items for t in item.texts]
+            try:
+                scored, spent = await self.teacher.score(teacher.ref, texts)  # (ΣB, C), its CPU seconds
+            except Exception as exc:  # this task's items only: another task's may be logged already
+                self.failed(items, exc)
+                continue
+            cpu_s += spent
+            # Only the teacher call is at idle priority: the bookkeeping takes locks the request path
+            # takes too (metrics, live window), and must not sit on them while starved.
+            await asyncio.to_thread(self._log, items, split_rows(items, scored), teacher.ref)
         return cpu_s
 
     def _log(

@@ -23,24 +23,23 @@ import numpy as np
 
 from distill.generate.degeneracy import distinct_n, is_degenerate
 from distill.generate.runner import kl_against
-from distill.shadowlog.writer import ShadowLogWriter
 from gateway.serving.engine import Finished
 from gateway.serving.metrics import GatewayMetrics
 from gateway.serving.pool import LoadedLM, ModelPool
 from gateway.serving.window import LiveWindow
 from gateway.settings import Settings
-from gateway.shadow.pipeline import Lane, ShadowPipeline
+from gateway.shadow.pipeline import Lane, RecordLog, ShadowPipeline
 from gateway.shadow.queue import FavouredAsyncQueue
 from gateway.shadow.rates import ShadowRates
 from gateway.shadow.thread import NicedThread
 
 log = logging.getLogger("kdgate.shadow.generate")
-TASK = "generate"
 STOP_GRACE_S = 5.0  # a close lets the item in hand finish this long past the drain time
 
 
 @dataclass(frozen=True)
 class GenerateShadowItem:
+    task: str
     request_id: str
     at: float  # wall clock, epoch seconds
     served: LoadedLM
@@ -68,7 +67,7 @@ def accepted_prefix(agree: np.ndarray) -> int:
 class GenerateShadow(ShadowPipeline[GenerateShadowItem]):
     """One lane: students' and the teacher's own completions alike, one at a time, in a niced thread."""
 
-    task = TASK
+    kind = "generate"
 
     def __init__(
         self,
@@ -76,7 +75,7 @@ class GenerateShadow(ShadowPipeline[GenerateShadowItem]):
         metrics: GatewayMetrics,
         pool: ModelPool,
         window: LiveWindow,
-        writer: ShadowLogWriter,
+        writer: RecordLog,
         rates: ShadowRates,
         favoured: Callable[[str], bool] = lambda ref: False,
     ) -> None:
@@ -108,14 +107,15 @@ class GenerateShadow(ShadowPipeline[GenerateShadowItem]):
         self.writer.append(self._score(item))
 
     def _score(self, item: GenerateShadowItem) -> dict[str, object]:
-        teacher = self.pool.lm_teacher()
+        task = item.task
+        teacher = self.pool.lm_teacher(task)
         if teacher is None:
-            raise RuntimeError("no generate teacher loaded to shadow with")
+            raise RuntimeError(f"no {task} teacher loaded to shadow with")
         model, ids = item.served.ref, item.completion_ids
         record: dict[str, object] = {
             "request_id": item.request_id,
             "ts": item.at,
-            "task": TASK,
+            "task": task,
             "served_model": model,
             "teacher_model": teacher.ref,
             "input_text": item.prompt_text,
@@ -140,15 +140,15 @@ class GenerateShadow(ShadowPipeline[GenerateShadowItem]):
         disagreed = int((~agree).sum())
         degenerate = is_degenerate(ids)
         m = self.metrics
-        m.shadow.labels(TASK, model, "compared").inc(len(ids))
-        m.shadow_compared.labels(TASK, model).inc(len(ids))
-        m.shadow_disagreed.labels(TASK, model).inc(disagreed)
+        m.shadow.labels(task, model, "compared").inc(len(ids))
+        m.shadow_compared.labels(task, model).inc(len(ids))
+        m.shadow_disagreed.labels(task, model).inc(disagreed)
         for value in kl:
-            m.shadow_kl.labels(TASK, model).observe(float(value))
-        m.shadow_accepted.labels(TASK, model).observe(accepted_prefix(agree))
-        m.shadow_completions.labels(TASK, model).inc()
-        m.shadow_degenerate.labels(TASK, model).inc(int(degenerate))
-        m.shadow_distinct2.labels(TASK, model).observe(distinct_n(ids, 2))
+            m.shadow_kl.labels(task, model).observe(float(value))
+        m.shadow_accepted.labels(task, model).observe(accepted_prefix(agree))
+        m.shadow_completions.labels(task, model).inc()
+        m.shadow_degenerate.labels(task, model).inc(int(degenerate))
+        m.shadow_distinct2.labels(task, model).observe(distinct_n(ids, 2))
         self.window.add(
             model,
             compared=len(ids),

@@ -29,11 +29,10 @@ import asyncio
 import contextlib
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
-from distill.shadowlog.writer import ShadowLogWriter
 from gateway.serving.metrics import GatewayMetrics
 from gateway.serving.routing import unit_hash
 from gateway.serving.window import LiveWindow
@@ -49,10 +48,21 @@ class Served(Protocol):
 
 class Item(Protocol):
     @property
+    def task(self) -> str: ...
+
+    @property
     def request_id(self) -> str: ...
 
     @property
     def served(self) -> Served: ...
+
+
+class RecordLog(Protocol):
+    """Where scored records go: the shadow log's writers, one per task (distill.shadowlog.writer)."""
+
+    def append(self, record: Mapping[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
 
 
 I = TypeVar("I", bound=Item)  # noqa: E741 (the item type, as T is a type)
@@ -90,14 +100,14 @@ class ShadowPipeline(ABC, Generic[I]):
     (None: they share the score lane, never favoured). Built only while shadowing is enabled
     (`settings.shadow_enabled`): the routes offer to a pipeline only when there is one."""
 
-    task: str  # the `task` label of every metric it counts
+    kind: str  # the tasks it serves (classify | generate); each item counts under its own task
 
     def __init__(
         self,
         settings: Settings,
         metrics: GatewayMetrics,
         window: LiveWindow,
-        writer: ShadowLogWriter,
+        writer: RecordLog,
         rates: ShadowRates,
         favoured: Callable[[str], bool],
         score: Lane[I],
@@ -139,19 +149,19 @@ class ShadowPipeline(ABC, Generic[I]):
         if self._loop is not None and threading.get_ident() != self._loop_thread:
             self._loop.call_soon_threadsafe(self.offer, item, teacher)
             return
-        model, weight = item.served.ref, self.weight(item)
+        model, task, weight = item.served.ref, item.task, self.weight(item)
         if teacher is None or not weight:
             return
         if item.served is teacher:
             queued = self.own_queue.offer(item, favoured=False)
         else:
             self.window.add(model, eligible=weight)
-            self.metrics.shadow_eligible.labels(self.task, model).inc(weight)
+            self.metrics.shadow_eligible.labels(task, model).inc(weight)
             if not should_shadow(item.request_id, self.rate_of(model)):
                 return
             queued = self.queue.offer(item, self.favoured(model))
         if not queued:
-            self.metrics.shadow.labels(self.task, model, "dropped").inc(weight)
+            self.metrics.shadow.labels(task, model, "dropped").inc(weight)
             self.window.add(model, dropped=weight)
 
     def start(self) -> None:
@@ -183,7 +193,7 @@ class ShadowPipeline(ABC, Generic[I]):
 
     def _count(self, items: list[I], outcome: str) -> None:
         for item in items:  # in the item's unit, like "compared"
-            self.metrics.shadow.labels(self.task, item.served.ref, outcome).inc(self.weight(item))
+            self.metrics.shadow.labels(item.task, item.served.ref, outcome).inc(self.weight(item))
 
     async def _work(self, lane: Lane[I]) -> None:
         while True:

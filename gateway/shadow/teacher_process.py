@@ -146,16 +146,20 @@ class ShadowTeacher:
 # The worker process --------------------------------------------------------------------------------
 
 
+MAX_TEACHERS = 4  # loaded at once: one per classify task in use, the least recently used dropped first
+
+
 def _handle(request: tuple[Any, ...], runners: dict[str, Runner]) -> Any:
     kind, *args = request
     if kind == "pid":
         return os.getpid()
     if kind == "score":
         registry, ref, prefer_onnx, texts = args
-        if ref not in runners:  # a teacher swap loads the new one, and drops the old
-            runners.clear()
-            runners[ref] = load_runner(registry, ref, threads=1, prefer_onnx=prefer_onnx)
-        return cpu_timed(runners[ref].predict_logits, texts)
+        runner = runners.pop(ref, None) or load_runner(registry, ref, threads=1, prefer_onnx=prefer_onnx)
+        runners[ref] = runner  # the most recently used last
+        while len(runners) > MAX_TEACHERS:  # a teacher swapped out is dropped with time
+            runners.pop(next(iter(runners)))
+        return cpu_timed(runner.predict_logits, texts)
     raise ValueError(f"unknown request {kind!r}")
 
 

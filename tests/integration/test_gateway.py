@@ -110,23 +110,23 @@ def test_admin_needs_the_token(serve) -> None:
 
 
 @pytest.mark.parametrize(
-    ("task", "weights", "field"),
+    ("task", "weights", "field", "status"),
     [
-        ("classify", {"classify-student@9": 50, TEACHER: 50}, "weights.classify-student@9"),
-        ("classify", {STUDENT: 30, TEACHER: 60}, "weights"),
-        ("classify", {STUDENT: -10, TEACHER: 110}, f"weights.{STUDENT}"),
-        ("classify", {STUDENT: 25.5, TEACHER: 74.5}, f"weights.{STUDENT}"),
-        ("classify", {}, "weights"),
-        ("translate", {STUDENT: 100}, "task"),
-        ("generate", {STUDENT: 100}, f"weights.{STUDENT}"),  # a classify model cannot serve generate
+        ("classify", {"classify-student@9": 50, TEACHER: 50}, "weights.classify-student@9", 422),
+        ("classify", {STUDENT: 30, TEACHER: 60}, "weights", 422),
+        ("classify", {STUDENT: -10, TEACHER: 110}, f"weights.{STUDENT}", 422),
+        ("classify", {STUDENT: 25.5, TEACHER: 74.5}, f"weights.{STUDENT}", 422),
+        ("classify", {}, "weights", 422),
+        ("translate", {STUDENT: 100}, "task", 404),  # no such task is served
+        ("generate", {STUDENT: 100}, f"weights.{STUDENT}", 422),  # a classify model cannot serve generate
     ],
 )
-def test_bad_traffic_split_is_refused_and_nothing_changes(serve, task, weights, field) -> None:
+def test_bad_traffic_split_is_refused_and_nothing_changes(serve, task, weights, field, status) -> None:
     server = serve()
     response = httpx.put(
         f"{server.url}/admin/traffic/{task}", json={"weights": weights}, headers=server.admin_headers()
     )
-    assert response.status_code == 422, response.text
+    assert response.status_code == status, response.text
     assert response.json()["error"]["field"] == field
     traffic = httpx.get(f"{server.url}/admin/traffic", headers=server.admin_headers()).json()["traffic"]
     assert traffic == {"classify": {TEACHER: 100}}

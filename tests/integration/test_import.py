@@ -23,27 +23,13 @@ from distill.generate.importer import import_causal_lm
 from distill.generate.runner import load_lm
 from distill.generate.teacher import gguf_path
 from distill.importing import ImportRefused, sha256_of
-from distill.registry import Registry, Role
-
-TOPICS = ["business", "entertainment", "politics", "sport", "tech"]
+from distill.registry import Manifest, Registry, Role
+from tests.support import TOPICS, save_foreign_classifier
 
 
 @pytest.fixture(scope="module")
 def foreign(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A BERT-family classifier folder as `save_pretrained` writes it (weights, config with id2label,
-    the fast tokenizer). The head is seeded, not trained: import is about files, not accuracy."""
-    folder = tmp_path_factory.mktemp("foreign") / "minilm-topics"
-    torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        base_encoder_dir(),
-        num_labels=len(TOPICS),
-        id2label=dict(enumerate(TOPICS)),
-        label2id={t: i for i, t in enumerate(TOPICS)},
-        local_files_only=True,
-    )
-    model.save_pretrained(folder)
-    AutoTokenizer.from_pretrained(base_encoder_dir(), local_files_only=True).save_pretrained(folder)
-    return folder
+    return save_foreign_classifier(tmp_path_factory.mktemp("foreign") / "minilm-topics")
 
 
 def reference_logits(folder: Path, texts: list[str]) -> np.ndarray:
@@ -149,6 +135,24 @@ def test_a_student_must_predict_its_teachers_labels(foreign: Path, tmp_path: Pat
     assert "differ from its teacher" in message
     assert "differ from those of task 'classify'" in refused(registry, foreign, role=Role.TEACHER)
     assert [m.role for m in registry.list()] == [Role.TEACHER]
+
+
+def test_a_task_name_must_be_one_and_keep_its_kind(foreign: Path, tmp_path: Path) -> None:
+    registry = Registry(tmp_path / "state")
+    assert "not a task name" in refused(registry, foreign, task="Topics!")
+    assert "is the bundled generate task" in refused(registry, foreign, task="generate")
+    with registry.stage("chat-teacher") as staging:  # what a generate import into task `chat` registers
+        staging.commit(
+            Manifest(
+                name="chat-teacher",
+                version=1,
+                task="chat",
+                task_kind="generate",
+                role="teacher",
+                format="torch",
+            )
+        )
+    assert "task 'chat' is a generate task" in refused(registry, foreign, task="chat")
 
 
 # --- /generate: causal LMs --------------------------------------------------------------------------------

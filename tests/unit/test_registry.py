@@ -19,6 +19,7 @@ from distill.registry import (
     RegistryError,
     Role,
     Staging,
+    TaskKind,
 )
 
 NAME = "classify-student"
@@ -96,10 +97,28 @@ def test_lineage_keeps_unknown_fields_but_manifest_forbids_them() -> None:
         Manifest.model_validate({**manifest().model_dump(), "surprise": 1})
 
 
-@pytest.mark.parametrize("bad", [{"version": 0}, {"task": "translate"}, {"format": "pickle"}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"version": 0},
+        {"format": "pickle"},
+        {"task": "Topics!"},  # not a task name (it is in URLs and folder names)
+        {"task": "generate"},  # the bundled generate task holds no classifier
+        {"task_kind": "translate"},
+    ],
+)
 def test_manifest_rejects_bad_values(bad: dict[str, object]) -> None:
     with pytest.raises(ValidationError):
         Manifest.model_validate({**manifest().model_dump(), **bad})
+
+
+def test_a_bundled_task_is_its_own_kind_and_a_named_task_says_its_kind() -> None:
+    written_before_named_tasks = {k: v for k, v in manifest().model_dump().items() if k != "task_kind"}
+    assert Manifest.model_validate(written_before_named_tasks).task_kind is TaskKind.CLASSIFY
+    with pytest.raises(ValidationError, match="task_kind"):
+        Manifest.model_validate({**written_before_named_tasks, "task": "topics"})
+    named = Manifest.model_validate({**written_before_named_tasks, "task": "topics", "task_kind": "classify"})
+    assert (named.task, named.task_kind) == ("topics", TaskKind.CLASSIFY)
 
 
 @pytest.mark.parametrize(

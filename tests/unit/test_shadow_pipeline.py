@@ -34,6 +34,7 @@ class Item:
     request_id: str
     served: Served
     weight: int = 3  # texts or tokens: every count is in it
+    task: str = "fake"
 
 
 @dataclass
@@ -52,7 +53,7 @@ class FakeShadow(ShadowPipeline[Item]):
     """Scores by writing the request id; an id starting with "bad" fails. While `hold` is unset a
     batch waits in the scorer (as on a slow teacher), after setting `entered`."""
 
-    task = "fake"
+    kind = "fake"
 
     def __init__(self, tmp_path: Path, queue_size: int = 4) -> None:
         settings = Settings(state_dir=tmp_path, shadow_rates={SAMPLED: 1.0, UNSAMPLED: 0.0, CANDIDATE: 1.0})
@@ -231,7 +232,7 @@ class LM:
 class Pool:
     teacher: LM
 
-    def lm_teacher(self) -> LM:
+    def lm_teacher(self, task: str) -> LM:
         return self.teacher
 
 
@@ -248,7 +249,7 @@ def test_generate_shadow_logs_the_teachers_own_completion_and_counts_a_failure_i
 
     def item(request_id: str, served: LM, tokens: int) -> GenerateShadowItem:
         finished = Finished("length", "", list(range(tokens)), [0.0] * tokens, topk=None)
-        return GenerateShadowItem(request_id, 0.0, served, [1], finished, 1.0)
+        return GenerateShadowItem("generate", request_id, 0.0, served, [1], finished, 1.0)
 
     async def scenario() -> None:
         shadow.start()

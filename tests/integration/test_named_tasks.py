@@ -1,0 +1,126 @@
+"""Named tasks (issue: bring your own). A user's topic classifier, imported with the CLI as the teacher of
+its own task `topics`, is served at /classify/topics and as the v2 model `topics`, beside the bundled
+sentiment task at /classify. The task has its own split, metrics, shadow log and rollout; an unknown task
+is a 404 naming the served ones."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from distill.faults import register_fault_model
+from distill.registry import FaultSpec, Registry
+from tests.support import (
+    FAST,
+    TOPICS,
+    FakeClock,
+    TrafficLoop,
+    metric_sum,
+    save_foreign_classifier,
+    step_rollout,
+)
+
+TEACHER = "topics-teacher@1"
+CANDIDATE = "topics-candidate@1"  # the teacher's weights behind a (fault-free) wrapper: a cheap student
+TEXTS = [
+    "Shares in the carmaker fell after its quarterly profits missed forecasts.",
+    "The striker scored twice as the home side won the cup final.",
+    "The minister announced a review of the election rules.",
+    "The band's new album tops the charts in its first week.",
+    "A new smartphone chip promises longer battery life.",
+]
+
+
+@pytest.fixture(scope="module")
+def topics_state(built_state: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled tiny sentiment models, plus `topics` imported as a user does."""
+    base = tmp_path_factory.mktemp("named")
+    state = base / "state"
+    shutil.copytree(built_state, state, copy_function=os.link)
+    folder = save_foreign_classifier(base / "minilm-topics")
+    kdgate = Path(sys.executable).with_name("kdgate")
+    command = [str(kdgate), "models", "import", str(folder), "--task", "topics", "--role", "teacher"]
+    done = subprocess.run(
+        [*command, "--name", "topics-teacher", "--state-dir", str(state)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"registered {TEACHER} (topics teacher)" in done.stdout
+    register_fault_model(Registry(state), FaultSpec(wraps=TEACHER), name="topics-candidate")
+    return state
+
+
+@pytest.fixture
+def named_state(topics_state: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "named-state"  # `serve` copies the bundled state to tmp_path / "state"
+    shutil.copytree(topics_state, target, copy_function=os.link)
+    return target
+
+
+def test_a_named_task_is_served_beside_the_bundled_one(serve, named_state: Path) -> None:
+    server = serve(state_dir=named_state, shadow_enabled=False)
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        topics = client.post("/classify/topics", json={"text": TEXTS[0]})
+        assert topics.status_code == 200, topics.text
+        assert topics.json()["model"] == TEACHER  # the task's teacher holds its default split
+        assert list(topics.json()["results"][0]["probabilities"]) == TOPICS
+
+        sentiment = client.post("/classify", json={"text": TEXTS[0]}).json()
+        assert sentiment["model"].startswith("classify-") and "sport" not in sentiment["results"][0]["label"]
+        assert (
+            client.post("/classify/classify", json={"text": TEXTS[0]}).json()["model"] == sentiment["model"]
+        )
+
+        unknown = client.post("/classify/news", json={"text": TEXTS[0]})
+        assert unknown.status_code == 404
+        assert unknown.json()["error"]["field"] == "task"
+        assert "served: classify, topics" in unknown.json()["error"]["message"]
+        not_a_classifier = client.post("/classify/generate", json={"text": TEXTS[0]})
+        assert not_a_classifier.status_code == 404
+        assert client.post("/generate/topics", json={"prompt": "Hi"}).status_code == 404
+
+        pinned_elsewhere = client.post("/classify", json={"text": "x"}, headers={"x-kdgate-model": TEACHER})
+        assert pinned_elsewhere.status_code == 422  # a pin must name a model of the task asked
+
+        v2 = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [TEXTS[1]]}]}
+        inferred = client.post("/v2/models/topics/infer", json=v2)
+        assert inferred.status_code == 200, inferred.text
+        assert inferred.json()["model_name"] == "topics-teacher"
+        metadata = client.get("/v2/models/topics").json()
+        assert metadata["parameters"]["labels"] == TOPICS
+
+        ready = client.get("/readyz").json()
+        assert ready["tasks"]["topics"] == "ready" and ready["tasks"]["classify"] == "ready"
+        traffic = client.get("/admin/traffic", headers=server.admin_headers()).json()["traffic"]
+        assert traffic["topics"] == {TEACHER: 100}
+        metrics = client.get("/metrics").text
+    assert metric_sum(metrics, "kdgate_requests_total", task="topics", model=TEACHER, code="200") == 2
+
+
+def test_a_named_task_rolls_out_on_its_own_shadow_log(serve, named_state: Path) -> None:
+    """A canary of `topics` to 100%, judged on the comparisons its own traffic feeds, logged under the
+    task's own folder; the bundled task's split is untouched."""
+    clock = FakeClock()
+    server = serve(state_dir=named_state, clock=clock, drive_rollouts=False, shadow_idle_cpu=1.0)
+    body = {"task": "topics", "candidate": CANDIDATE, **FAST, "steps": [50, 100]}
+    started = httpx.post(f"{server.url}/admin/rollouts", json=body, headers=server.admin_headers())
+    assert started.status_code == 201, started.text
+    with TrafficLoop(server.url, TEXTS, threads=2, path="/classify/topics") as loop:
+        final = step_rollout(server, clock, "topics", timeout=300)
+    assert final["state"]["phase"] == "promoted", final
+    assert set(loop.codes) == {200}
+    traffic = httpx.get(f"{server.url}/admin/traffic", headers=server.admin_headers()).json()["traffic"]
+    assert traffic["topics"] == {CANDIDATE: 100}
+    assert list(traffic["classify"].values()) == [100]
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert (
+        metric_sum(metrics, "kdgate_shadow_compared_total", task="topics", model=CANDIDATE)
+        >= FAST["min_samples"]
+    )
+    server.stop()
+    assert list((named_state / "shadow" / "topics").glob("*.parquet"))
