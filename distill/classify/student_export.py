@@ -16,7 +16,7 @@ from distill.classify.export import check_parity, export_onnx, onnx_logits, quan
 from distill.classify.io import save_classifier
 from distill.classify.model import EncoderClassifier
 from distill.classify.tokenize import TOKENIZER_FILE, BatchTokenizer
-from distill.registry import Lineage, Manifest, Registry, Role
+from distill.registry import Lineage, Manifest, Registry, Role, TaskKind
 
 STUDENT_NAME = "classify-student"
 ONNX_FP32 = "model.onnx"
@@ -66,6 +66,11 @@ def export_student(
     return ExportedStudent(listed, served_file, served, metrics)
 
 
+def student_name(task: str) -> str:
+    """The registry name of a task's distilled students: `classify-student`, `topics-student`."""
+    return STUDENT_NAME if task == TaskKind.CLASSIFY else f"{task}-student"
+
+
 def student_manifest(
     registry: Registry,
     exported: ExportedStudent,
@@ -73,10 +78,11 @@ def student_manifest(
     lineage: Lineage,
     metrics: dict[str, object],
 ) -> Manifest:
-    """The next `classify-student` version in `like`'s task, with its labels and tokenizer settings."""
+    """The next student version of `like`'s task, with its labels and tokenizer settings."""
+    name = student_name(like.task)
     return Manifest(
-        name=STUDENT_NAME,
-        version=registry.next_version(STUDENT_NAME),
+        name=name,
+        version=registry.next_version(name),
         task=like.task,
         task_kind=like.task_kind,
         role=Role.STUDENT,

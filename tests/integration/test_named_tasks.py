@@ -5,6 +5,7 @@ is a 404 naming the served ones."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -14,8 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from distill.corpora import bbc_paragraphs
 from distill.faults import register_fault_model
-from distill.registry import FaultSpec, Registry
+from distill.registry import FaultSpec, Registry, Role
 from tests.support import (
     FAST,
     TOPICS,
@@ -37,6 +39,11 @@ TEXTS = [
 ]
 
 
+def kdgate(*args: str) -> subprocess.CompletedProcess[str]:
+    command = [str(Path(sys.executable).with_name("kdgate")), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=900)
+
+
 @pytest.fixture(scope="module")
 def topics_state(built_state: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The bundled tiny sentiment models, plus `topics` imported as a user does."""
@@ -44,10 +51,9 @@ def topics_state(built_state: Path, tmp_path_factory: pytest.TempPathFactory) ->
     state = base / "state"
     shutil.copytree(built_state, state, copy_function=os.link)
     folder = save_foreign_classifier(base / "minilm-topics")
-    kdgate = Path(sys.executable).with_name("kdgate")
-    command = [str(kdgate), "models", "import", str(folder), "--task", "topics", "--role", "teacher"]
-    done = subprocess.run(
-        [*command, "--name", "topics-teacher", "--state-dir", str(state)], capture_output=True, text=True
+    done = kdgate(
+        *("models", "import", str(folder), "--task", "topics", "--role", "teacher"),
+        *("--name", "topics-teacher", "--state-dir", str(state)),
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"registered {TEACHER} (topics teacher)" in done.stdout
@@ -124,3 +130,34 @@ def test_a_named_task_rolls_out_on_its_own_shadow_log(serve, named_state: Path) 
     )
     server.stop()
     assert list((named_state / "shadow" / "topics").glob("*.parquet"))
+
+
+def test_a_student_is_distilled_from_the_users_unlabelled_texts(
+    serve, named_state: Path, tmp_path: Path
+) -> None:
+    """`kdgate distill --task topics --data FILE`: pure KD from the imported (ONNX) teacher on the
+    user's own unlabelled texts, a MiniLM student of the task, served by its task."""
+    data = tmp_path / "news.jsonl"
+    data.write_text("".join(json.dumps({"text": p}) + "\n" for p in bbc_paragraphs(limit=300)))
+    state = ("--state-dir", str(named_state))
+    done = kdgate("distill", "--task", "topics", "--data", str(data), "--layers", "1", *state)
+    assert done.returncode == 0, done.stdout + done.stderr
+    student = Registry(named_state).latest_of("topics", Role.STUDENT)
+    assert student is not None and student.ref == "topics-student@1"
+    assert (student.lineage.teacher, student.labels) == (TEACHER, TOPICS)
+    assert student.lineage.data["source"] == "news.jsonl" and "pure KD" in student.lineage.data["labels"]
+    assert student.lineage.recipe["alpha"] == 1.0 and student.lineage.recipe["student_layers"] == 1
+    assert student.metrics["test_accuracy"] is None and 0.0 <= student.metrics["agreement"] <= 1.0
+
+    server = serve(state_dir=named_state, shadow_enabled=False)
+    pinned = httpx.post(
+        f"{server.url}/classify/topics", json={"text": TEXTS[1]}, headers={"x-kdgate-model": student.ref}
+    )
+    assert pinned.status_code == 200, pinned.text
+    assert list(pinned.json()["results"][0]["probabilities"]) == TOPICS
+
+    no_column = kdgate("distill", "--task", "topics", "--data", str(data), "--text-col", "body", *state)
+    assert no_column.returncode == 2 and "no column 'body'" in no_column.stdout + no_column.stderr
+    no_task = kdgate("distill", "--task", "news", "--data", str(data), *state)
+    assert no_task.returncode == 2 and "no classify task 'news'" in no_task.stdout + no_task.stderr
+    assert [m.ref for m in Registry(named_state).models_of("topics", Role.STUDENT)] == [student.ref]
