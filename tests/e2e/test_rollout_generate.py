@@ -61,7 +61,13 @@ def test_agreeing_candidate_is_promoted(serve, generate_state_dir: Path) -> None
     assert verdicts["degenerate"] == "pass"
 
 
+def openai_chat(text: str) -> dict[str, Any]:
+    return {"model": "generate", "messages": [{"role": "user", "content": text}], "max_tokens": 12}
+
+
 def test_repetition_loop_is_rolled_back_by_the_degeneracy_guard(serve, generate_state_dir: Path) -> None:
+    """Driven only by OpenAI-API traffic (/v1/chat/completions, the task alias as `model`): the same
+    request path as /generate, so the same split, shadow and judge."""
     looping = register_fault_model(
         Registry(generate_state_dir), FaultSpec(wraps=TEACHER, wrong_rate=1.0), name="gen-loop"
     ).ref
@@ -70,9 +76,10 @@ def test_repetition_loop_is_rolled_back_by_the_degeneracy_guard(serve, generate_
         state_dir=generate_state_dir, clock=clock, drive_rollouts=False, shadow_generate_queue_size=8
     )
     assert start(server, looping, max_disagreement=0.95, max_kl=9.0).status_code == 201
-    with TrafficLoop(server.url, QUESTIONS, threads=3, path="/generate", body=chat):
+    with TrafficLoop(server.url, QUESTIONS, threads=3, path="/v1/chat/completions", body=openai_chat) as loop:
         final = step_rollout(server, clock, "generate")
     assert final["state"]["phase"] == "rolled_back", final
+    assert set(loop.codes) == {200} and looping in loop.served
     failed = {e["metric"] for e in final["evidence"] if e["verdict"] == "fail"}
     assert failed == {"degenerate"}, final["evidence"]
     traffic = httpx.get(f"{server.url}/admin/traffic", headers=server.admin_headers()).json()["traffic"]

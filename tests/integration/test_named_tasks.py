@@ -138,7 +138,7 @@ def test_a_student_is_distilled_from_the_users_unlabelled_texts(
     """`kdgate distill --task topics --data FILE`: pure KD from the imported (ONNX) teacher on the
     user's own unlabelled texts, a MiniLM student of the task, served by its task."""
     data = tmp_path / "news.jsonl"
-    data.write_text("".join(json.dumps({"text": p}) + "\n" for p in bbc_paragraphs(limit=300)))
+    data.write_text("".join(json.dumps({"text": p}) + "\n" for p in bbc_paragraphs(limit=150)))
     state = ("--state-dir", str(named_state))
     done = kdgate("distill", "--task", "topics", "--data", str(data), "--layers", "1", *state)
     assert done.returncode == 0, done.stdout + done.stderr
