@@ -33,10 +33,15 @@ class LoopStore:
         last = self._read().get("last_until")
         return float(last) if last is not None else None
 
+    def running(self) -> dict[str, Any] | None:
+        """The run under way (`until`, `parent`), or None."""
+        running = self._read().get("running")
+        return running if isinstance(running, dict) else None
+
     def interrupted(self, parent: str) -> float | None:
         """The window end of `parent`'s run that never finished; None if there is none (or it was for
         another parent: the serving student changed, so that run is moot)."""
-        running = self._read().get("running")
+        running = self.running()
         if not running or running.get("parent") != parent:
             return None
         return float(running["until"])

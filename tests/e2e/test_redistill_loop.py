@@ -20,6 +20,7 @@ from distill.corpora import bbc_paragraphs
 from distill.generate.build import TINY_GENERATE_RECIPE, build_generate_student
 from distill.registry import Registry
 from distill.shadowlog.reader import read_shadow
+from gateway.continual.store import LoopStore, loop_store_path
 from tests.support import FAST, STUDENT, FakeClock, RunningServer, TrafficLoop, step_rollout
 
 CANDIDATE = "classify-student@2"
@@ -35,6 +36,18 @@ def wait_for_canary(server: RunningServer, task: str, candidate: str, timeout: f
             return result
         assert time.monotonic() < deadline, f"no canary of {candidate}: {r.text}"
         time.sleep(1.0)
+
+
+def quiet_while_it_trains(state_dir: Path, task: str, loop: TrafficLoop, timeout: float) -> None:
+    """Once the loop's run is under way (its window is fixed), the client thinks longer between
+    requests until the canary starts: the SCHED_IDLE child gets the cores a quiet gateway leaves it,
+    instead of sharing them with traffic nothing reads yet. `timeout` bounds a failure only."""
+    store = LoopStore(loop_store_path(state_dir, task))
+    deadline = time.monotonic() + timeout
+    while store.running() is None:
+        assert time.monotonic() < deadline, f"no re-distillation of {task} started"
+        time.sleep(0.5)
+    loop.pause_s = 2.0
 
 
 def test_bbc_traffic_to_a_tweet_student_is_redistilled_and_promoted(serve) -> None:
@@ -179,6 +192,7 @@ def test_generate_traffic_is_redistilled_and_promoted(serve, generate_state_dir:
         server.url, topics, threads=1, max_seconds=1800, path="/generate", body=body, pause_s=0.5
     )
     with traffic as loop:
+        quiet_while_it_trains(generate_state_dir, "generate", loop, timeout=900)
         wait_for_canary(server, "generate", candidate, timeout=900)  # bounds a failure only
         loop.pause_s = 0.0
         phase = step_rollout(server, clock, "generate", timeout=900)["state"]["phase"]
