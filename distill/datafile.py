@@ -12,6 +12,7 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pyarrow as pa
@@ -26,6 +27,32 @@ FORMATS = (".csv", ".jsonl", ".parquet")
 
 class DataFileError(ValueError):
     """A data file that cannot be read as asked; the message says what is wrong and what to do."""
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_pinned(
+    path: Path,
+    sha256: str | None,
+    label_names: list[str],
+    text_column: str = "text",
+    label_column: str = "label",
+) -> LabelledTexts:
+    """`read_texts` of a file a student was built from, refused if it changed since (`sha256`, None: not
+    pinned): a re-distillation replays and gates on the very texts its line started from."""
+    data = read_texts(path, label_names, text_column, label_column)
+    if sha256 is not None and file_sha256(path) != sha256:
+        raise DataFileError(
+            f"{path} changed since a student was distilled from it (sha256 {sha256[:12]}...): restore "
+            "it, or distil a new student from the new file (kdgate distill --data)"
+        )
+    return data
 
 
 def read_table(path: Path) -> pa.Table:

@@ -232,6 +232,11 @@ class Registry:
         found = self.models_of(task, role)
         return found[-1] if found else None
 
+    def task_kinds(self) -> dict[str, TaskKind]:
+        """Every task's kind by its name: the bundled tasks' (before any model of theirs exists) and
+        those of the registered models."""
+        return {**{kind.value: kind for kind in TaskKind}, **{m.task: m.task_kind for m in self.list()}}
+
     def next_version(self, name: str) -> int:
         latest = self.latest(name)
         return 1 if latest is None else latest.version + 1

@@ -77,6 +77,7 @@ class RunContext(Generic[R]):
 
     registry: Registry
     recipe: R
+    task: str  # the task's name: its shadow log is the window, its students' line gets the candidate
     parent: Manifest  # the student warm-started from, and gated against
     teacher: Manifest  # the parent's teacher: its shadow records are the targets
     seed_recipe: Any  # the first build's recipe in the parent's line: its seed data is the replay
@@ -92,8 +93,7 @@ class RunContext(Generic[R]):
 class RunTask(Protocol[R, W, T, S, C]):
     """What one task supplies to `redistill_run`; every hook gets the run's `RunContext`."""
 
-    name: str  # "classify" or "generate": the run record's task
-    student: str  # the student's registry name
+    kind: str  # "classify" or "generate": the kind of task it re-distils
     recipe_name: str  # the lineage's recipe name
     seed_recipe_type: type[Any]  # the first build's recipe class
     min_records: int  # a smaller window is refused before training
@@ -154,19 +154,25 @@ def redistill_run(
     shadow_root: str,
     parent_ref: str | None = None,
     log: Log = STDERR,
+    task_name: str | None = None,
 ) -> RunResult:
-    """One run of `task`; each task's entry point is this with its task bound
+    """One run of `task` on the latest student of `task_name` (default: the bundled task of its kind),
+    or on `parent_ref`; each kind's entry point is this with its kind bound
     (`redistill = partial(redistill_run, CLASSIFY_RUN)`)."""
     started = time.monotonic()
     torch.set_num_threads(recipe.threads)
-    parent = registry.get(parent_ref) if parent_ref else registry.latest_of(task.name, Role.STUDENT)
+    name = task_name or task.kind
+    parent = registry.get(parent_ref) if parent_ref else registry.latest_of(name, Role.STUDENT)
     if parent is None or parent.lineage.teacher is None:
-        raise ValueError(task.no_parent)
+        raise ValueError(f"task {name!r}: {task.no_parent}")
+    if parent.task_kind != task.kind:
+        raise ValueError(f"{parent.ref} is a {parent.task_kind} student, not {task.kind}")
     teacher, seed = registry.get(parent.lineage.teacher), seed_recipe(parent, task.seed_recipe_type)
     pinned = InterruptibleRun.open(registry, parent, recipe)  # an interrupted identical run: same window
     run = RunContext(
         registry,
         recipe,
+        parent.task,
         parent,
         teacher,
         seed,
@@ -197,7 +203,7 @@ def redistill_run(
 
     # 3. Export as served, gate against the parent on the same data, register only what passes.
     parent_figures = task.parent_figures(run, targets)
-    with registry.stage(task.student) as staging:
+    with registry.stage(parent.name) as staging:
         candidate, figures = task.candidate(run, student, targets, staging.path)
         verdict = gate(figures, parent_figures, recipe.gate)
         manifest = None
@@ -215,7 +221,7 @@ def redistill_run(
 
     # 4. Record every run, registered or refused.
     result = RunResult(verdict, manifest, data, run.elapsed(), training)
-    record_run(registry, task.name, parent, manifest, verdict, data, result.seconds, asdict(recipe))
+    record_run(registry, run.task, parent, manifest, verdict, data, result.seconds, asdict(recipe))
     pinned.finish()
     log(
         f"registered {manifest.ref}"

@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from distill.registry import Registry
 from gateway.continual.check import ContinualCheck
 from gateway.continual.inprocess import GatewayHost, check_config, redistill_loop
 from gateway.errors import GatewayError, InvalidInput, MalformedRequest, NotFound
@@ -54,8 +55,13 @@ async def _follow_rollouts(state: GatewayState) -> None:
 def _continual_loop(state: GatewayState) -> Coroutine[Any, Any, None]:
     settings = state.settings
     host = GatewayHost(state.pool, state.traffic, state.controller, state.shadow_protection)
+    kinds = Registry(settings.state_dir).task_kinds()
+    for task in set(settings.redistill_tasks) - set(kinds):
+        log.warning("redistill_tasks names %r, which has no model: import one and restart", task)
     checks = [
-        ContinualCheck(settings.state_dir, host, check_config(settings, t)) for t in settings.redistill_tasks
+        ContinualCheck(settings.state_dir, host, check_config(settings, t, kinds[t]))
+        for t in settings.redistill_tasks
+        if t in kinds
     ]
     return redistill_loop(checks, settings.redistill_check_seconds, lambda: state.ready)
 

@@ -6,8 +6,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from distill.registry import TASK_NAME
 
 
 class Settings(BaseSettings):
@@ -98,7 +100,9 @@ class Settings(BaseSettings):
     redistill_min_new_records: int = Field(2000, ge=20)  # new shadow records that trigger a run...
     redistill_drift: float = Field(0.05, gt=0, le=1)  # ...or live disagreement this far above offline
     redistill_check_seconds: float = Field(30.0, gt=0)
-    redistill_tasks: list[Literal["classify", "generate"]] = ["classify"]  # tasks the loop re-distils
+    redistill_tasks: list[Annotated[str, Field(pattern=TASK_NAME)]] = [
+        "classify"
+    ]  # tasks the loop re-distils
     redistill_min_new_completions: int = Field(300, ge=10)  # /generate: shadowed completions per run
     redistill_generate_budget_minutes: float = Field(3.0, gt=0)  # KD wall time of a /generate run
     redistill_threads: int = Field(1, ge=1)  # training threads; the run is also niced (below serving)
@@ -109,6 +113,9 @@ class Settings(BaseSettings):
     redistill_auto_rollout: bool = True  # start a canary of every student that passes the gate
     redistill_rollout: dict[str, Any] = Field(default_factory=dict)  # overrides of the canary's RolloutConfig
     redistill_gate: dict[str, float | None] = Field(default_factory=dict)  # GateConfig overrides; None: off
+    # Per task, overrides of its runs' recipe (RedistillRecipe, or LMRedistillRecipe for a generate task),
+    # e.g. {"classify": {"epochs": 2}}: the training child refuses a field its recipe does not have.
+    redistill_recipes: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -121,6 +128,17 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [k.strip() for k in value.split(",") if k.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _recipes_of_looped_tasks(self) -> Settings:
+        """A recipe for a task the loop does not re-distil is a typo, not a no-op."""
+        stray = sorted(set(self.redistill_recipes) - set(self.redistill_tasks))
+        if stray:
+            raise ValueError(
+                f"redistill_recipes: {', '.join(stray)} not in redistill_tasks "
+                f"({', '.join(self.redistill_tasks)})"
+            )
+        return self
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:

@@ -7,8 +7,8 @@ imported into its own task, and a student distilled from it on unlabelled texts.
    with plain transformers, `save_pretrained` into a folder.
 2. `import_classifier(--task topics)`: wall time and the ONNX export's parity. Also the two generate
    import kinds on the packaged SmolLM2: its GGUF file, then the Hugging Face folder that import wrote.
-3. `build_student(data=...)`: pure KD on unlabelled BBC articles the teacher never saw, read from a
-   JSONL file the way `kdgate distill --task topics --data FILE` reads it.
+3. `build_student` with the recipe's `data_file`: pure KD on unlabelled BBC articles the teacher never
+   saw, read from a JSONL file the way `kdgate distill --task topics --data FILE` reads it.
 4. On labelled held-out articles (neither trained on): the teacher's and the student's accuracy, their
    agreement, and p50 latency at batch 1, one thread, the two runners interleaved in one process.
 
@@ -35,7 +35,7 @@ from distill.classify.importer import import_classifier
 from distill.classify.io import base_encoder_dir
 from distill.classify.runner import load_runner
 from distill.corpora import LabelledTexts, load_bbc
-from distill.datafile import read_texts
+from distill.datafile import file_sha256
 from distill.generate.importer import import_causal_lm
 from distill.generate.teacher import gguf_path
 from distill.registry import Registry, Role
@@ -146,11 +146,14 @@ def main() -> None:
 
         data_file = root / "my-texts.jsonl"
         data_file.write_text("".join(json.dumps({"text": t}) + "\n" for t in kd_part.texts))
-        unlabelled = read_texts(data_file, teacher.labels)
-        recipe = ClassifyRecipe(student_layers=args.layers, student_epochs=args.epochs, threads=2)
-        student, distil_s = timed(
-            lambda: build_student(registry, recipe, teacher.ref, log=print, data=unlabelled)
+        recipe = ClassifyRecipe(
+            data_file=str(data_file),
+            data_sha256=file_sha256(data_file),
+            student_layers=args.layers,
+            student_epochs=args.epochs,
+            threads=2,
         )
+        student, distil_s = timed(lambda: build_student(registry, recipe, teacher.ref, log=print))
 
         teacher_logits = load_runner(registry, teacher.ref, threads=2, prefer_onnx=True).predict_logits(
             held_out.texts

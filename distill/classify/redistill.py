@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from distill.classify.build import STUDENT_NAME, ClassifyRecipe, load_split, teacher_soft_labels
+from distill.classify.build import ClassifyRecipe, load_split, teacher_labelled, teacher_soft_labels
 from distill.classify.evaluate import accuracy, compare_to_teacher
 from distill.classify.io import load_classifier
 from distill.classify.model import EncoderClassifier
@@ -105,12 +105,13 @@ class Candidate:
 
 
 def window_records(
-    shadow_root: str, teacher_ref: str, since: float | None, until: float | None
+    shadow_root: str, task: str, teacher_ref: str, since: float | None, until: float | None
 ) -> tuple[list[str], np.ndarray, list[float]]:
-    """Unique input texts of the window with the teacher's logits (redacted rows cannot be trained on)."""
+    """Unique input texts of the task's window with the teacher's logits (redacted rows cannot be
+    trained on)."""
     table = read_shadow(
         shadow_root,
-        "classify",
+        task,
         since=since,
         until=until,
         columns=["ts", "input_text", "teacher_logits", "teacher_model"],
@@ -133,8 +134,7 @@ def _sample(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
 class ClassifyRun:
     """/classify's part of a re-distillation run (`distill.runs.RunTask`)."""
 
-    name = "classify"
-    student = STUDENT_NAME
+    kind = "classify"
     recipe_name = "redistill-from-shadow"
     seed_recipe_type = ClassifyRecipe
     min_records = 20
@@ -142,7 +142,7 @@ class ClassifyRun:
     no_parent = "no student with a teacher to re-distil from; build one first (kdgate distill)"
 
     def window(self, run: RunContext[RedistillRecipe], since: float | None, until: float) -> ShadowWindow:
-        return ShadowWindow(*window_records(run.shadow_root, run.teacher.ref, since, until))
+        return ShadowWindow(*window_records(run.shadow_root, run.task, run.teacher.ref, since, until))
 
     def targets(
         self, run: RunContext[RedistillRecipe], window: ShadowWindow
@@ -155,12 +155,15 @@ class ClassifyRun:
 
         # Replay: older shadow records and labelled seed data.
         old_texts, old_logits, _ = (
-            window_records(run.shadow_root, run.teacher.ref, None, recipe.since)
+            window_records(run.shadow_root, run.task, run.teacher.ref, None, recipe.since)
             if recipe.since is not None
             else ([], np.zeros((0, logits.shape[1])), [])
         )
         old_pick = _sample(len(old_texts), math.ceil(recipe.old_shadow_replay * len(train_idx)), rng)
-        split = load_split(run.seed_recipe)
+        split = load_split(run.seed_recipe, run.teacher.labels)
+        if not split.train.labelled:  # the user's unlabelled texts: gate on the teacher's answers
+            label = partial(teacher_labelled, run.registry, run.teacher, log=run.log)
+            split = replace(split, val=label(split.val), test=label(split.test))
         seed_pick = _sample(len(split.train.texts), math.ceil(recipe.seed_replay * len(train_idx)), rng)
         seed_part: LabelledTexts = split.train.take(sorted(seed_pick.tolist()))
         seed_logits = (
@@ -225,7 +228,7 @@ class ClassifyRun:
             lr=recipe.lr,
             head_lr=recipe.head_lr,
             seed=recipe.seed,
-            desc=f"{STUDENT_NAME}: re-distil",
+            desc=f"{run.parent.name}: re-distil",
             checkpoint=checkpoint,
             checkpoint_every=recipe.checkpoint_every,
         )
@@ -264,7 +267,7 @@ class ClassifyRun:
         return Candidate(exported, folder, test, calibration), figures
 
     def lineage_data(self, run: RunContext[RedistillRecipe]) -> dict[str, object]:
-        return {"seed_source": run.seed_recipe.dataset}
+        return {"seed_source": run.seed_recipe.seed_source}
 
     def manifest(self, run: RunContext[RedistillRecipe], candidate: Candidate, passed: Passed) -> Manifest:
         figures, verdict = passed.figures, passed.verdict

@@ -32,7 +32,6 @@ import torch
 
 from distill.gate import Figures, GateConfig
 from distill.generate.build import (
-    STUDENT_NAME,
     TOKENIZER_FILES,
     GenerateRecipe,
     load_targets,
@@ -50,8 +49,6 @@ from distill.generate.targets import TargetSet, corrupted, subset
 from distill.registry import Manifest, Role
 from distill.runs import Passed, RunContext, redistill_run
 from distill.shadowlog.reader import read_shadow
-
-TASK = "generate"
 
 # Agreement and KL of a 4-layer student with its 30-layer teacher sit far from /classify's (0.37 and
 # 3.9 after the default build): absolute floors that catch a broken candidate, comparisons with the
@@ -104,12 +101,18 @@ class ShadowWindow:
 
 
 def window_sequences(
-    shadow_root: str, teacher_ref: str, tokenizer: Any, since: float | None, until: float | None
+    shadow_root: str,
+    task: str,
+    teacher_ref: str,
+    tokenizer: Any,
+    since: float | None,
+    until: float | None,
 ) -> ShadowWindow | None:
-    """The window's completions that carry the teacher's top-k (redacted prompts cannot be trained on)."""
+    """The task's completions in the window that carry the teacher's top-k (redacted prompts cannot be
+    trained on)."""
     table = read_shadow(
         shadow_root,
-        TASK,
+        task,
         since=since,
         until=until,
         columns=[
@@ -187,8 +190,7 @@ class Candidate:
 class GenerateRun:
     """/generate's part of a re-distillation run (`distill.runs.RunTask`)."""
 
-    name = TASK
-    student = STUDENT_NAME
+    kind = "generate"
     recipe_name = "redistill-generate-from-shadow"
     seed_recipe_type = GenerateRecipe
     min_records = 10
@@ -200,7 +202,7 @@ class GenerateRun:
 
         teacher_dir = run.registry.path(run.teacher.ref)
         tokenizer = AutoTokenizer.from_pretrained(teacher_dir, local_files_only=True)
-        window = window_sequences(run.shadow_root, run.teacher.ref, tokenizer, since, until)
+        window = window_sequences(run.shadow_root, run.task, run.teacher.ref, tokenizer, since, until)
         return Recent(window, tokenizer, teacher_dir) if window is not None else None
 
     def targets(self, run: RunContext[LMRedistillRecipe], recent: Recent) -> tuple[Targets, dict[str, int]]:
@@ -229,7 +231,9 @@ class GenerateRun:
         old = None
         if recipe.since is not None:
             start = recipe.since - (run.until - recipe.since)
-            older = window_sequences(run.shadow_root, run.teacher.ref, tokenizer, start, recipe.since)
+            older = window_sequences(
+                run.shadow_root, run.task, run.teacher.ref, tokenizer, start, recipe.since
+            )
             if older is not None and older.targets.topk_ids.shape[1] == train_part.topk_ids.shape[1]:
                 n_old = min(len(older.targets), math.ceil(recipe.old_shadow_replay * len(train_part)))
                 old = subset(older.targets, sorted(rng.permutation(len(older.targets))[:n_old].tolist()))
@@ -267,7 +271,7 @@ class GenerateRun:
             freeze_embeddings=True,
             checkpoint=checkpoint,
             checkpoint_every=recipe.checkpoint_every,
-            desc=f"{STUDENT_NAME}: re-distil",
+            desc=f"{run.parent.name}: re-distil",
         )
         return student, summary
 
@@ -307,8 +311,8 @@ class GenerateRun:
             "build_seconds": run.elapsed(),
         }
         return Manifest(
-            name=STUDENT_NAME,
-            version=run.registry.next_version(STUDENT_NAME),
+            name=run.parent.name,
+            version=run.registry.next_version(run.parent.name),
             task=run.parent.task,
             task_kind=run.parent.task_kind,
             role=Role.STUDENT,

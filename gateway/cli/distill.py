@@ -104,9 +104,14 @@ def distill(
     gate: Annotated[
         str | None, typer.Option(help="Gate overrides as JSON, e.g. '{\"min_agreement\": 0.85}'.")
     ] = None,
-    corrupt_targets: Annotated[
-        bool, typer.Option(hidden=True, help="Rehearsal: a candidate the gate must refuse.")
-    ] = False,
+    recipe_json: Annotated[
+        str | None,
+        typer.Option(
+            "--recipe",
+            help="With --from-shadow: recipe overrides as JSON, e.g. '{\"min_steps\": 20}' "
+            "(fields of RedistillRecipe, or LMRedistillRecipe for a generate task).",
+        ),
+    ] = None,
     result_json: Annotated[
         Path | None, typer.Option(help="Also write the run's result here (for the loop).")
     ] = None,
@@ -119,40 +124,32 @@ def distill(
     if ctx.invoked_subcommand is not None:
         return
     offline()
-    if steps is not None and not (from_shadow and task == "generate"):
-        raise typer.BadParameter("only with --task generate --from-shadow", param_hint="--steps")
-    if from_shadow and task == "generate":
-        _redistill_generate(
-            state_dir, since, until, shadow_root, budget, steps, threads, seed, result_json, parent, gate
-        )
-        return
     if from_shadow:
         _redistill(
             state_dir,
-            since,
-            until,
-            shadow_root,
-            epochs or 1,
-            threads,
-            seed,
-            corrupt_targets,
-            result_json,
+            task,
             parent,
-            gate,
+            result_json,
+            _shadow_recipe(
+                task, state_dir, since, until, threads, seed, epochs, budget, steps, gate, recipe_json
+            ),
+            shadow_root,
         )
         return
+    if steps is not None or recipe_json is not None:
+        raise typer.BadParameter("only with --from-shadow", param_hint="--steps" if steps else "--recipe")
     from distill.classify.build import ClassifyRecipe, build_student, build_teacher
-    from distill.datafile import DataFileError, read_texts
+    from distill.datafile import DataFileError, file_sha256
     from distill.registry import Registry, RegistryError, Role
 
     if task == "generate":
         _distill_generate(state_dir, seed, temperature, alpha, budget, parent)
         return
     registry = Registry(state_dir)
-    kinds = {m.task: m.task_kind for m in registry.list()}
-    if task != "classify" and kinds.get(task) != "classify":
-        known = ", ".join(sorted({"classify", "generate", *kinds}))
-        raise typer.BadParameter(f"no classify task {task!r} (tasks: {known})", param_hint="--task")
+    if _task_kind(task, state_dir) != "classify":
+        raise typer.BadParameter(
+            f"task {task!r} is a generate task: only --from-shadow distils its students", param_hint="--task"
+        )
     base = ClassifyRecipe(
         dataset=dataset,
         seed=seed,
@@ -162,6 +159,11 @@ def distill(
         student_epochs=epochs or 1,
         calibrate=calibrate,
     )
+    if data is not None:  # pinned by path and hash: re-distillations of this line replay these texts
+        sha = file_sha256(data) if data.is_file() else None
+        base = replace(
+            base, data_file=str(data.resolve()), data_sha256=sha, text_column=text_col, label_column=label_col
+        )
     recipe = base if examples is None else ClassifyRecipe(**{**base.__dict__, "student_examples": examples})
     try:
         recipe.validated()
@@ -182,10 +184,9 @@ def distill(
     if data is None and task != "classify":
         raise typer.BadParameter(f"task {task!r} needs your texts to distil on", param_hint="--data")
     try:
-        texts = None if data is None else read_texts(data, teacher_manifest.labels, text_col, label_col)
-    except DataFileError as exc:
+        student = build_student(registry, recipe, teacher_manifest.ref, log=console.print)
+    except DataFileError as exc:  # raised as it reads the file, before any training
         raise typer.BadParameter(str(exc), param_hint="--data") from exc
-    student = build_student(registry, recipe, teacher_manifest.ref, log=console.print, data=texts)
     typer.echo(json.dumps({"ref": student.ref, "metrics": student.metrics}, indent=2))
 
 
@@ -215,70 +216,91 @@ def _distill_generate(
     typer.echo(json.dumps({"ref": student.ref, "metrics": student.metrics}, indent=2))
 
 
-def _redistill(
+def _shadow_recipe(
+    task: str,
     state_dir: Path,
     since: float | None,
     until: float | None,
-    shadow_root: str | None,
-    epochs: int,
     threads: int,
     seed: int,
-    corrupt_targets: bool,
-    result_json: Path | None,
-    parent: str | None,
-    gate: str | None,
-) -> None:
-    from distill.classify.redistill import RedistillRecipe, redistill
-
-    gate_config = _gate_config(gate, GateConfig())
-    recipe = RedistillRecipe(
-        since=since,
-        until=until,
-        epochs=epochs,
-        threads=threads,
-        seed=seed,
-        corrupt_targets=corrupt_targets,
-        gate=gate_config,
-    )
-    _run_and_report(redistill, recipe, state_dir, shadow_root, parent, result_json)
-
-
-def _redistill_generate(
-    state_dir: Path,
-    since: float | None,
-    until: float | None,
-    shadow_root: str | None,
+    epochs: int | None,
     budget: float | None,
     steps: int | None,
-    threads: int,
-    seed: int,
-    result_json: Path | None,
-    parent: str | None,
     gate: str | None,
-) -> None:
-    from distill.generate.redistill import GENERATE_GATE, LMRedistillRecipe, redistill_generate
+    overrides: str | None,
+) -> Any:
+    """The re-distillation recipe of `task`'s kind, from the flags and then `--recipe`'s overrides."""
+    from distill.classify.redistill import RedistillRecipe
+    from distill.generate.redistill import GENERATE_GATE, LMRedistillRecipe
 
-    recipe = LMRedistillRecipe(
-        since=since, until=until, threads=threads, seed=seed, gate=_gate_config(gate, GENERATE_GATE)
-    )
-    if budget:
-        recipe = replace(recipe, budget_minutes=budget)
-    if steps:  # the step count rules; a budget given beside it still caps the wall time
-        recipe = replace(recipe, max_steps=steps, budget_minutes=budget or STEPS_TIME_CAP_MINUTES)
-    _run_and_report(redistill_generate, recipe, state_dir, shadow_root, parent, result_json)
+    kind = _task_kind(task, state_dir)
+    if steps is not None and kind != "generate":
+        raise typer.BadParameter("only for a generate task", param_hint="--steps")
+    common: dict[str, Any] = {"since": since, "until": until, "threads": threads, "seed": seed}
+    if kind == "classify":
+        recipe: Any = RedistillRecipe(**common, epochs=epochs or 1, gate=_gate_config(gate, GateConfig()))
+    else:
+        recipe = LMRedistillRecipe(**common, gate=_gate_config(gate, GENERATE_GATE))
+        if budget:
+            recipe = replace(recipe, budget_minutes=budget)
+        if steps:  # the step count rules; a budget given beside it still caps the wall time
+            recipe = replace(recipe, max_steps=steps, budget_minutes=budget or STEPS_TIME_CAP_MINUTES)
+    return _overridden(recipe, overrides, "--recipe")
+
+
+def _task_kind(task: str, state_dir: Path) -> str:
+    """`classify` or `generate`, the kind of the task named `task` (an exit 2 naming the tasks if none)."""
+    from distill.registry import Registry
+
+    kinds = Registry(state_dir).task_kinds()
+    if task not in kinds:
+        raise typer.BadParameter(f"no task {task!r} (tasks: {', '.join(sorted(kinds))})", param_hint="--task")
+    return kinds[task].value
+
+
+def _redistill(
+    state_dir: Path,
+    task: str,
+    parent: str | None,
+    result_json: Path | None,
+    recipe: Any,
+    shadow_root: str | None,
+) -> None:
+    from distill.classify.redistill import RedistillRecipe, redistill
+    from distill.generate.redistill import redistill_generate
+
+    run = redistill if isinstance(recipe, RedistillRecipe) else redistill_generate
+    _run_and_report(run, recipe, state_dir, task, shadow_root, parent, result_json)
 
 
 def _gate_config(overrides: str | None, base: GateConfig) -> GateConfig:
+    return _overridden(base, overrides, "--gate")
+
+
+def _overridden(base: Any, overrides: str | None, option: str) -> Any:
+    """`base` (a frozen dataclass) with the fields of the JSON object `overrides` replaced."""
+    if not overrides:
+        return base
+    fields = sorted(base.__dataclass_fields__)
     try:
-        return replace(base, **json.loads(overrides)) if overrides else base
+        given = json.loads(overrides)
+        if not isinstance(given, dict):
+            raise TypeError("not a JSON object")
+        unknown = sorted(set(given) - set(fields))
+        if unknown:
+            raise TypeError(f"unknown field {unknown[0]!r} (fields: {', '.join(fields)})")
+        return replace(base, **given)
     except (ValueError, TypeError) as exc:
-        raise typer.BadParameter(f"--gate must be a JSON object of GateConfig fields: {exc}") from exc
+        raise typer.BadParameter(
+            f"must be a JSON object of {type(base).__name__} fields: {exc}", param_hint=option
+        ) from exc
 
 
 def _run_and_report(
     run: Callable[..., RunResult],
     recipe: object,
     state_dir: Path,
+    task: str,
     shadow_root: str | None,
     parent: str | None,
     result_json: Path | None,
@@ -289,7 +311,7 @@ def _run_and_report(
 
     try:
         root = shadow_root or str(state_dir / "shadow")
-        result = run(Registry(state_dir), recipe, root, parent_ref=parent, log=console.print)
+        result = run(Registry(state_dir), recipe, root, parent_ref=parent, log=console.print, task_name=task)
     except ValueError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from exc
@@ -317,7 +339,7 @@ def watch(
     state_dir: StateDir = DEFAULT_STATE,
     token: Token = None,
     task: Annotated[
-        str, typer.Option(help="Task whose student to re-distil: classify or generate.")
+        str, typer.Option(help="Task whose student to re-distil: classify, generate or a named task.")
     ] = "classify",
     min_new_records: Annotated[
         int | None,
@@ -339,6 +361,9 @@ def watch(
     gate: Annotated[
         str | None, typer.Option(help="Gate overrides as JSON, e.g. '{\"min_agreement\": 0.85}'.")
     ] = None,
+    recipe_json: Annotated[
+        str | None, typer.Option("--recipe", help="Run recipe overrides as JSON, e.g. '{\"epochs\": 2}'.")
+    ] = None,
 ) -> None:
     """Watch the shadow log; re-distil, gate, register, and start a canary on the running gateway.
 
@@ -351,9 +376,7 @@ def watch(
     from rollout.admin_client import AdminClient
 
     secret = admin_token(token, state_dir)
-    if task not in ("classify", "generate"):
-        raise typer.BadParameter(f"unknown task {task!r} (classify or generate)", param_hint="--task")
-    minimum = min_new_records or (2000 if task == "classify" else 300)
+    minimum = min_new_records or (2000 if _task_kind(task, state_dir) == "classify" else 300)
     try:
         config = CheckConfig(
             task=task,
@@ -363,6 +386,7 @@ def watch(
             auto_rollout=rollout,
             rollout=json.loads(rollout_config) if rollout_config else {},
             gate=json.loads(gate) if gate else {},
+            recipe=json.loads(recipe_json) if recipe_json else {},
         )
     except ValueError as exc:
         raise typer.BadParameter(f"not valid JSON: {exc}") from exc

@@ -40,6 +40,7 @@ class CheckConfig:
     auto_rollout: bool = True  # start a canary of every candidate that passes the gate
     rollout: dict[str, Any] = field(default_factory=dict)  # overrides of the canary's RolloutConfig
     gate: dict[str, float | None] = field(default_factory=dict)  # overrides of GateConfig; None: off
+    recipe: dict[str, Any] = field(default_factory=dict)  # overrides of the run's recipe
     shadow_root: str | None = None  # default <state_dir>/shadow
     budget_minutes: float | None = None  # /generate: KD wall time of a run (default: the recipe's)
 
@@ -162,7 +163,16 @@ class ContinualCheck:
     def _command(self, since: float | None, until: float, parent: str) -> list[str]:
         c = self.config
         return redistill_command(
-            self.state_dir, since, until, parent, c.threads, c.gate, c.shadow_root, c.task, c.budget_minutes
+            self.state_dir,
+            since,
+            until,
+            parent,
+            c.threads,
+            c.gate,
+            c.shadow_root,
+            c.task,
+            c.budget_minutes,
+            c.recipe,
         )
 
     def _below_serving(self) -> Callable[[], None]:

@@ -61,6 +61,7 @@ def redistill_command(
     shadow_root: str | None = None,
     task: str = "classify",
     budget_minutes: float | None = None,
+    recipe: dict[str, Any] | None = None,
 ) -> list[str]:
     """The `kdgate distill --from-shadow` command line of one run."""
     kdgate = str(Path(sys.executable).with_name("kdgate"))
@@ -74,6 +75,8 @@ def redistill_command(
         cmd += ["--shadow-root", shadow_root]
     if budget_minutes is not None:
         cmd += ["--budget", repr(budget_minutes)]
+    if recipe:
+        cmd += ["--recipe", json.dumps(recipe)]
     return cmd
 
 

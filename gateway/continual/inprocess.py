@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from distill.registry import TaskKind
 from distill.trigger import TriggerConfig
 from gateway.continual.check import CheckConfig, ContinualCheck
 from gateway.rollouts.start import RolloutStart, start_rollout
@@ -57,11 +58,10 @@ class GatewayHost:
         self.protection.since = since
 
 
-def check_config(settings: Settings, task: str) -> CheckConfig:
-    """A task's check, from the gateway's `redistill_*` settings."""
-    minimum = (
-        settings.redistill_min_new_records if task == "classify" else settings.redistill_min_new_completions
-    )
+def check_config(settings: Settings, task: str, kind: TaskKind) -> CheckConfig:
+    """The check of `task` (of `kind`), from the gateway's `redistill_*` settings."""
+    generate = kind is TaskKind.GENERATE
+    minimum = settings.redistill_min_new_completions if generate else settings.redistill_min_new_records
     return CheckConfig(
         task=task,
         trigger=TriggerConfig(minimum, settings.redistill_drift),
@@ -71,8 +71,9 @@ def check_config(settings: Settings, task: str) -> CheckConfig:
         auto_rollout=settings.redistill_auto_rollout,
         rollout=settings.redistill_rollout,
         gate=settings.redistill_gate,
+        recipe=settings.redistill_recipes.get(task, {}),
         shadow_root=settings.shadow_root,
-        budget_minutes=settings.redistill_generate_budget_minutes if task == "generate" else None,
+        budget_minutes=settings.redistill_generate_budget_minutes if generate else None,
     )
 
 

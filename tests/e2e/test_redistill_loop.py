@@ -59,6 +59,9 @@ def test_bbc_traffic_to_a_tweet_student_is_redistilled_and_promoted(serve) -> No
         redistill_min_new_records=300,
         redistill_check_seconds=1.0,
         redistill_threads=1,
+        # A third of the default 60 training steps: the warm start only has to stay sane (the steps'
+        # effect on agreement is tested on fixed data in tests/integration/test_redistill.py).
+        redistill_recipes={"classify": {"min_steps": 20}},
         # Two steps keep the test short; the step machinery itself is covered in test_rollout_local.
         redistill_rollout={**FAST, "steps": [50, 100]},
         # The tiny test models are weak: absolute minimums off, comparisons with the parent on. Their
@@ -121,7 +124,7 @@ def test_standalone_watch_redistils_and_starts_a_canary_on_the_gateway(serve, st
     gate |= {"max_ece_rise": None}  # calibrated ECE on ~60 held-out records moves by more than 0.02
     kdgate = Path(sys.executable).with_name("kdgate")
     cmd = [str(kdgate), "distill", "watch", "--once", "--url", server.url, "--state-dir", str(state_dir)]
-    cmd += ["--min-new-records", "200", "--gate", json.dumps(gate)]
+    cmd += ["--min-new-records", "200", "--gate", json.dumps(gate), "--recipe", '{"min_steps": 20}']
     cmd += ["--rollout-config", json.dumps({**FAST, "steps": [50, 100], "min_dwell_s": 600.0})]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr

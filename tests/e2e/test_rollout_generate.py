@@ -75,12 +75,14 @@ def test_repetition_loop_is_rolled_back_by_the_degeneracy_guard(serve, generate_
     server = serve(
         state_dir=generate_state_dir, clock=clock, drive_rollouts=False, shadow_generate_queue_size=8
     )
-    assert start(server, looping, max_disagreement=0.95, max_kl=9.0).status_code == 201
+    # KL per token is clipped at the task's cap (20 nats); a loop's mean may pass any lower bound, so
+    # the KL guard may catch it too. The test is about the degeneracy guard catching it.
+    assert start(server, looping, max_disagreement=0.95, max_kl=19.0).status_code == 201
     with TrafficLoop(server.url, QUESTIONS, threads=3, path="/v1/chat/completions", body=openai_chat) as loop:
         final = step_rollout(server, clock, "generate")
     assert final["state"]["phase"] == "rolled_back", final
     assert set(loop.codes) == {200} and looping in loop.served
     failed = {e["metric"] for e in final["evidence"] if e["verdict"] == "fail"}
-    assert failed == {"degenerate"}, final["evidence"]
+    assert "degenerate" in failed and "disagreement" not in failed, final["evidence"]
     traffic = httpx.get(f"{server.url}/admin/traffic", headers=server.admin_headers()).json()["traffic"]
     assert traffic["generate"] == {TEACHER: 100}

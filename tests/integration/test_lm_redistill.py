@@ -22,7 +22,7 @@ from distill.gate import GateConfig
 from distill.generate.redistill import LMRedistillRecipe, redistill_generate
 from distill.registry import Registry
 from distill.shadowlog.reader import read_shadow
-from tests.support import kill_at_first_checkpoint
+from tests.support import kill_at_first_checkpoint, start_server
 
 STUDENT = "generate-student@1"
 TOPICS = ["the weather", "football", "a new phone", "the stock market", "a cooking recipe", "a train strike"]
@@ -53,22 +53,36 @@ def prompts(n: int) -> list[dict[str, Any]]:
     ]
 
 
+@pytest.fixture(scope="module")
+def shadowed_template(generate_built_state: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The generate state after 30 student-served /generate requests, all shadowed by the teacher; built
+    once for the module (a real gateway fills the log), copied per test."""
+    state = tmp_path_factory.mktemp("shadowed") / "gstate"
+    shutil.copytree(generate_built_state, state, copy_function=os.link)
+    server = start_server(state, shadow_flush_seconds=0.2)
+    try:
+        split = {"weights": {STUDENT: 100}}
+        admin = server.admin_headers()
+        httpx.put(f"{server.url}/admin/traffic/generate", json=split, headers=admin).raise_for_status()
+        for body in prompts(30):
+            r = httpx.post(f"{server.url}/generate", json=body, timeout=60)
+            assert r.status_code == 200 and r.json()["model"] == STUDENT
+        deadline = time.monotonic() + 120
+        root = str(state / "shadow")
+        while read_shadow(root, "generate", columns=["ts"]).num_rows < 30:
+            assert time.monotonic() < deadline, "the shadow did not log every completion"
+            time.sleep(0.5)
+    finally:
+        server.stop()
+    return state
+
+
 @pytest.fixture
-def shadowed_state(serve: Any, generate_state_dir: Path) -> Path:
-    """generate_state_dir after 30 student-served /generate requests, all shadowed by the teacher."""
-    server = serve(state_dir=generate_state_dir, shadow_flush_seconds=0.2)
-    split = {"weights": {STUDENT: 100}}
-    admin = server.admin_headers()
-    httpx.put(f"{server.url}/admin/traffic/generate", json=split, headers=admin).raise_for_status()
-    for body in prompts(30):
-        r = httpx.post(f"{server.url}/generate", json=body, timeout=60)
-        assert r.status_code == 200 and r.json()["model"] == STUDENT
-    deadline = time.monotonic() + 120
-    root = str(generate_state_dir / "shadow")
-    while read_shadow(root, "generate", columns=["ts"]).num_rows < 30:
-        assert time.monotonic() < deadline, "the shadow did not log every completion"
-        time.sleep(0.5)
-    return generate_state_dir
+def shadowed_state(shadowed_template: Path, tmp_path: Path) -> Path:
+    """A private copy of the shadowed state (hard links: runs add files, they never rewrite one)."""
+    target = tmp_path / "gstate"
+    shutil.copytree(shadowed_template, target, copy_function=os.link)
+    return target
 
 
 def test_cli_redistills_the_generate_student_and_the_gate_refuses_a_looping_one(

@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -18,6 +19,7 @@ import pytest
 from distill.corpora import bbc_paragraphs
 from distill.faults import register_fault_model
 from distill.registry import FaultSpec, Registry, Role
+from distill.shadowlog.reader import read_shadow
 from tests.support import (
     FAST,
     TOPICS,
@@ -30,6 +32,17 @@ from tests.support import (
 
 TEACHER = "topics-teacher@1"
 CANDIDATE = "topics-candidate@1"  # the teacher's weights behind a (fault-free) wrapper: a cheap student
+# Every gate figure is reported and none refuses: the tiny students here are weak, and the gate is
+# tested on its own (tests/integration/test_redistill.py).
+OPEN_GATE = {
+    "min_agreement": 0.0,
+    "max_kl": 100.0,
+    "min_accuracy": 0.0,
+    "max_agreement_drop": 1.0,
+    "max_kl_rise": 100.0,
+    "max_accuracy_drop": 1.0,
+    "max_ece_rise": None,
+}
 TEXTS = [
     "Shares in the carmaker fell after its quarterly profits missed forecasts.",
     "The striker scored twice as the home side won the cup final.",
@@ -132,11 +145,13 @@ def test_a_named_task_rolls_out_on_its_own_shadow_log(serve, named_state: Path) 
     assert list((named_state / "shadow" / "topics").glob("*.parquet"))
 
 
-def test_a_student_is_distilled_from_the_users_unlabelled_texts(
+def test_a_student_is_distilled_from_the_users_texts_and_redistilled_from_its_shadow(
     serve, named_state: Path, tmp_path: Path
 ) -> None:
     """`kdgate distill --task topics --data FILE`: pure KD from the imported (ONNX) teacher on the
-    user's own unlabelled texts, a MiniLM student of the task, served by its task."""
+    user's own unlabelled texts, a MiniLM student of the task, served by its task. Its live traffic
+    fills the task's shadow log, and `--from-shadow` re-distils the task's student on it, replaying the
+    pinned file, which must not have changed since."""
     data = tmp_path / "news.jsonl"
     data.write_text("".join(json.dumps({"text": p}) + "\n" for p in bbc_paragraphs(limit=150)))
     state = ("--state-dir", str(named_state))
@@ -145,19 +160,46 @@ def test_a_student_is_distilled_from_the_users_unlabelled_texts(
     student = Registry(named_state).latest_of("topics", Role.STUDENT)
     assert student is not None and student.ref == "topics-student@1"
     assert (student.lineage.teacher, student.labels) == (TEACHER, TOPICS)
-    assert student.lineage.data["source"] == "news.jsonl" and "pure KD" in student.lineage.data["labels"]
+    assert student.lineage.data["source"] == str(data) and "pure KD" in student.lineage.data["labels"]
     assert student.lineage.recipe["alpha"] == 1.0 and student.lineage.recipe["student_layers"] == 1
     assert student.metrics["test_accuracy"] is None and 0.0 <= student.metrics["agreement"] <= 1.0
-
-    server = serve(state_dir=named_state, shadow_enabled=False)
-    pinned = httpx.post(
-        f"{server.url}/classify/topics", json={"text": TEXTS[1]}, headers={"x-kdgate-model": student.ref}
-    )
-    assert pinned.status_code == 200, pinned.text
-    assert list(pinned.json()["results"][0]["probabilities"]) == TOPICS
 
     no_column = kdgate("distill", "--task", "topics", "--data", str(data), "--text-col", "body", *state)
     assert no_column.returncode == 2 and "no column 'body'" in no_column.stdout + no_column.stderr
     no_task = kdgate("distill", "--task", "news", "--data", str(data), *state)
-    assert no_task.returncode == 2 and "no classify task 'news'" in no_task.stdout + no_task.stderr
+    assert no_task.returncode == 2 and "no task 'news'" in no_task.stdout + no_task.stderr
     assert [m.ref for m in Registry(named_state).models_of("topics", Role.STUDENT)] == [student.ref]
+
+    server = serve(state_dir=named_state, shadow_idle_cpu=1.0, shadow_flush_seconds=0.2)
+    admin = server.admin_headers()
+    split = {"weights": {student.ref: 100}}
+    httpx.put(f"{server.url}/admin/traffic/topics", json=split, headers=admin).raise_for_status()
+    live = bbc_paragraphs(limit=40, seed=3)
+    for text in live:
+        answer = httpx.post(f"{server.url}/classify/topics", json={"text": text}, timeout=30)
+        assert answer.status_code == 200 and answer.json()["model"] == student.ref, answer.text
+        assert list(answer.json()["results"][0]["probabilities"]) == TOPICS
+    deadline = time.monotonic() + 60
+    while read_shadow(str(named_state / "shadow"), "topics", columns=["ts"]).num_rows < len(live):
+        assert time.monotonic() < deadline, "the shadow did not log the task's traffic"
+        time.sleep(0.5)
+    server.stop()
+
+    redistil = ("distill", "--task", "topics", "--from-shadow", "--gate", json.dumps(OPEN_GATE), *state)
+    short = ("--recipe", json.dumps({"min_steps": 10}))
+    unknown_field = kdgate(*redistil, "--recipe", json.dumps({"min_stepz": 10}))
+    assert unknown_field.returncode == 2 and "min_stepz" in unknown_field.stdout + unknown_field.stderr
+    done = kdgate(*redistil, *short, "--result-json", str(tmp_path / "run.json"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["registered"] == "topics-student@2", run
+    assert run["data"]["counts"]["shadow_window"] + run["data"]["counts"]["holdout"] == len(set(live))
+    second = Registry(named_state).get("topics-student@2")
+    assert (second.task, second.lineage.parent, second.lineage.teacher) == ("topics", student.ref, TEACHER)
+    assert second.lineage.data["seed_source"] == str(data) and second.labels == TOPICS
+
+    with data.open("a") as extra:  # the pinned file changes: its texts can no longer be replayed
+        extra.write(json.dumps({"text": "One more article."}) + "\n")
+    changed = kdgate(*redistil, *short)
+    assert changed.returncode == 1 and "changed since" in changed.stdout + changed.stderr
+    assert Registry(named_state).latest_of("topics", Role.STUDENT).ref == "topics-student@2"

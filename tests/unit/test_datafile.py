@@ -12,7 +12,7 @@ import pyarrow.parquet
 import pytest
 
 from distill.corpora import UNLABELLED
-from distill.datafile import DataFileError, read_texts
+from distill.datafile import DataFileError, file_sha256, read_pinned, read_texts
 
 LABELS = ["neg", "pos"]
 
@@ -70,3 +70,13 @@ def test_an_unreadable_or_unknown_file_is_refused(tmp_path: Path) -> None:
     (tmp_path / "broken.parquet").write_bytes(b"PAR1 not really")
     with pytest.raises(DataFileError, match="does not read as parquet"):
         read_texts(tmp_path / "broken.parquet", LABELS)
+
+
+def test_a_pinned_file_reads_until_it_changes(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "texts.jsonl", [{"text": "a"}, {"text": "b"}])
+    pin = file_sha256(path)
+    assert read_pinned(path, pin, LABELS).texts == ["a", "b"]
+    write_jsonl(path, [{"text": "a"}, {"text": "c"}])
+    with pytest.raises(DataFileError, match="changed since a student was distilled from it"):
+        read_pinned(path, pin, LABELS)
+    assert read_pinned(path, None, LABELS).texts == ["a", "c"]  # not pinned: read as it is

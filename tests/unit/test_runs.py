@@ -67,7 +67,7 @@ class ToyTask:
     crash_in_training: bool = False
     trained: list[tuple[float, Path]] = field(default_factory=list)  # (pinned until, checkpoint) per run
 
-    name = "classify"
+    kind = "classify"
     student = "toy-student"
     recipe_name = "toy-redistill"
     seed_recipe_type = ToySeedRecipe

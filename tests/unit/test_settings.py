@@ -20,3 +20,22 @@ def test_a_bad_value_in_the_environment_names_the_setting(monkeypatch: pytest.Mo
     monkeypatch.setenv("KDGATE_SHADOW_MAX_CPU", "a lot")
     with pytest.raises(ValidationError, match="shadow_max_cpu"):
         Settings()
+
+
+def test_a_recipe_override_reaches_only_its_tasks_training_child() -> None:
+    from distill.registry import TaskKind
+    from gateway.continual.child import redistill_command
+    from gateway.continual.inprocess import check_config
+
+    settings = Settings(
+        redistill_tasks=["classify", "topics"], redistill_recipes={"topics": {"min_steps": 20}}
+    )
+    topics = check_config(settings, "topics", TaskKind.CLASSIFY)
+    command = redistill_command(settings.state_dir, None, 1.0, "p@1", task="topics", recipe=topics.recipe)
+    assert command[command.index("--recipe") + 1] == '{"min_steps": 20}'
+    assert check_config(settings, "classify", TaskKind.CLASSIFY).recipe == {}
+
+
+def test_a_recipe_for_a_task_the_loop_does_not_redistil_is_refused() -> None:
+    with pytest.raises(ValidationError, match="redistill_recipes: topic not in redistill_tasks"):
+        Settings(redistill_recipes={"topic": {"min_steps": 20}})
