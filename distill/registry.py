@@ -56,6 +56,15 @@ class TaskKind(StrEnum):
 TASK_NAME = r"^[a-z][a-z0-9_-]{0,39}$"
 
 
+def student_name(task: str) -> str:
+    """The registry name of the students distilled for a task.
+
+    >>> student_name("classify"), student_name("topics")
+    ('classify-student', 'topics-student')
+    """
+    return f"{task}-student"
+
+
 class Lineage(BaseModel):
     model_config = ConfigDict(extra="allow")
 

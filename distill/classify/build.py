@@ -34,13 +34,12 @@ from distill.classify.student_export import (
     STUDENT_NAME,
     export_student,
     student_manifest,
-    student_name,
 )
 from distill.classify.tokenize import TOKENIZER_FILE, BatchTokenizer
 from distill.corpora import LabelledTexts, Split, load_dataset, split_dataset
 from distill.datafile import read_pinned
 from distill.losses import kd_loss
-from distill.registry import Calibration, Lineage, Manifest, Registry, Role, TaskKind
+from distill.registry import Calibration, Lineage, Manifest, Registry, Role, TaskKind, student_name
 from distill.trainer import train
 from distill.workbench.calibrate import calibration_of
 from durablefs import write_with

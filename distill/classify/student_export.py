@@ -16,7 +16,7 @@ from distill.classify.export import check_parity, export_onnx, onnx_logits, quan
 from distill.classify.io import save_classifier
 from distill.classify.model import EncoderClassifier
 from distill.classify.tokenize import TOKENIZER_FILE, BatchTokenizer
-from distill.registry import Lineage, Manifest, Registry, Role, TaskKind
+from distill.registry import Lineage, Manifest, Registry, Role, student_name
 
 STUDENT_NAME = "classify-student"
 ONNX_FP32 = "model.onnx"
@@ -64,11 +64,6 @@ def export_student(
     }
     listed = [served_file, *files] + ([ONNX_FP32] if use_int8 else [])
     return ExportedStudent(listed, served_file, served, metrics)
-
-
-def student_name(task: str) -> str:
-    """The registry name of a task's distilled students: `classify-student`, `topics-student`."""
-    return STUDENT_NAME if task == TaskKind.CLASSIFY else f"{task}-student"
 
 
 def student_manifest(

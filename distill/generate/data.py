@@ -53,12 +53,17 @@ MIX = ("paragraph", "tweet", "paragraph", "headline", "paragraph", "tweet", "par
 
 @dataclass(frozen=True)
 class Prompt:
-    source: str  # "paragraph", "tweet" or "headline"
-    text: str  # the source text the instruction was built from
+    source: str  # "paragraph", "tweet" or "headline"; "file" for a user's prompts file
+    text: str  # the source text the instruction was built from (what the split hashes)
     instruction: str
+    # A user's whole conversation as (role, content) turns, ending with the user's; empty: the
+    # instruction is the one user turn.
+    turns: tuple[tuple[str, str], ...] = ()
 
     @property
     def messages(self) -> list[dict[str, str]]:
+        if self.turns:
+            return [{"role": role, "content": content} for role, content in self.turns]
         return [{"role": "user", "content": self.instruction}]
 
 

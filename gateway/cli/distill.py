@@ -6,15 +6,12 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from distill.gate import GateConfig
-from durablefs import write_json
 from gateway.cli.common import (
     DEFAULT_STATE,
     DEFAULT_URL,
@@ -25,14 +22,15 @@ from gateway.cli.common import (
     console,
     offline,
 )
+from gateway.cli.from_shadow import redistill_from_shadow, shadow_recipe
+from gateway.cli.recipes import overridden, task_kind
 
 if TYPE_CHECKING:
-    from distill.runs import RunResult
+    from distill.classify.build import ClassifyRecipe
 
 distill_app = typer.Typer(
     help="Distil students: a new version from the teacher or the shadow log, or continually (watch)."
 )
-STEPS_TIME_CAP_MINUTES = 24 * 60.0  # `--steps` without `--budget`: the step count rules
 
 
 @distill_app.callback(invoke_without_command=True)
@@ -85,6 +83,13 @@ def distill(
             "(default: the --dataset seed corpus, for the bundled task)."
         ),
     ] = None,
+    prompts: Annotated[
+        Path | None,
+        typer.Option(
+            help='Generate: your prompts to distil on, JSONL of {"prompt": ...} or {"messages": '
+            "[...]} (default: the seed prompts)."
+        ),
+    ] = None,
     text_col: Annotated[str, typer.Option(help="The --data column holding the texts.")] = "text",
     label_col: Annotated[
         str, typer.Option(help="The --data column holding labels (the teacher's names), if it has one.")
@@ -108,8 +113,8 @@ def distill(
         str | None,
         typer.Option(
             "--recipe",
-            help="With --from-shadow: recipe overrides as JSON, e.g. '{\"min_steps\": 20}' "
-            "(fields of RedistillRecipe, or LMRedistillRecipe for a generate task).",
+            help="Recipe overrides as JSON, e.g. '{\"epochs\": 2}': fields of ClassifyRecipe or "
+            "GenerateRecipe, or with --from-shadow of RedistillRecipe or LMRedistillRecipe.",
         ),
     ] = None,
     result_json: Annotated[
@@ -125,31 +130,32 @@ def distill(
         return
     offline()
     if from_shadow:
-        _redistill(
+        redistill_from_shadow(
             state_dir,
             task,
             parent,
             result_json,
-            _shadow_recipe(
+            shadow_recipe(
                 task, state_dir, since, until, threads, seed, epochs, budget, steps, gate, recipe_json
             ),
             shadow_root,
         )
         return
-    if steps is not None or recipe_json is not None:
-        raise typer.BadParameter("only with --from-shadow", param_hint="--steps" if steps else "--recipe")
-    from distill.classify.build import ClassifyRecipe, build_student, build_teacher
-    from distill.datafile import DataFileError, file_sha256
-    from distill.registry import Registry, RegistryError, Role
-
-    if task == "generate":
-        _distill_generate(state_dir, seed, temperature, alpha, budget, parent)
+    if steps is not None:
+        raise typer.BadParameter("only with --from-shadow", param_hint="--steps")
+    # The bundled tasks build their teacher when it is missing; a named task must have one imported.
+    kind = task if task in ("classify", "generate") else task_kind(task, state_dir)
+    if kind == "generate":
+        if data is not None:
+            raise typer.BadParameter("a generate task distils on --prompts", param_hint="--data")
+        options = {"seed": seed, "temperature": temperature, "alpha": alpha}
+        _distill_generate(state_dir, task, teacher, prompts, parent, budget, options, recipe_json)
         return
-    registry = Registry(state_dir)
-    if _task_kind(task, state_dir) != "classify":
-        raise typer.BadParameter(
-            f"task {task!r} is a generate task: only --from-shadow distils its students", param_hint="--task"
-        )
+    if prompts is not None:
+        raise typer.BadParameter("a classify task distils on --data", param_hint="--prompts")
+    from distill.classify.build import ClassifyRecipe
+    from distill.datafile import file_sha256
+
     base = ClassifyRecipe(
         dataset=dataset,
         seed=seed,
@@ -159,16 +165,27 @@ def distill(
         student_epochs=epochs or 1,
         calibrate=calibrate,
     )
+    if examples is not None:
+        base = replace(base, student_examples=examples)
     if data is not None:  # pinned by path and hash: re-distillations of this line replay these texts
         sha = file_sha256(data) if data.is_file() else None
         base = replace(
             base, data_file=str(data.resolve()), data_sha256=sha, text_column=text_col, label_column=label_col
         )
-    recipe = base if examples is None else ClassifyRecipe(**{**base.__dict__, "student_examples": examples})
+    _distill_classify(state_dir, task, teacher, overridden(base, recipe_json, "--recipe"))
+
+
+def _distill_classify(state_dir: Path, task: str, teacher: str | None, recipe: ClassifyRecipe) -> None:
+    """A new student of classify task `task`, from `teacher` (default: the task's latest teacher)."""
+    from distill.classify.build import build_student, build_teacher
+    from distill.datafile import DataFileError
+    from distill.registry import Registry, RegistryError, Role
+
     try:
         recipe.validated()
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
+    registry = Registry(state_dir)
     try:
         teacher_manifest = registry.get(teacher) if teacher else registry.latest_of(task, Role.TEACHER)
     except RegistryError as exc:
@@ -181,7 +198,7 @@ def distill(
             f"kdgate models import PATH --task {task} --role teacher",
             param_hint="--teacher",
         )
-    if data is None and task != "classify":
+    if recipe.data_file is None and task != "classify":
         raise typer.BadParameter(f"task {task!r} needs your texts to distil on", param_hint="--data")
     try:
         student = build_student(registry, recipe, teacher_manifest.ref, log=console.print)
@@ -192,145 +209,56 @@ def distill(
 
 def _distill_generate(
     state_dir: Path,
-    seed: int,
-    temperature: float | None,
-    alpha: float | None,
-    budget: float | None,
+    task: str,
+    teacher: str | None,
+    prompts: Path | None,
     parent: str | None,
+    budget: float | None,
+    options: dict[str, Any],
+    overrides: str | None,
 ) -> None:
-    """A new generate student: KD from the teacher for `budget` minutes, warm-started from `parent`."""
+    """A new student of generate task `task`: KD from `teacher` (default: the task's latest; the bundled
+    task converts its GGUF teacher on first use) for `budget` minutes on `prompts` (default: the seed
+    prompts), warm-started from `parent`."""
+    from distill.datafile import DataFileError, file_sha256
     from distill.generate.build import GenerateRecipe, build_generate_student
+    from distill.generate.prompts_file import read_prompts
     from distill.generate.teacher import ensure_generate_teacher
-    from distill.registry import Registry
+    from distill.registry import Registry, RegistryError, Role
 
-    given = {"temperature": temperature, "alpha": alpha}
-    overrides: dict[str, Any] = {"seed": seed, **{k: v for k, v in given.items() if v is not None}}
-    recipe = GenerateRecipe.for_budget(budget, **overrides) if budget else GenerateRecipe(**overrides)
+    given = {k: v for k, v in options.items() if v is not None}
+    if prompts is not None:  # pinned like --data: re-distillations of this line replay these prompts
+        try:
+            read_prompts(prompts, None)
+        except DataFileError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--prompts") from exc
+        given |= {"prompts_file": str(prompts.resolve()), "prompts_sha256": file_sha256(prompts)}
+    base = GenerateRecipe.for_budget(budget, **given) if budget else GenerateRecipe(**given)
+    recipe = overridden(base, overrides, "--recipe")
     try:
         recipe.validated()
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     registry = Registry(state_dir)
-    ensure_generate_teacher(registry)
-    student = build_generate_student(registry, recipe, parent=parent, log=console.print)
-    typer.echo(json.dumps({"ref": student.ref, "metrics": student.metrics}, indent=2))
-
-
-def _shadow_recipe(
-    task: str,
-    state_dir: Path,
-    since: float | None,
-    until: float | None,
-    threads: int,
-    seed: int,
-    epochs: int | None,
-    budget: float | None,
-    steps: int | None,
-    gate: str | None,
-    overrides: str | None,
-) -> Any:
-    """The re-distillation recipe of `task`'s kind, from the flags and then `--recipe`'s overrides."""
-    from distill.classify.redistill import RedistillRecipe
-    from distill.generate.redistill import GENERATE_GATE, LMRedistillRecipe
-
-    kind = _task_kind(task, state_dir)
-    if steps is not None and kind != "generate":
-        raise typer.BadParameter("only for a generate task", param_hint="--steps")
-    common: dict[str, Any] = {"since": since, "until": until, "threads": threads, "seed": seed}
-    if kind == "classify":
-        recipe: Any = RedistillRecipe(**common, epochs=epochs or 1, gate=_gate_config(gate, GateConfig()))
-    else:
-        recipe = LMRedistillRecipe(**common, gate=_gate_config(gate, GENERATE_GATE))
-        if budget:
-            recipe = replace(recipe, budget_minutes=budget)
-        if steps:  # the step count rules; a budget given beside it still caps the wall time
-            recipe = replace(recipe, max_steps=steps, budget_minutes=budget or STEPS_TIME_CAP_MINUTES)
-    return _overridden(recipe, overrides, "--recipe")
-
-
-def _task_kind(task: str, state_dir: Path) -> str:
-    """`classify` or `generate`, the kind of the task named `task` (an exit 2 naming the tasks if none)."""
-    from distill.registry import Registry
-
-    kinds = Registry(state_dir).task_kinds()
-    if task not in kinds:
-        raise typer.BadParameter(f"no task {task!r} (tasks: {', '.join(sorted(kinds))})", param_hint="--task")
-    return kinds[task].value
-
-
-def _redistill(
-    state_dir: Path,
-    task: str,
-    parent: str | None,
-    result_json: Path | None,
-    recipe: Any,
-    shadow_root: str | None,
-) -> None:
-    from distill.classify.redistill import RedistillRecipe, redistill
-    from distill.generate.redistill import redistill_generate
-
-    run = redistill if isinstance(recipe, RedistillRecipe) else redistill_generate
-    _run_and_report(run, recipe, state_dir, task, shadow_root, parent, result_json)
-
-
-def _gate_config(overrides: str | None, base: GateConfig) -> GateConfig:
-    return _overridden(base, overrides, "--gate")
-
-
-def _overridden(base: Any, overrides: str | None, option: str) -> Any:
-    """`base` (a frozen dataclass) with the fields of the JSON object `overrides` replaced."""
-    if not overrides:
-        return base
-    fields = sorted(base.__dataclass_fields__)
     try:
-        given = json.loads(overrides)
-        if not isinstance(given, dict):
-            raise TypeError("not a JSON object")
-        unknown = sorted(set(given) - set(fields))
-        if unknown:
-            raise TypeError(f"unknown field {unknown[0]!r} (fields: {', '.join(fields)})")
-        return replace(base, **given)
-    except (ValueError, TypeError) as exc:
+        found = registry.get(teacher) if teacher else registry.latest_of(task, Role.TEACHER)
+        for ref in [parent] if parent else []:
+            if registry.get(ref).task != task:
+                raise typer.BadParameter(f"{ref} is not a student of task {task!r}", param_hint="--parent")
+    except RegistryError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--teacher" if teacher else "--parent") from exc
+    if found is None and task == "generate":
+        found = ensure_generate_teacher(registry)
+    if found is None or found.task != task or found.role != Role.TEACHER:
         raise typer.BadParameter(
-            f"must be a JSON object of {type(base).__name__} fields: {exc}", param_hint=option
-        ) from exc
-
-
-def _run_and_report(
-    run: Callable[..., RunResult],
-    recipe: object,
-    state_dir: Path,
-    task: str,
-    shadow_root: str | None,
-    parent: str | None,
-    result_json: Path | None,
-) -> None:
-    """One re-distillation run of either task (`distill.runs.redistill_run` with its task bound);
-    a refused request (no parent, too small a window) is one red line and exit 1."""
-    from distill.registry import Registry
-
-    try:
-        root = shadow_root or str(state_dir / "shadow")
-        result = run(Registry(state_dir), recipe, root, parent_ref=parent, log=console.print, task_name=task)
-    except ValueError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from exc
-    _report(result, result_json)
-
-
-def _report(result: RunResult, result_json: Path | None) -> None:
-    summary = {
-        "registered": result.manifest.ref if result.manifest else None,
-        "gate": result.gate.to_dict(),
-        "data": result.data,
-        "seconds": result.seconds,
-        "training": result.training,  # resumed_from_step > 0: it took up a stopped run's checkpoint
-    }
-    if result_json is not None:
-        write_json(result_json, summary)  # the loop reads it: never half a file
-    typer.echo(json.dumps(summary, indent=2))
-    if not result.gate.passed:
-        raise typer.Exit(3)  # refused by the gate: distinct from errors (1) for scripts and the loop
+            f"{teacher or 'no teacher'} is not a teacher of task {task!r}: "
+            f"kdgate models import PATH --task {task} --role teacher",
+            param_hint="--teacher",
+        )
+    student = build_generate_student(
+        registry, recipe, parent=parent, log=console.print, teacher_ref=found.ref
+    )
+    typer.echo(json.dumps({"ref": student.ref, "metrics": student.metrics}, indent=2))
 
 
 @distill_app.command("watch")
@@ -376,7 +304,7 @@ def watch(
     from rollout.admin_client import AdminClient
 
     secret = admin_token(token, state_dir)
-    minimum = min_new_records or (2000 if _task_kind(task, state_dir) == "classify" else 300)
+    minimum = min_new_records or (2000 if task_kind(task, state_dir) == "classify" else 300)
     try:
         config = CheckConfig(
             task=task,
