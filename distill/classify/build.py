@@ -74,7 +74,11 @@ class ClassifyRecipe:
     teacher_epochs: int = 1
     teacher_lr: float = 1e-4  # encoder (embeddings frozen: cheaper and they barely move in one epoch)
     teacher_head_lr: float = 2e-3
-    student_layers: int = 2  # the teacher's first N transformer layers
+    student_layers: int = 2  # the teacher's first N transformer layers (or the student base's)
+    # A BERT-architecture encoder folder (a smaller or other pretrained model, with its own tokenizer)
+    # the student starts from instead of the teacher's layers: classify KD needs only the teacher's
+    # outputs, so the two may tokenize differently.
+    student_base: str | None = None
     student_examples: int | None = 20000  # train-split texts the student distils on (None: all)
     student_epochs: int = 1
     temperature: float = 2.0  # KD temperature T (the soft term is scaled by T²)
@@ -162,7 +166,7 @@ def build_teacher(registry: Registry, recipe: ClassifyRecipe, log: Log = _stderr
         desc=f"{TEACHER_NAME}: fine-tune",
     )
     with registry.stage(TEACHER_NAME) as staging:
-        files = save_classifier(model, staging.path)
+        files = save_classifier(model, staging.path, tokenizer)
         # Also kept as ONNX fp32: labelling for distillation runs ~2x faster on it, and it is the
         # fairest fast teacher to benchmark against.
         export_onnx(model, staging.path / ONNX_FP32, tokenizer)
@@ -309,9 +313,15 @@ def _labelled_by_teacher(registry: Registry, teacher: Manifest, split: Split, lo
 def _student_init(
     registry: Registry, teacher: Manifest, recipe: ClassifyRecipe
 ) -> tuple[EncoderClassifier, BatchTokenizer]:
-    """The student before training: the first layers of the teacher's own weights when it has them (a
-    kdgate build), else of the packaged MiniLM with a new head (an imported teacher, ONNX only: classify
-    KD needs only its outputs, so the student may tokenize differently)."""
+    """The student before training: the first layers of the recipe's `student_base` with a new head
+    when given; else of the teacher's own weights when it has them (a kdgate build); else of the
+    packaged MiniLM (an imported teacher, ONNX only: classify KD needs only its outputs, so the student
+    may tokenize differently)."""
+    if recipe.student_base is not None:
+        folder = Path(recipe.student_base)
+        base = pretrained_classifier(len(teacher.labels), encoder_dir=folder)
+        layers = min(recipe.student_layers, base.encoder.config.num_hidden_layers)
+        return truncated_copy(base, layers), BatchTokenizer.from_dir(folder, teacher.max_length)
     if teacher.format == "torch":
         directory = registry.path(teacher.ref)
         teacher_model = load_classifier(directory)

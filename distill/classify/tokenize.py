@@ -20,7 +20,8 @@ class BatchTokenizer:
     """
 
     def __init__(self, tokenizer: Tokenizer, max_length: int) -> None:
-        tokenizer = Tokenizer.from_str(tokenizer.to_str())  # private copy: settings below are global to it
+        self._source = tokenizer.to_str()  # as given: what a saved model ships with
+        tokenizer = Tokenizer.from_str(self._source)  # private copy: settings below are global to it
         self.pad_id = pad_id_of(tokenizer)
         # The shipped tokenizer.json pads every input to 128; we pad per batch instead (far less work).
         tokenizer.no_padding()
@@ -31,6 +32,11 @@ class BatchTokenizer:
     @classmethod
     def from_dir(cls, directory: str | Path, max_length: int) -> BatchTokenizer:
         return cls(Tokenizer.from_file(str(Path(directory) / TOKENIZER_FILE)), max_length)
+
+    def save(self, directory: Path) -> str:
+        """Writes the tokenizer as it was given into `directory`; returns the file's name."""
+        (directory / TOKENIZER_FILE).write_text(self._source)
+        return TOKENIZER_FILE
 
     def lengths(self, texts: list[str]) -> list[int]:
         return [len(e.ids) for e in self._tok.encode_batch(texts)]

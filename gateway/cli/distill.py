@@ -83,6 +83,13 @@ def distill(
             "(default: the --dataset seed corpus, for the bundled task)."
         ),
     ] = None,
+    student: Annotated[
+        Path | None,
+        typer.Option(
+            help="Classify: a BERT-architecture encoder folder (Hugging Face) the student starts from, "
+            "with its own tokenizer (default: the teacher's first --layers layers)."
+        ),
+    ] = None,
     prompts: Annotated[
         Path | None,
         typer.Option(
@@ -167,12 +174,29 @@ def distill(
     )
     if examples is not None:
         base = replace(base, student_examples=examples)
+    if student is not None:
+        base = replace(base, student_base=str(_student_base(student).resolve()))
     if data is not None:  # pinned by path and hash: re-distillations of this line replay these texts
         sha = file_sha256(data) if data.is_file() else None
         base = replace(
             base, data_file=str(data.resolve()), data_sha256=sha, text_column=text_col, label_column=label_col
         )
     _distill_classify(state_dir, task, teacher, overridden(base, recipe_json, "--recipe"))
+
+
+def _student_base(folder: Path) -> Path:
+    """`folder` if it holds a BERT-architecture encoder and its tokenizer; an exit 2 saying why not."""
+    config = folder / "config.json"
+    if not config.is_file() or not (folder / "tokenizer.json").is_file():
+        raise typer.BadParameter(f"{folder} needs config.json and tokenizer.json", param_hint="--student")
+    model_type = json.loads(config.read_text()).get("model_type")
+    if model_type != "bert":
+        raise typer.BadParameter(
+            f"{folder} is a {model_type!r} model: a student starts from a BERT-architecture encoder "
+            "(model_type bert: BERT, MiniLM, TinyBERT...)",
+            param_hint="--student",
+        )
+    return folder
 
 
 def _distill_classify(state_dir: Path, task: str, teacher: str | None, recipe: ClassifyRecipe) -> None:

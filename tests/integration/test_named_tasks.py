@@ -203,3 +203,53 @@ def test_a_student_is_distilled_from_the_users_texts_and_redistilled_from_its_sh
     changed = kdgate(*redistil, *short)
     assert changed.returncode == 1 and "changed since" in changed.stdout + changed.stderr
     assert Registry(named_state).latest_of("topics", Role.STUDENT).ref == "topics-student@2"
+
+
+def users_small_bert(folder: Path, texts: list[str]) -> Path:
+    """A user's own small encoder, as `save_pretrained` writes it: BERT architecture, 2 narrow layers,
+    and a word-level tokenizer trained on their texts (not the teacher's WordPiece)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import BertConfig, BertModel
+
+    tokenizer = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=["[PAD]", "[UNK]"]))
+    config = BertConfig(
+        vocab_size=tokenizer.get_vocab_size(),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+    )
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save(str(folder / "tokenizer.json"))
+    return folder
+
+
+def test_a_student_starts_from_the_users_own_smaller_encoder_and_tokenizer(
+    serve, named_state: Path, tmp_path: Path
+) -> None:
+    texts = bbc_paragraphs(limit=150)
+    data = tmp_path / "news.jsonl"
+    data.write_text("".join(json.dumps({"text": p}) + "\n" for p in texts))
+    small = users_small_bert(tmp_path / "small-bert", texts)
+    state = ("--state-dir", str(named_state))
+    done = kdgate("distill", "--task", "topics", "--data", str(data), "--student", str(small), *state)
+    assert done.returncode == 0, done.stdout + done.stderr
+    student = Registry(named_state).latest_of("topics", Role.STUDENT)
+    assert student is not None and student.lineage.recipe["student_base"] == str(small)
+    folder = Registry(named_state).path(student.ref)
+    served_vocab = json.loads((folder / "tokenizer.json").read_text())["model"]["vocab"]
+    assert served_vocab == json.loads((small / "tokenizer.json").read_text())["model"]["vocab"]
+    assert json.loads((folder / "config.json").read_text())["hidden_size"] == 64  # the user's width
+
+    server = serve(state_dir=named_state, shadow_enabled=False)
+    pinned = httpx.post(
+        f"{server.url}/classify/topics", json={"text": TEXTS[3]}, headers={"x-kdgate-model": student.ref}
+    )
+    assert pinned.status_code == 200, pinned.text
+    assert list(pinned.json()["results"][0]["probabilities"]) == TOPICS
+
+    (small / "config.json").write_text(json.dumps({"model_type": "distilbert"}))
+    refused = kdgate("distill", "--task", "topics", "--data", str(data), "--student", str(small), *state)
+    assert refused.returncode == 2 and "BERT-architecture" in refused.stdout + refused.stderr
