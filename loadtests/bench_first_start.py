@@ -43,11 +43,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--note", default="", help="what else was running on the machine")
     parser.add_argument("--timeout-minutes", type=float, default=60.0)
+    parser.add_argument(
+        "--state-dir", type=Path, help="a new dir to build in and keep (for other benches); default: temp"
+    )
     args = parser.parse_args()
+    if args.state_dir is not None and args.state_dir.exists() and any(args.state_dir.iterdir()):
+        parser.error(f"--state-dir {args.state_dir} is not empty: a first start needs a fresh state")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as tmp:
-        state = Path(tmp) / "state"
+        state = args.state_dir or Path(tmp) / "state"
         kdgate = Path(sys.executable).with_name("kdgate")
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
         started = time.monotonic()
