@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from distill.checkpoint import load_checkpoint, save_checkpoint
 from distill.classify.model import EncoderClassifier
 from distill.classify.tokenize import BatchTokenizer
+from distill.progress import ProgressBar
 
 
 def lr_factor(step: int, total: int, warmup: int) -> float:
@@ -84,7 +84,7 @@ def train(
     identity = {"total": len(plan)}  # the plan is a pure function of the seed: its length tells it apart
     if checkpoint is not None and (saved := load_checkpoint(checkpoint, model, optimizer, identity)):
         start, running = int(saved["step"]), float(saved["running"])
-    with tqdm(total=len(plan), initial=start, desc=desc, unit="batch", dynamic_ncols=True) as bar:
+    with ProgressBar(total=len(plan), initial=start, desc=desc, unit="batch", dynamic_ncols=True) as bar:
         for step, batch in enumerate(plan):
             if step < start:
                 continue

@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from tokenizers import Tokenizer
-from tqdm.auto import tqdm
 
 from distill.classify.evaluate import accuracy, compare_to_teacher
 from distill.classify.export import check_parity, export_onnx, onnx_logits, torch_logits
@@ -39,6 +38,7 @@ from distill.classify.tokenize import TOKENIZER_FILE, BatchTokenizer
 from distill.corpora import LabelledTexts, Split, load_dataset, split_dataset
 from distill.datafile import read_pinned
 from distill.losses import kd_loss
+from distill.progress import ProgressBar
 from distill.registry import Calibration, Lineage, Manifest, Registry, Role, TaskKind, student_name
 from distill.trainer import train
 from distill.workbench.calibrate import calibration_of
@@ -222,8 +222,12 @@ def teacher_soft_labels(
     runner = load_runner(registry, teacher.ref, threads=torch.get_num_threads(), prefer_onnx=True)
     log(f"labelling {len(texts.texts)} texts with {teacher.ref}")
     chunk = 2048  # one progress step
-    steps = tqdm(range(0, len(texts.texts), chunk), desc="teacher soft labels", unit="chunk")
-    logits = np.concatenate([runner.predict_logits(texts.texts[start : start + chunk]) for start in steps])
+    parts = []
+    with ProgressBar(total=len(texts.texts), desc="teacher soft labels", unit="text") as bar:
+        for start in range(0, len(texts.texts), chunk):
+            parts.append(runner.predict_logits(texts.texts[start : start + chunk]))
+            bar.update(len(parts[-1]))
+    logits = np.concatenate(parts)
     cache.parent.mkdir(parents=True, exist_ok=True)
     write_with(cache, lambda handle: np.save(handle, logits))
     return logits
