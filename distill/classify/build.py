@@ -25,7 +25,8 @@ from tokenizers import Tokenizer
 
 from distill.classify.evaluate import accuracy, compare_to_teacher
 from distill.classify.export import check_parity, export_onnx, onnx_logits, torch_logits
-from distill.classify.io import load_classifier, pretrained_classifier, save_classifier
+from distill.classify.importer import imported_weights
+from distill.classify.io import is_bert_encoder, load_classifier, pretrained_classifier, save_classifier
 from distill.classify.model import EncoderClassifier, truncated_copy
 from distill.classify.runner import load_runner
 from distill.classify.student_export import (
@@ -243,11 +244,13 @@ def build_student(
     user's file, or a bundled corpus) and registers it as ONNX (INT8 when it holds up).
 
     Unlabelled data is pure KD (alpha 1), and the figures that need labels (accuracy, calibration, the
-    INT8 check) are taken against the teacher's own answers. The student is the teacher's first
-    `student_layers` layers when the teacher is kdgate's own build, else the packaged MiniLM's."""
+    INT8 check) are taken against the teacher's own answers. The student is the first `student_layers`
+    layers of the recipe's `student_base`, else of the teacher (kdgate's own build, or a BERT-architecture
+    import), else of the packaged MiniLM."""
     recipe = recipe.validated()
     torch.set_num_threads(recipe.threads)
     teacher = registry.get(teacher_ref)
+    recipe = _with_student_start(registry, teacher, recipe)
     split = load_split(recipe, teacher.labels)
     data_labelled = split.train.labelled
     if not data_labelled:
@@ -314,12 +317,21 @@ def _labelled_by_teacher(registry: Registry, teacher: Manifest, split: Split, lo
     return Split(*(teacher_labelled(registry, teacher, part, log) for part in parts))
 
 
+def _with_student_start(registry: Registry, teacher: Manifest, recipe: ClassifyRecipe) -> ClassifyRecipe:
+    """The recipe with an imported teacher's own weights as its `student_base` when it has none and the
+    teacher was imported from a BERT-architecture folder: the lineage then says where the student began."""
+    weights = imported_weights(registry, teacher)
+    if recipe.student_base is None and weights is not None and is_bert_encoder(weights):
+        return replace(recipe, student_base=str(weights.resolve()))
+    return recipe
+
+
 def _student_init(
     registry: Registry, teacher: Manifest, recipe: ClassifyRecipe
 ) -> tuple[EncoderClassifier, BatchTokenizer]:
-    """The student before training: the first layers of the recipe's `student_base` with a new head
-    when given; else of the teacher's own weights when it has them (a kdgate build); else of the
-    packaged MiniLM (an imported teacher, ONNX only: classify KD needs only its outputs, so the student
+    """The student before training, with a new head: the first layers of the recipe's `student_base`
+    when given; else of the teacher's own weights (a kdgate build); else of the packaged MiniLM (an
+    ONNX import, or another architecture: classify KD needs only the teacher's outputs, so the student
     may tokenize differently)."""
     if recipe.student_base is not None:
         folder = Path(recipe.student_base)
