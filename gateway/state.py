@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from distill.registry import Registry, TaskKind
 from distill.shadowlog.writer import ShadowLogWriter, ShadowLogWriters
@@ -17,6 +18,7 @@ from gateway.rollouts.ports import LocalSource, MetricsSink, TrafficSetter
 from gateway.serving.inflight import InFlight
 from gateway.serving.metrics import GatewayMetrics
 from gateway.serving.pool import ModelPool
+from gateway.serving.routing import pick_model
 from gateway.serving.traffic import TrafficStore
 from gateway.serving.window import LiveWindow
 from gateway.settings import Settings, token_path
@@ -29,6 +31,7 @@ from rollout.lease import FileLease, process_identity
 from rollout.store import AuditLog, RolloutStore
 
 SHADOW_RATES_FILE = "shadow_rates.json"
+M = TypeVar("M")
 
 
 @dataclass
@@ -52,6 +55,17 @@ class GatewayState:
     building: frozenset[str] = frozenset()  # tasks a running background build brings models for
     in_flight: InFlight = field(default_factory=InFlight)  # requests being answered, and how busy
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+
+    def routed(self, task: str, key: str, loaded: Mapping[str, M], teacher: M) -> M:
+        """The model of `loaded` that the task's split gives `key`. The split is shared by the gateways
+        on the state dir, so it may name a model another one registered since this one loaded its
+        models: the teacher answers for it meanwhile, and those models are loaded in the background."""
+        model = loaded.get(pick_model(self.traffic.get(task), key))
+        if model is not None:
+            return model
+        if "load" not in self.tasks or self.tasks["load"].done():
+            self.tasks["load"] = asyncio.get_running_loop().create_task(asyncio.to_thread(self.pool.load_all))
+        return teacher
 
     def load_models(self) -> None:
         """Loads the registered models not loaded yet, and gives a task that has no usable split its

@@ -20,7 +20,6 @@ from gateway.http.body import header, openapi, read_json_body
 from gateway.http.schemas import ClassifyRequest, ClassifyResponse, Prediction
 from gateway.serving.batcher import Batched
 from gateway.serving.pool import LoadedModel
-from gateway.serving.routing import pick_model
 from gateway.shadow.classify import ShadowItem
 from gateway.state import GatewayState
 
@@ -58,9 +57,10 @@ def choose(state: GatewayState, task: str, key: str, pinned: str | None) -> Load
         if model is None or model.manifest.task != task:
             raise InvalidInput(f"no loaded {task} model {pinned!r}", field="x-kdgate-model")
         return model
-    if state.pool.teacher_of(task) is None:
+    teacher = state.pool.teacher_of(task)
+    if teacher is None:
         raise state.no_model(task)
-    return models[pick_model(state.traffic.get(task), key)]
+    return state.routed(task, key, models, teacher)
 
 
 async def run_with_fallback(

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from gateway.errors import InvalidInput, ModelUnavailable, NotReady, Overloaded
 from gateway.serving.engine import Delta, Event, Failed, Finished, GenerationParams, Job
 from gateway.serving.pool import LoadedLM
-from gateway.serving.routing import pick_model
 from gateway.shadow.generate import GenerateShadowItem
 from gateway.state import GatewayState
 
@@ -71,7 +70,10 @@ def choose(state: GatewayState, task: str, key: str, pinned: str | None, pinned_
         if pinned not in lms or lms[pinned].manifest.task != task:
             raise InvalidInput(f"no loaded {task} model {pinned!r}", field=pinned_field)
         return lms[pinned]
-    return lms[pick_model(state.traffic.get(task), key)]
+    teacher = state.pool.lm_teacher(task)
+    if teacher is None:
+        raise state.no_model(task)
+    return state.routed(task, key, lms, teacher)
 
 
 @dataclass

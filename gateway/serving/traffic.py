@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import math
-import threading
 from collections.abc import Mapping
 from pathlib import Path
 
-from durablefs import write_json
+from durablefs.shared import SharedDocument
 from gateway.errors import InvalidInput
 
 
@@ -47,22 +45,18 @@ def _is_whole_number(value: float) -> bool:
 
 
 class TrafficStore:
-    """Weights per task in `<state_dir>/traffic.json`, replaced atomically on every change."""
+    """Weights per task in `<state_dir>/traffic.json`, shared by every gateway on the state dir: a
+    change made through one is served by the others within `poll_seconds` (durablefs/shared.py)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, poll_seconds: float = 0.25) -> None:
         self.path = path
-        self._lock = threading.Lock()
-        self._weights: dict[str, dict[str, int]] = json.loads(path.read_text()) if path.exists() else {}
+        self._doc = SharedDocument(path, poll_seconds)
 
     def get(self, task: str) -> dict[str, int]:
-        with self._lock:
-            return dict(self._weights.get(task, {}))
+        return dict(self._doc.read().get(task, {}))
 
     def all(self) -> dict[str, dict[str, int]]:
-        with self._lock:
-            return {task: dict(w) for task, w in self._weights.items()}
+        return {task: dict(w) for task, w in self._doc.read().items()}
 
     def set(self, task: str, weights: dict[str, int]) -> None:
-        with self._lock:
-            self._weights[task] = dict(weights)
-            write_json(self.path, self._weights)
+        self._doc.update(lambda doc: doc | {task: dict(weights)})

@@ -16,13 +16,11 @@ Example::
 
 from __future__ import annotations
 
-import json
 import math
-import threading
 from collections.abc import Mapping
 from pathlib import Path
 
-from durablefs import write_json
+from durablefs.shared import SharedDocument
 from gateway.errors import InvalidInput
 from gateway.settings import Settings
 
@@ -62,25 +60,25 @@ class ShadowRates:
     def __init__(self, path: Path, settings: Settings) -> None:
         self.path = path
         self.settings = settings
-        self._lock = threading.Lock()  # writers only
-        self._overrides: dict[str, float] = json.loads(path.read_text()) if path.exists() else {}
+        self._doc = SharedDocument(path)  # shared by the gateways on the state dir
 
     def rate(self, model: str) -> float:
         """The share of `model`'s requests to shadow."""
-        override = self._overrides.get(model)
+        override = self._doc.read().get(model)
         if override is not None:
             return override
         return self.settings.shadow_rates.get(model, self.settings.shadow_rate)
 
     def overrides(self) -> dict[str, float]:
-        return dict(self._overrides)
+        return dict(self._doc.read())
 
     def update(self, changes: Mapping[str, float | None]) -> dict[str, float]:
         """Applies validated changes (None drops an override), persists them, returns the overrides."""
-        with self._lock:
-            overrides = {**self._overrides, **{k: v for k, v in changes.items() if v is not None}}
+
+        def apply(overrides: dict[str, float]) -> dict[str, float]:
+            overrides |= {k: v for k, v in changes.items() if v is not None}
             for ref in [k for k, v in changes.items() if v is None]:
                 overrides.pop(ref, None)
-            write_json(self.path, overrides)
-            self._overrides = overrides
-            return dict(overrides)
+            return overrides
+
+        return dict(self._doc.update(apply))

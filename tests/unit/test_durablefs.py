@@ -10,6 +10,7 @@ from typing import IO
 import pytest
 
 from durablefs import write_json, write_text, write_with
+from durablefs.shared import SharedDocument
 
 
 def test_a_write_replaces_the_file_whole_and_leaves_no_temp(tmp_path: Path) -> None:
@@ -39,3 +40,15 @@ def test_a_secret_is_written_with_its_mode_from_the_first_byte(tmp_path: Path) -
     write_text(target, "s3cret\n", mode=0o600)
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
     assert target.read_text() == "s3cret\n"
+
+
+def test_a_shared_document_sees_another_writers_change_once_its_poll_is_due(tmp_path: Path) -> None:
+    path = tmp_path / "traffic.json"
+    reader, writer = SharedDocument(path, poll_seconds=3600), SharedDocument(path)
+    assert reader.read() == {}
+    writer.update(lambda doc: doc | {"classify": {"s@1": 100}})
+    assert reader.read() == {}  # served from memory until the poll is due
+    reader.poll_seconds = 0
+    assert reader.read() == {"classify": {"s@1": 100}}
+    writer.update(lambda doc: doc | {"classify": {"s@2": 100}})
+    assert reader.read() == {"classify": {"s@2": 100}}  # replaced file, new inode: seen at once
