@@ -265,17 +265,8 @@ def build_student(
     soft = torch.from_numpy(teacher_soft_labels(registry, teacher, train_part, log))  # (N, C)
     labels = torch.tensor(train_part.labels)
     model, tokenizer = student_init(registry, teacher, recipe)
-    summary = train(
-        model,
-        train_part.texts,
-        tokenizer,
-        lambda logits, batch: kd_loss(logits, soft[batch], labels[batch], recipe.temperature, recipe.alpha),
-        epochs=recipe.student_epochs,
-        batch_size=recipe.batch_size,
-        lr=recipe.student_lr,
-        head_lr=recipe.student_head_lr,
-        seed=recipe.seed,
-        desc=f"{student_name(teacher.task)}: distil",
+    summary = distil(
+        model, tokenizer, train_part.texts, soft, labels, recipe, f"{student_name(teacher.task)}: distil"
     )
     teacher_test = teacher_soft_labels(registry, teacher, split.test, log)
     with registry.stage(student_name(teacher.task)) as staging:
@@ -320,6 +311,33 @@ def build_student(
         f"({metrics['train_seconds']:.0f} s)"
     )
     return manifest
+
+
+def distil(
+    model: EncoderClassifier,
+    tokenizer: BatchTokenizer,
+    texts: list[str],
+    soft: torch.Tensor,
+    labels: torch.Tensor,
+    recipe: ClassifyRecipe,
+    desc: str,
+    show_progress: bool = True,
+) -> dict[str, float]:
+    """Hinton KD of `model` on `texts` against the teacher's logits `soft` (N, C) and `labels` (N,), as
+    the recipe says: one training step for a student build and a sweep's point alike."""
+    return train(
+        model,
+        texts,
+        tokenizer,
+        lambda logits, batch: kd_loss(logits, soft[batch], labels[batch], recipe.temperature, recipe.alpha),
+        epochs=recipe.student_epochs,
+        batch_size=recipe.batch_size,
+        lr=recipe.student_lr,
+        head_lr=recipe.student_head_lr,
+        seed=recipe.seed,
+        desc=desc,
+        show_progress=show_progress,
+    )
 
 
 def teacher_labelled(registry: Registry, teacher: Manifest, part: LabelledTexts, log: Log) -> LabelledTexts:

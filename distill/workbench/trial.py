@@ -19,13 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from distill.classify.build import ClassifyRecipe, student_init
+from distill.classify.build import ClassifyRecipe, distil, student_init
 from distill.classify.evaluate import accuracy, compare_to_teacher
 from distill.classify.export import export_onnx, onnx_logits, quantize_int8
 from distill.corpora import LabelledTexts, Split
-from distill.losses import kd_loss
 from distill.registry import Manifest, Registry
-from distill.trainer import train
 from distill.workbench.calibrate import calibration_of
 from distill.workbench.grid import Point
 from distill.workbench.latency import Session, measure, measure_pair
@@ -84,20 +82,8 @@ def run_point(
     model, tokenizer = student_init(registry, teacher, recipe)
     started = time.monotonic()
     labels = torch.tensor(data.train.labels)
-    summary = train(
-        model,
-        data.train.texts,
-        tokenizer,
-        lambda logits, batch: kd_loss(
-            logits, data.soft[batch], labels[batch], recipe.temperature, recipe.alpha
-        ),
-        epochs=recipe.student_epochs,
-        batch_size=recipe.batch_size,
-        lr=recipe.student_lr,
-        head_lr=recipe.student_head_lr,
-        seed=recipe.seed,
-        desc=point.id,
-        show_progress=False,
+    summary = distil(
+        model, tokenizer, data.train.texts, data.soft, labels, recipe, point.id, show_progress=False
     )
     train_seconds = time.monotonic() - started
 
