@@ -19,6 +19,7 @@ from durablefs import write_text, write_with
 
 REPORT_FILE, PLOT_FILE = "report.md", "pareto.png"
 MARK = "★"
+REFERENCE_MARKERS = {"teacher": "*", "student": "D"}  # sweep.json's references, by role
 # (record field, column header, format)
 COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("id", "point", "{}"),
@@ -63,7 +64,8 @@ def render_markdown(
         "",
         f"- task `{spec['task']}`, teacher `{spec['teacher']}`, "
         f"reference student `{spec['reference'] or '-'}`",
-        f"- each point trained on {spec['train_examples']} texts ({spec['fraction']:g} of the training split)"
+        f"- each point trained on {spec['train_examples']} texts "
+        f"({spec['fraction']:g} of the recipe's training data)"
         + ("" if spec["labelled"] else "; unlabelled data: the teacher's answers stand in for labels"),
         f"- {len(points)} of {len(spec['points'])} points done; {MARK}: on the Pareto frontier "
         f"({quality} max, p50 and size min)",
@@ -135,7 +137,8 @@ def pareto_figure(points: Sequence[Mapping[str, Any]], references: Mapping[str, 
             axes.annotate(
                 p["id"], (p["p50_ms"], p[quality]), fontsize=7, xytext=(4, 4), textcoords="offset points"
             )
-    for (name, ref), marker in zip(references.items(), ("*", "D"), strict=False):
+    for name, ref in references.items():
+        marker = REFERENCE_MARKERS.get(name, "X")
         if ref.get(quality) is not None and ref.get("p50_ms") is not None:
             axes.scatter(
                 [ref["p50_ms"]],
