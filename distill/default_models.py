@@ -1,5 +1,5 @@
-"""The default models of a fresh state, built one at a time in the order that answers soonest, and the
-status file that tells a gateway (and its operator) what is built, what is building and what failed.
+"""The default models of a fresh state, built one at a time in the order that answers soonest, each
+step's state and progress recorded in the build's status file (`distill/build_status.py`).
 
 The order: the generate teacher (a conversion of the packaged GGUF file, seconds), the classify teacher
 (a fine-tune, minutes), then the students (distillation from those teachers). A gateway serves each task
@@ -16,13 +16,12 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel
-
+from distill.build_status import BuildStatus, StepState, StepStatus, phase_recorder
 from distill.classify.build import ClassifyRecipe, build_student, build_teacher
+from distill.progress import listening
 from distill.registry import Registry, Role
 from durablefs import write_json
 
@@ -30,13 +29,6 @@ if TYPE_CHECKING:
     from distill.generate.build import GenerateRecipe
 
 Log = Callable[[str], None]
-
-
-class StepState(StrEnum):
-    PENDING = "pending"
-    BUILDING = "building"
-    DONE = "done"
-    FAILED = "failed"
 
 
 @dataclass(frozen=True)
@@ -48,44 +40,6 @@ class BuildStep:
     @property
     def label(self) -> str:
         return f"{self.task} {self.role}"
-
-
-class StepStatus(BaseModel):
-    task: str
-    role: str
-    state: StepState = StepState.PENDING
-    started_at: float | None = None
-    ended_at: float | None = None
-    ref: str | None = None  # what it registered
-    error: str | None = None
-
-
-class BuildStatus(BaseModel):
-    steps: list[StepStatus] = []
-    started_at: float | None = None
-    ended_at: float | None = None  # None while the build runs
-
-    @property
-    def running(self) -> bool:
-        return self.started_at is not None and self.ended_at is None
-
-    def building(self, task: str) -> bool:
-        """Whether a model of `task` is still to come from this build."""
-        pending = {StepState.PENDING, StepState.BUILDING}
-        return self.running and any(s.task == task and s.state in pending for s in self.steps)
-
-
-def status_path(state_dir: Path) -> Path:
-    return state_dir / "build" / "status.json"
-
-
-def read_status(state_dir: Path) -> BuildStatus:
-    """The last build's status (an empty one when no build ever ran, or the file is unreadable)."""
-    path = status_path(state_dir)
-    try:
-        return BuildStatus.model_validate_json(path.read_text())
-    except (OSError, ValueError):
-        return BuildStatus()
 
 
 def default_steps(classify: ClassifyRecipe, generate: GenerateRecipe | None) -> list[BuildStep]:
@@ -137,12 +91,17 @@ def build_missing(registry: Registry, steps: list[BuildStep], status_file: Path,
     status = planned(todo)
     status_file.parent.mkdir(parents=True, exist_ok=True)
     write_json(status_file, status.model_dump(mode="json"))
+
+    def save() -> None:
+        write_json(status_file, status.model_dump(mode="json"))
+
     for step, entry in zip(todo, status.steps, strict=True):
         entry.state, entry.started_at = StepState.BUILDING, time.time()
-        write_json(status_file, status.model_dump(mode="json"))
+        save()
         log(f"building the {step.label}")
         try:
-            step.build(registry, log)
+            with listening(phase_recorder(entry, save)):
+                step.build(registry, log)
         except Exception as exc:  # recorded for the operator; the next steps may still succeed
             entry.state, entry.error = StepState.FAILED, f"{type(exc).__name__}: {exc}"
             log(f"the {step.label} failed: {entry.error}\n{traceback.format_exc()}")
@@ -150,7 +109,8 @@ def build_missing(registry: Registry, steps: list[BuildStep], status_file: Path,
             built = registry.latest_of(step.task, step.role)
             entry.state, entry.ref = StepState.DONE, None if built is None else built.ref
         entry.ended_at = time.time()
-        write_json(status_file, status.model_dump(mode="json"))
+        entry.eta_seconds = None
+        save()
     status.ended_at = time.time()
-    write_json(status_file, status.model_dump(mode="json"))
+    save()
     return all(s.state is StepState.DONE for s in status.steps)

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from distill.checkpoint import load_checkpoint, save_checkpoint
 from distill.classify.model import EncoderClassifier
 from distill.classify.tokenize import BatchTokenizer
+from distill.progress import ProgressBar
 
 
 def lr_factor(step: int, total: int, warmup: int) -> float:
@@ -86,7 +86,7 @@ def train(
     if checkpoint is not None and (saved := load_checkpoint(checkpoint, model, optimizer, identity)):
         start, running = int(saved["step"]), float(saved["running"])
     # `show_progress=False`: a caller with a progress display of its own (a sweep's) keeps the terminal.
-    bar = tqdm(
+    bar = ProgressBar(
         total=len(plan), initial=start, desc=desc, unit="batch", dynamic_ncols=True, disable=not show_progress
     )
     with bar:

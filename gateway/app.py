@@ -35,10 +35,10 @@ log = logging.getLogger("kdgate.app")
 
 
 async def _drive_rollouts(state: GatewayState) -> None:
-    """The in-process controller: once the models are loaded, re-assert persisted weights, then tick."""
+    """The in-process controller: once the models are loaded, tick (the first tick that holds the
+    controller lease re-asserts the persisted weights)."""
     while not state.ready:
         await asyncio.sleep(0.1)
-    await asyncio.to_thread(state.controller.resync)
     while True:
         await asyncio.to_thread(state.controller.tick)
         await asyncio.sleep(state.settings.rollout_tick_seconds)
@@ -102,6 +102,7 @@ def create_app(
         yield
         for task in state.tasks.values():
             task.cancel()
+        state.controller.resign()
         if state.shadow is not None:
             # graceful stop (SIGTERM): score what is queued, flush the log
             await state.shadow.close(settings.shadow_drain_seconds)

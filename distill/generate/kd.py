@@ -33,12 +33,12 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from distill.checkpoint import load_checkpoint, save_checkpoint
 from distill.generate.degeneracy import is_degenerate
 from distill.generate.targets import TargetSet
 from distill.generate.topk import topk_kl
+from distill.progress import ProgressBar
 from distill.trainer import length_bucketed_batches
 
 log = logging.getLogger("kdgate.lm_kd")
@@ -234,7 +234,7 @@ def train_kd(
     step, epoch, running, seen = int(at["step"]), int(at["epoch"]), float(at["running"]), int(at["seen"])
     skip = int(at["batch"])  # batches of the resumed epoch already trained on
     done = False
-    with tqdm(total=round(seconds), desc=desc, unit="s", dynamic_ncols=True) as bar:
+    with ProgressBar(total=round(seconds), desc=desc, unit="s", dynamic_ncols=True) as bar:
         while not done:
             batches = length_bucketed_batches(lengths, batch_size, seed + epoch)
             for index, rows in enumerate(batches):

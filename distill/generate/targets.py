@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from distill.generate.data import Prompt
 from distill.generate.topk import topk_targets
+from distill.progress import ProgressBar
 from durablefs import write_with
 
 
@@ -234,7 +235,9 @@ def cached_targets(
     paths = [folder / f"shard-{i:05d}-{len(s)}.npz" for i, s in enumerate(shards)]
     missing = sum(len(s) for s, p in zip(shards, paths, strict=True) if not p.exists())
     parts = []
-    with tqdm(total=missing, desc=desc, unit="prompt", dynamic_ncols=True, disable=missing == 0) as bar:
+    with ProgressBar(
+        total=missing, desc=desc, unit="prompt", dynamic_ncols=True, disable=missing == 0
+    ) as bar:
         for shard, path in zip(shards, paths, strict=True):
             if not path.exists():
                 compute(shard, bar).save(path)

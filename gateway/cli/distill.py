@@ -87,10 +87,12 @@ def distill(
         ),
     ] = None,
     student: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
-            help="Classify: a BERT-architecture encoder folder (Hugging Face) the student starts from, "
-            "with its own tokenizer (default: the teacher's first --layers layers)."
+            help="Classify: what the student starts from, with its own tokenizer: a BERT-architecture "
+            "encoder folder (Hugging Face), or the ref of a model imported from one "
+            "(default: the teacher's first --layers layers).",
+            metavar="FOLDER|REF",
         ),
     ] = None,
     prompts: Annotated[
@@ -158,6 +160,11 @@ def distill(
     if kind == "generate":
         if data is not None:
             raise typer.BadParameter("a generate task distils on --prompts", param_hint="--data")
+        if student is not None:
+            raise typer.BadParameter(
+                "a generate student is cut from its teacher (it must share its tokenizer)",
+                param_hint="--student",
+            )
         options = {"seed": seed, "temperature": temperature, "alpha": alpha}
         _distill_generate(state_dir, task, teacher, prompts, parent, budget, options, recipe_json)
         return
@@ -177,14 +184,18 @@ def distill(
     if examples is not None:
         base = replace(base, student_examples=examples)
     if student is not None:
-        base = replace(base, student_base=str(_student_base(student).resolve()))
+        base = replace(base, student_base=str(_student_base(state_dir, student).resolve()))
     if data is not None:
         base = with_data_file(base, data, text_col, label_col)
     _distill_classify(state_dir, task, teacher, overridden(base, recipe_json, "--recipe"))
 
 
-def _student_base(folder: Path) -> Path:
-    """`folder` if it holds a BERT-architecture encoder and its tokenizer; an exit 2 saying why not."""
+def _student_base(state_dir: Path, student: str) -> Path:
+    """The encoder folder `student` names (itself, or the weights a registered model was imported
+    with) if it holds a BERT-architecture encoder and its tokenizer; an exit 2 saying why not."""
+    folder = Path(student)
+    if not folder.exists() and "@" in student:
+        folder = _imported_weights(state_dir, student)
     config = folder / "config.json"
     if not config.is_file() or not (folder / "tokenizer.json").is_file():
         raise typer.BadParameter(f"{folder} needs config.json and tokenizer.json", param_hint="--student")
@@ -193,6 +204,27 @@ def _student_base(folder: Path) -> Path:
         raise typer.BadParameter(
             f"{folder} is a {model_type!r} model: a student starts from a BERT-architecture encoder "
             "(model_type bert: BERT, MiniLM, TinyBERT...)",
+            param_hint="--student",
+        )
+    return folder
+
+
+def _imported_weights(state_dir: Path, ref: str) -> Path:
+    from distill.classify.importer import imported_weights
+    from distill.registry import Registry, RegistryError
+
+    registry = Registry(state_dir)
+    try:
+        manifest = registry.get(ref)
+    except (RegistryError, ValueError) as exc:
+        raise typer.BadParameter(
+            f"{ref} is neither a folder nor a registered model", param_hint="--student"
+        ) from exc
+    folder = imported_weights(registry, manifest)
+    if folder is None:
+        raise typer.BadParameter(
+            f"{ref} has no weights to start from (it was built by kdgate or imported as ONNX): "
+            "import the model's Hugging Face folder, or pass the folder",
             param_hint="--student",
         )
     return folder

@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from distill.build_status import BuildStatus, StepState, StepStatus
 from distill.registry import Role, TaskKind
 from gateway.cli.common import DEFAULT_STATE, DEFAULT_URL, GatewayUrl, StateDir, Token, admin, console
 
@@ -141,8 +142,9 @@ def models_build(
     failed."""
     from dataclasses import replace
 
+    from distill.build_status import status_path
     from distill.classify.build import ClassifyRecipe
-    from distill.default_models import build_missing, default_steps, status_path
+    from distill.default_models import build_missing, default_steps
     from distill.registry import Registry
 
     classify = replace(ClassifyRecipe(dataset=dataset), **json.loads(recipe or "{}"))
@@ -166,12 +168,23 @@ def models_build_status(
     if not status["steps"]:
         console.print("no build ran: every default model was there")
         return
-    table = Table("task", "role", "state", "seconds", "registered", "error")
+    table = Table("task", "role", "state", "seconds", "now", "registered", "error")
     now = time.time()
-    for step in status["steps"]:
-        started, ended = step["started_at"], step["ended_at"]
-        seconds = "-" if started is None else f"{(ended or now) - started:.0f}"
+    for step in BuildStatus.model_validate(status).steps:
+        seconds = "-" if step.started_at is None else f"{(step.ended_at or now) - step.started_at:.0f}"
         table.add_row(
-            step["task"], step["role"], step["state"], seconds, step["ref"] or "-", step["error"] or ""
+            step.task, step.role, step.state, seconds, _phase(step, now), step.ref or "-", step.error or ""
         )
     console.print(table)
+
+
+def _phase(step: StepStatus, now: float) -> str:
+    """A building step's phase, its progress and the phase's ETA: `fine-tune 120/400, ~3 min left`."""
+    if step.state is not StepState.BUILDING or step.phase is None:
+        return ""
+    shown = step.phase
+    if step.phase_total:
+        shown += f" {step.phase_done or 0:.0f}/{step.phase_total:.0f}"
+    if (left := step.seconds_left(now)) is not None:
+        shown += f", ~{left / 60:.0f} min left" if left >= 90 else f", ~{left:.0f} s left"
+    return shown

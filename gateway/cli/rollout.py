@@ -170,20 +170,27 @@ def rollout_run(
     """Drive rollouts standalone from Prometheus (run gateways with KDGATE_ROLLOUT_DRIVER=external)."""
     from rollout.admin_client import AdminClient
     from rollout.driver import Controller
+    from rollout.lease import FileLease, process_identity
     from rollout.prometheus import PrometheusSource
     from rollout.store import AuditLog, RolloutStore
 
     directory = state_dir / "rollout"
+    lease = FileLease(directory, process_identity("kdgate rollout run"))
     controller = Controller(
         RolloutStore(directory),
         AuditLog(directory),
         PrometheusSource(prometheus, min_window_s=min_window_s),
         AdminClient(gateway, admin_token(token, state_dir), timeout=5.0),
+        lease=lease,
     )
-    controller.resync()
     console.print(f"driving rollouts in {directory} from {prometheus} every {tick:g} s (Ctrl-C to stop)")
+    waiting = False
     while True:
         controller.tick()
+        if not controller.leading and not waiting:  # said once: another controller drives them now
+            holder = (lease.holder() or {}).get("identity", "another process")
+            console.print(f"waiting for the controller lease, held by {holder}")
+        waiting = not controller.leading
         time.sleep(tick)
 
 

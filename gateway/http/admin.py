@@ -8,7 +8,7 @@ import hmac
 from fastapi import APIRouter, Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from distill.default_models import read_status
+from distill.build_status import read_status
 from gateway.errors import Conflict, Forbidden, Unauthorized
 from gateway.http.schemas import ShadowRatesUpdate, TrafficUpdate
 from gateway.serving.traffic import validate_weights

@@ -47,7 +47,13 @@ async def get_rollout(task: str, request: Request) -> dict[str, Any]:
     except NoRollout as exc:
         raise NotFound(str(exc), field="task") from exc
     evidence = [asdict(e) | {"verdict": e.verdict.value} for e in controller.last_evidence.get(task, ())]
-    return {"state": rollout.to_dict(), "config": config.to_dict(), "evidence": evidence}
+    leader = None if controller.lease is None else controller.lease.holder()  # who drives it
+    return {
+        "state": rollout.to_dict(),
+        "config": config.to_dict(),
+        "evidence": evidence,
+        "controller": leader,
+    }
 
 
 @router.post("/rollouts/{task}/{command}")

@@ -15,16 +15,9 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from distill.build_status import StepState, read_status, status_path
 from distill.classify.build import ClassifyRecipe
-from distill.default_models import (
-    BuildStep,
-    StepState,
-    default_steps,
-    missing,
-    planned,
-    read_status,
-    status_path,
-)
+from distill.default_models import BuildStep, default_steps, missing, planned
 from durablefs import write_json
 from gateway.continual.child import below_serving, stop_child
 from gateway.settings import Settings

@@ -154,7 +154,9 @@ def test_kill_9_mid_rollout_resumes_the_same_step(state_dir: Path, tweets) -> No
     assert httpx.post(f"{url}/admin/rollouts", json=body, headers=headers).status_code == 201
     with TrafficLoop(url, tweets, max_requests=200):
         time.sleep(2.0)
-    before = httpx.get(f"{url}/admin/rollouts/classify", headers=headers).json()["state"]
+    first = httpx.get(f"{url}/admin/rollouts/classify", headers=headers).json()
+    before = first["state"]
+    assert first["controller"]["pid"] == proc.pid  # the gateway's controller holds the lease
     proc.kill()
     proc.wait(timeout=10)
     # The split on disk is the one before the step: as if the process died after saving the step but
@@ -174,6 +176,7 @@ def test_kill_9_mid_rollout_resumes_the_same_step(state_dir: Path, tweets) -> No
         proc.terminate()
         proc.wait(timeout=30)
     after = current["state"]
+    assert current["controller"]["pid"] == proc.pid  # the dead holder's lease was free at once
     assert traffic == {TEACHER: 95, STUDENT: 5}  # re-asserted from the stored step
     assert current["evidence"], "the restarted controller never judged the rollout"
     assert after["phase"] == before["phase"] == "progressing"

@@ -148,10 +148,10 @@ def test_a_named_task_rolls_out_on_its_own_shadow_log(serve, named_state: Path) 
 def test_a_student_is_distilled_from_the_users_texts_and_redistilled_from_its_shadow(
     serve, named_state: Path, tmp_path: Path
 ) -> None:
-    """`kdgate distill --task topics --data FILE`: pure KD from the imported (ONNX) teacher on the
-    user's own unlabelled texts, a MiniLM student of the task, served by its task. Its live traffic
-    fills the task's shadow log, and `--from-shadow` re-distils the task's student on it, replaying the
-    pinned file, which must not have changed since."""
+    """`kdgate distill --task topics --data FILE`: pure KD from the imported teacher on the user's own
+    unlabelled texts, a student cut from the teacher's own (kept) weights, served by its task. Its live
+    traffic fills the task's shadow log, and `--from-shadow` re-distils the task's student on it,
+    replaying the pinned file, which must not have changed since."""
     data = tmp_path / "news.jsonl"
     data.write_text("".join(json.dumps({"text": p}) + "\n" for p in bbc_paragraphs(limit=150)))
     state = ("--state-dir", str(named_state))
@@ -162,6 +162,8 @@ def test_a_student_is_distilled_from_the_users_texts_and_redistilled_from_its_sh
     assert (student.lineage.teacher, student.labels) == (TEACHER, TOPICS)
     assert student.lineage.data["source"] == str(data) and "pure KD" in student.lineage.data["labels"]
     assert student.lineage.recipe["alpha"] == 1.0 and student.lineage.recipe["student_layers"] == 1
+    teacher_weights = Registry(named_state).path(TEACHER) / "hf"
+    assert student.lineage.recipe["student_base"] == str(teacher_weights.resolve())
     assert student.metrics["test_accuracy"] is None and 0.0 <= student.metrics["agreement"] <= 1.0
 
     no_column = kdgate("distill", "--task", "topics", "--data", str(data), "--text-col", "body", *state)
@@ -206,10 +208,11 @@ def test_a_student_is_distilled_from_the_users_texts_and_redistilled_from_its_sh
 
 
 def users_small_bert(folder: Path, texts: list[str]) -> Path:
-    """A user's own small encoder, as `save_pretrained` writes it: BERT architecture, 2 narrow layers,
-    and a word-level tokenizer trained on their texts (not the teacher's WordPiece)."""
+    """A user's own small topic classifier, as `save_pretrained` writes it: BERT architecture, 2 narrow
+    layers, the task's labels, and a word-level tokenizer trained on their texts (not the teacher's
+    WordPiece)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import BertConfig, BertModel
+    from transformers import BertConfig, BertForSequenceClassification
 
     tokenizer = Tokenizer(models.WordLevel(unk_token="[UNK]"))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -220,8 +223,10 @@ def users_small_bert(folder: Path, texts: list[str]) -> Path:
         num_hidden_layers=2,
         num_attention_heads=2,
         intermediate_size=128,
+        id2label=dict(enumerate(TOPICS)),
+        label2id={t: i for i, t in enumerate(TOPICS)},
     )
-    BertModel(config).save_pretrained(folder)
+    BertForSequenceClassification(config).save_pretrained(folder)
     tokenizer.save(str(folder / "tokenizer.json"))
     return folder
 
@@ -249,6 +254,19 @@ def test_a_student_starts_from_the_users_own_smaller_encoder_and_tokenizer(
     )
     assert pinned.status_code == 200, pinned.text
     assert list(pinned.json()["results"][0]["probabilities"]) == TOPICS
+
+    # The same model imported as a student of the task: a new student starts from its kept weights.
+    imported = kdgate("models", "import", str(small), "--task", "topics", "--role", "student", *state)
+    assert imported.returncode == 0, imported.stdout + imported.stderr
+    ref = Registry(named_state).latest_of("topics", Role.STUDENT).ref
+    again = kdgate("distill", "--task", "topics", "--data", str(data), "--student", ref, *state)
+    assert again.returncode == 0, again.stdout + again.stderr
+    from_ref = Registry(named_state).latest_of("topics", Role.STUDENT)
+    assert from_ref.lineage.recipe["student_base"] == str((Registry(named_state).path(ref) / "hf").resolve())
+    built = kdgate(
+        "distill", "--task", "topics", "--data", str(data), "--student", "classify-student@1", *state
+    )
+    assert built.returncode == 2 and "no weights to start from" in built.stdout + built.stderr
 
     (small / "config.json").write_text(json.dumps({"model_type": "distilbert"}))
     refused = kdgate("distill", "--task", "topics", "--data", str(data), "--student", str(small), *state)

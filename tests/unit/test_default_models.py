@@ -3,11 +3,14 @@ model (built before, or imported) is not built again; a failed step is recorded 
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
+from distill.build_status import StepState, StepStatus, read_status
 from distill.classify.build import ClassifyRecipe
-from distill.default_models import BuildStep, StepState, build_missing, default_steps, missing, read_status
+from distill.default_models import BuildStep, build_missing, default_steps, missing
 from distill.generate.build import GenerateRecipe
+from distill.progress import ProgressBar
 from distill.registry import Manifest, Registry, Role
 
 
@@ -63,3 +66,23 @@ def test_a_failed_step_is_recorded_and_the_next_still_run(tmp_path: Path) -> Non
     assert status.steps[0].error == "RuntimeError: no data"
     assert status.steps[1].ref == "s@1" and ran == ["student"]
     assert not status.running
+
+
+def test_a_building_step_shows_its_phase_progress_and_eta(tmp_path: Path) -> None:
+    registry = Registry(tmp_path)
+    seen: list[StepStatus] = []
+
+    def trains(registry: Registry, log: object) -> None:
+        with ProgressBar(total=40, desc="fine-tune", disable=True) as bar:
+            time.sleep(0.05)
+            bar.update(10)
+            seen.append(read_status(tmp_path).steps[0])  # what an operator reads meanwhile
+        register(registry, "classify", Role.TEACHER, "t")
+
+    steps = [BuildStep("classify", Role.TEACHER, trains)]
+    assert build_missing(registry, steps, tmp_path / "build" / "status.json", log=lambda _: None)
+    during, after = seen[0], read_status(tmp_path).steps[0]
+    assert during.state is StepState.BUILDING
+    assert (during.phase, during.phase_done, during.phase_total) == ("fine-tune", 10, 40)
+    assert during.eta_seconds is not None and during.eta_seconds >= 0.1  # 3 times the 0.05 s spent
+    assert after.state is StepState.DONE and after.eta_seconds is None
