@@ -53,6 +53,14 @@ class GateResult:
         }
 
 
+class Refused(Exception):
+    """A candidate the gate refused: nothing was registered; `result` says why."""
+
+    def __init__(self, result: GateResult) -> None:
+        super().__init__("; ".join(result.reasons))
+        self.result = result
+
+
 def gate(candidate: Figures, parent: Figures | None, config: GateConfig) -> GateResult:
     """Every failed check becomes a reason; the candidate passes only with none."""
     reasons = []

@@ -73,6 +73,7 @@ class Lineage(BaseModel):
     data: dict[str, Any] = Field(default_factory=dict)  # source, split, seed, sizes, time window
     recipe: dict[str, Any] = Field(default_factory=dict)  # name + hyper-parameters
     seed: int | None = None
+    sweep: dict[str, Any] | None = None  # a student a sweep picked: the sweep's id, the point, the rule
     created: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
 

@@ -59,6 +59,7 @@ def train(
     warmup_fraction: float = 0.06,
     checkpoint: Path | None = None,
     checkpoint_every: int = 25,
+    show_progress: bool = True,
 ) -> dict[str, float]:
     """Trains `model` in place (AdamW, linear schedule, length-bucketed batches); returns a summary.
 
@@ -84,7 +85,11 @@ def train(
     identity = {"total": len(plan)}  # the plan is a pure function of the seed: its length tells it apart
     if checkpoint is not None and (saved := load_checkpoint(checkpoint, model, optimizer, identity)):
         start, running = int(saved["step"]), float(saved["running"])
-    with ProgressBar(total=len(plan), initial=start, desc=desc, unit="batch", dynamic_ncols=True) as bar:
+    # `show_progress=False`: a caller with a progress display of its own (a sweep's) keeps the terminal.
+    bar = ProgressBar(
+        total=len(plan), initial=start, desc=desc, unit="batch", dynamic_ncols=True, disable=not show_progress
+    )
+    with bar:
         for step, batch in enumerate(plan):
             if step < start:
                 continue

@@ -4,8 +4,9 @@ power cut once the call returns.
 One atomic write for the whole product (rollout state, traffic weights, shadow rates, the loop's run
 state, the registry's manifests, the admin token): write a temp file beside the target, fsync it,
 rename it over the target, fsync the directory (the rename itself is only durable once the directory
-entry is on disk). It is its own package because `gateway`, `rollout` and `distill` all write state
-and `rollout` and `distill` import neither each other nor `gateway`.
+entry is on disk). Logs that grow a record at a time (a sweep's points) use `append_line`: fsynced per
+record, a torn tail healed before the next append. It is its own package because `gateway`, `rollout`
+and `distill` all write state and `rollout` and `distill` import neither each other nor `gateway`.
 
 >>> import shutil, tempfile
 >>> folder = Path(tempfile.mkdtemp())
@@ -53,6 +54,26 @@ def write_with(path: Path, fill: Callable[[IO[bytes]], object], *, mode: int = 0
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def append_line(path: Path, line: str) -> None:
+    """Appends `line` and a newline to a JSON-lines file and fsyncs it before returning: the record
+    survives a kill or power cut once the call returns. A torn last line (a crash mid-append) is cut off
+    first, so it never glues onto the new one and hides it from readers."""
+    path = Path(path)
+    created = not path.exists()
+    with path.open("a+b") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        if size:
+            handle.seek(size - 1)
+            if handle.read(1) != b"\n":
+                handle.seek(0)
+                handle.truncate(handle.read().rfind(b"\n") + 1)
+        handle.write(line.encode() + b"\n")  # "a" mode: at the end, wherever the reads left the position
+        handle.flush()
+        os.fsync(handle.fileno())
+    if created:
+        fsync_dir(path.parent)
 
 
 def fsync_file(path: Path) -> None:

@@ -27,7 +27,7 @@ from distill.classify.evaluate import accuracy, compare_to_teacher
 from distill.classify.export import check_parity, export_onnx, onnx_logits, torch_logits
 from distill.classify.importer import imported_weights
 from distill.classify.io import is_bert_encoder, load_classifier, pretrained_classifier, save_classifier
-from distill.classify.model import EncoderClassifier, truncated_copy
+from distill.classify.model import EncoderClassifier, narrowed_copy, truncated_copy
 from distill.classify.runner import load_runner
 from distill.classify.student_export import (
     ONNX_FP32,
@@ -38,6 +38,7 @@ from distill.classify.student_export import (
 from distill.classify.tokenize import TOKENIZER_FILE, BatchTokenizer
 from distill.corpora import LabelledTexts, Split, load_dataset, split_dataset
 from distill.datafile import read_pinned
+from distill.gate import Figures, GateConfig, GateResult, Refused, gate
 from distill.losses import kd_loss
 from distill.progress import ProgressBar
 from distill.registry import Calibration, Lineage, Manifest, Registry, Role, TaskKind, student_name
@@ -80,6 +81,9 @@ class ClassifyRecipe:
     # the student starts from instead of the teacher's layers: classify KD needs only the teacher's
     # outputs, so the two may tokenize differently.
     student_base: str | None = None
+    # Hidden size of a student built rather than cut (fresh layers, embeddings projected from the
+    # teacher's: `narrowed_copy`); None keeps the teacher's width and copies its first layers.
+    student_width: int | None = None
     student_examples: int | None = 20000  # train-split texts the student distils on (None: all)
     student_epochs: int = 1
     temperature: float = 2.0  # KD temperature T (the soft term is scaled by T²)
@@ -102,6 +106,8 @@ class ClassifyRecipe:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
         if not 1 <= self.student_layers <= 6:
             raise ValueError(f"student_layers must be in 1..6, got {self.student_layers}")
+        if self.student_width is not None and (self.student_width < 32 or self.student_width % 32):
+            raise ValueError(f"student_width must be a multiple of 32, got {self.student_width}")
         return self
 
 
@@ -239,9 +245,14 @@ def build_student(
     recipe: ClassifyRecipe,
     teacher_ref: str,
     log: Log = _stderr,
+    gate_config: GateConfig | None = None,
+    sweep: dict[str, object] | None = None,
 ) -> Manifest:
     """Distils the next student of the teacher's task from `teacher_ref` on the recipe's seed data (a
     user's file, or a bundled corpus) and registers it as ONNX (INT8 when it holds up).
+
+    With `gate_config` the candidate must pass the gate on the test split first (`Refused` otherwise,
+    nothing registered); `sweep` (its id and point) goes into the lineage of a student a sweep picked.
 
     Unlabelled data is pure KD (alpha 1), and the figures that need labels (accuracy, calibration, the
     INT8 check) are taken against the teacher's own answers. The student is the first `student_layers`
@@ -260,27 +271,20 @@ def build_student(
     started = time.monotonic()
     soft = torch.from_numpy(teacher_soft_labels(registry, teacher, train_part, log))  # (N, C)
     labels = torch.tensor(train_part.labels)
-    model, tokenizer = _student_init(registry, teacher, recipe)
-    summary = train(
-        model,
-        train_part.texts,
-        tokenizer,
-        lambda logits, batch: kd_loss(logits, soft[batch], labels[batch], recipe.temperature, recipe.alpha),
-        epochs=recipe.student_epochs,
-        batch_size=recipe.batch_size,
-        lr=recipe.student_lr,
-        head_lr=recipe.student_head_lr,
-        seed=recipe.seed,
-        desc=f"{student_name(teacher.task)}: distil",
+    model, tokenizer = student_init(registry, teacher, recipe)
+    summary = distil(
+        model, tokenizer, train_part.texts, soft, labels, recipe, f"{student_name(teacher.task)}: distil"
     )
     teacher_test = teacher_soft_labels(registry, teacher, split.test, log)
     with registry.stage(student_name(teacher.task)) as staging:
         exported = export_student(
             model, staging.path, tokenizer, split.test.texts, split.test.labels, recipe.int8_max_accuracy_drop
         )
+        test_accuracy = accuracy(exported.test_logits, split.test.labels) if data_labelled else None
+        compared = compare_to_teacher(teacher_test, exported.test_logits)
         metrics = {
-            "test_accuracy": accuracy(exported.test_logits, split.test.labels) if data_labelled else None,
-            **compare_to_teacher(teacher_test, exported.test_logits),
+            "test_accuracy": test_accuracy,
+            **compared,
             **exported.metrics,
             "teacher_test_accuracy": teacher.metrics.get("test_accuracy"),
             "train_seconds": round(time.monotonic() - started, 1),
@@ -291,9 +295,20 @@ def build_student(
             data=_data_lineage(recipe, split, train_part, data_labelled),
             recipe={"name": "hinton-kd", **asdict(recipe)},
             seed=recipe.seed,
+            sweep=sweep,
         )
         val_logits = exported.logits_of(staging.path, tokenizer, split.val.texts)
         calibration = _calibration(recipe, split, val_logits, exported.test_logits)
+        if gate_config is not None:
+            # Unlabelled data: the labels are the teacher's answers, so accuracy is agreement.
+            figures = Figures(
+                compared["agreement"],
+                compared["mean_kl"],
+                compared["agreement"] if test_accuracy is None else test_accuracy,
+                calibrated_ece=calibration.calibrated_ece if calibration else None,
+                teacher_calibrated_ece=teacher.calibration.calibrated_ece if teacher.calibration else None,
+            )
+            metrics["gate"] = _gated(figures, gate_config).to_dict()
         manifest = student_manifest(registry, exported, teacher, lineage, metrics)
         manifest = staging.commit(manifest.model_copy(update={"calibration": calibration}))
     accuracy_note = f"test accuracy {metrics['test_accuracy']:.4f}, " if data_labelled else ""
@@ -303,6 +318,33 @@ def build_student(
         f"({metrics['train_seconds']:.0f} s)"
     )
     return manifest
+
+
+def distil(
+    model: EncoderClassifier,
+    tokenizer: BatchTokenizer,
+    texts: list[str],
+    soft: torch.Tensor,
+    labels: torch.Tensor,
+    recipe: ClassifyRecipe,
+    desc: str,
+    show_progress: bool = True,
+) -> dict[str, float]:
+    """Hinton KD of `model` on `texts` against the teacher's logits `soft` (N, C) and `labels` (N,), as
+    the recipe says: one training step for a student build and a sweep's point alike."""
+    return train(
+        model,
+        texts,
+        tokenizer,
+        lambda logits, batch: kd_loss(logits, soft[batch], labels[batch], recipe.temperature, recipe.alpha),
+        epochs=recipe.student_epochs,
+        batch_size=recipe.batch_size,
+        lr=recipe.student_lr,
+        head_lr=recipe.student_head_lr,
+        seed=recipe.seed,
+        desc=desc,
+        show_progress=show_progress,
+    )
 
 
 def teacher_labelled(registry: Registry, teacher: Manifest, part: LabelledTexts, log: Log) -> LabelledTexts:
@@ -317,6 +359,16 @@ def _labelled_by_teacher(registry: Registry, teacher: Manifest, split: Split, lo
     return Split(*(teacher_labelled(registry, teacher, part, log) for part in parts))
 
 
+def _gated(figures: Figures, config: GateConfig) -> GateResult:
+    """The gate on the test split, without a parent: a student picked from a sweep may trade agreement
+    for speed on purpose, so it meets the absolute thresholds and the teacher's calibration, not the
+    current student's figures. Raises `Refused` with the reasons."""
+    verdict = gate(figures, None, config)
+    if not verdict.passed:
+        raise Refused(verdict)
+    return verdict
+
+
 def _with_student_start(registry: Registry, teacher: Manifest, recipe: ClassifyRecipe) -> ClassifyRecipe:
     """The recipe with an imported teacher's own weights as its `student_base` when it has none and the
     teacher was imported from a BERT-architecture folder: the lineage then says where the student began."""
@@ -326,26 +378,33 @@ def _with_student_start(registry: Registry, teacher: Manifest, recipe: ClassifyR
     return recipe
 
 
-def _student_init(
+def student_init(
     registry: Registry, teacher: Manifest, recipe: ClassifyRecipe
 ) -> tuple[EncoderClassifier, BatchTokenizer]:
     """The student before training, with a new head: the first layers of the recipe's `student_base`
     when given; else of the teacher's own weights (a kdgate build); else of the packaged MiniLM (an
     ONNX import, or another architecture: classify KD needs only the teacher's outputs, so the student
-    may tokenize differently)."""
+    may tokenize differently). With `student_width`, built at that width from the same source."""
+    recipe = _with_student_start(registry, teacher, recipe)  # a sweep's points start where a build would
     if recipe.student_base is not None:
         folder = Path(recipe.student_base)
         base = pretrained_classifier(len(teacher.labels), encoder_dir=folder)
         layers = min(recipe.student_layers, base.encoder.config.num_hidden_layers)
-        return truncated_copy(base, layers), BatchTokenizer.from_dir(folder, teacher.max_length)
+        return _cut(base, layers, recipe), BatchTokenizer.from_dir(folder, teacher.max_length)
     if teacher.format == "torch":
         directory = registry.path(teacher.ref)
         teacher_model = load_classifier(directory)
-        return truncated_copy(teacher_model, recipe.student_layers), BatchTokenizer.from_dir(
+        return _cut(teacher_model, recipe.student_layers, recipe), BatchTokenizer.from_dir(
             directory, teacher.max_length
         )
     base = pretrained_classifier(len(teacher.labels))
-    return truncated_copy(base, recipe.student_layers), BatchTokenizer(_base_tokenizer(), teacher.max_length)
+    return _cut(base, recipe.student_layers, recipe), BatchTokenizer(_base_tokenizer(), teacher.max_length)
+
+
+def _cut(source: EncoderClassifier, layers: int, recipe: ClassifyRecipe) -> EncoderClassifier:
+    if recipe.student_width is None:
+        return truncated_copy(source, layers)
+    return narrowed_copy(source, layers, recipe.student_width, recipe.seed)
 
 
 def _calibration(

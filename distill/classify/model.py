@@ -52,3 +52,34 @@ def _layer_index_at_least(key: str, num_layers: int) -> bool:
     if not key.startswith(prefix):
         return False
     return int(key[len(prefix) :].split(".", 1)[0]) >= num_layers
+
+
+def narrowed_copy(model: EncoderClassifier, num_layers: int, width: int, seed: int = 0) -> EncoderClassifier:
+    """A student built rather than cut: `num_layers` fresh layers of hidden size `width` (heads of 32,
+    feed-forward 4 × width), its embeddings and head those of `model` projected onto the `width`
+    principal directions of `model`'s word embeddings.
+
+    Its transformer layers start from scratch — there are no teacher weights of that shape to copy —
+    but the projection keeps the most of what the embeddings tell apart (the head sees the same
+    subspace), so training starts from a classifier of pooled embeddings rather than from noise.
+    """
+    config = copy.deepcopy(model.encoder.config)
+    if width % 32 or not 32 <= width <= config.hidden_size:
+        raise ValueError(f"width must be a multiple of 32 in 32..{config.hidden_size}, got {width}")
+    config.num_hidden_layers = num_layers
+    config.hidden_size, config.num_attention_heads, config.intermediate_size = width, width // 32, 4 * width
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        student = EncoderClassifier(config, model.head.out_features, dropout=model.dropout.p)
+    source = model.encoder.embeddings
+    with torch.no_grad():
+        words = source.word_embeddings.weight  # (V, H)
+        _, _, vh = torch.linalg.svd(words - words.mean(0), full_matrices=False)  # vh: (H, H)
+        basis = vh[:width].T  # (H, W): the top principal directions
+        target = student.encoder.embeddings
+        target.word_embeddings.weight.copy_(words @ basis)
+        target.position_embeddings.weight.copy_(source.position_embeddings.weight @ basis)
+        target.token_type_embeddings.weight.copy_(source.token_type_embeddings.weight @ basis)
+        student.head.weight.copy_(model.head.weight @ basis)  # (C, W)
+        student.head.bias.copy_(model.head.bias)
+    return student

@@ -23,14 +23,17 @@ from gateway.cli.common import (
     offline,
 )
 from gateway.cli.from_shadow import redistill_from_shadow, shadow_recipe
-from gateway.cli.recipes import overridden, task_kind
+from gateway.cli.recipes import overridden, task_kind, with_data_file
+from gateway.cli.sweep import sweep_app
 
 if TYPE_CHECKING:
     from distill.classify.build import ClassifyRecipe
 
 distill_app = typer.Typer(
-    help="Distil students: a new version from the teacher or the shadow log, or continually (watch)."
+    help="Distil students: a new version from the teacher or the shadow log, continually (watch), or a "
+    "sweep of many (sweep)."
 )
+distill_app.add_typer(sweep_app, name="sweep")
 
 
 @distill_app.callback(invoke_without_command=True)
@@ -168,7 +171,6 @@ def distill(
     if prompts is not None:
         raise typer.BadParameter("a classify task distils on --data", param_hint="--prompts")
     from distill.classify.build import ClassifyRecipe
-    from distill.datafile import file_sha256
 
     base = ClassifyRecipe(
         dataset=dataset,
@@ -183,11 +185,8 @@ def distill(
         base = replace(base, student_examples=examples)
     if student is not None:
         base = replace(base, student_base=str(_student_base(state_dir, student).resolve()))
-    if data is not None:  # pinned by path and hash: re-distillations of this line replay these texts
-        sha = file_sha256(data) if data.is_file() else None
-        base = replace(
-            base, data_file=str(data.resolve()), data_sha256=sha, text_column=text_col, label_column=label_col
-        )
+    if data is not None:
+        base = with_data_file(base, data, text_col, label_col)
     _distill_classify(state_dir, task, teacher, overridden(base, recipe_json, "--recipe"))
 
 

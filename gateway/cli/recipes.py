@@ -41,3 +41,14 @@ def overridden(base: Any, overrides: str | None, option: str) -> Any:
         raise typer.BadParameter(
             f"must be a JSON object of {type(base).__name__} fields: {exc}", param_hint=option
         ) from exc
+
+
+def with_data_file(base: Any, data: Path, text_col: str, label_col: str) -> Any:
+    """`base` (a ClassifyRecipe) on the user's file, pinned by path and sha256: re-distillations of its
+    line replay these texts, and refuse them once the file has changed."""
+    from distill.datafile import file_sha256
+
+    sha = file_sha256(data) if data.is_file() else None
+    return replace(
+        base, data_file=str(data.resolve()), data_sha256=sha, text_column=text_col, label_column=label_col
+    )
