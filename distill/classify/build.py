@@ -21,13 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tokenizers import Tokenizer
 
 from distill.classify.evaluate import accuracy, compare_to_teacher
 from distill.classify.export import check_parity, export_onnx, onnx_logits, torch_logits
-from distill.classify.importer import imported_weights
-from distill.classify.io import is_bert_encoder, load_classifier, pretrained_classifier, save_classifier
-from distill.classify.model import EncoderClassifier, narrowed_copy, truncated_copy
+from distill.classify.io import base_tokenizer, pretrained_classifier, save_classifier
+from distill.classify.model import EncoderClassifier
 from distill.classify.runner import load_runner
 from distill.classify.student_export import (
     ONNX_FP32,
@@ -35,6 +33,7 @@ from distill.classify.student_export import (
     export_student,
     student_manifest,
 )
+from distill.classify.student_start import student_init, with_student_start
 from distill.classify.tokenize import TOKENIZER_FILE, BatchTokenizer
 from distill.corpora import LabelledTexts, Split, load_dataset, split_dataset
 from distill.datafile import read_pinned
@@ -159,7 +158,7 @@ def build_teacher(registry: Registry, recipe: ClassifyRecipe, log: Log = _stderr
     model = pretrained_classifier(len(split.train.label_names))
     model.encoder.embeddings.requires_grad_(False)
     labels = torch.tensor(train_part.labels)
-    tokenizer = BatchTokenizer(_base_tokenizer(), recipe.max_length)
+    tokenizer = BatchTokenizer(base_tokenizer(), recipe.max_length)
     summary = train(
         model,
         train_part.texts,
@@ -261,7 +260,7 @@ def build_student(
     recipe = recipe.validated()
     torch.set_num_threads(recipe.threads)
     teacher = registry.get(teacher_ref)
-    recipe = _with_student_start(registry, teacher, recipe)
+    recipe = with_student_start(registry, teacher, recipe)
     split = load_split(recipe, teacher.labels)
     data_labelled = split.train.labelled
     if not data_labelled:
@@ -369,44 +368,6 @@ def _gated(figures: Figures, config: GateConfig) -> GateResult:
     return verdict
 
 
-def _with_student_start(registry: Registry, teacher: Manifest, recipe: ClassifyRecipe) -> ClassifyRecipe:
-    """The recipe with an imported teacher's own weights as its `student_base` when it has none and the
-    teacher was imported from a BERT-architecture folder: the lineage then says where the student began."""
-    weights = imported_weights(registry, teacher)
-    if recipe.student_base is None and weights is not None and is_bert_encoder(weights):
-        return replace(recipe, student_base=str(weights.resolve()))
-    return recipe
-
-
-def student_init(
-    registry: Registry, teacher: Manifest, recipe: ClassifyRecipe
-) -> tuple[EncoderClassifier, BatchTokenizer]:
-    """The student before training, with a new head: the first layers of the recipe's `student_base`
-    when given; else of the teacher's own weights (a kdgate build); else of the packaged MiniLM (an
-    ONNX import, or another architecture: classify KD needs only the teacher's outputs, so the student
-    may tokenize differently). With `student_width`, built at that width from the same source."""
-    recipe = _with_student_start(registry, teacher, recipe)  # a sweep's points start where a build would
-    if recipe.student_base is not None:
-        folder = Path(recipe.student_base)
-        base = pretrained_classifier(len(teacher.labels), encoder_dir=folder)
-        layers = min(recipe.student_layers, base.encoder.config.num_hidden_layers)
-        return _cut(base, layers, recipe), BatchTokenizer.from_dir(folder, teacher.max_length)
-    if teacher.format == "torch":
-        directory = registry.path(teacher.ref)
-        teacher_model = load_classifier(directory)
-        return _cut(teacher_model, recipe.student_layers, recipe), BatchTokenizer.from_dir(
-            directory, teacher.max_length
-        )
-    base = pretrained_classifier(len(teacher.labels))
-    return _cut(base, recipe.student_layers, recipe), BatchTokenizer(_base_tokenizer(), teacher.max_length)
-
-
-def _cut(source: EncoderClassifier, layers: int, recipe: ClassifyRecipe) -> EncoderClassifier:
-    if recipe.student_width is None:
-        return truncated_copy(source, layers)
-    return narrowed_copy(source, layers, recipe.student_width, recipe.seed)
-
-
 def _calibration(
     recipe: ClassifyRecipe, split: Split, val_logits: np.ndarray, test_logits: np.ndarray
 ) -> Calibration | None:
@@ -422,9 +383,3 @@ def ensure_default_classify_models(
     teacher = registry.latest(TEACHER_NAME) or build_teacher(registry, recipe, log)
     student = registry.latest(STUDENT_NAME) or build_student(registry, recipe, teacher.ref, log)
     return teacher, student
-
-
-def _base_tokenizer() -> Tokenizer:
-    from distill.classify.io import base_encoder_dir
-
-    return Tokenizer.from_file(str(base_encoder_dir() / TOKENIZER_FILE))

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer
 from transformers import BertConfig, BertModel
 from transformers.utils import logging as hf_logging
 
@@ -67,3 +68,8 @@ def load_classifier(directory: Path) -> EncoderClassifier:
     model = EncoderClassifier(BertConfig.from_dict(raw), num_labels)
     model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
     return model.eval()
+
+
+def base_tokenizer() -> Tokenizer:
+    """The packaged MiniLM's WordPiece tokenizer."""
+    return Tokenizer.from_file(str(base_encoder_dir() / TOKENIZER_FILE))

@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from distill.classify.build import ClassifyRecipe, distil, student_init
+from distill.classify.build import ClassifyRecipe, distil
 from distill.classify.evaluate import accuracy, compare_to_teacher
 from distill.classify.export import export_onnx, onnx_logits, quantize_int8
+from distill.classify.student_start import student_init
 from distill.corpora import LabelledTexts, Split
 from distill.registry import Manifest, Registry
 from distill.workbench.calibrate import calibration_of
