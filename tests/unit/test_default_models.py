@@ -84,5 +84,5 @@ def test_a_building_step_shows_its_phase_progress_and_eta(tmp_path: Path) -> Non
     during, after = seen[0], read_status(tmp_path).steps[0]
     assert during.state is StepState.BUILDING
     assert (during.phase, during.phase_done, during.phase_total) == ("fine-tune", 10, 40)
-    assert during.eta_seconds is not None and during.eta_seconds >= 0.1  # 3 times the 0.05 s spent
+    assert during.eta_seconds is not None and during.eta_seconds > 0  # the arithmetic: Progress doctests
     assert after.state is StepState.DONE and after.eta_seconds is None
