@@ -25,11 +25,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from distill.registry import Registry
 from gateway.continual.check import ContinualCheck
 from gateway.continual.inprocess import GatewayHost, check_config, redistill_loop
-from gateway.errors import GatewayError, InvalidInput, MalformedRequest, NotFound
+from gateway.errors import GatewayError, InvalidInput, MalformedRequest, NotFound, StoreDown
 from gateway.http import admin, classify, generate, openai, rollouts, v2
 from gateway.serving.default_build import missing_defaults, start_background_build
 from gateway.settings import Settings
 from gateway.state import GatewayState
+from statestore import StoreUnavailable
 
 log = logging.getLogger("kdgate.app")
 
@@ -109,6 +110,7 @@ def create_app(
         if state.generate_shadow is not None:
             await state.generate_shadow.close(settings.shadow_drain_seconds)
         await state.pool.close()
+        state.store.close()
 
     app = FastAPI(
         title="kdgate",
@@ -188,6 +190,10 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(GatewayError)
     async def gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
         return _error(request, exc)
+
+    @app.exception_handler(StoreUnavailable)
+    async def store_down(request: Request, exc: StoreUnavailable) -> JSONResponse:
+        return _error(request, StoreDown(f"the state store is unavailable, nothing was changed: {exc}"))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -61,6 +61,13 @@ class ModelUnavailable(GatewayError):
     retry_after_s = 10
 
 
+class StoreDown(GatewayError):
+    """The state store cannot be reached: a change to what the replicas share is refused, not lost."""
+
+    status, kind = 503, "store_unavailable"
+    retry_after_s = 5
+
+
 class NotReady(GatewayError):
     status, kind = 503, "not_ready"
     retry_after_s = 5

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from distill.registry import TASK_NAME
@@ -23,6 +23,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KDGATE_", extra="forbid", env_parse_none_str="none")
 
     state_dir: Path = Path(".kdgate")  # registry, traffic split, admin token, shadow log, rollout state
+    # Where the traffic split, shadow rates, rollout state and audit log live (statestore/):
+    # postgresql://user:pass@host/db for replicas on several machines; None: files under state_dir.
+    store: SecretStr | None = None
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     access_log: bool = False  # uvicorn's line per request: ~0.2 ms of event loop each; metrics count them
@@ -116,6 +119,28 @@ class Settings(BaseSettings):
     # Per task, overrides of its runs' recipe (RedistillRecipe, or LMRedistillRecipe for a generate task),
     # e.g. {"classify": {"epochs": 2}}: the training child refuses a field its recipe does not have.
     redistill_recipes: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    def store_url(self) -> str | None:
+        """The state store's URL, password included: hand it to `open_store`, never to a log."""
+        return None if self.store is None else self.store.get_secret_value()
+
+    @field_validator("store")
+    @classmethod
+    def _postgresql_url(cls, value: SecretStr | None) -> SecretStr | None:
+        """PostgreSQL is the one shared backend; the URL (and its password) is never shown.
+
+        >>> Settings(store="postgresql://kd:secret@db/kdgate").store
+        SecretStr('**********')
+        >>> Settings(store="redis://db")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        pydantic_core._pydantic_core.ValidationError: 1 validation error for Settings
+        store
+          Value error, must be a postgresql:// URL (or unset: files under state_dir) [...
+        """
+        if value is not None and not value.get_secret_value().startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL (or unset: files under state_dir)")
+        return value
 
     @field_validator("api_keys", mode="before")
     @classmethod

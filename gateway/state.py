@@ -27,10 +27,9 @@ from gateway.shadow.generate import GenerateShadow
 from gateway.shadow.protection import ShadowProtection
 from gateway.shadow.rates import ShadowRates
 from rollout.driver import Controller
-from rollout.lease import FileLease, process_identity
-from rollout.store import AuditLog, RolloutStore
+from rollout.lease import process_identity
+from statestore import EventLog, RolloutStates, StateStore, open_store
 
-SHADOW_RATES_FILE = "shadow_rates.json"
 M = TypeVar("M")
 
 
@@ -46,8 +45,9 @@ class GatewayState:
     shadow_rates: ShadowRates
     shadow: ClassifyShadow | None
     generate_shadow: GenerateShadow | None
-    rollouts: RolloutStore
-    audit: AuditLog
+    store: StateStore
+    rollouts: RolloutStates
+    audit: EventLog
     controller: Controller
     shadow_protection: ShadowProtection  # set while a re-distillation reads the log from then on
     ready: bool = False  # the models registered at start are loaded
@@ -122,11 +122,12 @@ class GatewayState:
         pool = ModelPool(registry, settings, metrics)
         window = LiveWindow(settings.window_seconds, clock=clock)
         in_flight = InFlight()
-        rates = ShadowRates(settings.state_dir / SHADOW_RATES_FILE, settings)
-        traffic = TrafficStore(settings.state_dir / "traffic.json")
+        store = open_store(settings.store_url(), settings.state_dir)
+        metrics.store_up.set_function(lambda: float(store.up()))
+        rates = ShadowRates(store.document("shadow_rates"), settings)
+        traffic = TrafficStore(store.document("traffic"))
         protection = ShadowProtection()
-        rollout_dir = settings.state_dir / "rollout"
-        rollouts, audit = RolloutStore(rollout_dir), AuditLog(rollout_dir)
+        rollouts, audit = store.rollouts, store.audit
         controller = Controller(
             rollouts,
             audit,
@@ -134,7 +135,7 @@ class GatewayState:
             TrafficSetter(traffic, metrics, pool),
             MetricsSink(metrics),
             clock=clock,
-            lease=FileLease(rollout_dir, process_identity("gateway")),
+            lease=store.lease(process_identity("gateway")),
         )
 
         def favoured(ref: str) -> bool:  # the judge waits on the comparisons of a rollout's candidate
@@ -179,6 +180,7 @@ class GatewayState:
             shadow_rates=rates,
             shadow=shadow,
             generate_shadow=generate_shadow,
+            store=store,
             rollouts=rollouts,
             audit=audit,
             controller=controller,

@@ -9,7 +9,7 @@ follow, and the one that takes the lease over resyncs first, as a restart does.
 
 Example::
 
-    controller = Controller(RolloutStore(d), AuditLog(d), source, setter)
+    controller = Controller(store.rollouts, store.audit, source, setter)   # statestore/
     controller.tick()          # every second (local source) or five (Prometheus)
 """
 
@@ -34,7 +34,7 @@ from rollout.model import (
     RolloutState,
     SetWeights,
 )
-from rollout.store import AuditLog, RolloutStore
+from statestore import EventLog, RolloutStates, StoreUnavailable
 
 log = logging.getLogger("kdgate.rollout")
 
@@ -62,8 +62,8 @@ class NoRollout(LookupError):
 class Controller:
     def __init__(
         self,
-        store: RolloutStore,
-        audit: AuditLog,
+        store: RolloutStates,
+        audit: EventLog,
         source: MetricSource,
         setter: WeightSetter,
         sink: EvidenceSink | None = None,
@@ -123,10 +123,15 @@ class Controller:
     def tick(self) -> None:
         """One judged step of every progressing rollout, when this controller leads; else it only
         follows which candidates are under rollout."""
-        if not self.leads():
-            self.follow()
+        try:
+            if not self.leads():
+                self.follow()
+                return
+            tasks = self.store.tasks()
+        except StoreUnavailable as exc:  # no decision without the stored state; the next tick retries
+            log.warning("rollout tick skipped: %s", exc)
             return
-        for task in self.store.tasks():
+        for task in tasks:
             try:
                 self.tick_task(task)
             except Exception:  # one broken task must not stop the others; the next tick retries

@@ -166,24 +166,36 @@ def rollout_run(
     state_dir: StateDir = DEFAULT_STATE,
     tick: Annotated[float, typer.Option(help="Seconds between judge looks.")] = 5.0,
     min_window_s: Annotated[float, typer.Option(help="Shortest PromQL window: ≥ 2 scrape intervals.")] = 30.0,
+    store: Annotated[
+        str | None,
+        typer.Option(
+            envvar="KDGATE_STORE",
+            help="The gateways' state store (postgresql://…); default: the files under --state-dir.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Drive rollouts standalone from Prometheus (run gateways with KDGATE_ROLLOUT_DRIVER=external)."""
     from rollout.admin_client import AdminClient
     from rollout.driver import Controller
-    from rollout.lease import FileLease, process_identity
+    from rollout.lease import process_identity
     from rollout.prometheus import PrometheusSource
-    from rollout.store import AuditLog, RolloutStore
+    from statestore import StoreUnavailable, open_store
 
-    directory = state_dir / "rollout"
-    lease = FileLease(directory, process_identity("kdgate rollout run"))
+    try:
+        shared = open_store(store, state_dir)
+    except StoreUnavailable as exc:
+        raise typer.BadParameter(str(exc), param_hint="--store") from exc
+    lease = shared.lease(process_identity("kdgate rollout run"))
     controller = Controller(
-        RolloutStore(directory),
-        AuditLog(directory),
+        shared.rollouts,
+        shared.audit,
         PrometheusSource(prometheus, min_window_s=min_window_s),
         AdminClient(gateway, admin_token(token, state_dir), timeout=5.0),
         lease=lease,
     )
-    console.print(f"driving rollouts in {directory} from {prometheus} every {tick:g} s (Ctrl-C to stop)")
+    where = "the PostgreSQL store" if store else state_dir / "rollout"
+    console.print(f"driving rollouts in {where} from {prometheus} every {tick:g} s (Ctrl-C to stop)")
     waiting = False
     while True:
         controller.tick()

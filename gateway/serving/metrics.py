@@ -56,6 +56,7 @@ class GatewayMetrics:
             ["task", "model", "reason"],
             registry=r,
         )
+        self.store_up = Gauge("kdgate_store_up", "Whether the state store answers (1) or not (0)", registry=r)
         self.traffic_weight = Gauge(
             "kdgate_traffic_weight", "Configured traffic weight (0-100)", ["task", "model"], registry=r
         )

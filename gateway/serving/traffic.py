@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from pathlib import Path
 
-from durablefs.shared import SharedDocument
 from gateway.errors import InvalidInput
+from statestore import Document
 
 
 def validate_weights(
@@ -45,12 +44,11 @@ def _is_whole_number(value: float) -> bool:
 
 
 class TrafficStore:
-    """Weights per task in `<state_dir>/traffic.json`, shared by every gateway on the state dir: a
-    change made through one is served by the others within `poll_seconds` (durablefs/shared.py)."""
+    """Weights per task in the state store's `traffic` document, shared by every gateway on the store:
+    a change made through one is served by the others within a second (statestore/)."""
 
-    def __init__(self, path: Path, poll_seconds: float = 0.25) -> None:
-        self.path = path
-        self._doc = SharedDocument(path, poll_seconds)
+    def __init__(self, document: Document) -> None:
+        self._doc = document
 
     def get(self, task: str) -> dict[str, int]:
         return dict(self._doc.read().get(task, {}))

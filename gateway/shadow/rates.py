@@ -1,7 +1,7 @@
 """How much of each student's traffic the teacher shadows: configured at start, changed at run time.
 
 The rate of a model is, first found: the override an operator set (`PUT /admin/shadow/{task}`, kept in
-`<state_dir>/shadow_rates.json` so a restart keeps it), its entry in `settings.shadow_rates`, then
+the state store's `shadow_rates` document, so a restart keeps it), its entry in `settings.shadow_rates`, then
 `settings.shadow_rate`. Why at run time: when the teacher is short of capacity (a big canary, a slow
 teacher) an operator turns shadowing down without a restart, and turns it up again for a rollout that
 needs its samples sooner. The bench uses it too: shadow at 0% and 100% alternate in one gateway process,
@@ -9,7 +9,7 @@ so the cost of shadowing is not lost in the difference between two processes (lo
 
 Example::
 
-    rates = ShadowRates(state_dir / "shadow_rates.json", settings)
+    rates = ShadowRates(store.document("shadow_rates"), settings)
     rates.update({"classify-student@1": 0.25})
     rates.rate("classify-student@1")     # 0.25, also after a restart
 """
@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from pathlib import Path
 
-from durablefs.shared import SharedDocument
 from gateway.errors import InvalidInput
 from gateway.settings import Settings
+from statestore import Document
 
 
 def validate_rates(
@@ -57,10 +56,9 @@ def validate_rates(
 class ShadowRates:
     """Read on the request path (a dict lookup, no lock: a change swaps the whole dict)."""
 
-    def __init__(self, path: Path, settings: Settings) -> None:
-        self.path = path
+    def __init__(self, document: Document, settings: Settings) -> None:
         self.settings = settings
-        self._doc = SharedDocument(path)  # shared by the gateways on the state dir
+        self._doc = document  # shared by the gateways on the store
 
     def rate(self, model: str) -> float:
         """The share of `model`'s requests to shadow."""

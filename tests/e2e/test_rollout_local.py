@@ -18,6 +18,7 @@ import pytest
 
 from distill.faults import register_fault_model
 from distill.registry import FaultSpec, Registry
+from durablefs.shared import SharedDocument
 from gateway.serving.traffic import TrafficStore
 from tests.support import (
     ENDED,
@@ -161,7 +162,7 @@ def test_kill_9_mid_rollout_resumes_the_same_step(state_dir: Path, tweets) -> No
     proc.wait(timeout=10)
     # The split on disk is the one before the step: as if the process died after saving the step but
     # before applying its weights.
-    TrafficStore(state_dir / "traffic.json").set("classify", {TEACHER: 100})
+    TrafficStore(SharedDocument(state_dir / "traffic.json")).set("classify", {TEACHER: 100})
 
     proc, url = start_gateway(state_dir, rollout_tick_seconds=0.25)
     try:

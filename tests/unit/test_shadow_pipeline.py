@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from durablefs.shared import SharedDocument
 from gateway.serving.engine import Finished
 from gateway.serving.metrics import GatewayMetrics
 from gateway.serving.window import LiveWindow
@@ -67,7 +68,7 @@ class FakeShadow(ShadowPipeline[Item]):
             self.metrics,
             self.window,
             self.log,
-            ShadowRates(tmp_path / "rates.json", settings),
+            ShadowRates(SharedDocument(tmp_path / "rates.json"), settings),
             lambda ref: ref == CANDIDATE,
             score=Lane(FavouredAsyncQueue(queue_size), self._score, most=2),
             own=Lane(FavouredAsyncQueue(queue_size, reserve=0), self._score),
@@ -244,7 +245,7 @@ def test_generate_shadow_logs_the_teachers_own_completion_and_counts_a_failure_i
     teacher, student = LM(TEACHER), LM(SAMPLED)
     settings = Settings(state_dir=tmp_path, shadow_generate_queue_size=4)
     metrics, writer = GatewayMetrics(), Writer()
-    rates = ShadowRates(tmp_path / "rates.json", settings)
+    rates = ShadowRates(SharedDocument(tmp_path / "rates.json"), settings)
     shadow = GenerateShadow(settings, metrics, Pool(teacher), LiveWindow(), writer, rates)
 
     def item(request_id: str, served: LM, tokens: int) -> GenerateShadowItem:

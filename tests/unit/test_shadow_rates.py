@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from durablefs.shared import SharedDocument
 from gateway.errors import InvalidInput
 from gateway.settings import Settings
 from gateway.shadow.rates import ShadowRates, validate_rates
@@ -50,7 +51,7 @@ def test_bad_rates_name_the_field(rates: dict[str, object], task: str, field: st
 
 def test_an_override_wins_over_settings_and_null_drops_it(tmp_path: Path) -> None:
     settings = Settings(state_dir=tmp_path, shadow_rate=0.5, shadow_rates={STUDENT2: 0.1})
-    rates = ShadowRates(tmp_path / "shadow_rates.json", settings)
+    rates = ShadowRates(SharedDocument(tmp_path / "shadow_rates.json"), settings)
     assert (rates.rate(STUDENT), rates.rate(STUDENT2)) == (0.5, 0.1)
     rates.update({STUDENT: 0.0, STUDENT2: 1.0})
     assert (rates.rate(STUDENT), rates.rate(STUDENT2)) == (0.0, 1.0)
@@ -60,7 +61,7 @@ def test_an_override_wins_over_settings_and_null_drops_it(tmp_path: Path) -> Non
 
 def test_overrides_survive_a_new_store_and_the_file_is_whole_json(tmp_path: Path) -> None:
     path = tmp_path / "shadow_rates.json"
-    ShadowRates(path, Settings(state_dir=tmp_path)).update({STUDENT: 0.25})
+    ShadowRates(SharedDocument(path), Settings(state_dir=tmp_path)).update({STUDENT: 0.25})
     assert json.loads(path.read_text()) == {STUDENT: 0.25}
     assert not list(tmp_path.glob("*.tmp"))
-    assert ShadowRates(path, Settings(state_dir=tmp_path)).rate(STUDENT) == 0.25
+    assert ShadowRates(SharedDocument(path), Settings(state_dir=tmp_path)).rate(STUDENT) == 0.25

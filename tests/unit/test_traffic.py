@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from durablefs.shared import SharedDocument
 from gateway.errors import InvalidInput
 from gateway.serving.traffic import TrafficStore, validate_weights
 
@@ -104,7 +105,7 @@ def test_non_finite_weight_is_invalid_input(weight: float) -> None:
 
 
 def test_missing_file_is_an_empty_store(tmp_path: Path) -> None:
-    store = TrafficStore(tmp_path / "traffic.json")
+    store = TrafficStore(SharedDocument(tmp_path / "traffic.json"))
     assert store.all() == {}
     assert store.get("classify") == {}
     assert not (tmp_path / "traffic.json").exists()
@@ -112,16 +113,19 @@ def test_missing_file_is_an_empty_store(tmp_path: Path) -> None:
 
 def test_set_is_read_back_by_a_new_store_on_the_same_path(tmp_path: Path) -> None:
     path = tmp_path / "traffic.json"
-    store = TrafficStore(path)
+    store = TrafficStore(SharedDocument(path))
     store.set("classify", {TEACHER: 75, STUDENT: 25})
     store.set("generate", {GEN: 100})
-    assert TrafficStore(path).all() == {"classify": {TEACHER: 75, STUDENT: 25}, "generate": {GEN: 100}}
+    assert TrafficStore(SharedDocument(path)).all() == {
+        "classify": {TEACHER: 75, STUDENT: 25},
+        "generate": {GEN: 100},
+    }
     assert json.loads(path.read_text()) == store.all()
 
 
 def test_set_replaces_the_file_atomically_and_leaves_no_tmp(tmp_path: Path) -> None:
     path = tmp_path / "traffic.json"
-    store = TrafficStore(path)
+    store = TrafficStore(SharedDocument(path))
     store.set("classify", {TEACHER: 100})
     first_inode = path.stat().st_ino
     store.set("classify", {TEACHER: 90, STUDENT: 10})
@@ -129,11 +133,11 @@ def test_set_replaces_the_file_atomically_and_leaves_no_tmp(tmp_path: Path) -> N
     assert path.stat().st_ino != first_inode
     assert [p.name for p in tmp_path.iterdir()] == ["traffic.json"]
     assert not list(tmp_path.glob("*.tmp"))
-    assert TrafficStore(path).get("classify") == {TEACHER: 90, STUDENT: 10}
+    assert TrafficStore(SharedDocument(path)).get("classify") == {TEACHER: 90, STUDENT: 10}
 
 
 def test_set_replaces_one_task_and_keeps_the_others(tmp_path: Path) -> None:
-    store = TrafficStore(tmp_path / "traffic.json")
+    store = TrafficStore(SharedDocument(tmp_path / "traffic.json"))
     store.set("classify", {TEACHER: 100})
     store.set("generate", {GEN: 100})
     store.set("classify", {STUDENT: 100})
@@ -141,7 +145,7 @@ def test_set_replaces_one_task_and_keeps_the_others(tmp_path: Path) -> None:
 
 
 def test_get_and_all_return_copies(tmp_path: Path) -> None:
-    store = TrafficStore(tmp_path / "traffic.json")
+    store = TrafficStore(SharedDocument(tmp_path / "traffic.json"))
     weights = {TEACHER: 100}
     store.set("classify", weights)
     weights[STUDENT] = 5  # the caller's dict is not the stored one
