@@ -63,6 +63,7 @@ def migrate(conn: psycopg.Connection, migrations: list[tuple[int, str]] = MIGRAT
     """Brings the database to the last of `migrations`; returns the version it had before."""
     known = max((version for version, _ in migrations), default=0)
     with conn.transaction():
+        conn.execute("SET LOCAL statement_timeout = '10min'")  # waiting for another replica's migration
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
         conn.execute(
             "CREATE TABLE IF NOT EXISTS kdgate_schema "

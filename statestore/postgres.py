@@ -25,10 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
-import socket
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -41,13 +38,12 @@ from psycopg.types.json import Jsonb
 
 from rollout.model import Event, RolloutConfig, RolloutState
 from statestore import Doc, StoreUnavailable
-from statestore.migrations import MIGRATION_LOCK, SchemaTooNew, migrate
+from statestore.migrations import SchemaTooNew, migrate
+from statestore.pglease import PgLease
 
 log = logging.getLogger("kdgate.store")
 
 CHANNEL = "kdgate_documents"
-LEASE_LOCK = MIGRATION_LOCK + 1  # pg_try_advisory_lock key of the controller lease
-LEASE_NAME = "controller"
 # Every session: a statement never hangs a caller for long, and the server drops a vanished client's
 # session (and so its lease) within ~11 s instead of the kernel's two hours; no idle timeout, since
 # the lease's session idles between controller ticks.
@@ -96,6 +92,9 @@ class PostgresStore:
         except SchemaTooNew as exc:
             self._conn.close()
             raise SchemaRefused(f"{self.where}: {exc}") from None
+        except psycopg.Error as exc:
+            self._conn.close()
+            raise StoreUnavailable(f"{self.where}: cannot migrate: {self.reason(exc)}") from None
         except BaseException:
             self._conn.close()
             raise
@@ -120,6 +119,8 @@ class PostgresStore:
         return lease
 
     def up(self) -> bool:
+        """Whether the store answered last time it was used or watched: a flag, never a query. A closed
+        connection shows at once; a silent network loss within the keepalive time (~11 s)."""
         return self._up and not self._closing.is_set()
 
     def close(self) -> None:
@@ -130,7 +131,7 @@ class PostgresStore:
             lease.release()
         with self._lock, contextlib.suppress(psycopg.Error):
             self._conn.execute("SELECT pg_notify(%s, '')", (self._wake,))
-        self._thread.join(timeout=self.poll_seconds + 1)
+        self._thread.join(timeout=self.connect_timeout + 1)  # a daemon: left to end on its own
         with self._lock:
             self._conn.close()
 
@@ -148,9 +149,10 @@ class PostgresStore:
                 keepalives_idle=5,
                 keepalives_interval=2,
                 keepalives_count=3,
+                tcp_user_timeout=10_000,  # ms: a write to a vanished server fails instead of hanging
             )
         except psycopg.Error as exc:
-            raise StoreUnavailable(f"cannot reach {self.where}: {self._reason(exc)}") from None
+            raise StoreUnavailable(f"cannot reach {self.where}: {self.reason(exc)}") from None
 
     @contextmanager
     def transaction(self) -> Iterator[psycopg.Connection]:
@@ -165,9 +167,9 @@ class PostgresStore:
             except psycopg.OperationalError as exc:
                 if self._conn.broken or self._conn.closed:
                     self._lost(exc)
-                raise StoreUnavailable(f"{self.where}: {self._reason(exc)}") from None
+                raise StoreUnavailable(f"{self.where}: {self.reason(exc)}") from None
 
-    def _reason(self, exc: BaseException) -> str:
+    def reason(self, exc: BaseException) -> str:
         return _scrub(" ".join(str(exc).split()), self._password)  # libpq's are multi-line
 
     def _lost(self, exc: BaseException) -> None:
@@ -178,7 +180,7 @@ class PostgresStore:
             log.warning(
                 "state store %s lost (%s): serving the last known documents, refusing changes, reconnecting",
                 self.where,
-                self._reason(exc),
+                self.reason(exc),
             )
 
     def _listen(self) -> psycopg.Connection:
@@ -291,13 +293,16 @@ class PgDocument:
             assert row is not None  # inserted above, and documents are never deleted
             body, version = row
             new = change(dict(body))
-            conn.execute(
-                "UPDATE kdgate_documents SET body = %s, version = %s, updated_at = now() WHERE name = %s",
+            # The body as stored (jsonb orders keys its own way): this replica caches what the others read.
+            stored = conn.execute(
+                "UPDATE kdgate_documents SET body = %s, version = %s, updated_at = now() WHERE name = %s "
+                "RETURNING body",
                 (Jsonb(new), version + 1, self.name),
-            )
+            ).fetchone()
+            assert stored is not None
             conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, self.name))  # delivered at commit
-        self.offer(new, version + 1)
-        return new
+        self.offer(stored[0], version + 1)
+        return stored[0]
 
     def offer(self, body: Doc, version: int) -> None:
         """Takes `body` if it is newer than the copy held: reads racing a write never go back."""
@@ -356,94 +361,6 @@ class PgAuditLog:
                 {"task": task, "limit": limit or None},  # LIMIT NULL: no limit
             ).fetchall()
         return [body for (body,) in rows]
-
-
-class PgLease:
-    """The controller lease as `pg_try_advisory_lock` on a session of its own, the holder in
-    `kdgate_lease` beside the backend pid that holds the lock: `holder()` trusts the row only while
-    that session holds it (pg_locks)."""
-
-    def __init__(self, store: PostgresStore, identity: str) -> None:
-        self._store = store
-        self.identity = identity
-        self._conn: psycopg.Connection | None = None
-        self._held = False
-        self._lock = threading.Lock()
-
-    def acquire(self) -> bool:
-        """Takes the lease if free; while held, checks the session still holds it. A lost session
-        answers False once (another may have acted since), and the next call tries to take it again."""
-        with self._lock:
-            if self._held and (self._conn is None or self._conn.closed):
-                log.warning("lost the controller lease: its session to %s ended", self._store.where)
-                self._drop()
-                return False
-            if self._conn is None or self._conn.closed:
-                try:
-                    self._conn = self._store.connect()
-                except StoreUnavailable:
-                    return False
-            try:
-                if self._held:
-                    return self._still_held(self._conn)
-                self._held = self._take(self._conn)
-                return self._held
-            except psycopg.Error as exc:
-                if self._held:
-                    log.warning("lost the controller lease: %s", self._store._reason(exc))
-                self._drop()
-                return False
-
-    def _take(self, conn: psycopg.Connection) -> bool:
-        # The lock and the holder row in one statement: nobody sees the lock held under a stale row.
-        row = conn.execute(
-            "WITH taken AS (SELECT pg_try_advisory_lock(%s) AS ok) "
-            "INSERT INTO kdgate_lease (name, identity, pid, host, since, backend_pid) "
-            "SELECT %s, %s, %s, %s, %s, pg_backend_pid() FROM taken WHERE ok "
-            "ON CONFLICT (name) DO UPDATE SET identity = EXCLUDED.identity, pid = EXCLUDED.pid, "
-            "host = EXCLUDED.host, since = EXCLUDED.since, backend_pid = EXCLUDED.backend_pid RETURNING 1",
-            (LEASE_LOCK, LEASE_NAME, self.identity, os.getpid(), socket.gethostname(), time.time()),
-        ).fetchone()
-        return row is not None
-
-    def _still_held(self, conn: psycopg.Connection) -> bool:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
-            "AND pid = pg_backend_pid() AND classid::bigint = %s AND objid::bigint = %s AND objsubid = 1",
-            (LEASE_LOCK >> 32, LEASE_LOCK & 0xFFFF_FFFF),
-        ).fetchone()
-        if row and row[0]:
-            return True
-        self._drop()
-        return False
-
-    def holder(self) -> dict[str, Any] | None:
-        with self._store.transaction() as conn:
-            row = conn.execute(
-                "SELECT h.identity, h.pid, h.host, h.since FROM kdgate_lease h JOIN pg_locks l "
-                "ON l.locktype = 'advisory' AND l.granted AND l.pid = h.backend_pid "
-                "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
-                "AND l.classid::bigint = %s AND l.objid::bigint = %s AND l.objsubid = 1 "
-                "WHERE h.name = %s",
-                (LEASE_LOCK >> 32, LEASE_LOCK & 0xFFFF_FFFF, LEASE_NAME),
-            ).fetchone()
-        if row is None:
-            return None
-        return dict(zip(("identity", "pid", "host", "since"), row, strict=True))
-
-    def release(self) -> None:
-        with self._lock:
-            if self._conn is not None and self._held:
-                # Unlocked before the session closes: a successor's very next try finds it free.
-                with contextlib.suppress(psycopg.Error):
-                    self._conn.execute("SELECT pg_advisory_unlock(%s)", (LEASE_LOCK,))
-            self._drop()
-
-    def _drop(self) -> None:
-        self._held = False
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()
 
 
 def _scrub(text: str, secret: str) -> str:

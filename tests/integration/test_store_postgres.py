@@ -58,8 +58,11 @@ def test_a_change_through_one_store_is_read_through_another(open_store: Callable
     here, there = open_store(poll_seconds=600), open_store(poll_seconds=600)
     assert here.document("traffic") is here.document("traffic")  # one object per name and store
     watched = there.document("traffic")
-    here.document("traffic").update(lambda doc: doc | {"classify": {"s@1": 100}})
-    eventually(lambda: watched.read() == {"classify": {"s@1": 100}})
+    split = {"classify-student@3": 5, "t@1": 95}
+    assert here.document("traffic").update(lambda doc: doc | {"classify": split}) == {"classify": split}
+    eventually(lambda: watched.read() == {"classify": split})
+    # Both replicas hold the very same document, down to the order of its keys (jsonb's, not Python's).
+    assert list(watched.read()["classify"]) == list(here.document("traffic").read()["classify"])
     assert there.document("shadow_rates").read() == {}
 
 
