@@ -197,19 +197,19 @@ def test_a_killed_holder_loses_the_lease(
         f"assert PostgresStore({postgres_db_url!r}).lease('doomed').acquire(); "
         "print('held', flush=True); time.sleep(120)"
     )
-    doomed = subprocess.Popen([sys.executable, "-c", holder_code], stdout=subprocess.PIPE, text=True)
-    try:
-        assert doomed.stdout is not None and doomed.stdout.readline().strip() == "held"
-        survivor = open_store().lease("survivor")
-        assert not survivor.acquire()
-        assert (survivor.holder() or {})["pid"] == doomed.pid
-        os.kill(doomed.pid, signal.SIGKILL)
-        doomed.wait(timeout=30)
-        # The kernel closed the dead process's socket; its session ends, and the lock with it.
-        eventually(survivor.acquire)
-        assert (survivor.holder() or {})["identity"] == "survivor"
-    finally:
-        doomed.kill()
+    with subprocess.Popen([sys.executable, "-c", holder_code], stdout=subprocess.PIPE, text=True) as doomed:
+        try:
+            assert doomed.stdout is not None and doomed.stdout.readline().strip() == "held"
+            survivor = open_store().lease("survivor")
+            assert not survivor.acquire()
+            assert (survivor.holder() or {})["pid"] == doomed.pid
+            os.kill(doomed.pid, signal.SIGKILL)
+            doomed.wait(timeout=30)
+            # The kernel closed the dead process's socket; its session ends, and the lock with it.
+            eventually(survivor.acquire)
+            assert (survivor.holder() or {})["identity"] == "survivor"
+        finally:
+            doomed.kill()
 
 
 def test_only_the_lease_holder_acts(open_store: Callable[..., PostgresStore]) -> None:
