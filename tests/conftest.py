@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -16,6 +18,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from distill.classify.build import ensure_default_classify_models
 from distill.registry import Registry
+from tests.postgres_server import PostgresServer
 from tests.support import TINY_RECIPE, RunningServer, build_generate_state, start_server
 
 
@@ -63,3 +66,28 @@ def serve(state_dir: Path) -> Iterator[Callable[..., RunningServer]]:
     yield _start
     for running in started:
         running.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A real PostgreSQL on 127.0.0.1, started once per session; fails (never skips) without binaries."""
+    with PostgresServer.start() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """The session server's maintenance database (`postgres`): create databases there, not tables."""
+    return postgres_server.url()
+
+
+_databases = itertools.count(1)
+
+
+@pytest.fixture
+def postgres_db_url(postgres_server: PostgresServer, postgres_url: str) -> str:
+    """A fresh, empty database on the session server, so no test sees another's rows."""
+    name = f"kdgate_test_{next(_databases)}"
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    return postgres_server.url(name)
