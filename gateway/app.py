@@ -41,7 +41,7 @@ async def _drive_rollouts(state: GatewayState) -> None:
     while not state.ready:
         await asyncio.sleep(0.1)
     while True:
-        await asyncio.to_thread(state.controller.tick)
+        await _survive(state.controller.tick)
         await asyncio.sleep(state.settings.rollout_tick_seconds)
 
 
@@ -49,8 +49,19 @@ async def _follow_rollouts(state: GatewayState) -> None:
     """Rollouts driven by a standalone `kdgate rollout run`: only follow which candidates are under
     rollout (from the rollout store, when the driver shares this state dir), for the shadow to favour."""
     while True:
-        await asyncio.to_thread(state.controller.follow)
+        await _survive(state.controller.follow)
         await asyncio.sleep(state.settings.rollout_tick_seconds)
+
+
+async def _survive(look: Callable[[], object]) -> None:
+    """One look of a rollout loop, off the event loop; a failure (the store unreachable) is logged and
+    the loop goes on, so the controller is back when the store is."""
+    try:
+        await asyncio.to_thread(look)
+    except StoreUnavailable as exc:
+        log.warning("rollout store unavailable: %s", exc)
+    except Exception:
+        log.exception("rollout loop: one look failed")
 
 
 def _continual_loop(state: GatewayState) -> Coroutine[Any, Any, None]:

@@ -200,7 +200,10 @@ def rollout_run(
     while True:
         controller.tick()
         if not controller.leading and not waiting:  # said once: another controller drives them now
-            holder = (lease.holder() or {}).get("identity", "another process")
+            try:
+                holder = (lease.holder() or {}).get("identity", "another process")
+            except StoreUnavailable:
+                holder = "another process (the store is unreachable)"
             console.print(f"waiting for the controller lease, held by {holder}")
         waiting = not controller.leading
         time.sleep(tick)

@@ -216,13 +216,13 @@ def test_only_the_lease_holder_acts(open_store: Callable[..., PostgresStore]) ->
     leading, following = open_store(), open_store()
     leader = leading.lease("leader")
     assert leader.acquire()
-    Controller(leading.rollouts, leading.audit, ErroringSource(), RecordedWeights()).start(  # type: ignore[arg-type]
+    Controller(leading.rollouts, leading.audit, ErroringSource(), RecordedWeights()).start(
         "classify", "s@1", "s@2", CONFIG
     )
     weights = RecordedWeights()
     follower = Controller(
-        following.rollouts,  # type: ignore[arg-type]
-        following.audit,  # type: ignore[arg-type]
+        following.rollouts,
+        following.audit,
         ErroringSource(),
         weights,
         lease=following.lease("follower"),

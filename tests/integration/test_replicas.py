@@ -1,0 +1,144 @@
+"""Two gateways on one state store, as replicas share it: the local files of one state dir (replicas on
+one machine) or a PostgreSQL database (replicas anywhere). A split changed through one is served by the
+other (a model it has not loaded yet is answered for by the teacher until it is), one controller acts
+(the lease holder), and when its process is killed the other takes the rollout over from the stored
+state. On PostgreSQL, a gateway whose database goes away keeps serving its last split and refuses
+changes until the database is back."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from distill.faults import register_fault_model
+from distill.registry import FaultSpec, Registry
+from tests.postgres_server import PostgresServer
+from tests.support import FAST, STUDENT, TEACHER, start_gateway
+
+
+def poll(check, what: str, timeout: float = 30.0):  # type: ignore[no-untyped-def]
+    """`check()` once it is truthy; `timeout` bounds a failure only."""
+    deadline = time.monotonic() + timeout
+    while not (found := check()):
+        assert time.monotonic() < deadline, f"{what} within {timeout:g} s"
+        time.sleep(0.1)
+    return found
+
+
+def metric(url: str, name: str) -> float:
+    lines = httpx.get(f"{url}/metrics").text.splitlines()
+    return float(next(line.split()[-1] for line in lines if line.startswith(f"{name} ")))
+
+
+@pytest.mark.parametrize("backend", ["local", "postgresql"])
+def test_replicas_share_the_split_and_hand_the_rollout_over(
+    backend: str, state_dir: Path, request: pytest.FixtureRequest
+) -> None:
+    store = {} if backend == "local" else {"store": request.getfixturevalue("postgres_db_url")}
+    first, first_url = start_gateway(state_dir, rollout_tick_seconds=0.25, shadow_enabled=False, **store)
+    second, second_url = start_gateway(state_dir, rollout_tick_seconds=0.25, shadow_enabled=False, **store)
+    headers = {"Authorization": f"Bearer {(state_dir / 'admin.token').read_text().strip()}"}
+    try:
+        half = {TEACHER: 50, STUDENT: 50}
+        put = httpx.put(f"{first_url}/admin/traffic/classify", json={"weights": half}, headers=headers)
+        assert put.status_code == 200, put.text
+
+        def split_on_second() -> bool:
+            traffic = httpx.get(f"{second_url}/admin/traffic", headers=headers).json()["traffic"]
+            return traffic["classify"] == half
+
+        poll(split_on_second, "the split changed through the first replica reached the second")
+        # Where it went: the files of the state dir, or the database and nothing on disk.
+        assert (state_dir / "traffic.json").exists() is (backend == "local")
+        assert metric(second_url, "kdgate_store_up") == 1.0
+        served = {
+            httpx.post(f"{second_url}/classify", json={"text": f"text {i}"}).headers["x-kdgate-model"]
+            for i in range(40)
+        }
+        assert served == {TEACHER, STUDENT}
+
+        # A model registered and loaded by the first replica only, then given the whole split.
+        newcomer = register_fault_model(Registry(state_dir), FaultSpec(wraps=STUDENT), name="newcomer").ref
+        assert httpx.post(f"{first_url}/admin/models/reload", headers=headers).status_code == 200
+        whole = {"weights": {newcomer: 100}}
+        assert (
+            httpx.put(f"{first_url}/admin/traffic/classify", json=whole, headers=headers).status_code == 200
+        )
+        answers: list[httpx.Response] = []
+
+        def newcomer_on_second() -> bool:
+            answers.append(httpx.post(f"{second_url}/classify", json={"text": "a text"}))
+            return answers[-1].headers.get("x-kdgate-model") == newcomer
+
+        poll(newcomer_on_second, "the second replica loaded the newcomer and served it")
+        assert {a.status_code for a in answers} == {200}  # the teacher answered until it was loaded
+
+        # A rollout started through the second replica is driven by the first, which took the lease.
+        body = {"task": "classify", "baseline": TEACHER, "candidate": STUDENT, **FAST, "min_dwell_s": 600.0}
+        started = httpx.post(f"{second_url}/admin/rollouts", json=body, headers=headers)
+        assert started.status_code == 201, started.text
+        status = httpx.get(f"{second_url}/admin/rollouts/classify", headers=headers).json()
+        assert status["controller"]["pid"] == first.pid
+        first.kill()
+        first.wait(timeout=10)
+
+        def led_by_second() -> dict | None:  # type: ignore[type-arg]
+            found = httpx.get(f"{second_url}/admin/rollouts/classify", headers=headers).json()
+            return found if (found["controller"] or {}).get("pid") == second.pid else None
+
+        after = poll(led_by_second, "the second replica took the controller lease over")
+        assert after["state"]["phase"] == "progressing" and after["state"]["step_index"] == 0
+        traffic = httpx.get(f"{second_url}/admin/traffic", headers=headers).json()["traffic"]["classify"]
+        assert traffic == {TEACHER: 95, STUDENT: 5}
+    finally:
+        for proc in (first, second):
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@pytest.fixture
+def private_server() -> Iterator[PostgresServer]:
+    """A database server of the test's own, to stop and start under a gateway."""
+    with PostgresServer.start() as server:
+        yield server
+
+
+def test_a_gateway_serves_its_last_split_while_the_database_is_away(
+    state_dir: Path, private_server: PostgresServer
+) -> None:
+    url = private_server.create_database("kdgate")
+    proc, gateway = start_gateway(state_dir, store=url, rollout_tick_seconds=0.25, shadow_enabled=False)
+    headers = {"Authorization": f"Bearer {(state_dir / 'admin.token').read_text().strip()}"}
+    try:
+        half = {"weights": {TEACHER: 50, STUDENT: 50}}
+        assert httpx.put(f"{gateway}/admin/traffic/classify", json=half, headers=headers).status_code == 200
+        body = {"task": "classify", "baseline": TEACHER, "candidate": STUDENT, **FAST, "min_dwell_s": 600.0}
+        started = httpx.post(f"{gateway}/admin/rollouts", json=body, headers=headers)
+        assert started.status_code == 201, started.text
+
+        private_server.stop("fast")
+        poll(lambda: metric(gateway, "kdgate_store_up") == 0.0, "kdgate_store_up fell to 0")
+        served = {
+            httpx.post(f"{gateway}/classify", json={"text": f"text {i}"}).headers["x-kdgate-model"]
+            for i in range(40)
+        }
+        assert served == {TEACHER, STUDENT}  # the canary's first step, as last stored
+        refused = httpx.put(f"{gateway}/admin/traffic/classify", json=half, headers=headers)
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"]["type"] == "store_unavailable"
+        assert "postgres@" not in refused.text  # the store is named, its credentials never
+        assert httpx.post(f"{gateway}/admin/rollouts/classify/pause", headers=headers).status_code == 503
+
+        private_server.restart()
+        poll(lambda: metric(gateway, "kdgate_store_up") == 1.0, "kdgate_store_up back to 1")
+        pause = f"{gateway}/admin/rollouts/classify/pause"
+        poll(lambda: httpx.post(pause, headers=headers).status_code == 200, "a change is taken again")
+        status = httpx.get(f"{gateway}/admin/rollouts/classify", headers=headers).json()
+        assert status["state"]["phase"] == "paused" and status["controller"]["pid"] == proc.pid
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
