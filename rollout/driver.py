@@ -9,7 +9,7 @@ follow, and the one that takes the lease over resyncs first, as a restart does.
 
 Example::
 
-    controller = Controller(store.rollouts, store.audit, source, setter)   # statestore/
+    controller = Controller(store.rollouts, store.audit, source, setter)  # a statestore.StateStore's
     controller.tick()          # every second (local source) or five (Prometheus)
 """
 
@@ -34,7 +34,7 @@ from rollout.model import (
     RolloutState,
     SetWeights,
 )
-from statestore import EventLog, RolloutStates, StoreUnavailable
+from rollout.store import EventLog, RolloutStates
 
 log = logging.getLogger("kdgate.rollout")
 
@@ -128,8 +128,8 @@ class Controller:
                 self.follow()
                 return
             tasks = self.store.tasks()
-        except StoreUnavailable as exc:  # no decision without the stored state; the next tick retries
-            log.warning("rollout tick skipped: %s", exc)
+        except Exception as exc:  # the store unreachable: no decision without it; the next tick retries
+            log.warning("rollout tick skipped, the rollout store cannot be read: %s", exc)
             return
         for task in tasks:
             try:

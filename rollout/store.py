@@ -1,4 +1,5 @@
-"""Where rollouts live between ticks and restarts: one JSON file per task, and the audit log.
+"""Where rollouts live between ticks and restarts: the controller's two store ports, and their local
+files (the PostgreSQL ones are in statestore/postgres.py): one JSON file per task, and the audit log.
 
 `<dir>/<task>.json` holds `{"state": ..., "config": ...}` and is replaced atomically (temp + fsync +
 rename), so a crash leaves the previous or the next state, never half of one. `<dir>/events.jsonl`
@@ -11,12 +12,30 @@ import json
 import os
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from durablefs import write_json
 from rollout.model import Event, RolloutConfig, RolloutState
 
 EVENTS_FILE = "events.jsonl"
+
+
+class RolloutStates(Protocol):
+    """The rollout of each task: state and config, replaced whole on every save."""
+
+    def tasks(self) -> list[str]: ...
+
+    def load(self, task: str) -> tuple[RolloutState, RolloutConfig] | None: ...
+
+    def save(self, state: RolloutState, config: RolloutConfig) -> None: ...
+
+
+class EventLog(Protocol):
+    """The rollout audit log: transitions appended, read back oldest first."""
+
+    def append(self, event: Event) -> None: ...
+
+    def read(self, task: str | None = None, limit: int | None = None) -> list[dict[str, Any]]: ...
 
 
 class RolloutStore:

@@ -25,7 +25,18 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from rollout.lease import Lease
-from rollout.model import Event, RolloutConfig, RolloutState
+from rollout.store import EventLog, RolloutStates
+
+__all__ = [
+    "Doc",
+    "Document",
+    "EventLog",
+    "Lease",
+    "RolloutStates",
+    "StateStore",
+    "StoreUnavailable",
+    "open_store",
+]
 
 Doc = dict[str, Any]
 
@@ -42,24 +53,6 @@ class Document(Protocol):
         """Applies `change` to the current document atomically with respect to every other process
         (read-modify-write under a lock), stores the result and returns it."""
         ...
-
-
-class RolloutStates(Protocol):
-    """The rollout of each task: state and config, replaced whole on every save."""
-
-    def tasks(self) -> list[str]: ...
-
-    def load(self, task: str) -> tuple[RolloutState, RolloutConfig] | None: ...
-
-    def save(self, state: RolloutState, config: RolloutConfig) -> None: ...
-
-
-class EventLog(Protocol):
-    """The rollout audit log: transitions appended, read back oldest first."""
-
-    def append(self, event: Event) -> None: ...
-
-    def read(self, task: str | None = None, limit: int | None = None) -> list[dict[str, Any]]: ...
 
 
 class StateStore(Protocol):
