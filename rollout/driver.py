@@ -193,7 +193,7 @@ class Controller:
             if isinstance(action, RecordEvidence):
                 self.last_evidence[action.task] = action.evidence
         if new != old:
-            self.store.save(new, config)
+            self.store.save(new, config, replaces=old)  # another process may have acted meanwhile
             self._track(new)
         for action in actions:
             if isinstance(action, SetWeights):

@@ -8,16 +8,46 @@ is append-only, one transition per line, fsynced.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
 from durablefs import write_json
-from rollout.model import Event, RolloutConfig, RolloutState
+from rollout.machine import InvalidTransition
+from rollout.model import Event, Phase, RolloutConfig, RolloutState
 
 EVENTS_FILE = "events.jsonl"
+SAVE_LOCK = ".save.lock"
+
+
+class StaleRollout(InvalidTransition):
+    """The stored rollout is no longer the one a change was computed from: another process (the leading
+    controller's tick, an operator command through another replica) changed it meanwhile. Nothing was
+    written; look again and retry (HTTP 409, as any transition that does not apply)."""
+
+
+def check_current(stored: RolloutState | None, replaces: RolloutState) -> None:
+    """Raises `StaleRollout` unless `stored` is `replaces` (nothing stored stands for an idle rollout).
+
+    >>> from dataclasses import replace
+    >>> idle = RolloutState.idle("classify")
+    >>> check_current(None, idle)
+    >>> check_current(idle, replace(idle, phase=Phase.PAUSED))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    rollout.store.StaleRollout: the rollout of 'classify' changed meanwhile (now idle, step 0); ...
+    """
+    if stored == replaces or (stored is None and replaces.phase is Phase.IDLE):
+        return
+    now = "not stored" if stored is None else f"{stored.phase.value}, step {stored.step_index}"
+    raise StaleRollout(
+        f"the rollout of {replaces.task!r} changed meanwhile (now {now}); look again and retry"
+    )
 
 
 class RolloutStates(Protocol):
@@ -27,7 +57,10 @@ class RolloutStates(Protocol):
 
     def load(self, task: str) -> tuple[RolloutState, RolloutConfig] | None: ...
 
-    def save(self, state: RolloutState, config: RolloutConfig) -> None: ...
+    def save(self, state: RolloutState, config: RolloutConfig, replaces: RolloutState | None = None) -> None:
+        """Stores `state`. With `replaces` (the state the change was computed from), only if that is
+        still the stored one; else `StaleRollout`, and nothing is written."""
+        ...
 
 
 class EventLog(Protocol):
@@ -57,11 +90,21 @@ class RolloutStore:
         data = json.loads(path.read_text())
         return RolloutState.from_dict(data["state"]), RolloutConfig.from_dict(data["config"])
 
-    def save(self, state: RolloutState, config: RolloutConfig) -> None:
+    def save(self, state: RolloutState, config: RolloutConfig, replaces: RolloutState | None = None) -> None:
         payload = {"state": state.to_dict(), "config": config.to_dict()}
-        path = self._path(state.task)
-        with self._lock:
-            write_json(path, payload)
+        with self._lock, self._exclusive():
+            if replaces is not None:
+                loaded = self.load(state.task)
+                check_current(loaded[0] if loaded else None, replaces)
+            write_json(self._path(state.task), payload)
+
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Every process's saves, one at a time: an flock on a lock file of its own (the directory's
+        flock is the controller lease, held for as long as a controller leads)."""
+        with (self.directory / SAVE_LOCK).open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
 
 
 class AuditLog:

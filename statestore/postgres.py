@@ -37,6 +37,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
 
 from rollout.model import Event, RolloutConfig, RolloutState
+from rollout.store import check_current
 from statestore import Doc, StoreUnavailable
 from statestore.migrations import SchemaTooNew, migrate
 from statestore.pglease import PgLease
@@ -328,8 +329,15 @@ class PgRollouts:
             return None
         return RolloutState.from_dict(row[0]), RolloutConfig.from_dict(row[1])
 
-    def save(self, state: RolloutState, config: RolloutConfig) -> None:
+    def save(self, state: RolloutState, config: RolloutConfig, replaces: RolloutState | None = None) -> None:
         with self._store.transaction() as conn:
+            # Saves of one task one at a time, across replicas (a row lock cannot hold a missing row).
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext('kdgate_rollouts:' || %s))", (state.task,))
+            if replaces is not None:
+                row = conn.execute(
+                    "SELECT state FROM kdgate_rollouts WHERE task = %s", (state.task,)
+                ).fetchone()
+                check_current(None if row is None else RolloutState.from_dict(row[0]), replaces)
             conn.execute(
                 "INSERT INTO kdgate_rollouts (task, state, config) VALUES (%s, %s, %s) "
                 "ON CONFLICT (task) DO UPDATE SET state = EXCLUDED.state, config = EXCLUDED.config, "

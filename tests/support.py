@@ -35,6 +35,7 @@ from distill.registry import Registry
 from gateway.app import create_app
 from gateway.settings import Settings
 from gateway.state import GatewayState
+from rollout.model import Observation, RolloutState
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -217,6 +218,24 @@ def start_gateway(state_dir: Path, **settings: object) -> tuple[subprocess.Popen
             pass
         assert time.monotonic() < deadline, "gateway did not become ready"
         time.sleep(0.2)
+
+
+# --- rollout controller parts for tests that drive a `Controller` directly ---
+
+
+class ErroringSource:
+    """Every request the candidate served was an error: a leading controller rolls back at its tick."""
+
+    def observe(self, state: RolloutState) -> Observation:
+        return Observation(requests=500, errors=500, compared=0)
+
+
+class RecordedWeights:
+    def __init__(self) -> None:
+        self.applied: list[dict[str, int]] = []
+
+    def set_weights(self, task: str, weights: dict[str, int]) -> None:
+        self.applied.append(weights)
 
 
 ENDED = frozenset({"promoted", "rolled_back", "paused"})

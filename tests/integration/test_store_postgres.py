@@ -19,12 +19,12 @@ import pytest
 
 from rollout.driver import Controller
 from rollout.model import Event, Phase, RolloutConfig, RolloutState
-from rollout.store import AuditLog
+from rollout.store import AuditLog, StaleRollout
 from statestore import StoreUnavailable
 from statestore.migrations import MIGRATIONS, migrate
 from statestore.postgres import PostgresStore, SchemaRefused
 from tests.postgres_server import PostgresServer, free_port
-from tests.unit.test_lease import ErroringSource, RecordedWeights
+from tests.support import ErroringSource, RecordedWeights
 
 CONFIG = RolloutConfig(steps=(5, 100), min_dwell_s=0.0, min_requests=30, max_disagreement=0.5)
 
@@ -109,6 +109,18 @@ def test_rollout_states_round_trip(open_store: Callable[..., PostgresStore]) -> 
     rollouts.save(paused, CONFIG)  # replaced whole
     assert rollouts.load("classify") == (paused, CONFIG)
     assert open_store().rollouts.tasks() == ["classify", "generate"]
+
+
+def test_a_save_computed_from_a_replaced_state_is_refused(open_store: Callable[..., PostgresStore]) -> None:
+    here, there = open_store().rollouts, open_store().rollouts
+    seen = RolloutState(Phase.PROGRESSING, "classify", "t@1", "s@2", 0, 5, 1000.0)
+    here.save(seen, CONFIG, replaces=RolloutState.idle("classify"))  # nothing stored: an idle rollout
+    paused = RolloutState(Phase.PAUSED, "classify", "t@1", "s@2", 0, 5, 1001.0)
+    there.save(paused, CONFIG, replaces=seen)  # the other replica acted first
+    aborted = RolloutState(Phase.ROLLED_BACK, "classify", "t@1", "s@2", 0, 0, 1002.0)
+    with pytest.raises(StaleRollout, match="now paused"):
+        here.save(aborted, CONFIG, replaces=seen)
+    assert here.load("classify") == (paused, CONFIG)
 
 
 def test_the_audit_log_reads_like_the_local_one(

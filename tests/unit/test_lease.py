@@ -11,8 +11,9 @@ from pathlib import Path
 
 from rollout.driver import Controller
 from rollout.lease import FileLease
-from rollout.model import Observation, Phase, RolloutConfig, RolloutState
+from rollout.model import Phase, RolloutConfig
 from rollout.store import AuditLog, RolloutStore
+from tests.support import ErroringSource, RecordedWeights
 
 
 def test_one_holder_at_a_time_and_the_next_takes_over_on_release(tmp_path: Path) -> None:
@@ -46,21 +47,6 @@ def test_a_killed_holder_loses_the_lease_at_once(tmp_path: Path) -> None:
         assert survivor.acquire()  # the kernel dropped the dead process's lock: no timeout to wait out
     finally:
         doomed.kill()
-
-
-class ErroringSource:
-    """Every request the candidate served was an error: a leading controller rolls back at its tick."""
-
-    def observe(self, state: RolloutState) -> Observation:
-        return Observation(requests=500, errors=500, compared=0)
-
-
-class RecordedWeights:
-    def __init__(self) -> None:
-        self.applied: list[dict[str, int]] = []
-
-    def set_weights(self, task: str, weights: dict[str, int]) -> None:
-        self.applied.append(weights)
 
 
 def test_only_the_holder_acts_and_a_successor_resyncs_before_it_ticks(tmp_path: Path) -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from rollout.driver import Controller
 from rollout.model import Observation, Phase, RolloutConfig, RolloutState, Verdict
-from rollout.store import AuditLog, RolloutStore
+from rollout.store import AuditLog, RolloutStore, StaleRollout
 
 
 class ErroringSource:
@@ -26,8 +29,8 @@ class WatchedStore(RolloutStore):
 
     controller: Controller
 
-    def save(self, state: RolloutState, config: RolloutConfig) -> None:
-        super().save(state, config)
+    def save(self, state: RolloutState, config: RolloutConfig, replaces: RolloutState | None = None) -> None:
+        super().save(state, config, replaces)
         evidence = self.controller.last_evidence.get(state.task, ())
         self.seen = (state.phase, {e.metric: e.verdict for e in evidence})
 
@@ -74,3 +77,30 @@ def test_candidates_of_active_rollouts_are_known_and_survive_a_restart(tmp_path:
     restarted.command("classify", "promote")
     follower.follow()
     assert follower.candidates == {"generate": "g@3"}
+
+
+class Interleaved(RolloutStore):
+    """Another controller's change lands between this controller's read and its save (as when an operator
+    command reaches a replica that does not lead, in the instant the leader's tick acts)."""
+
+    meanwhile: Callable[[], object] | None = None
+
+    def save(self, state: RolloutState, config: RolloutConfig, replaces: RolloutState | None = None) -> None:
+        if self.meanwhile is not None:
+            act, self.meanwhile = self.meanwhile, None
+            act()
+        super().save(state, config, replaces)
+
+
+def test_a_change_computed_from_a_state_another_controller_replaced_is_refused(tmp_path: Path) -> None:
+    directory = tmp_path / "rollout"
+    config = RolloutConfig(steps=(5, 100), min_dwell_s=0.0, min_requests=30, max_disagreement=0.5)
+    leader = Controller(RolloutStore(directory), AuditLog(directory), ErroringSource(), Weights())
+    leader.start("classify", "s@1", "s@2", config)
+    store = Interleaved(directory)
+    operator = Controller(store, AuditLog(directory), ErroringSource(), Weights())
+    store.meanwhile = lambda: leader.command("classify", "pause")
+    with pytest.raises(StaleRollout, match="changed meanwhile"):
+        operator.command("classify", "abort")
+    assert RolloutStore(directory).load("classify")[0].phase is Phase.PAUSED  # type: ignore[index]
+    assert operator.command("classify", "abort").phase is Phase.ROLLED_BACK  # looked again: it applies
