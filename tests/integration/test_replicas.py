@@ -94,6 +94,8 @@ def test_replicas_share_the_split_and_hand_the_rollout_over(
         assert after["state"]["phase"] == "progressing" and after["state"]["step_index"] == 0
         traffic = httpx.get(f"{second_url}/admin/traffic", headers=headers).json()["traffic"]["classify"]
         assert traffic == {TEACHER: 95, STUDENT: 5}
+        events = httpx.get(f"{second_url}/admin/events?task=classify", headers=headers).json()["events"]
+        assert [e["to_phase"] for e in events] == ["progressing"]  # the start, once: none lost or repeated
     finally:
         for proc in (first, second):
             proc.kill()
