@@ -27,8 +27,10 @@ from gateway.continual.check import ContinualCheck
 from gateway.continual.inprocess import GatewayHost, check_config, redistill_loop
 from gateway.errors import GatewayError, InvalidInput, MalformedRequest, NotFound, StoreDown
 from gateway.http import admin, classify, generate, openai, rollouts, v2
+from gateway.rollouts.published import PUBLISH_S
 from gateway.serving.default_build import missing_defaults, start_background_build
 from gateway.settings import Settings
+from gateway.shadow.lease import start_or_stand_by, take_over_when_free
 from gateway.state import GatewayState
 from statestore import StoreUnavailable
 
@@ -62,6 +64,13 @@ async def _survive(look: Callable[[], object]) -> None:
         log.warning("rollout store unavailable: %s", exc)
     except Exception:
         log.exception("rollout loop: one look failed")
+
+
+async def _publish_windows(state: GatewayState) -> None:
+    """This process's live window for the rollouts in progress, to the store for the judge (off the loop)."""
+    while True:
+        await _survive(lambda: state.board.publish(list(state.controller.active.values())))
+        await asyncio.sleep(PUBLISH_S)
 
 
 def _continual_loop(state: GatewayState) -> Coroutine[Any, Any, None]:
@@ -98,12 +107,18 @@ def create_app(
                 state.load_error = f"{type(exc).__name__}: {exc}"
 
         state.tasks["loader"] = asyncio.create_task(load())
+        if settings.workers > 1:
+            # One of several workers on the port: it takes connections (uvicorn listens after this
+            # startup) only once it can answer them, while the others serve.
+            await asyncio.shield(state.tasks["loader"])
         if settings.build_missing_models and (steps := missing_defaults(state)):
             state.tasks["build"] = start_background_build(state, steps)
-        if state.shadow is not None:
-            state.shadow.start()
-        if state.generate_shadow is not None:
-            state.generate_shadow.start()
+        shadows = [p for p in (state.shadow, state.generate_shadow) if p is not None]
+        if not start_or_stand_by(state.shadow_lease, shadows) and state.shadow_lease is not None:
+            state.tasks["shadow-lease"] = asyncio.create_task(
+                take_over_when_free(state.shadow_lease, shadows)
+            )
+        state.tasks["windows"] = asyncio.create_task(_publish_windows(state))
         if settings.redistill_enabled:
             state.tasks["redistill"] = asyncio.create_task(_continual_loop(state))
         if settings.rollout_driver == "local":
@@ -120,6 +135,8 @@ def create_app(
             await state.shadow.close(settings.shadow_drain_seconds)
         if state.generate_shadow is not None:
             await state.generate_shadow.close(settings.shadow_drain_seconds)
+        if state.shadow_lease is not None:
+            state.shadow_lease.release()
         await state.pool.close()
         state.store.close()
 

@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     store: SecretStr | None = None
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    # Gateway processes on the one port (SO_REUSEPORT), under a supervisor (gateway/cli/workers.py). They
+    # share the state dir's store, elect one rollout controller and one shadow teacher.
+    workers: int = Field(1, ge=1, le=64)
     access_log: bool = False  # uvicorn's line per request: ~0.2 ms of event loop each; metrics count them
     admin_token: str | None = None  # None: a random token is written to <state_dir>/admin.token (0600)
     # Keys an inference route accepts as 'Authorization: Bearer <key>' (KDGATE_API_KEYS=k1,k2). Empty:

@@ -15,6 +15,7 @@ from distill.shadowlog.writer import ShadowLogWriter, ShadowLogWriters
 from durablefs import write_text
 from gateway.errors import ModelUnavailable, NotFound
 from gateway.rollouts.ports import LocalSource, MetricsSink, TrafficSetter
+from gateway.rollouts.published import DOCUMENT, WindowBoard
 from gateway.serving.inflight import InFlight
 from gateway.serving.metrics import GatewayMetrics
 from gateway.serving.pool import ModelPool
@@ -24,10 +25,11 @@ from gateway.serving.window import LiveWindow
 from gateway.settings import Settings, token_path
 from gateway.shadow.classify import ClassifyShadow
 from gateway.shadow.generate import GenerateShadow
+from gateway.shadow.lease import shadow_lease
 from gateway.shadow.protection import ShadowProtection
 from gateway.shadow.rates import ShadowRates
 from rollout.driver import Controller
-from rollout.lease import process_identity
+from rollout.lease import Lease, process_identity
 from statestore import EventLog, RolloutStates, StateStore, open_store
 
 M = TypeVar("M")
@@ -50,6 +52,8 @@ class GatewayState:
     audit: EventLog
     controller: Controller
     shadow_protection: ShadowProtection  # set while a re-distillation reads the log from then on
+    board: WindowBoard  # this process's live window published for the judge, and the others' (published.py)
+    shadow_lease: Lease | None = None  # with several workers, only its holder shadows (shadow/lease.py)
     ready: bool = False  # the models registered at start are loaded
     load_error: str | None = None
     building: frozenset[str] = frozenset()  # tasks a running background build brings models for
@@ -128,10 +132,11 @@ class GatewayState:
         traffic = TrafficStore(store.document("traffic"))
         protection = ShadowProtection()
         rollouts, audit = store.rollouts, store.audit
+        board = WindowBoard(store.document(DOCUMENT), window)
         controller = Controller(
             rollouts,
             audit,
-            LocalSource(window),
+            LocalSource(window, board),
             TrafficSetter(traffic, metrics, pool),
             MetricsSink(metrics),
             clock=clock,
@@ -185,6 +190,10 @@ class GatewayState:
             audit=audit,
             controller=controller,
             shadow_protection=protection,
+            board=board,
+            shadow_lease=shadow_lease(settings.state_dir)
+            if settings.shadow_enabled and settings.workers > 1
+            else None,
             in_flight=in_flight,
         )
 

@@ -82,6 +82,7 @@ class Controller:
         # The candidates of active rollouts, by task: the shadow scores their requests first (the
         # judge waits on their comparisons). Replaced whole, so the request path reads it unlocked.
         self.candidates: dict[str, str] = {}
+        self.active: dict[str, RolloutState] = {}  # the active rollouts as last seen (replaced whole)
         self._lock = threading.RLock()  # ticks and operator commands never interleave
 
     def resync(self) -> None:
@@ -143,6 +144,7 @@ class Controller:
             if loaded is None:
                 return None
             state, config = loaded
+            self._track(state)  # started through another process: known here from its first tick
             if state.phase is not Phase.PROGRESSING:
                 return state
             try:
@@ -208,3 +210,5 @@ class Controller:
     def _track(self, state: RolloutState) -> None:
         others = {task: ref for task, ref in self.candidates.items() if task != state.task}
         self.candidates = others | ({state.task: state.candidate} if state.phase.active else {})
+        rest = {task: s for task, s in self.active.items() if task != state.task}
+        self.active = rest | ({state.task: state} if state.phase.active else {})

@@ -50,11 +50,12 @@ def process_identity(role: str) -> str:
 
 
 class FileLease:
-    """The lease as an exclusive `flock` on `directory`, its holder in `directory/controller.lease`."""
+    """The lease as an exclusive `flock` on `directory`, its holder in `directory/<holder_file>`."""
 
-    def __init__(self, directory: Path, identity: str) -> None:
+    def __init__(self, directory: Path, identity: str, holder_file: str = HOLDER_FILE) -> None:
         self.directory = directory
         self.identity = identity
+        self.holder_file = holder_file  # another lease (the shadow's) names its holder's file its way
         self._fd: int | None = None
 
     def acquire(self) -> bool:
@@ -68,7 +69,7 @@ class FileLease:
             os.close(fd)
             return False
         holder = {"identity": self.identity, "pid": os.getpid(), "host": socket.gethostname()}
-        write_json(self.directory / HOLDER_FILE, holder | {"since": time.time()})
+        write_json(self.directory / self.holder_file, holder | {"since": time.time()})
         self._fd = fd
         return True
 
@@ -76,7 +77,7 @@ class FileLease:
         if self._fd is None and self._free():
             return None
         try:
-            found: dict[str, Any] = json.loads((self.directory / HOLDER_FILE).read_text())
+            found: dict[str, Any] = json.loads((self.directory / self.holder_file).read_text())
         except (OSError, ValueError):  # taken this instant, its holder not written yet
             return None
         return found

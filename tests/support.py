@@ -201,9 +201,12 @@ def start_server(
 
 
 def start_gateway(state_dir: Path, **settings: object) -> tuple[subprocess.Popen[bytes], str]:
-    """`kdgate serve` as a process of its own (a test may kill -9 it), ready; settings as KDGATE_* vars."""
+    """`kdgate serve` as a process of its own (a test may kill -9 it), ready; settings as KDGATE_* vars
+    (`workers=2`: a supervisor and its two workers on the port)."""
     port = free_port()
     env = {**os.environ, **{f"KDGATE_{k.upper()}": str(v) for k, v in settings.items()}}
+    # The code under test, not whichever checkout the venv's kdgate was installed from (its children too).
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     kdgate = Path(sys.executable).with_name("kdgate")
     cmd = [str(kdgate), "serve", "--state-dir", str(state_dir), "--port", str(port), "--no-build"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -21,11 +21,20 @@ def serve(
     build: Annotated[
         bool, typer.Option(help="Build missing default models in the background (teachers first).")
     ] = True,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Gateway processes on the one port (default 1, or KDGATE_WORKERS); see workers.py."
+        ),
+    ] = None,
 ) -> None:
     """Start the gateway. On a fresh state it listens at once and builds the default models in a child
     below serving: each task answers as soon as its teacher is built (the generate teacher in seconds,
     the classify teacher in minutes), students join when gated. Until then a task answers 503 with
-    Retry-After; `/readyz` and `kdgate models build-status` show where the build is."""
+    Retry-After; `/readyz` and `kdgate models build-status` show where the build is.
+
+    With `--workers N` (N > 1) a supervisor runs N such gateways on the one port (SO_REUSEPORT), sharing
+    the state dir: one rollout controller, one shadow teacher, the judge reading them all."""
     offline()
     import uvicorn
 
@@ -33,9 +42,21 @@ def serve(
     from gateway.settings import load_settings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = load_settings(config, state_dir=state_dir, host=host, port=port)
+    settings = load_settings(config, state_dir=state_dir, host=host, port=port, workers=workers)
     if not build:
         settings = settings.model_copy(update={"build_missing_models": False})
+    if settings.workers > 1:
+        from gateway.cli.workers import WorkerSpec, supervise
+
+        spec = WorkerSpec(
+            state_dir=str(settings.state_dir),
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            build=settings.build_missing_models,
+            config=None if config is None else str(config),
+        )
+        raise typer.Exit(supervise(spec))
     uvicorn.run(
         create_app(settings),
         host=settings.host,

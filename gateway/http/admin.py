@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import os
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -36,6 +37,20 @@ def require_admin(
 
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
+
+
+@router.get("/process")
+async def process(request: Request) -> dict[str, object]:
+    """The gateway process that answered: one of `workers` on the port (`kdgate serve --workers N`);
+    whether it held the controller lease at its last look and whether it shadows."""
+    state = _state(request)
+    shadow = state.shadow
+    return {
+        "pid": os.getpid(),
+        "workers": state.settings.workers,
+        "controller": state.controller.leading,
+        "shadow": shadow is not None and not shadow.standby,
+    }
 
 
 @router.get("/models")

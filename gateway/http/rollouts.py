@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import asdict
 from typing import Annotated, Any, Literal
 
@@ -54,6 +55,19 @@ async def get_rollout(task: str, request: Request) -> dict[str, Any]:
         "evidence": evidence,
         "controller": leader,
     }
+
+
+@router.get("/rollouts/{task}/observation")
+async def get_observation(task: str, request: Request) -> dict[str, Any]:
+    """What the local metric source sees of the candidate since the step started, every process's
+    traffic summed (gateway/rollouts/published.py): the figures the judge decides on."""
+    controller = _state(request).controller
+    try:
+        rollout, _ = controller.state(task)
+    except NoRollout as exc:
+        raise NotFound(str(exc), field="task") from exc
+    observation = await asyncio.to_thread(controller.source.observe, rollout)
+    return {"task": task, "step_started_at": rollout.step_started_at, "observation": asdict(observation)}
 
 
 @router.post("/rollouts/{task}/{command}")

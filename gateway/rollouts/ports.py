@@ -3,6 +3,7 @@ windows), a weight setter (the traffic store), and an evidence sink (Prometheus 
 
 from __future__ import annotations
 
+from gateway.rollouts.published import WindowBoard, combine
 from gateway.serving.metrics import GatewayMetrics
 from gateway.serving.pool import ModelPool
 from gateway.serving.traffic import TrafficStore
@@ -11,10 +12,12 @@ from rollout.model import Event, Evidence, Observation, Phase, RolloutState
 
 
 class LocalSource:
-    """The gateway's own windows since the step started: no Prometheus needed on one machine."""
+    """The gateway's own window since the step started, plus what the other processes on the store
+    published of theirs (`board`, published.py): no Prometheus needed on one machine."""
 
-    def __init__(self, window: LiveWindow) -> None:
+    def __init__(self, window: LiveWindow, board: WindowBoard | None = None) -> None:
         self.window = window
+        self.board = board
 
     def observe(self, state: RolloutState) -> Observation:
         if state.step_started_at < self.window.oldest_time():
@@ -25,6 +28,11 @@ class LocalSource:
             )
         candidate = self.window.totals(state.candidate, since=state.step_started_at)
         baseline = self.window.totals(state.baseline, since=state.step_started_at)
+        p99, baseline_p99 = candidate.p99_ms(), baseline.p99_ms()
+        others = [] if self.board is None else self.board.others(state)
+        if others:  # alone, the figures stay this window's own (exact p99); with others, merged
+            candidate, p99 = combine(candidate, [o.get(state.candidate, {}) for o in others])
+            baseline, baseline_p99 = combine(baseline, [o.get(state.baseline, {}) for o in others])
         return Observation(
             compared=candidate.compared,
             disagreed=candidate.disagreed,
@@ -33,8 +41,8 @@ class LocalSource:
             errors=candidate.errors,
             completions=candidate.completions,
             degenerate=candidate.degenerate,
-            p99_ms=candidate.p99_ms(),
-            baseline_p99_ms=baseline.p99_ms(),
+            p99_ms=p99,
+            baseline_p99_ms=baseline_p99,
         )
 
 

@@ -123,6 +123,7 @@ class ShadowPipeline(ABC, Generic[I]):
         self.queue, self.own_queue = score.queue, (own or score).queue
         self._workers: list[asyncio.Task[None]] = []
         self._closing = False  # serving has stopped: drain at full speed
+        self.standby = False  # another worker holds the machine's shadow lease: offer nothing (lease.py)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
 
@@ -148,6 +149,8 @@ class ShadowPipeline(ABC, Generic[I]):
         nothing to shadow with). From another thread than the event loop's, the loop takes it over."""
         if self._loop is not None and threading.get_ident() != self._loop_thread:
             self._loop.call_soon_threadsafe(self.offer, item, teacher)
+            return
+        if self.standby:
             return
         model, task, weight = item.served.ref, item.task, self.weight(item)
         if teacher is None or not weight:
