@@ -87,8 +87,8 @@ class FeatureDistiller(nn.Module):
     gradients and is not a submodule (not trained, not checkpointed); `projection` is (when the widths
     differ), so it trains and checkpoints with the student — export `distiller.student` alone.
 
-    >>> distiller = FeatureDistiller(student, teacher, hidden_weight=1.0, attention_weight=0.0)
-    >>> logits, extra = distiller(ids, mask)           # (B, C), a scalar
+        distiller = FeatureDistiller(student, teacher, hidden_weight=1.0, attention_weight=0.0)
+        logits, extra = distiller(ids, mask)           # (B, C), a scalar
     """
 
     def __init__(
