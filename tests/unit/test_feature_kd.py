@@ -32,9 +32,8 @@ MASK = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
 
 def small_teacher(vocab: int = 100, layers: int = 4) -> EncoderClassifier:
     torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=vocab, hidden_size=64, num_hidden_layers=layers, num_attention_heads=2, intermediate_size=128
-    )
+    config = BertConfig(vocab_size=vocab, hidden_size=64, num_hidden_layers=layers, num_attention_heads=2)
+    config.intermediate_size = 128
     return EncoderClassifier(config, num_labels=3).eval()
 
 
