@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from distill.checkpoint import load_checkpoint, save_checkpoint
-from distill.classify.model import EncoderClassifier
 from distill.classify.tokenize import BatchTokenizer
 from distill.progress import ProgressBar
 
@@ -41,11 +41,15 @@ def length_bucketed_batches(
     return batches
 
 
-LossFn = Callable[[torch.Tensor, np.ndarray], torch.Tensor]  # (logits (B, C), batch indices) -> loss
+# (the model's output — logits (B, C) for a classifier —, batch indices) -> loss
+LossFn = Callable[[Any, np.ndarray], torch.Tensor]
+# Parameters that start from scratch and train at `head_lr`: a classifier's head, and a feature
+# distiller's (`distill.classify.feature_kd`): its student's head and its projection.
+FRESH = ("head.", "student.head.", "projection.")
 
 
 def train(
-    model: EncoderClassifier,
+    model: torch.nn.Module,
     texts: list[str],
     tokenizer: BatchTokenizer,
     loss_fn: LossFn,
@@ -70,8 +74,8 @@ def train(
     defines the run, and removes it when the run is over (`InterruptibleRun.finish`).
     """
     torch.manual_seed(seed)
-    head = [p for n, p in model.named_parameters() if n.startswith("head.") and p.requires_grad]
-    body = [p for n, p in model.named_parameters() if not n.startswith("head.") and p.requires_grad]
+    head = [p for n, p in model.named_parameters() if n.startswith(FRESH) and p.requires_grad]
+    body = [p for n, p in model.named_parameters() if not n.startswith(FRESH) and p.requires_grad]
     optimizer = torch.optim.AdamW(  # fused: a per-tensor loop costs a sixth of a step on CPU
         [{"params": body, "lr": lr}, {"params": head, "lr": head_lr}], weight_decay=0.01, fused=True
     )

@@ -24,8 +24,9 @@ import torch
 
 from distill.classify.evaluate import accuracy, compare_to_teacher
 from distill.classify.export import check_parity, export_onnx, onnx_logits, torch_logits
+from distill.classify.feature_kd import LOSS_TERMS
 from distill.classify.io import base_tokenizer, pretrained_classifier, save_classifier
-from distill.classify.model import EncoderClassifier
+from distill.classify.kd import distil, needs_teacher_model
 from distill.classify.runner import load_runner
 from distill.classify.student_export import (
     ONNX_FP32,
@@ -33,12 +34,11 @@ from distill.classify.student_export import (
     export_student,
     student_manifest,
 )
-from distill.classify.student_start import student_init, with_student_start
+from distill.classify.student_start import feature_teacher, student_init, with_student_start
 from distill.classify.tokenize import TOKENIZER_FILE, BatchTokenizer
 from distill.corpora import LabelledTexts, Split, load_dataset, split_dataset
 from distill.datafile import read_pinned
 from distill.gate import Figures, GateConfig, GateResult, Refused, gate
-from distill.losses import kd_loss
 from distill.progress import ProgressBar
 from distill.registry import Calibration, Lineage, Manifest, Registry, Role, TaskKind, student_name
 from distill.trainer import train
@@ -87,6 +87,12 @@ class ClassifyRecipe:
     student_epochs: int = 1
     temperature: float = 2.0  # KD temperature T (the soft term is scaled by T²)
     alpha: float = 0.9  # weight of the soft (KD) term; 1 − alpha goes to hard-label cross-entropy
+    # KD terms: "logits" (always), "hidden" (MSE of mapped hidden states, TinyBERT) and "attention" (KL
+    # of mapped attention maps, MiniLM). The latter two run the teacher in PyTorch beside the student on
+    # every batch: a 6-layer forward pass on top of each student step.
+    losses: tuple[str, ...] = ("logits",)
+    hidden_weight: float = 1.0  # weight of the hidden-state MSE beside the logits term (whose weight is 1)
+    attention_weight: float = 1.0  # weight of the attention KL beside the logits term
     student_lr: float = 1e-4
     student_head_lr: float = 1e-3
     int8_max_accuracy_drop: float = 0.005  # keep INT8 only if test accuracy drops by at most this
@@ -105,6 +111,11 @@ class ClassifyRecipe:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
         if not 1 <= self.student_layers <= 6:
             raise ValueError(f"student_layers must be in 1..6, got {self.student_layers}")
+        if "logits" not in self.losses or not set(self.losses) <= set(LOSS_TERMS):
+            terms = ", ".join(LOSS_TERMS)
+            raise ValueError(f"losses must hold 'logits' and any of {terms}, got {list(self.losses)}")
+        if not (0 <= self.hidden_weight < math.inf and 0 <= self.attention_weight < math.inf):
+            raise ValueError("hidden_weight and attention_weight must be >= 0")
         if self.student_width is not None and (self.student_width < 32 or self.student_width % 32):
             raise ValueError(f"student_width must be a multiple of 32, got {self.student_width}")
         return self
@@ -271,9 +282,9 @@ def build_student(
     soft = torch.from_numpy(teacher_soft_labels(registry, teacher, train_part, log))  # (N, C)
     labels = torch.tensor(train_part.labels)
     model, tokenizer = student_init(registry, teacher, recipe)
-    summary = distil(
-        model, tokenizer, train_part.texts, soft, labels, recipe, f"{student_name(teacher.task)}: distil"
-    )
+    teacher_model = feature_teacher(registry, teacher, tokenizer) if needs_teacher_model(recipe) else None
+    desc = f"{student_name(teacher.task)}: distil"
+    summary = distil(model, tokenizer, train_part.texts, soft, labels, recipe, desc, teacher=teacher_model)
     teacher_test = teacher_soft_labels(registry, teacher, split.test, log)
     with registry.stage(student_name(teacher.task)) as staging:
         exported = export_student(
@@ -317,33 +328,6 @@ def build_student(
         f"({metrics['train_seconds']:.0f} s)"
     )
     return manifest
-
-
-def distil(
-    model: EncoderClassifier,
-    tokenizer: BatchTokenizer,
-    texts: list[str],
-    soft: torch.Tensor,
-    labels: torch.Tensor,
-    recipe: ClassifyRecipe,
-    desc: str,
-    show_progress: bool = True,
-) -> dict[str, float]:
-    """Hinton KD of `model` on `texts` against the teacher's logits `soft` (N, C) and `labels` (N,), as
-    the recipe says: one training step for a student build and a sweep's point alike."""
-    return train(
-        model,
-        texts,
-        tokenizer,
-        lambda logits, batch: kd_loss(logits, soft[batch], labels[batch], recipe.temperature, recipe.alpha),
-        epochs=recipe.student_epochs,
-        batch_size=recipe.batch_size,
-        lr=recipe.student_lr,
-        head_lr=recipe.student_head_lr,
-        seed=recipe.seed,
-        desc=desc,
-        show_progress=show_progress,
-    )
 
 
 def teacher_labelled(registry: Registry, teacher: Manifest, part: LabelledTexts, log: Log) -> LabelledTexts:

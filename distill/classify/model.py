@@ -7,6 +7,7 @@ module cut to its first few layers. This file does no I/O (see `distill.classify
 from __future__ import annotations
 
 import copy
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -26,9 +27,33 @@ class EncoderClassifier(nn.Module):
         hidden = self.encoder(
             input_ids=input_ids, attention_mask=attention_mask
         ).last_hidden_state  # (B, T, H)
+        return self._classify(hidden, attention_mask)
+
+    def features(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, attentions: bool = False
+    ) -> Features:
+        """The logits with what feature KD matches: the hidden states (embeddings, then each layer's
+        output) and, with `attentions`, each layer's attention probabilities. The attention
+        implementation must return them (the default, SDPA, does not: see `feature_kd.recording`)."""
+        out = self.encoder(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            output_hidden_states=True,
+            output_attentions=attentions,
+        )
+        logits = self._classify(out.last_hidden_state, attention_mask)
+        return Features(logits, tuple(out.hidden_states), tuple(out.attentions) if attentions else ())
+
+    def _classify(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # (B, H)
         return self.head(self.dropout(pooled))  # (B, C)
+
+
+class Features(NamedTuple):
+    logits: torch.Tensor  # (B, C)
+    hidden_states: tuple[torch.Tensor, ...]  # L + 1 of (B, T, H): the embeddings, then each layer
+    attentions: tuple[torch.Tensor, ...]  # L of (B, heads, T, T), each row a distribution; () if not asked
 
 
 def truncated_copy(model: EncoderClassifier, num_layers: int) -> EncoderClassifier:

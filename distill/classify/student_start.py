@@ -54,3 +54,30 @@ def _cut(source: EncoderClassifier, layers: int, recipe: ClassifyRecipe) -> Enco
     if recipe.student_width is None:
         return truncated_copy(source, layers)
     return narrowed_copy(source, layers, recipe.student_width, recipe.seed)
+
+
+def feature_teacher(registry: Registry, teacher: Manifest, tokenizer: BatchTokenizer) -> EncoderClassifier:
+    """The teacher in PyTorch, for hidden-state and attention KD, which run it on the student's tokens:
+    a kdgate build's own weights, or an import's Hugging Face folder (its encoder is what is matched).
+    A ValueError when there are none (an ONNX-only import) or the two tokenize differently (a
+    `student_base` with another vocabulary), since then no token of one lines up with the other's."""
+    weights = imported_weights(registry, teacher)
+    if teacher.format == "torch":
+        folder = registry.path(teacher.ref)
+        model = load_classifier(folder)
+    elif weights is not None and is_bert_encoder(weights):
+        folder = weights
+        model = pretrained_classifier(len(teacher.labels), encoder_dir=weights).eval()
+    else:
+        raise ValueError(
+            f"hidden/attention KD needs the teacher's PyTorch weights: {teacher.ref} has none "
+            "(import its Hugging Face folder, or use losses ['logits'])"
+        )
+    probe = ["Hidden-state KD lines tokens up, one by one.", "naïve café 2024 #kdgate"]
+    own, theirs = tokenizer(probe), BatchTokenizer.from_dir(folder, teacher.max_length)(probe)
+    if any(a.shape != b.shape or (a != b).any() for a, b in zip(own, theirs, strict=True)):
+        raise ValueError(
+            f"hidden/attention KD needs a student that tokenizes as {teacher.ref} does; "
+            "this student_base does not (use losses ['logits'])"
+        )
+    return model

@@ -1,5 +1,5 @@
-"""The grid of a sweep: every combination of temperature, α, student depth and width, each with a
-stable id derived from its parameters alone (pure).
+"""The grid of a sweep: every combination of temperature, α, student depth, width and KD losses, each
+with a stable id derived from its parameters alone (pure).
 
 The id is what makes a sweep resumable and a pick traceable: `points.jsonl` is keyed by it, so a
 re-run of the same grid finds what is already done, and a student's lineage names the point it came
@@ -10,6 +10,8 @@ from. It reads as the parameters themselves, so a person can tell points apart w
 ['T1-a0.9-L2', 'T4-a0.9-L2']
 >>> Point(temperature=2.0, alpha=0.5, layers=3, width=128).id
 'T2-a0.5-L3-w128'
+>>> Point(2.0, 0.9, 2, losses=("logits", "hidden", "attention")).id
+'T2-a0.9-L2+hidden+attention'
 >>> len(grid())   # the issue's default: 5 temperatures × 3 depths × 2 alphas
 30
 """
@@ -25,6 +27,8 @@ DEFAULT_LAYERS = (1, 2, 3)
 DEFAULT_ALPHAS = (0.5, 0.9)
 MAX_LAYERS = 6  # the MiniLM teacher's depth: a cut student has at most as many layers
 MIN_WIDTH, HEAD_SIZE = 32, 32  # a built student's hidden size is a multiple of its head size
+LOGITS_ONLY = ("logits",)
+LOSS_TERMS = ("logits", "hidden", "attention")  # as `ClassifyRecipe.losses` knows them, in this order
 
 
 class GridError(ValueError):
@@ -33,27 +37,31 @@ class GridError(ValueError):
 
 @dataclass(frozen=True)
 class Point:
-    """One student recipe of the sweep: KD temperature, soft-term weight, depth and (for a student
-    built rather than cut from the teacher) hidden size."""
+    """One student recipe of the sweep: KD temperature, soft-term weight, depth, (for a student built
+    rather than cut from the teacher) hidden size, and the KD loss terms."""
 
     temperature: float
     alpha: float
     layers: int
     width: int | None = None  # None: the teacher's own width (its first `layers` layers)
+    losses: tuple[str, ...] = LOGITS_ONLY  # "logits" and any of "hidden", "attention", in LOSS_TERMS order
 
     @property
     def id(self) -> str:
-        """Stable and readable: `T<temperature>-a<alpha>-L<layers>[-w<width>]`, numbers in their shortest
-        form (2.0 and 2 are one point)."""
+        """Stable and readable: `T<temperature>-a<alpha>-L<layers>[-w<width>][+<loss>...]`, numbers in
+        their shortest form (2.0 and 2 are one point); logits-only KD adds nothing, so the ids of
+        sweeps from before the loss axis still name the same points."""
         width = "" if self.width is None else f"-w{self.width}"
-        return f"T{_num(self.temperature)}-a{_num(self.alpha)}-L{self.layers}{width}"
+        extra = "".join(f"+{term}" for term in self.losses if term != "logits")
+        return f"T{_num(self.temperature)}-a{_num(self.alpha)}-L{self.layers}{width}{extra}"
 
-    def params(self) -> dict[str, float | int | None]:
+    def params(self) -> dict[str, float | int | list[str] | None]:
         return {
             "temperature": self.temperature,
             "alpha": self.alpha,
             "layers": self.layers,
             "width": self.width,
+            "losses": list(self.losses),
         }
 
 
@@ -62,9 +70,10 @@ def grid(
     alphas: Sequence[float] = DEFAULT_ALPHAS,
     layers: Sequence[int] = DEFAULT_LAYERS,
     widths: Sequence[int | None] = (None,),
+    losses: Sequence[tuple[str, ...]] = (LOGITS_ONLY,),
 ) -> list[Point]:
-    """Every combination, in a fixed order (temperature slowest, then depth, α, width); duplicates
-    (2 and 2.0) once. Raises `GridError` naming the option of a value out of range."""
+    """Every combination, in a fixed order (temperature slowest, then depth, α, width, losses);
+    duplicates (2 and 2.0) once. Raises `GridError` naming the option of a value out of range."""
     _check(temperatures, "--temperatures", lambda t: 0 < t <= 100, "in (0, 100]")
     _check(alphas, "--alphas", lambda a: 0 <= a <= 1, "in [0, 1]")
     _check(layers, "--layers", lambda n: 1 <= n <= MAX_LAYERS, f"in 1..{MAX_LAYERS}")
@@ -74,9 +83,13 @@ def grid(
         lambda w: w >= MIN_WIDTH and w % HEAD_SIZE == 0,
         f"a multiple of {HEAD_SIZE}, at least {MIN_WIDTH}",
     )
+    for terms in losses:
+        if "logits" not in terms or not set(terms) <= set(LOSS_TERMS):
+            raise GridError(f"--losses: {'+'.join(terms)} is not logits plus any of hidden, attention")
     seen: dict[str, Point] = {}
-    for t, n, a, w in itertools.product(temperatures, layers, alphas, widths):
-        point = Point(float(t), float(a), int(n), None if w is None else int(w))
+    for t, n, a, w, k in itertools.product(temperatures, layers, alphas, widths, losses):
+        ordered = tuple(term for term in LOSS_TERMS if term in k)
+        point = Point(float(t), float(a), int(n), None if w is None else int(w), ordered)
         seen.setdefault(point.id, point)
     return list(seen.values())
 
@@ -113,6 +126,25 @@ def parse_widths(text: str) -> list[int | None]:
     rest = [item for item in items if item != "cut"]
     built: list[int | None] = [int(w) for w in parse_list(",".join(rest), "--widths", int)] if rest else []
     return ([None] if "cut" in items else []) + built
+
+
+def parse_losses(text: str) -> list[tuple[str, ...]]:
+    """`--losses`: the loss sets to sweep, each the logits term plus what an item names; `+` joins
+    terms, so `logits,hidden,attention` is the ablation logits-only / + hidden / + attention.
+
+    >>> parse_losses("logits, hidden,hidden+attention")
+    [('logits',), ('logits', 'hidden'), ('logits', 'hidden', 'attention')]
+    """
+    sets = []
+    for item in [item.strip() for item in text.split(",") if item.strip()]:
+        terms = {term.strip() for term in item.split("+")} | {"logits"}
+        unknown = sorted(terms - set(LOSS_TERMS))
+        if unknown:
+            raise GridError(f"--losses: {unknown[0]!r} is not a loss (logits, hidden, attention; '+' joins)")
+        sets.append(tuple(term for term in LOSS_TERMS if term in terms))
+    if not sets:
+        raise GridError("--losses: no values (e.g. --losses logits,hidden,attention)")
+    return sets
 
 
 def _check(values: Sequence[float], option: str, ok: Callable[[float], bool], expected: str) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 from distill.classify.build import ClassifyRecipe, build_student
 from distill.gate import GateConfig, Refused
 from distill.registry import Manifest, Registry
-from distill.workbench.grid import Point
+from distill.workbench.grid import LOGITS_ONLY, Point
 from distill.workbench.points import POINTS_FILE, read_points, read_spec
 from distill.workbench.rule import Rule, choose
 from distill.workbench.sweep import Log
@@ -39,7 +39,8 @@ def pick(
     chosen = choose(points, rule)
     if chosen is None:
         raise NoPointMatches(f"no point of sweep {spec['id']} ({len(points)} recorded) meets {rule}")
-    point = Point(chosen["temperature"], chosen["alpha"], chosen["layers"], chosen["width"])
+    losses = tuple(chosen.get("losses") or LOGITS_ONLY)  # absent from points recorded before the axis
+    point = Point(chosen["temperature"], chosen["alpha"], chosen["layers"], chosen["width"], losses)
     recipe = point_recipe(base_recipe(spec["recipe"]), point, spec["labelled"])
     lineage = {"id": spec["id"], "point": point.id, "rule": str(rule), "figures": chosen}
     log(f"picked {point.id} by '{rule}': training it on the full data")

@@ -27,6 +27,7 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("alpha", "α", "{:g}"),
     ("layers", "layers", "{}"),
     ("width", "width", "{}"),
+    ("losses", "losses", "{}"),
     ("accuracy", "accuracy", "{:.4f}"),
     ("agreement", "agreement", "{:.4f}"),
     ("kl", "KL", "{:.4f}"),
@@ -159,6 +160,8 @@ def pareto_figure(points: Sequence[Mapping[str, Any]], references: Mapping[str, 
 
 def _cell(record: Mapping[str, Any], field: str, fmt: str) -> str:
     value = record.get(field)
+    if field == "losses":  # a point recorded before the loss axis was logits-only
+        return "+".join(value or ["logits"])
     if value is None:
         return "cut" if field == "width" else "-"
     return fmt.format(value)

@@ -54,6 +54,8 @@ from distill.workbench.points import (
 from distill.workbench.trial import MB, Baseline, SweepData, run_point
 from durablefs import write_json
 
+# ClassifyRecipe fields that came after the first sweeps, at their defaults (see `SweepSpec.id`).
+LATER_FIELDS: dict[str, Any] = {"losses": ("logits",), "hidden_weight": 1.0, "attention_weight": 1.0}
 LATENCY_TEXTS = 300  # batch-1 calls per model per point: p99 is then the 3rd slowest
 
 Log = Callable[[str], None]
@@ -78,6 +80,9 @@ class SweepSpec:
     @property
     def id(self) -> str:
         recipe = {k: v for k, v in asdict(self.recipe).items() if k != "threads"}  # speed, not result
+        # Fields added after the first sweeps count only when set: at their defaults, those sweeps
+        # keep their ids (and resume).
+        recipe = {k: v for k, v in recipe.items() if k not in LATER_FIELDS or v != LATER_FIELDS[k]}
         key = {
             "teacher": self.teacher,
             "recipe": recipe,

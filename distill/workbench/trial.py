@@ -19,10 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from distill.classify.build import ClassifyRecipe, distil
+from distill.classify.build import ClassifyRecipe
 from distill.classify.evaluate import accuracy, compare_to_teacher
 from distill.classify.export import export_onnx, onnx_logits, quantize_int8
-from distill.classify.student_start import student_init
+from distill.classify.kd import distil, needs_teacher_model
+from distill.classify.student_start import feature_teacher, student_init
 from distill.corpora import LabelledTexts, Split
 from distill.registry import Manifest, Registry
 from distill.workbench.calibrate import calibration_of
@@ -64,6 +65,7 @@ def point_recipe(recipe: ClassifyRecipe, point: Point, labelled: bool) -> Classi
         alpha=point.alpha if labelled else 1.0,
         student_layers=point.layers,
         student_width=point.width,
+        losses=point.losses,
     )
 
 
@@ -81,10 +83,11 @@ def run_point(
     recipe = point_recipe(recipe, point, data.labelled)
     torch.set_num_threads(recipe.threads)
     model, tokenizer = student_init(registry, teacher, recipe)
+    teacher_model = feature_teacher(registry, teacher, tokenizer) if needs_teacher_model(recipe) else None
     started = time.monotonic()
     labels = torch.tensor(data.train.labels)
     summary = distil(
-        model, tokenizer, data.train.texts, data.soft, labels, recipe, point.id, show_progress=False
+        model, tokenizer, data.train.texts, data.soft, labels, recipe, point.id, False, teacher_model
     )
     train_seconds = time.monotonic() - started
 

@@ -57,7 +57,11 @@ def sweep(
     ] = None,
     losses: Annotated[
         str | None,
-        typer.Option(help="KD losses; only 'logits' is built so far (hidden, attention: not yet)."),
+        typer.Option(
+            help="KD loss sets, comma-separated, each the logits term plus what it names ('+' joins): "
+            "'logits,hidden,attention' sweeps logits-only, + hidden-state MSE, + attention KL. "
+            "Default: logits only."
+        ),
     ] = None,
     prune: Annotated[str | None, typer.Option(help="Pruning shares; not built yet (only 0).")] = None,
     teacher: Annotated[str | None, typer.Option(help="Teacher ref (default: the task's latest).")] = None,
@@ -90,7 +94,8 @@ def sweep(
         str, typer.Option(help="The frontier's quality axis: agreement or accuracy.")
     ] = "agreement",
 ) -> None:
-    """Sweep KD temperature, α and student size on a slice of the data; report the Pareto frontier.
+    """Sweep KD temperature, α, student size and KD losses on a slice of the data; report the Pareto
+    frontier.
 
     The default grid is T 1,2,4,8,16 × layers 1,2,3 × α 0.5,0.9 (30 points) on 10% of the data.
 
@@ -104,9 +109,7 @@ def sweep(
     offline()
     from distill.workbench.rule import RuleError, parse_rule
 
-    points = _grid(temperatures, alphas, layers, widths)
-    if losses is not None and [x.strip() for x in losses.split(",") if x.strip()] != ["logits"]:
-        refuse("--losses", "hidden-state and attention KD are not built yet; only 'logits'")
+    points = _grid(temperatures, alphas, layers, widths, losses)
     if prune is not None and [x.strip() for x in prune.split(",") if x.strip()] not in (["0"], ["0.0"]):
         refuse("--prune", "pruning + KD is not built yet; only 0")
     if not 0 < fraction <= 1:
@@ -150,8 +153,10 @@ def _one_line(resolve: Callable[..., Any], *args: Any) -> Any:
         refuse(str(exc.param_hint or "option"), exc.message)
 
 
-def _grid(temperatures: str, alphas: str, layers: str, widths: str | None) -> list[Point]:
-    from distill.workbench.grid import GridError, grid, parse_list, parse_widths
+def _grid(
+    temperatures: str, alphas: str, layers: str, widths: str | None, losses: str | None = None
+) -> list[Point]:
+    from distill.workbench.grid import LOGITS_ONLY, GridError, grid, parse_list, parse_losses, parse_widths
 
     try:
         return grid(
@@ -159,6 +164,7 @@ def _grid(temperatures: str, alphas: str, layers: str, widths: str | None) -> li
             parse_list(alphas, "--alphas", float),
             [int(n) for n in parse_list(layers, "--layers", int)],
             parse_widths(widths) if widths is not None else [None],
+            parse_losses(losses) if losses is not None else [LOGITS_ONLY],
         )
     except GridError as exc:  # its message starts with the option's name
         option, _, message = str(exc).partition(": ")

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from distill.workbench.grid import GridError, Point, grid, parse_list, parse_widths
+from distill.workbench.grid import GridError, Point, grid, parse_list, parse_losses, parse_widths
 from distill.workbench.pareto import frontier, frontier_ids
 from distill.workbench.rule import Clause, RuleError, choose, parse_rule
 
@@ -112,6 +112,15 @@ def test_grid_ids_are_stable_readable_and_unique() -> None:
     assert Point(2, 0.9, 2).id == Point(2.0, 0.9, 2).id == "T2-a0.9-L2"  # 2 and 2.0 are one point
     assert grid(temperatures=(2, 2.0), alphas=(0.9,), layers=(2,)) == [Point(2.0, 0.9, 2)]
     assert [p.id for p in grid((1,), (1,), (1,), (None, 64))] == ["T1-a1-L1", "T1-a1-L1-w64"]
+    # The loss axis: logits-only adds nothing to an id (sweeps from before it keep theirs); a set's
+    # terms read in one order, however they were given.
+    sets = [("logits",), ("logits", "hidden"), ("attention", "logits", "hidden")]
+    assert [p.id for p in grid((1,), (1,), (1,), (64,), sets)] == [
+        "T1-a1-L1-w64",
+        "T1-a1-L1-w64+hidden",
+        "T1-a1-L1-w64+hidden+attention",
+    ]
+    assert Point(1, 1, 1, losses=("logits", "hidden")).params()["losses"] == ["logits", "hidden"]
 
 
 @pytest.mark.parametrize(
@@ -122,6 +131,7 @@ def test_grid_ids_are_stable_readable_and_unique() -> None:
         ({"layers": (7,)}, "--layers"),
         ({"widths": (100,)}, "--widths"),
         ({"layers": ()}, "--layers"),
+        ({"losses": [("hidden",)]}, "--losses"),
     ],
 )
 def test_a_grid_value_out_of_range_names_its_option(kwargs: dict, option: str) -> None:
@@ -136,3 +146,11 @@ def test_option_lists_parse_or_name_the_option() -> None:
         parse_list(" , ", "--alphas", float)
     with pytest.raises(GridError, match="--widths"):
         parse_widths("cut,wide")
+    assert parse_losses("logits,hidden,attention") == [
+        ("logits",),
+        ("logits", "hidden"),
+        ("logits", "attention"),
+    ]
+    assert parse_losses("hidden+attention") == [("logits", "hidden", "attention")]
+    with pytest.raises(GridError, match="--losses: 'hiden'"):
+        parse_losses("logits,hiden")
