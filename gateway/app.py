@@ -35,6 +35,7 @@ from gateway.state import GatewayState
 from statestore import StoreUnavailable
 
 log = logging.getLogger("kdgate.app")
+REGISTRY_FOLLOW_S = 2.0  # how often a worker looks for models another process registered
 
 
 async def _drive_rollouts(state: GatewayState) -> None:
@@ -53,6 +54,25 @@ async def _follow_rollouts(state: GatewayState) -> None:
     while True:
         await _survive(state.controller.follow)
         await asyncio.sleep(state.settings.rollout_tick_seconds)
+
+
+async def _follow_registry(state: GatewayState) -> None:
+    """One of several workers: load the models another process registered (the worker that builds the
+    default models, `kdgate distill`, an import), as the builder reloads after each of its steps; a
+    worker on a fresh state would otherwise answer 503 until restarted."""
+    failed: frozenset[str] = frozenset()
+    while True:
+        await asyncio.sleep(REGISTRY_FOLLOW_S)
+        new = await asyncio.to_thread(state.unloaded)
+        if not new:
+            continue
+        try:
+            await asyncio.to_thread(state.load_models)
+            state.ready, failed = True, frozenset()
+        except Exception:
+            if new != failed:  # said once per set of models, not every look
+                log.exception("loading the newly registered %s failed", ", ".join(sorted(new)))
+            failed = new
 
 
 async def _survive(look: Callable[[], object]) -> None:
@@ -119,6 +139,8 @@ def create_app(
                 take_over_when_free(state.shadow_lease, shadows)
             )
         state.tasks["windows"] = asyncio.create_task(_publish_windows(state))
+        if settings.workers > 1:
+            state.tasks["registry"] = asyncio.create_task(_follow_registry(state))
         if settings.redistill_enabled:
             state.tasks["redistill"] = asyncio.create_task(_continual_loop(state))
         if settings.rollout_driver == "local":

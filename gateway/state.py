@@ -87,6 +87,10 @@ class GatewayState:
             refs = [r for r, t in loaded.items() if t == task]
             self.metrics.set_weights(task, self.traffic.get(task), refs)
 
+    def unloaded(self) -> frozenset[str]:
+        """The registered models this process has not loaded (blocking: reads the registry)."""
+        return frozenset(m.ref for m in self.registry.list()) - set(self.pool.tasks_of())
+
     def task_readiness(self) -> dict[str, str]:
         """Per served task: `ready` (its teacher is loaded), `building` (a background build will bring
         one) or `missing`."""

@@ -200,6 +200,15 @@ def start_server(
     return running
 
 
+def poll(check, what: str, timeout: float = 30.0):  # type: ignore[no-untyped-def]
+    """`check()` once it is truthy; `timeout` bounds a failure only."""
+    deadline = time.monotonic() + timeout
+    while not (found := check()):
+        assert time.monotonic() < deadline, f"{what} within {timeout:g} s"
+        time.sleep(0.1)
+    return found
+
+
 def start_gateway(state_dir: Path, **settings: object) -> tuple[subprocess.Popen[bytes], str]:
     """`kdgate serve` as a process of its own (a test may kill -9 it), ready; settings as KDGATE_* vars
     (`workers=2`: a supervisor and its two workers on the port)."""

@@ -7,7 +7,6 @@ changes until the database is back."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,16 +16,7 @@ import pytest
 from distill.faults import register_fault_model
 from distill.registry import FaultSpec, Registry
 from tests.postgres_server import PostgresServer
-from tests.support import FAST, STUDENT, TEACHER, start_gateway
-
-
-def poll(check, what: str, timeout: float = 30.0):  # type: ignore[no-untyped-def]
-    """`check()` once it is truthy; `timeout` bounds a failure only."""
-    deadline = time.monotonic() + timeout
-    while not (found := check()):
-        assert time.monotonic() < deadline, f"{what} within {timeout:g} s"
-        time.sleep(0.1)
-    return found
+from tests.support import FAST, STUDENT, TEACHER, poll, start_gateway
 
 
 def metric(url: str, name: str) -> float:

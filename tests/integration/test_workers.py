@@ -16,8 +16,9 @@ from pathlib import Path
 
 import httpx
 
-from tests.integration.test_replicas import poll
-from tests.support import FAST, STUDENT, TEACHER, child_pids, is_alive, start_gateway
+from distill.faults import register_fault_model
+from distill.registry import FaultSpec, Registry
+from tests.support import FAST, STUDENT, TEACHER, child_pids, is_alive, poll, start_gateway
 
 TEACHER_PROCESS = "gateway.shadow.teacher_process"
 
@@ -140,6 +141,16 @@ def test_two_workers_on_one_port_and_one_killed_with_9(state_dir: Path) -> None:
         poll(lambda: replacement in answering(url, headers, 20), "the replacement answers on the port", 60)
         assert len(teachers_of({survivor, replacement})) == 1
         assert supervisor.poll() is None
+
+        # A model registered by another process is loaded by every worker, with no reload asked.
+        newcomer = register_fault_model(Registry(state_dir), FaultSpec(wraps=STUDENT), name="newcomer").ref
+
+        def everywhere() -> bool:
+            pinned = {"x-kdgate-model": newcomer}
+            answers = [httpx.post(f"{url}/classify", json={"text": "a"}, headers=pinned) for _ in range(20)]
+            return all(a.status_code == 200 for a in answers)
+
+        poll(everywhere, "both workers serve a model registered after they started", 20)
     finally:
         supervisor.send_signal(signal.SIGTERM)
         supervisor.wait(timeout=60)
