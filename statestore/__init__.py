@@ -1,7 +1,7 @@
 """The state store: what every gateway process and controller of one deployment must agree on.
 
-Traffic weights, shadow-rate overrides, rollout state and the rollout audit log live behind one
-interface, `StateStore`, with two backends:
+Traffic weights, shadow-rate overrides, every process's published live window (for the judge), rollout
+state and the rollout audit log live behind one interface, `StateStore`, with two backends:
 
 - **local files** (`statestore/local.py`, the embedded default): the files under `<state_dir>` as
   before, safe for several processes on one machine (flocks, atomic renames, mtime polling);
@@ -13,7 +13,7 @@ step: the Kubernetes issue).
 
 Example::
 
-    store = open_store(settings.store, settings.state_dir)
+    store = open_store(settings.store_url(), settings.state_dir)
     traffic = TrafficStore(store.document("traffic"))
     controller = Controller(store.rollouts, store.audit, source, setter, lease=store.lease(identity))
 """
