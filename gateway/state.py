@@ -30,7 +30,7 @@ from gateway.shadow.protection import ShadowProtection
 from gateway.shadow.rates import ShadowRates
 from rollout.driver import Controller
 from rollout.lease import Lease, process_identity
-from statestore import EventLog, RolloutStates, StateStore, open_store
+from statestore import StateStore, open_store
 
 M = TypeVar("M")
 
@@ -47,9 +47,7 @@ class GatewayState:
     shadow_rates: ShadowRates
     shadow: ClassifyShadow | None
     generate_shadow: GenerateShadow | None
-    store: StateStore
-    rollouts: RolloutStates
-    audit: EventLog
+    store: StateStore  # the split, shadow rates, rollouts and audit log every process shares
     controller: Controller
     shadow_protection: ShadowProtection  # set while a re-distillation reads the log from then on
     board: WindowBoard  # this process's live window published for the judge, and the others' (published.py)
@@ -135,11 +133,10 @@ class GatewayState:
         rates = ShadowRates(store.document("shadow_rates"), settings)
         traffic = TrafficStore(store.document("traffic"))
         protection = ShadowProtection()
-        rollouts, audit = store.rollouts, store.audit
         board = WindowBoard(store.document(DOCUMENT), window)
         controller = Controller(
-            rollouts,
-            audit,
+            store.rollouts,
+            store.audit,
             LocalSource(window, board),
             TrafficSetter(traffic, metrics, pool),
             MetricsSink(metrics),
@@ -190,8 +187,6 @@ class GatewayState:
             shadow=shadow,
             generate_shadow=generate_shadow,
             store=store,
-            rollouts=rollouts,
-            audit=audit,
             controller=controller,
             shadow_protection=protection,
             board=board,

@@ -110,7 +110,7 @@ async def set_traffic(
     state = _state(request)
     state.served_task(task)
     weights = validate_weights(task, update.weights, state.pool.tasks_of())
-    rollout = state.rollouts.load(task)
+    rollout = state.store.rollouts.load(task)
     if rollout is not None and rollout[0].phase is Phase.PROGRESSING and not force:
         raise Conflict(
             f"a rollout of {task!r} is progressing ({rollout[0].candidate} at {rollout[0].weight}%); "

@@ -94,4 +94,4 @@ async def events(
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
 ) -> dict[str, Any]:
     """The audit log: every rollout transition (time, actor, from → to, weights, evidence)."""
-    return {"events": _state(request).audit.read(task=task, limit=limit)}
+    return {"events": _state(request).store.audit.read(task=task, limit=limit)}
