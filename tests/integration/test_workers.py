@@ -97,7 +97,17 @@ def test_two_workers_on_one_port_and_one_killed_with_9(state_dir: Path) -> None:
             found = httpx.get(f"{url}/admin/rollouts/classify/observation", headers=headers).json()
             return float(found["observation"]["requests"])
 
-        poll(lambda: observed() == n, f"the observation counts all {n} requests", 10)
+        seen_counts: list[float] = []
+
+        def all_counted() -> bool:
+            seen_counts.append(observed())
+            return seen_counts[-1] == n
+
+        try:  # bounds a failure only; each worker publishes every second
+            poll(all_counted, f"the observation counts all {n} requests", 30)
+        except AssertionError as failed:
+            published = (state_dir / "windows.json").read_text()
+            raise AssertionError(f"{failed}; last counts {seen_counts[-5:]}; published {published}") from None
 
         def shares() -> list[float] | None:  # what each worker published (its own lags by a second)
             published = json.loads((state_dir / "windows.json").read_text()).values()
