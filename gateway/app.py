@@ -19,7 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from distill.registry import Registry
@@ -90,6 +90,7 @@ async def _publish_windows(state: GatewayState) -> None:
     """This process's live window for the rollouts in progress, to the store for the judge (off the loop)."""
     while True:
         await _survive(lambda: state.board.publish(list(state.controller.active.values())))
+        await _survive(state.metrics.refresh)
         await asyncio.sleep(PUBLISH_S)
 
 
@@ -198,7 +199,7 @@ def create_app(
     async def metrics() -> Response:
         if state.shadow is not None:
             state.shadow.update_rate_gauges()
-        return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     return app
 

@@ -129,7 +129,7 @@ class GatewayState:
         window = LiveWindow(settings.window_seconds, clock=clock)
         in_flight = InFlight()
         store = open_store(settings.store_url(), settings.state_dir)
-        metrics.store_up.set_function(lambda: float(store.up()))
+        metrics.track_store(store.up)
         rates = ShadowRates(store.document("shadow_rates"), settings)
         traffic = TrafficStore(store.document("traffic"))
         protection = ShadowProtection()

@@ -13,6 +13,10 @@ whole CLI in each; here each worker is a plain child (`python -m gateway.cli.wor
 the port only once its models are loaded, so a replacement never answers 503 while the others could
 answer, and the supervisor's whole job is the few lines below.
 
+The workers' metrics live in files under one `PROMETHEUS_MULTIPROC_DIR` the supervisor makes for them
+(gateway/serving/metrics.py), so `/metrics` on any worker reports the whole machine once; a dead
+worker's counters stay counted, its live gauges are dropped.
+
 The supervisor binds the port first without listening (it reserves the port, so `--port 0` works and a
 busy port is refused before any worker starts), starts the workers, restarts one that dies (with a log
 line, and with a growing pause when one dies young over and over), and forwards SIGTERM/SIGINT to
@@ -29,15 +33,21 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from prometheus_client.multiprocess import mark_process_dead
+
+from gateway.serving.metrics import MULTIPROC_ENV
 
 log = logging.getLogger("kdgate.workers")
 
@@ -102,11 +112,14 @@ def supervise(spec: WorkerSpec) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    # Fresh per start, as a single process's counters are: a restarted machine starts from zero.
+    metrics_dir = tempfile.mkdtemp(prefix="kdgate-metrics-")
+    env = {**os.environ, MULTIPROC_ENV: metrics_dir}
 
     def spawn(index: int) -> subprocess.Popen[bytes]:
         worker = WorkerSpec(**{**base.__dict__, "build": base.build and index == 0})
         # A process group of its own: a Ctrl-C reaches the supervisor alone, which stops the workers once.
-        return subprocess.Popen(worker.command(), process_group=0)
+        return subprocess.Popen(worker.command(), process_group=0, env=env)
 
     workers = [Worker(i, spawn(i), time.monotonic()) for i in range(spec.workers)]
     log.info("%d workers on %s:%d: pids %s", spec.workers, spec.host, port, [w.proc.pid for w in workers])
@@ -126,6 +139,7 @@ def supervise(spec: WorkerSpec) -> int:
             if status is None:
                 continue
             why = f"signal {-status}" if status < 0 else f"exit code {status}"
+            mark_process_dead(w.proc.pid, metrics_dir)
             w.young_deaths = w.young_deaths + 1 if now - w.started < YOUNG_S else 0
             if w.young_deaths >= MAX_YOUNG_DEATHS:
                 log.error(
@@ -156,6 +170,7 @@ def supervise(spec: WorkerSpec) -> int:
             w.proc.kill()
             w.proc.wait()
     reserve.close()
+    shutil.rmtree(metrics_dir, ignore_errors=True)
     return code
 
 

@@ -1,8 +1,20 @@
-"""The gateway's Prometheus metrics (names shared with dashboards, alert rules and the rollout judge)."""
+"""The gateway's Prometheus metrics (names shared with dashboards, alert rules and the rollout judge).
+
+Under `kdgate serve --workers N` the supervisor gives its workers one `PROMETHEUS_MULTIPROC_DIR`:
+prometheus_client then keeps every value in a file per process, and `/metrics` on any worker reads them
+all (`exposition`), so a scrape sees the machine's counters once, whichever worker answers it. Each gauge
+says how the workers' values combine (`multiprocess_mode`; ignored by a single process).
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 LATENCY_BUCKETS = (
     0.001,
@@ -35,6 +47,9 @@ class GatewayMetrics:
     """One set per app, on its own registry (several apps in one test process must not collide)."""
 
     def __init__(self) -> None:
+        # Read once, as prometheus_client did when it chose where values live (in memory or in files).
+        self.shared_dir = os.environ.get(MULTIPROC_ENV) or None
+        self._store_up: Callable[[], bool] | None = None
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -56,9 +71,20 @@ class GatewayMetrics:
             ["task", "model", "reason"],
             registry=r,
         )
-        self.store_up = Gauge("kdgate_store_up", "Whether the state store answers (1) or not (0)", registry=r)
+        # Workers' values: the store is up when every live worker reaches it; the rest are one setting
+        # (the latest write wins) or sums (queues, budgets).
+        self.store_up = Gauge(
+            "kdgate_store_up",
+            "Whether the state store answers (1) or not (0)",
+            registry=r,
+            multiprocess_mode="livemin",
+        )
         self.traffic_weight = Gauge(
-            "kdgate_traffic_weight", "Configured traffic weight (0-100)", ["task", "model"], registry=r
+            "kdgate_traffic_weight",
+            "Configured traffic weight (0-100)",
+            ["task", "model"],
+            registry=r,
+            multiprocess_mode="livemostrecent",
         )
         self.batch_size = Histogram(
             "kdgate_batch_size",
@@ -97,18 +123,21 @@ class GatewayMetrics:
             "Shadow rate per student: configured vs observed",
             ["task", "model", "kind"],
             registry=r,
+            multiprocess_mode="livemostrecent",
         )
         self.shadow_queued = Gauge(
             "kdgate_shadow_queued",
             "Items waiting in the /classify shadow: `score` for the teacher, `log` teacher-served",
             ["queue"],
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.shadow_budget = Gauge(
             "kdgate_shadow_budget_cores",
             "Cores the shadow teacher may use now: its floor, or more when cores are idle",
             ["task"],
             registry=r,
+            multiprocess_mode="livesum",
         )
         # /generate: tokens, latency per token, how completions end; shadow counts above are in tokens.
         self.tokens = Counter(
@@ -169,12 +198,21 @@ class GatewayMetrics:
             "1 for the rollout's current phase, 0 for the others",
             ["task", "phase"],
             registry=r,
+            multiprocess_mode="livemostrecent",
         )
         self.rollout_weight = Gauge(
-            "kdgate_rollout_weight", "Candidate weight set by the rollout", ["task", "model"], registry=r
+            "kdgate_rollout_weight",
+            "Candidate weight set by the rollout",
+            ["task", "model"],
+            registry=r,
+            multiprocess_mode="livemostrecent",
         )
         self.rollout_step = Gauge(
-            "kdgate_rollout_step", "Index of the current rollout step", ["task"], registry=r
+            "kdgate_rollout_step",
+            "Index of the current rollout step",
+            ["task"],
+            registry=r,
+            multiprocess_mode="livemostrecent",
         )
         self.rollout_transitions = Counter(
             "kdgate_rollout_transitions",
@@ -187,13 +225,39 @@ class GatewayMetrics:
             "Judge evidence per guarded metric: estimate and confidence bounds",
             ["task", "model", "metric", "bound"],
             registry=r,
+            multiprocess_mode="livemostrecent",
         )
         self.judge_threshold = Gauge(
             "kdgate_judge_threshold",
             "Threshold the judge compares each metric with",
             ["task", "model", "metric"],
             registry=r,
+            multiprocess_mode="livemostrecent",
         )
+
+    def track_store(self, up: Callable[[], bool]) -> None:
+        """`kdgate_store_up` follows `up()`: read at each scrape by a single process; written by
+        `refresh` when the scrape reads the workers' files."""
+        if self.shared_dir is None:
+            self.store_up.set_function(lambda: float(up()))
+        else:
+            self._store_up = up
+            self.refresh()
+
+    def refresh(self) -> None:
+        """Writes the values a scrape of the workers' files cannot compute (called every second and at
+        each scrape, so a worker nobody scrapes is at most a second behind)."""
+        if self._store_up is not None:
+            self.store_up.set(float(self._store_up()))
+
+    def exposition(self) -> bytes:
+        """The text `/metrics` answers: this process's registry, or every worker's values once."""
+        if self.shared_dir is None:
+            return generate_latest(self.registry)
+        self.refresh()
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged, path=self.shared_dir)
+        return generate_latest(merged)
 
     def set_weights(self, task: str, weights: dict[str, int], models: list[str]) -> None:
         for model in models:

@@ -18,7 +18,7 @@ import httpx
 
 from distill.faults import register_fault_model
 from distill.registry import FaultSpec, Registry
-from tests.support import FAST, STUDENT, TEACHER, child_pids, is_alive, poll, start_gateway
+from tests.support import FAST, STUDENT, TEACHER, child_pids, is_alive, metric_sum, poll, start_gateway
 
 TEACHER_PROCESS = "gateway.shadow.teacher_process"
 
@@ -120,6 +120,12 @@ def test_two_workers_on_one_port_and_one_killed_with_9(state_dir: Path) -> None:
             return found if sum(found) == n else None
 
         assert min(poll(shares, "both workers published their share", 10)) > 0  # both served some
+        # /metrics on either worker (a connection each) reports both workers' requests, once.
+        scraped = {
+            metric_sum(httpx.get(f"{url}/metrics").text, "kdgate_requests_total", model=STUDENT)
+            for _ in range(10)
+        }
+        assert scraped == {n}, scraped
         time.sleep(1.5)  # more publishes: still counted once
         assert {observed() for _ in range(10)} == {n}
 

@@ -50,6 +50,8 @@ def exported_samples() -> dict[str, set[str]]:
             child = metric.labels(*(f"x{i}" for i in range(len(labelnames)))) if labelnames else metric
             if isinstance(child, Histogram | Summary):
                 child.observe(1.0)
+            elif isinstance(child, Gauge):
+                child.set(1.0)  # a "latest value wins" gauge (multiprocess_mode) refuses inc
             else:
                 child.inc()
             touched += 1
