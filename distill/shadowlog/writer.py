@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from distill.shadowlog.retention import Retention
 from distill.shadowlog.schema import PARQUET_OPTIONS, build_table, normalize_record
-from distill.shadowlog.segments import TMP_PREFIX, segment_name, task_dir
+from distill.shadowlog.segments import TMP_PREFIX, replica_dir, segment_name, task_dir
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,15 @@ class ShadowLogWriter:
     ``os._exit()``). One writer per ``<root>/<task>`` directory: its start deletes leftover temp files.
     ``protect_after`` (epoch seconds, or a callable returning them) protects segments that may hold
     records at or after that time — e.g. the window an unfinished training run still reads. ``fs`` is
-    the filesystem ``root`` is on, when it needs options of its own (credentials, an endpoint); by
-    default fsspec resolves it from ``root``'s protocol.
+    the filesystem ``root`` is on, when it needs options of its own; by default it is resolved from
+    ``root``'s URL (``distill/objectstore.py``).
+
+    Shared storage: ``replica`` names this writer's folder under ``<root>/<task>/`` (every reader reads
+    all of them), and ``background=True`` (with ``start()``) makes ``append`` only buffer, leaving
+    every write to the flusher thread, so a slow or unreachable store never holds up the appender.
+    While the store fails, sealed rows wait (up to ``max_pending_rows``); beyond that the oldest are
+    dropped and handed to ``on_drop(rows, "storage")``; rows a failed ``close()`` could not write go
+    there too. Both are counted in ``counters.rows_dropped``.
     """
 
     def __init__(
@@ -86,6 +93,9 @@ class ShadowLogWriter:
         max_pending_rows: int | None = None,
         clock: Callable[[], float] = time.time,
         fs: fsspec.AbstractFileSystem | None = None,
+        replica: str | None = None,
+        background: bool = False,
+        on_drop: Callable[[list[dict[str, Any]], str], None] | None = None,
     ) -> None:
         if flush_rows < 1 or flush_seconds <= 0:
             raise ValueError("flush_rows must be >= 1 and flush_seconds > 0")
@@ -98,7 +108,12 @@ class ShadowLogWriter:
         self.max_pending_rows = max_pending_rows if max_pending_rows is not None else 20 * flush_rows
         self.counters = WriterCounters()
         self._clock = clock
-        self._fs, self._dir = task_dir(root, task, fs)
+        self._fs, log_dir = task_dir(root, task, fs)
+        self._dir = replica_dir(log_dir, replica)
+        self.background = background
+        self._on_drop = on_drop
+        self._wake = threading.Event()
+        self._failing = False  # the store failed at the last write: said once, and when it is back
         self._id = uuid.uuid4().hex[:8]
         self._seq = 0
         # RLocks and the per-thread depth let close() run from a signal handler that interrupted
@@ -110,11 +125,12 @@ class ShadowLogWriter:
         self._closed = False
         self._open = _Batch()
         self._sealed: list[_Batch] = []
+        self._writing: _Batch | None = None  # the sealed batch a write is under way for
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.retention = Retention(
             self._fs,
-            self._dir,
+            log_dir,
             max_bytes=max_bytes,
             max_age_seconds=max_age_seconds,
             protect_after=protect_after,
@@ -149,7 +165,9 @@ class ShadowLogWriter:
                 due = self._due()
                 if due:
                     self._seal()
-            if due:
+            if due and self.background and self._thread is not None:
+                self._wake.set()
+            elif due:
                 try:
                     self._write_sealed()
                 except Exception:
@@ -201,9 +219,29 @@ class ShadowLogWriter:
             return
         self._closed = True
         self._stop.set()
+        self._wake.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
-        self.flush()
+        try:
+            self.flush()
+        except Exception:
+            if self._on_drop is None:
+                raise
+            log.error("shadow log: storage failed at close; %d rows not written", self._discard())
+
+    def _discard(self) -> int:
+        """Drops every buffered row (the store is gone for good); the count."""
+        with self._lock:
+            batches, self._sealed = [*self._sealed, self._open], []
+            self._open = _Batch()
+        rows = [row for batch in batches for row in batch.rows]
+        self._dropped(rows)
+        return len(rows)
+
+    def _dropped(self, rows: list[dict[str, Any]]) -> None:
+        self.counters.rows_dropped += len(rows)
+        if self._on_drop is not None and rows:
+            self._on_drop(rows, "storage")
 
     def __enter__(self) -> ShadowLogWriter:
         return self
@@ -248,10 +286,11 @@ class ShadowLogWriter:
             self._open = _Batch()
         pending = sum(len(b.rows) for b in self._sealed)
         while pending > self.max_pending_rows and len(self._sealed) > 1:
-            dropped = self._sealed.pop(0)
+            # The batch being written may yet land: dropping it would count its rows twice.
+            dropped = self._sealed.pop(1 if self._sealed[0] is self._writing else 0)
             pending -= len(dropped.rows)
-            self.counters.rows_dropped += len(dropped.rows)
-            log.error("shadow log: storage failing, dropped %d rows", len(dropped.rows))
+            self._dropped(dropped.rows)
+            log.warning("shadow log: storage failing, dropped %d rows", len(dropped.rows))
 
     def _write_sealed(self) -> int:
         written = 0
@@ -260,13 +299,16 @@ class ShadowLogWriter:
                 with self._lock:
                     if not self._sealed:
                         break
-                    batch = self._sealed[0]
+                    batch = self._writing = self._sealed[0]
                 try:
                     self._write_segment(batch)
-                except Exception:
+                except BaseException:
                     self.counters.flush_errors += 1
+                    with self._lock:
+                        self._writing = None
                     raise
                 with self._lock:
+                    self._writing = None
                     if self._sealed and self._sealed[0] is batch:
                         self._sealed.pop(0)
                         written += len(batch.rows)
@@ -308,11 +350,21 @@ class ShadowLogWriter:
 
     def _run(self) -> None:
         tick = min(0.5, self.flush_seconds / 2)
-        while not self._stop.wait(tick):
+        while not self._stop.is_set():
+            self._wake.wait(tick)
+            self._wake.clear()
+            if self._stop.is_set():
+                break
             try:
                 self.maybe_flush()
-            except Exception:  # keep the flusher alive; the rows stay sealed and are retried
-                log.exception("shadow log background flush failed in %s", self._dir)
+            except Exception as exc:  # keep the flusher alive; the rows stay sealed and are retried
+                if not self._failing:  # once per outage, not every tick (the message names no secret)
+                    log.error("shadow log: writing to %s failed, retrying: %s", self._dir, exc)
+                self._failing = True
+            else:
+                if self._failing:
+                    log.warning("shadow log: writing to %s works again", self._dir)
+                self._failing = False
 
 
 def _fsync(f: Any) -> None:
@@ -350,5 +402,11 @@ class ShadowLogWriters:
     def close(self) -> None:
         with self._lock:
             writers = list(self._writers.values())
+        failed: Exception | None = None
         for writer in writers:
-            writer.close()
+            try:
+                writer.close()
+            except Exception as exc:
+                failed = exc
+        if failed is not None:
+            raise failed
