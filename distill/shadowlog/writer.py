@@ -23,6 +23,7 @@ from typing import Any
 import fsspec
 import pyarrow.parquet as pq
 
+from distill.objectstore import is_local
 from distill.shadowlog.retention import Retention
 from distill.shadowlog.schema import PARQUET_OPTIONS, build_table, normalize_record
 from distill.shadowlog.segments import TMP_PREFIX, replica_dir, segment_name, task_dir
@@ -136,8 +137,15 @@ class ShadowLogWriter:
             protect_after=protect_after,
             clock=clock,
         )
-        self._fs.makedirs(self._dir, exist_ok=True)
-        self._remove_temp_files()
+        if is_local(self._fs):  # an object store has no folders to make (s3fs would look for the bucket)
+            self._fs.makedirs(self._dir, exist_ok=True)
+        try:
+            self._remove_temp_files()
+        except Exception as exc:
+            if is_local(self._fs):
+                raise
+            # An object store unreachable now may be back by the first flush: rows wait for it.
+            log.error("shadow log: %s unreachable at start: %s", self._dir, exc)
 
     @property
     def closed(self) -> bool:

@@ -66,3 +66,19 @@ def test_an_unreachable_bucket_drops_and_counts_records_and_writing_resumes_when
     logged = set(read_shadow(root, "classify", columns=["request_id"])["request_id"].to_pylist())
     assert logged == {f"r{i}" for i in range(45)} - {rid for rid, _ in dropped}
     assert {f"r{i}" for i in range(40, 45)} <= logged  # written after the bucket came back
+
+
+def test_a_writer_opened_while_the_bucket_is_unreachable_writes_once_it_is_back(
+    s3_bucket: str, s3_server: S3Server
+) -> None:
+    root = f"{s3_bucket}/shadow"
+    s3_server.stop()
+    try:
+        writer = ShadowLogWriter(root, "classify", replica="gw-a", flush_rows=5, background=True).start()
+        for i in range(5):
+            writer.append(record(i))
+    finally:
+        s3_server.restart()
+    writer.close()
+    assert writer.counters.rows_written == 5
+    assert len(read_shadow(root, "classify", columns=["request_id"])) == 5
