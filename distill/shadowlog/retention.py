@@ -99,13 +99,14 @@ class Retention:
         index.drop_oldest(deleted)  # the oldest, in order: what was deleted
         return deleted
 
-    def written(self, path: str) -> None:
-        """The writer published a segment: the index learns it without a listing."""
+    def written(self, path: str, size: int | None = None) -> None:
+        """The writer published a segment (of `size` bytes, None: asked of the store): the index learns
+        it without a listing."""
         when = segment_time(path)
         if self._index is None or when is None:
             return
         try:
-            self._index.add(Segment(path, when, int(self.fs.size(path))))
+            self._index.add(Segment(path, when, int(self.fs.size(path)) if size is None else size))
         except Exception:  # the segment is safe; retention lists the directory again instead
             self._index = None
 

@@ -1,16 +1,18 @@
 """Shadow log writer: buffers records and writes them as Parquet segments (DESIGN.md, "Shadow log").
 
 Segments live under ``<root>/<task>/`` through fsspec, so a local path, ``s3://…`` or ``memory://`` work
-unchanged. Each flush writes ONE segment to ``.tmp-<uuid>.parquet`` and renames it to
-``seg-<utc ms>-<seq>-<writer id>.parquet``: a crash loses at most the unflushed rows and never leaves a
-half-written segment under a name a reader looks at (on object stores, where rename is copy + delete, an
-object appears whole or not at all). Segment names are in ``segments.py``, retention in
+unchanged. Each flush writes ONE segment, ``seg-<utc ms>-<seq>-<writer id>.parquet``: on a filesystem
+to ``.tmp-<uuid>.parquet`` first, renamed once whole; on an object store with one PUT, which publishes
+the whole object or nothing (a rename there is a copy and a delete, and s3fs looks each name up: five
+requests more per segment). A crash loses at most the unflushed rows and never leaves a half-written
+segment under a name a reader looks at. Segment names are in ``segments.py``, retention in
 ``retention.py``, the record format in ``schema.py``, readers in ``reader.py``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import threading
@@ -332,12 +334,19 @@ class ShadowLogWriter:
     def _write_segment(self, batch: _Batch) -> None:
         assert batch.name is not None
         table = build_table(batch.rows)
+        options = {**PARQUET_OPTIONS, "compression": self.compression}
+        final = f"{self._dir}/{batch.name}"
+        if not is_local(self._fs):
+            buffer = io.BytesIO()
+            pq.write_table(table, buffer, **options)
+            self._fs.pipe_file(final, buffer.getvalue())
+            self.retention.written(final, buffer.tell())
+            return
         tmp = f"{self._dir}/{TMP_PREFIX}{uuid.uuid4().hex}.parquet"
         try:
             with self._fs.open(tmp, "wb") as f:
-                pq.write_table(table, f, **{**PARQUET_OPTIONS, "compression": self.compression})
+                pq.write_table(table, f, **options)
                 _fsync(f)  # the rename must not publish a file whose bytes a power loss can still eat
-            final = f"{self._dir}/{batch.name}"
             self._fs.mv(tmp, final)
         except BaseException:
             # Best effort: a leftover temp file is ignored by readers and cleaned at the next start.

@@ -4,8 +4,11 @@ appender, and writing resumes when the bucket is back."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
+
+import pytest
 
 from distill.shadowlog.reader import read_shadow, shadow_stats
 from distill.shadowlog.segments import list_segments, task_dir
@@ -82,3 +85,21 @@ def test_a_writer_opened_while_the_bucket_is_unreachable_writes_once_it_is_back(
     writer.close()
     assert writer.counters.rows_written == 5
     assert len(read_shadow(root, "classify", columns=["request_id"])) == 5
+
+
+def test_retention_lists_the_bucket_at_start_not_at_every_segment(
+    s3_bucket: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = f"{s3_bucket}/shadow"
+    with caplog.at_level(logging.INFO, logger="werkzeug"):  # moto's access log: one line per request
+        writer = ShadowLogWriter(root, "classify", replica="gw-a", flush_rows=2, max_bytes=2**30).start()
+        for i in range(20):
+            writer.append(record(i))
+        writer.close()
+    assert writer.counters.segments_written == 10
+    listings = [r.getMessage() for r in caplog.records if "list-type=2" in r.getMessage()]
+    # At start only: the writer's folder (for a crashed writer's leftovers) and retention's index (one
+    # flat listing, which s3fs frames with a few look-ups). A segment is one PUT and nothing else.
+    assert len(listings) <= 4, listings
+    puts = [m for r in caplog.records if (m := r.getMessage()).split('"')[1].startswith("PUT ")]
+    assert len(puts) == 10, puts
