@@ -67,7 +67,8 @@ class ShadowLogWriter:
         w.close()  # graceful shutdown: flushes everything
 
     ``close()`` may be called from a signal handler (then return or ``sys.exit()`` from the handler; not
-    ``os._exit()``). One writer per ``<root>/<task>`` directory: its start deletes leftover temp files.
+    ``os._exit()``). One writer per folder (``<root>/<task>``, or a replica's in it): its start deletes
+    leftover temp files.
     ``protect_after`` (epoch seconds, or a callable returning them) protects segments that may hold
     records at or after that time — e.g. the window an unfinished training run still reads. ``fs`` is
     the filesystem ``root`` is on, when it needs options of its own; by default it is resolved from
