@@ -1,12 +1,19 @@
-"""The model registry: `<state_dir>/models/<name>/<version>/manifest.json` plus the model's files.
+"""The model registry: `<base>/<name>/<version>/manifest.json` plus the model's files, where `<base>` is
+an fsspec URL (distill/objectstore.py): `<state_dir>/models` by default, any local path, or
+`s3://bucket/prefix` shared by replicas on many machines.
 
-Registration is atomic: files are written into a hidden staging folder, the manifest last, and the
-folder is renamed into place. A crash mid-way leaves only a staging folder, which is never listed and is
-swept on the next open.
+Registration is atomic: files are written into a hidden staging folder, the manifest last. On a local
+store the folder is renamed into place; on a remote one the files are uploaded and the manifest last
+(distill/modelfiles.py). A reader lists manifests only, so it never sees half a model. A crash mid-way
+leaves only a staging folder, which is never listed and is swept on the next open.
+
+A model's files are loaded from a local folder, `registry.path(ref)`: the store itself when it is
+local, else the cache `<state_dir>/cache/models`, which a version is pulled into (every file checked
+against the manifest's sha256) the first time it is asked for.
 
 Example::
 
-    reg = Registry(Path(".kdgate"))
+    reg = Registry(Path(".kdgate"))  # or Registry(Path(".kdgate"), "s3://models/kdgate")
     with reg.stage("classify-student") as staging:
         (staging.path / "model.onnx").write_bytes(...)
         staging.commit(manifest)          # -> classify-student@<next version>
@@ -17,6 +24,7 @@ from __future__ import annotations
 import builtins
 import os
 import shutil
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,14 +36,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from distill.modelfiles import MANIFEST as MANIFEST
+from distill.modelfiles import PULL_PREFIX, file_digests, publish, pull
+from distill.modelfiles import CorruptObject as CorruptObject
+from distill.modelfiles import MissingObject as MissingObject
+from distill.modelfiles import RegistryError as RegistryError
+from distill.objectstore import display, filesystem, is_local
 from durablefs import fsync_dir, fsync_file, write_json
 
-MANIFEST = "manifest.json"
 STAGING_PREFIX = ".staging-"
-
-
-class RegistryError(Exception):
-    """A model reference that cannot be resolved or a manifest that does not validate."""
 
 
 class Role(StrEnum):
@@ -114,6 +123,8 @@ class Manifest(BaseModel):
     kind: Literal["model", "fault"] = "model"
     format: Literal["torch", "onnx", "fault"]
     files: list[str] = Field(default_factory=list)  # paths relative to the model folder
+    # Every file of the version but the manifest, by relative path: set on commit, checked on a pull.
+    sha256: dict[str, str] = Field(default_factory=dict)
     labels: list[str] = Field(default_factory=list)
     tokenizer: str | None = None  # relative path of tokenizer.json
     max_length: int = 64
@@ -167,7 +178,7 @@ class Staging:
     def __init__(self, registry: Registry, name: str) -> None:
         self.registry = registry
         self.name = name
-        self.path = registry.root / f"{STAGING_PREFIX}{name}-{uuid.uuid4().hex[:8]}"
+        self.path = registry.folder / f"{STAGING_PREFIX}{name}-{uuid.uuid4().hex[:8]}"
         self.path.mkdir(parents=True)
         self.committed: Manifest | None = None
 
@@ -180,53 +191,126 @@ class Staging:
         for written in self.path.rglob("*"):
             if written.is_file():
                 fsync_file(written)
+        manifest = manifest.model_copy(update={"sha256": file_digests(self.path)})
         write_json(self.path / MANIFEST, manifest.model_dump(mode="json"))
-        target = self.registry.root / manifest.name / str(manifest.version)
+        if self.registry.exists(manifest.ref):
+            raise RegistryError(f"{manifest.ref} already exists in the registry")
+        if not self.registry.local:
+            publish(self.registry.fs, self.registry.location(manifest.ref), self.path, list(manifest.sha256))
+        # Local: the rename is the publication, atomic on one filesystem. Remote: the files just
+        # uploaded are the cache entry of this version.
+        target = self.registry.folder / manifest.name / str(manifest.version)
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.exists():
-            raise RegistryError(f"{manifest.ref} already exists in the registry")
-        os.rename(self.path, target)  # atomic on one filesystem: the version appears whole or not at all
+            raise RegistryError(f"{manifest.ref} already exists in {target}")
+        os.rename(self.path, target)
         fsync_dir(target.parent)
         self.committed = manifest
         return manifest
 
 
 class Registry:
-    def __init__(self, state_dir: Path) -> None:
-        self.root = Path(state_dir) / "models"
-        self.root.mkdir(parents=True, exist_ok=True)
+    """The models of `url` (None: `<state_dir>/models`), loaded from `folder` on this machine."""
+
+    def __init__(self, state_dir: Path, url: str | None = None) -> None:
+        self.root = Path(state_dir) / "models"  # the default store; `root.parent` is the state dir
+        self.fs, self.base = filesystem(url or str(self.root))
+        self.local = is_local(self.fs)
+        self.folder = Path(self.base) if self.local else Path(state_dir) / "cache" / "models"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._manifests: dict[tuple[str, int], tuple[Manifest, bytes]] = {}  # versions are immutable
+        self._pulling = threading.Lock()
         self._sweep_staging()
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Sent with every call to the shadow teacher's process: its lock stays here, and so does the
+        manifest cache (the other process reads what it needs)."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("_pulling", "_manifests")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _pulling=threading.Lock(), _manifests={})
+
     def _sweep_staging(self) -> None:
-        for leftover in self.root.glob(f"{STAGING_PREFIX}*"):
-            shutil.rmtree(leftover, ignore_errors=True)
+        for prefix in (STAGING_PREFIX, PULL_PREFIX):
+            for leftover in self.folder.glob(f"{prefix}*"):
+                shutil.rmtree(leftover, ignore_errors=True)
+            for leftover in self.folder.glob(f"*/{prefix}*"):
+                shutil.rmtree(leftover, ignore_errors=True)
+
+    @property
+    def url(self) -> str:
+        """Where the registry is, for messages."""
+        return display(self.fs, self.base)
+
+    def location(self, ref: str | ModelRef) -> str:
+        """The folder of `ref` on the store (a path on `self.fs`)."""
+        parsed = ref if isinstance(ref, ModelRef) else ModelRef.parse(ref)
+        return f"{self.base}/{parsed.name}/{parsed.version}"
 
     def list(self) -> list[Manifest]:
+        self.fs.invalidate_cache(self.base)  # s3fs caches listings: another replica may have published
         manifests = []
-        for path in sorted(self.root.glob(f"*/*/{MANIFEST}")):
-            if path.parent.parent.name.startswith(".") or path.parent.name.startswith("."):
+        # One flat listing (on S3 one request per 1,000 objects) rather than a walk of every folder.
+        for path in sorted(self.fs.find(self.base)):
+            parts = path[len(self.base) :].strip("/").split("/")
+            if len(parts) != 3 or parts[2] != MANIFEST:
                 continue
-            manifests.append(self._read(path))
+            name, version = parts[0], parts[1]
+            if name.startswith(".") or not (version.isascii() and version.isdigit()):
+                continue
+            try:
+                manifests.append(self._read(ModelRef(name, int(version))))
+            except FileNotFoundError:  # removed since the listing
+                continue
         return sorted(manifests, key=lambda m: (m.task, m.name, m.version))
 
-    def _read(self, path: Path) -> Manifest:
-        try:
-            return Manifest.model_validate_json(path.read_text())
-        except ValueError as exc:
-            raise RegistryError(f"invalid manifest {path}: {exc}") from exc
+    def _read(self, ref: ModelRef) -> Manifest:
+        return self._entry(ref)[0]
+
+    def _entry(self, ref: ModelRef) -> tuple[Manifest, bytes]:
+        """The manifest of `ref` and its bytes, read once per process. FileNotFoundError if absent."""
+        key = (ref.name, ref.version)
+        entry = self._manifests.get(key)
+        if entry is None:
+            where = f"{self.location(ref)}/{MANIFEST}"
+            raw = self.fs.cat_file(where)
+            try:
+                entry = (Manifest.model_validate_json(raw), raw)
+            except ValueError as exc:
+                raise RegistryError(f"invalid manifest {display(self.fs, where)}: {exc}") from exc
+            self._manifests[key] = entry
+        return entry
 
     def path(self, ref: str | ModelRef) -> Path:
+        """The local folder holding `ref`'s files; from a remote store, pulled into the cache first
+        (blocking; a MissingObject or CorruptObject error names the object at fault)."""
         parsed = ref if isinstance(ref, ModelRef) else ModelRef.parse(ref)
-        return self.root / parsed.name / str(parsed.version)
+        target = self.folder / parsed.name / str(parsed.version)
+        if self.local or (target / MANIFEST).exists():
+            return target
+        manifest, raw = self._entry_or_error(parsed)
+        if manifest.files and not manifest.sha256:
+            raise RegistryError(f"{parsed}: its manifest at {self.url} lists no sha256 to verify a pull by")
+        with self._pulling:  # one download of a version at a time in this process
+            where = display(self.fs, self.location(parsed))
+            return pull(self.fs, self.location(parsed), str(parsed), manifest.sha256, raw, target, where)
+
+    def _entry_or_error(self, ref: ModelRef) -> tuple[Manifest, bytes]:
+        try:
+            return self._entry(ref)
+        except FileNotFoundError:
+            raise RegistryError(f"no model {ref} in the registry at {self.url}") from None
 
     def get(self, ref: str | ModelRef) -> Manifest:
-        manifest_path = self.path(ref) / MANIFEST
-        if not manifest_path.exists():
-            raise RegistryError(f"no model {ref} in the registry at {self.root}")
-        return self._read(manifest_path)
+        return self._entry_or_error(ref if isinstance(ref, ModelRef) else ModelRef.parse(ref))[0]
 
     def exists(self, ref: str | ModelRef) -> bool:
-        return (self.path(ref) / MANIFEST).exists()
+        parsed = ref if isinstance(ref, ModelRef) else ModelRef.parse(ref)
+        if (parsed.name, parsed.version) in self._manifests:
+            return True
+        where = f"{self.location(parsed)}/{MANIFEST}"
+        self.fs.invalidate_cache(self.location(parsed))
+        return bool(self.fs.exists(where))
 
     def latest(self, name: str) -> Manifest | None:
         versions = [m for m in self.list() if m.name == name]

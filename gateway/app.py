@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from distill.registry import Registry
+from distill.registry import RegistryError
 from gateway.continual.check import ContinualCheck
 from gateway.continual.inprocess import GatewayHost, check_config, redistill_loop
 from gateway.errors import GatewayError, InvalidInput, MalformedRequest, NotFound, StoreDown
@@ -97,11 +97,11 @@ async def _publish_windows(state: GatewayState) -> None:
 def _continual_loop(state: GatewayState) -> Coroutine[Any, Any, None]:
     settings = state.settings
     host = GatewayHost(state.pool, state.traffic, state.controller, state.shadow_protection)
-    kinds = Registry(settings.state_dir).task_kinds()
+    kinds = state.registry.task_kinds()
     for task in set(settings.redistill_tasks) - set(kinds):
         log.warning("redistill_tasks names %r, which has no model: import one and restart", task)
     checks = [
-        ContinualCheck(settings.state_dir, host, check_config(settings, t, kinds[t]))
+        ContinualCheck(settings.state_dir, host, check_config(settings, t, kinds[t]), registry=state.registry)
         for t in settings.redistill_tasks
         if t in kinds
     ]
@@ -122,6 +122,9 @@ def create_app(
         async def load() -> None:
             try:
                 await asyncio.to_thread(state.load_models)
+                state.ready = True
+            except RegistryError:  # the models that could be loaded serve; readyz says per task
+                log.exception("some registered models could not be loaded")
                 state.ready = True
             except Exception as exc:  # readyz reports it; the process stays up for inspection
                 log.exception("loading models failed")

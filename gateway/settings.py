@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from distill.registry import TASK_NAME
@@ -20,9 +20,15 @@ class Settings(BaseSettings):
     """
 
     # KDGATE_SHADOW_MAX_CPU=none turns an optional limit off, as null does in a YAML config file.
-    model_config = SettingsConfigDict(env_prefix="KDGATE_", extra="forbid", env_parse_none_str="none")
+    model_config = SettingsConfigDict(
+        env_prefix="KDGATE_", extra="forbid", env_parse_none_str="none", populate_by_name=True
+    )
 
     state_dir: Path = Path(".kdgate")  # registry, traffic split, admin token, shadow log, rollout state
+    # fsspec URL of the model registry: s3://bucket/prefix for replicas on many machines (credentials
+    # and endpoint from the standard AWS variables and profile), or a local path. None: <state_dir>/models.
+    # From a remote registry, models are pulled into <state_dir>/cache/models, checked by their sha256.
+    registry_url: str | None = None
     # Where the traffic split, shadow rates, rollout state and audit log live (statestore/):
     # postgresql://user:pass@host/db for replicas on several machines; None: files under state_dir.
     store: SecretStr | None = None
@@ -92,7 +98,16 @@ class Settings(BaseSettings):
     # more served p99 than with the fixed budget (loadtests/bench_shadow.py), so it is off by default.
     # None: always shadow_max_cpu.
     shadow_idle_cpu: float | None = Field(None, gt=0, le=1)
-    shadow_root: str | None = None  # fsspec URL of the shadow log (default <state_dir>/shadow)
+    # fsspec URL of the shadow log: s3://bucket/prefix (the S3 credentials and endpoint come from the
+    # standard AWS variables and profile), or a local path. None: <state_dir>/shadow. (Also read as
+    # KDGATE_SHADOW_ROOT / shadow_root, its earlier name.)
+    shadow_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("shadow_url", "shadow_root", "KDGATE_SHADOW_URL", "KDGATE_SHADOW_ROOT"),
+    )
+    # This process's folder in a shared shadow log (<shadow_url>/<task>/<replica_id>/). None: the host
+    # name (a pod's name on Kubernetes) when the log is not on the local disk, else no folder.
+    replica_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
     shadow_flush_rows: int = Field(512, ge=1)  # a segment is written every N records...
     shadow_flush_seconds: float = Field(2.0, gt=0)  # ...or after this long, whichever comes first
     shadow_max_bytes: int | None = Field(2 * 1024**3, ge=1)  # retention: total size of the log
@@ -122,6 +137,10 @@ class Settings(BaseSettings):
     # Per task, overrides of its runs' recipe (RedistillRecipe, or LMRedistillRecipe for a generate task),
     # e.g. {"classify": {"epochs": 2}}: the training child refuses a field its recipe does not have.
     redistill_recipes: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    def shadow_log_url(self) -> str:
+        """Where the shadow log is: `shadow_url`, else `<state_dir>/shadow`."""
+        return self.shadow_url or str(self.state_dir / "shadow")
 
     def store_url(self) -> str | None:
         """The state store's URL, password included: hand it to `open_store`, never to a log."""

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from distill.objectstore import filesystem, is_local
 from distill.registry import Registry, TaskKind
 from distill.shadowlog.writer import ShadowLogWriter, ShadowLogWriters
 from durablefs import write_text
@@ -26,6 +28,7 @@ from gateway.settings import Settings, token_path
 from gateway.shadow.classify import ClassifyShadow
 from gateway.shadow.generate import GenerateShadow
 from gateway.shadow.lease import shadow_lease
+from gateway.shadow.pipeline import log_drops
 from gateway.shadow.protection import ShadowProtection
 from gateway.shadow.rates import ShadowRates
 from rollout.driver import Controller
@@ -72,8 +75,14 @@ class GatewayState:
     def load_models(self) -> None:
         """Loads the registered models not loaded yet, and gives a task that has no usable split its
         teacher at 100% (blocking: call it off the loop). At start, after each background build step, and
-        on `POST /admin/models/reload`."""
-        self.pool.load_all()
+        on `POST /admin/models/reload`. A model whose files cannot be had (RegistryError) is left out,
+        the others are loaded and the splits set, then the error is raised."""
+        try:
+            self.pool.load_all()
+        finally:
+            self._default_splits()
+
+    def _default_splits(self) -> None:
         loaded = self.pool.tasks_of()
         for task in self.pool.tasks():
             teacher = self.pool.teacher_ref(task)
@@ -123,7 +132,7 @@ class GatewayState:
         """The parts, each given what it needs. `clock` (epoch seconds) is the time the rollout judge
         decides on: the controller's `now` and the live windows' buckets read it."""
         settings.state_dir.mkdir(parents=True, exist_ok=True)
-        registry = Registry(settings.state_dir)
+        registry = Registry(settings.state_dir, settings.registry_url)
         metrics = GatewayMetrics()
         pool = ModelPool(registry, settings, metrics)
         window = LiveWindow(settings.window_seconds, clock=clock)
@@ -149,11 +158,16 @@ class GatewayState:
 
         shadow = generate_shadow = None
         if settings.shadow_enabled:
+            shadow_url = settings.shadow_log_url()
+            remote = not is_local(filesystem(shadow_url)[0])
 
             def writer(task: str) -> ShadowLogWriter:
                 return ShadowLogWriter(
-                    settings.shadow_root or str(settings.state_dir / "shadow"),
+                    shadow_url,
                     task,
+                    replica=settings.replica_id or (socket.gethostname() if remote else None),
+                    background=remote,  # an object store's latency stays off the shadow workers
+                    on_drop=log_drops(metrics),
                     flush_rows=settings.shadow_flush_rows,
                     flush_seconds=settings.shadow_flush_seconds,
                     max_bytes=settings.shadow_max_bytes,

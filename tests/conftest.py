@@ -19,6 +19,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from distill.classify.build import ensure_default_classify_models
 from distill.registry import Registry
 from tests.postgres_server import PostgresServer
+from tests.s3_server import S3Server
 from tests.support import TINY_RECIPE, RunningServer, build_generate_state, start_server
 
 
@@ -91,3 +92,18 @@ def postgres_db_url(postgres_server: PostgresServer, postgres_url: str) -> str:
     with psycopg.connect(postgres_url, autocommit=True) as admin:
         admin.execute(f"CREATE DATABASE {name}")
     return postgres_server.url(name)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """A real S3 API (moto in server mode) on 127.0.0.1, started once per session."""
+    with S3Server.start() as server:
+        yield server
+
+
+@pytest.fixture
+def s3_bucket(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh bucket's s3:// URL, with the standard AWS variables pointing at the session's server."""
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    return s3_server.create_bucket()

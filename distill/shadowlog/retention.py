@@ -4,8 +4,9 @@ It runs after every flush, in the serving process, so it must not list the direc
 (listing 16,000 segments costs ~0.6 s of GIL-held CPU). It keeps an index of the directory instead,
 oldest first with a running total of bytes: listed once, kept up to date by the writer's own writes and
 its deletes, and re-listed now and then (names only) for segments that other writers on shared storage
-added. Segments that may hold records at or after ``protect_after`` — the window an unfinished
-re-distillation still reads — are never deleted.
+added (each replica writes into a folder of its own, `segments.replica_dir`; the limits are those of the
+whole log, so the index covers every replica's folder). Segments that may hold records at or after
+``protect_after`` — the window an unfinished re-distillation still reads — are never deleted.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Callable
 
 import fsspec
 
-from distill.shadowlog.segments import Segment, age_order, list_segments, segment_time
+from distill.shadowlog.segments import Segment, age_order, list_segments, segment_paths, segment_time
 
 RELIST_SECONDS = 300.0  # the index is re-read this often (segments of other writers)...
 RELIST_MAX_SHARE = 0.001  # ...or less often, so that re-reading takes at most this share of the time
@@ -98,13 +99,14 @@ class Retention:
         index.drop_oldest(deleted)  # the oldest, in order: what was deleted
         return deleted
 
-    def written(self, path: str) -> None:
-        """The writer published a segment: the index learns it without a listing."""
+    def written(self, path: str, size: int | None = None) -> None:
+        """The writer published a segment (of `size` bytes, None: asked of the store): the index learns
+        it without a listing."""
         when = segment_time(path)
         if self._index is None or when is None:
             return
         try:
-            self._index.add(Segment(path, when, int(self.fs.size(path))))
+            self._index.add(Segment(path, when, int(self.fs.size(path)) if size is None else size))
         except Exception:  # the segment is safe; retention lists the directory again instead
             self._index = None
 
@@ -130,11 +132,7 @@ class Retention:
         """The index's segments brought up to date by a listing of names only: what vanished is dropped,
         and only new names are looked up for their size (a names-only listing of 50,000 segments
         costs ~0.24 s, one with sizes ~0.81 s)."""
-        self.fs.invalidate_cache(self.directory)
-        try:
-            names = set(self.fs.ls(self.directory, detail=False))
-        except FileNotFoundError:
-            return []
+        names = set(segment_paths(self.fs, self.directory, detail=False))
         kept = [s for s in known if s.path in names]
         for name in names.difference(s.path for s in kept):
             when = segment_time(name)

@@ -18,8 +18,11 @@ import calendar
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import fsspec
+
+from distill.objectstore import filesystem
 
 _TASK_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 _SEG_RE = re.compile(r"^seg-(\d{8}T\d{9})Z-(\d+)-([0-9a-f]{8})\.parquet$")
@@ -37,25 +40,46 @@ def task_dir(
     root: str, task: str, fs: fsspec.AbstractFileSystem | None = None
 ) -> tuple[fsspec.AbstractFileSystem, str]:
     """The fsspec filesystem and directory holding the segments of ``task`` under ``root``: ``fs`` when
-    given (one built with its own options), else the one fsspec resolves from ``root``'s protocol."""
+    given (one built with its own options), else the one ``root``'s URL resolves to (objectstore.py)."""
     if not _TASK_RE.match(task):
         raise ValueError(f"task must match {_TASK_RE.pattern}, got {task!r}")
-    resolved, path = fsspec.core.url_to_fs(root)
+    resolved, path = filesystem(root)
     return fs or resolved, f"{path.rstrip('/')}/{task}"
 
 
-def list_segments(fs: fsspec.AbstractFileSystem, directory: str) -> list[Segment]:
-    """Finished segments, oldest first. Temp files and anything else in the directory are ignored."""
+def replica_dir(directory: str, replica: str | None) -> str:
+    """Where one replica writes the segments of a task directory: its own folder, so that writers on
+    shared storage never share one (a writer's start removes the temp files in its folder).
+
+    >>> replica_dir("bucket/shadow/classify", "gw-7f9c"), replica_dir("/log/classify", None)
+    ('bucket/shadow/classify/gw-7f9c', '/log/classify')
+    """
+    if replica is None:
+        return directory
+    if not _TASK_RE.match(replica):
+        raise ValueError(f"replica id must match {_TASK_RE.pattern}, got {replica!r}")
+    return f"{directory}/{replica}"
+
+
+def segment_paths(fs: fsspec.AbstractFileSystem, directory: str, detail: bool) -> dict[str, dict[str, Any]]:
+    """What is in ``directory`` and its replicas' folders, by path (with size and type when ``detail``):
+    one flat listing, which on S3 is one request per 1,000 objects whatever the number of replicas."""
     fs.invalidate_cache(directory)  # s3fs caches listings; retention and readers need the current one
     try:
-        entries = fs.ls(directory, detail=True)
+        found = fs.find(directory, detail=True) if detail else {path: {} for path in fs.find(directory)}
     except FileNotFoundError:
-        return []
+        return {}
+    prefix = directory.rstrip("/") + "/"
+    return {p: e for p, e in found.items() if p.startswith(prefix) and p[len(prefix) :].count("/") <= 1}
+
+
+def list_segments(fs: fsspec.AbstractFileSystem, directory: str) -> list[Segment]:
+    """Finished segments of every writer, oldest first. Temp files and anything else are ignored."""
     segs = []
-    for e in entries:
-        when = segment_time(e["name"])
+    for path, e in segment_paths(fs, directory, detail=True).items():
+        when = segment_time(path)
         if when is not None and e.get("type", "file") == "file":
-            segs.append(Segment(e["name"], when, int(e["size"])))
+            segs.append(Segment(path, when, int(e["size"])))
     return sorted(segs, key=age_order)
 
 

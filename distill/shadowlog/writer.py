@@ -1,16 +1,18 @@
 """Shadow log writer: buffers records and writes them as Parquet segments (DESIGN.md, "Shadow log").
 
 Segments live under ``<root>/<task>/`` through fsspec, so a local path, ``s3://…`` or ``memory://`` work
-unchanged. Each flush writes ONE segment to ``.tmp-<uuid>.parquet`` and renames it to
-``seg-<utc ms>-<seq>-<writer id>.parquet``: a crash loses at most the unflushed rows and never leaves a
-half-written segment under a name a reader looks at (on object stores, where rename is copy + delete, an
-object appears whole or not at all). Segment names are in ``segments.py``, retention in
+unchanged. Each flush writes ONE segment, ``seg-<utc ms>-<seq>-<writer id>.parquet``: on a filesystem
+to ``.tmp-<uuid>.parquet`` first, renamed once whole; on an object store with one PUT, which publishes
+the whole object or nothing (a rename there is a copy and a delete, and s3fs looks each name up: five
+requests more per segment). A crash loses at most the unflushed rows and never leaves a half-written
+segment under a name a reader looks at. Segment names are in ``segments.py``, retention in
 ``retention.py``, the record format in ``schema.py``, readers in ``reader.py``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import threading
@@ -23,9 +25,10 @@ from typing import Any
 import fsspec
 import pyarrow.parquet as pq
 
+from distill.objectstore import is_local
 from distill.shadowlog.retention import Retention
 from distill.shadowlog.schema import PARQUET_OPTIONS, build_table, normalize_record
-from distill.shadowlog.segments import TMP_PREFIX, segment_name, task_dir
+from distill.shadowlog.segments import TMP_PREFIX, replica_dir, segment_name, task_dir
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +67,19 @@ class ShadowLogWriter:
         w.close()  # graceful shutdown: flushes everything
 
     ``close()`` may be called from a signal handler (then return or ``sys.exit()`` from the handler; not
-    ``os._exit()``). One writer per ``<root>/<task>`` directory: its start deletes leftover temp files.
+    ``os._exit()``). One writer per folder (``<root>/<task>``, or a replica's in it): its start deletes
+    leftover temp files.
     ``protect_after`` (epoch seconds, or a callable returning them) protects segments that may hold
     records at or after that time — e.g. the window an unfinished training run still reads. ``fs`` is
-    the filesystem ``root`` is on, when it needs options of its own (credentials, an endpoint); by
-    default fsspec resolves it from ``root``'s protocol.
+    the filesystem ``root`` is on, when it needs options of its own; by default it is resolved from
+    ``root``'s URL (``distill/objectstore.py``).
+
+    Shared storage: ``replica`` names this writer's folder under ``<root>/<task>/`` (every reader reads
+    all of them), and ``background=True`` (with ``start()``) makes ``append`` only buffer, leaving
+    every write to the flusher thread, so a slow or unreachable store never holds up the appender.
+    While the store fails, sealed rows wait (up to ``max_pending_rows``); beyond that the oldest are
+    dropped and handed to ``on_drop(rows, "storage")``; rows a failed ``close()`` could not write go
+    there too. Both are counted in ``counters.rows_dropped``.
     """
 
     def __init__(
@@ -86,6 +97,9 @@ class ShadowLogWriter:
         max_pending_rows: int | None = None,
         clock: Callable[[], float] = time.time,
         fs: fsspec.AbstractFileSystem | None = None,
+        replica: str | None = None,
+        background: bool = False,
+        on_drop: Callable[[list[dict[str, Any]], str], None] | None = None,
     ) -> None:
         if flush_rows < 1 or flush_seconds <= 0:
             raise ValueError("flush_rows must be >= 1 and flush_seconds > 0")
@@ -98,7 +112,12 @@ class ShadowLogWriter:
         self.max_pending_rows = max_pending_rows if max_pending_rows is not None else 20 * flush_rows
         self.counters = WriterCounters()
         self._clock = clock
-        self._fs, self._dir = task_dir(root, task, fs)
+        self._fs, log_dir = task_dir(root, task, fs)
+        self._dir = replica_dir(log_dir, replica)
+        self.background = background
+        self._on_drop = on_drop
+        self._wake = threading.Event()
+        self._failing = False  # the store failed at the last write: said once, and when it is back
         self._id = uuid.uuid4().hex[:8]
         self._seq = 0
         # RLocks and the per-thread depth let close() run from a signal handler that interrupted
@@ -110,18 +129,26 @@ class ShadowLogWriter:
         self._closed = False
         self._open = _Batch()
         self._sealed: list[_Batch] = []
+        self._writing: _Batch | None = None  # the sealed batch a write is under way for
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.retention = Retention(
             self._fs,
-            self._dir,
+            log_dir,
             max_bytes=max_bytes,
             max_age_seconds=max_age_seconds,
             protect_after=protect_after,
             clock=clock,
         )
-        self._fs.makedirs(self._dir, exist_ok=True)
-        self._remove_temp_files()
+        if is_local(self._fs):  # an object store has no folders to make (s3fs would look for the bucket)
+            self._fs.makedirs(self._dir, exist_ok=True)
+        try:
+            self._remove_temp_files()
+        except Exception as exc:
+            if is_local(self._fs):
+                raise
+            # An object store unreachable now may be back by the first flush: rows wait for it.
+            log.error("shadow log: %s unreachable at start: %s", self._dir, exc)
 
     @property
     def closed(self) -> bool:
@@ -149,7 +176,9 @@ class ShadowLogWriter:
                 due = self._due()
                 if due:
                     self._seal()
-            if due:
+            if due and self.background and self._thread is not None:
+                self._wake.set()
+            elif due:
                 try:
                     self._write_sealed()
                 except Exception:
@@ -201,9 +230,29 @@ class ShadowLogWriter:
             return
         self._closed = True
         self._stop.set()
+        self._wake.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
-        self.flush()
+        try:
+            self.flush()
+        except Exception:
+            if self._on_drop is None:
+                raise
+            log.error("shadow log: storage failed at close; %d rows not written", self._discard())
+
+    def _discard(self) -> int:
+        """Drops every buffered row (the store is gone for good); the count."""
+        with self._lock:
+            batches, self._sealed = [*self._sealed, self._open], []
+            self._open = _Batch()
+        rows = [row for batch in batches for row in batch.rows]
+        self._dropped(rows)
+        return len(rows)
+
+    def _dropped(self, rows: list[dict[str, Any]]) -> None:
+        self.counters.rows_dropped += len(rows)
+        if self._on_drop is not None and rows:
+            self._on_drop(rows, "storage")
 
     def __enter__(self) -> ShadowLogWriter:
         return self
@@ -248,10 +297,11 @@ class ShadowLogWriter:
             self._open = _Batch()
         pending = sum(len(b.rows) for b in self._sealed)
         while pending > self.max_pending_rows and len(self._sealed) > 1:
-            dropped = self._sealed.pop(0)
+            # The batch being written may yet land: dropping it would count its rows twice.
+            dropped = self._sealed.pop(1 if self._sealed[0] is self._writing else 0)
             pending -= len(dropped.rows)
-            self.counters.rows_dropped += len(dropped.rows)
-            log.error("shadow log: storage failing, dropped %d rows", len(dropped.rows))
+            self._dropped(dropped.rows)
+            log.warning("shadow log: storage failing, dropped %d rows", len(dropped.rows))
 
     def _write_sealed(self) -> int:
         written = 0
@@ -260,13 +310,16 @@ class ShadowLogWriter:
                 with self._lock:
                     if not self._sealed:
                         break
-                    batch = self._sealed[0]
+                    batch = self._writing = self._sealed[0]
                 try:
                     self._write_segment(batch)
-                except Exception:
+                except BaseException:
                     self.counters.flush_errors += 1
+                    with self._lock:
+                        self._writing = None
                     raise
                 with self._lock:
+                    self._writing = None
                     if self._sealed and self._sealed[0] is batch:
                         self._sealed.pop(0)
                         written += len(batch.rows)
@@ -282,12 +335,19 @@ class ShadowLogWriter:
     def _write_segment(self, batch: _Batch) -> None:
         assert batch.name is not None
         table = build_table(batch.rows)
+        options = {**PARQUET_OPTIONS, "compression": self.compression}
+        final = f"{self._dir}/{batch.name}"
+        if not is_local(self._fs):
+            buffer = io.BytesIO()
+            pq.write_table(table, buffer, **options)
+            self._fs.pipe_file(final, buffer.getvalue())
+            self.retention.written(final, buffer.tell())
+            return
         tmp = f"{self._dir}/{TMP_PREFIX}{uuid.uuid4().hex}.parquet"
         try:
             with self._fs.open(tmp, "wb") as f:
-                pq.write_table(table, f, **{**PARQUET_OPTIONS, "compression": self.compression})
+                pq.write_table(table, f, **options)
                 _fsync(f)  # the rename must not publish a file whose bytes a power loss can still eat
-            final = f"{self._dir}/{batch.name}"
             self._fs.mv(tmp, final)
         except BaseException:
             # Best effort: a leftover temp file is ignored by readers and cleaned at the next start.
@@ -308,11 +368,21 @@ class ShadowLogWriter:
 
     def _run(self) -> None:
         tick = min(0.5, self.flush_seconds / 2)
-        while not self._stop.wait(tick):
+        while not self._stop.is_set():
+            self._wake.wait(tick)
+            self._wake.clear()
+            if self._stop.is_set():
+                break
             try:
                 self.maybe_flush()
-            except Exception:  # keep the flusher alive; the rows stay sealed and are retried
-                log.exception("shadow log background flush failed in %s", self._dir)
+            except Exception as exc:  # keep the flusher alive; the rows stay sealed and are retried
+                if not self._failing:  # once per outage, not every tick (the message names no secret)
+                    log.error("shadow log: writing to %s failed, retrying: %s", self._dir, exc)
+                self._failing = True
+            else:
+                if self._failing:
+                    log.warning("shadow log: writing to %s works again", self._dir)
+                self._failing = False
 
 
 def _fsync(f: Any) -> None:
@@ -350,5 +420,11 @@ class ShadowLogWriters:
     def close(self) -> None:
         with self._lock:
             writers = list(self._writers.values())
+        failed: Exception | None = None
         for writer in writers:
-            writer.close()
+            try:
+                writer.close()
+            except Exception as exc:
+                failed = exc
+        if failed is not None:
+            raise failed

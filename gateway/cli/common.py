@@ -25,6 +25,14 @@ StateDir = Annotated[
         "--state-dir", envvar="KDGATE_STATE_DIR", help="Registry, traffic split, token and logs live here."
     ),
 ]
+RegistryUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--registry-url",
+        envvar="KDGATE_REGISTRY_URL",
+        help="Model registry URL (s3://bucket/prefix or a path; default <state-dir>/models).",
+    ),
+]
 GatewayUrl = Annotated[str, typer.Option("--url", envvar="KDGATE_URL", help="Base URL of a running gateway.")]
 Token = Annotated[
     str | None,

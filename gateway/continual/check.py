@@ -42,6 +42,7 @@ class CheckConfig:
     gate: dict[str, float | None] = field(default_factory=dict)  # overrides of GateConfig; None: off
     recipe: dict[str, Any] = field(default_factory=dict)  # overrides of the run's recipe
     shadow_root: str | None = None  # default <state_dir>/shadow
+    registry_url: str | None = None  # default <state_dir>/models
     budget_minutes: float | None = None  # /generate: KD wall time of a run (default: the recipe's)
 
 
@@ -107,12 +108,13 @@ class ContinualCheck:
         host: Host,
         config: CheckConfig,
         clock: Callable[[], float] = time.time,
+        registry: Registry | None = None,
     ) -> None:
         self.state_dir = state_dir
         self.host = host
         self.config = config
         self.task = config.task
-        self.registry = Registry(state_dir)
+        self.registry = registry or Registry(state_dir, config.registry_url)
         self.store = LoopStore(loop_store_path(state_dir, config.task))
         self.root = config.shadow_root or str(state_dir / "shadow")
         self.clock = clock
@@ -173,6 +175,7 @@ class ContinualCheck:
             c.task,
             c.budget_minutes,
             c.recipe,
+            c.registry_url,
         )
 
     def _below_serving(self) -> Callable[[], None]:

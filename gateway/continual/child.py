@@ -62,6 +62,7 @@ def redistill_command(
     task: str = "classify",
     budget_minutes: float | None = None,
     recipe: dict[str, Any] | None = None,
+    registry_url: str | None = None,
 ) -> list[str]:
     """The `kdgate distill --from-shadow` command line of one run."""
     kdgate = str(Path(sys.executable).with_name("kdgate"))
@@ -73,6 +74,8 @@ def redistill_command(
         cmd += ["--gate", json.dumps(gate)]
     if shadow_root:
         cmd += ["--shadow-root", shadow_root]
+    if registry_url:
+        cmd += ["--registry-url", registry_url]
     if budget_minutes is not None:
         cmd += ["--budget", repr(budget_minutes)]
     if recipe:

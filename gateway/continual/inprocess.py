@@ -72,7 +72,8 @@ def check_config(settings: Settings, task: str, kind: TaskKind) -> CheckConfig:
         rollout=settings.redistill_rollout,
         gate=settings.redistill_gate,
         recipe=settings.redistill_recipes.get(task, {}),
-        shadow_root=settings.shadow_root,
+        shadow_root=settings.shadow_url,
+        registry_url=settings.registry_url,
         budget_minutes=settings.redistill_generate_budget_minutes if generate else None,
     )
 

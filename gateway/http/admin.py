@@ -10,7 +10,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from distill.build_status import read_status
-from gateway.errors import Conflict, Forbidden, Unauthorized
+from distill.registry import RegistryError
+from gateway.errors import Conflict, Forbidden, ModelUnavailable, Unauthorized
 from gateway.http.schemas import ShadowRatesUpdate, TrafficUpdate
 from gateway.serving.traffic import validate_weights
 from gateway.shadow.rates import validate_rates
@@ -81,7 +82,10 @@ async def reload_models(request: Request) -> dict[str, object]:
     """Load models registered since the start (e.g. by `kdgate distill`) without a restart."""
     state = _state(request)
     before = set(state.pool.tasks_of())
-    await asyncio.to_thread(state.load_models)
+    try:
+        await asyncio.to_thread(state.load_models)
+    except RegistryError as exc:  # the others are loaded; the models that serve keep serving
+        raise ModelUnavailable(f"not loaded: {exc}") from exc
     return {"loaded": sorted(set(state.pool.tasks_of()) - before)}
 
 

@@ -93,10 +93,12 @@ class GatewayMetrics:
             buckets=BATCH_BUCKETS,
             registry=r,
         )
+        # reason, of a drop: queue_full (teacher capacity), shutdown (past the drain time), storage (the
+        # shadow log's store failed for longer than its buffer holds); "" for the other outcomes.
         self.shadow = Counter(
             "kdgate_shadow",
-            "Shadow items by outcome (compared, dropped, error)",
-            ["task", "model", "outcome"],
+            "Shadow items by outcome (compared, dropped, error) and why dropped",
+            ["task", "model", "outcome", "reason"],
             registry=r,
         )
         self.shadow_eligible = Counter(

@@ -61,19 +61,26 @@ class ModelPool:
         """
         added: dict[str, LoadedModel] = {}
         added_lms: dict[str, LoadedLM] = {}
+        unavailable: list[str] = []
         # Real models first: a fault model then shares the weights of the model it wraps.
         for manifest in sorted(self.registry.list(), key=lambda m: m.kind == "fault"):
             if manifest.ref in self.models or manifest.ref in self.lms:
                 continue
-            if manifest.task_kind is TaskKind.CLASSIFY:
-                added[manifest.ref] = self._load(manifest)
-            else:
-                added_lms[manifest.ref] = self._load_lm(manifest, {**self.lms, **added_lms})
+            try:
+                if manifest.task_kind is TaskKind.CLASSIFY:
+                    added[manifest.ref] = self._load(manifest)
+                else:
+                    added_lms[manifest.ref] = self._load_lm(manifest, {**self.lms, **added_lms})
+            except RegistryError as exc:  # its files are missing or corrupt: the others still load
+                unavailable.append(str(exc))
+                continue
             log.info("loaded %s (%s, %s)", manifest.ref, manifest.role, manifest.format)
         if added:
             self.models = {**self.models, **added}
         if added_lms:
             self.lms = {**self.lms, **added_lms}
+        if unavailable:
+            raise RegistryError("; ".join(unavailable))
 
     def _load(self, manifest: Manifest) -> LoadedModel:
         threads = (

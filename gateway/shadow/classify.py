@@ -179,7 +179,7 @@ class ClassifyShadow(ShadowPipeline[ShadowItem]):
             agree_arr, kl_arr = agreement_and_kl(teacher, item.logits)
             agree, kl = [bool(a) for a in agree_arr], [float(k) for k in kl_arr]
             disagreed = int((~agree_arr).sum())
-            self.metrics.shadow.labels(task, model, "compared").inc(len(item.texts))
+            self.metrics.shadow.labels(task, model, "compared", "").inc(len(item.texts))
             self.metrics.shadow_compared.labels(task, model).inc(len(item.texts))
             self.metrics.shadow_disagreed.labels(task, model).inc(disagreed)
             for value in kl_arr:

@@ -140,7 +140,7 @@ class GenerateShadow(ShadowPipeline[GenerateShadowItem]):
         disagreed = int((~agree).sum())
         degenerate = is_degenerate(ids)
         m = self.metrics
-        m.shadow.labels(task, model, "compared").inc(len(ids))
+        m.shadow.labels(task, model, "compared", "").inc(len(ids))
         m.shadow_compared.labels(task, model).inc(len(ids))
         m.shadow_disagreed.labels(task, model).inc(disagreed)
         for value in kl:

@@ -77,6 +77,19 @@ def should_shadow(request_id: str, rate: float) -> bool:
     return rate >= 1.0 or (rate > 0.0 and unit_hash("shadow", request_id) < rate)
 
 
+def log_drops(metrics: GatewayMetrics) -> Callable[[list[dict[str, Any]], str], None]:
+    """Counts the records the shadow log could not write (its store failing) as dropped items, in the
+    items' unit: a /classify record is one text, a /generate one its completion's tokens."""
+
+    def count(rows: list[dict[str, Any]], reason: str) -> None:
+        for row in rows:
+            ids = row.get("served_ids")
+            weight = len(ids) if ids is not None else 1
+            metrics.shadow.labels(row["task"], row["served_model"], "dropped", reason).inc(weight)
+
+    return count
+
+
 def more(items: list[I], queue: asyncio.Queue[I], most: int) -> list[I]:
     """`items` and whatever else is queued, up to `most` items in all."""
     while len(items) < most and not queue.empty():
@@ -164,7 +177,7 @@ class ShadowPipeline(ABC, Generic[I]):
                 return
             queued = self.queue.offer(item, self.favoured(model))
         if not queued:
-            self.metrics.shadow.labels(task, model, "dropped").inc(weight)
+            self.metrics.shadow.labels(task, model, "dropped", "queue_full").inc(weight)
             self.window.add(model, dropped=weight)
 
     def start(self) -> None:
@@ -186,7 +199,7 @@ class ShadowPipeline(ABC, Generic[I]):
                 await worker
         for queue in queues:  # past the drain time: dropped, and counted as such
             while not queue.empty():
-                self._count([queue.get_nowait()], "dropped")
+                self._count([queue.get_nowait()], "dropped", "shutdown")
         await self.stop_scoring()
         await asyncio.to_thread(self.writer.close)
 
@@ -194,9 +207,9 @@ class ShadowPipeline(ABC, Generic[I]):
         self.log_failure(items, why)
         self._count(items, "error")
 
-    def _count(self, items: list[I], outcome: str) -> None:
+    def _count(self, items: list[I], outcome: str, reason: str = "") -> None:
         for item in items:  # in the item's unit, like "compared"
-            self.metrics.shadow.labels(item.task, item.served.ref, outcome).inc(self.weight(item))
+            self.metrics.shadow.labels(item.task, item.served.ref, outcome, reason).inc(self.weight(item))
 
     async def _work(self, lane: Lane[I]) -> None:
         while True:

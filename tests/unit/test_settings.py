@@ -39,3 +39,31 @@ def test_a_recipe_override_reaches_only_its_tasks_training_child() -> None:
 def test_a_recipe_for_a_task_the_loop_does_not_redistil_is_refused() -> None:
     with pytest.raises(ValidationError, match="redistill_recipes: topic not in redistill_tasks"):
         Settings(redistill_recipes={"topic": {"min_steps": 20}})
+
+
+def test_the_registry_and_shadow_urls_reach_the_loops_training_child(monkeypatch: pytest.MonkeyPatch) -> None:
+    from distill.registry import TaskKind
+    from gateway.continual.child import redistill_command
+    from gateway.continual.inprocess import check_config
+
+    monkeypatch.setenv("KDGATE_REGISTRY_URL", "s3://models/kdgate")
+    monkeypatch.setenv("KDGATE_SHADOW_URL", "s3://logs/shadow")
+    settings = Settings()
+    assert settings.shadow_log_url() == "s3://logs/shadow"
+    config = check_config(settings, "classify", TaskKind.CLASSIFY)
+    command = redistill_command(
+        settings.state_dir, None, 1.0, "p@1", shadow_root=config.shadow_root, registry_url=config.registry_url
+    )
+    assert command[command.index("--registry-url") + 1] == "s3://models/kdgate"
+    assert command[command.index("--shadow-root") + 1] == "s3://logs/shadow"
+
+
+def test_the_shadow_logs_earlier_setting_name_still_works(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings(shadow_root="/srv/shadow").shadow_url == "/srv/shadow"
+    monkeypatch.setenv("KDGATE_SHADOW_ROOT", "/var/shadow")
+    assert Settings().shadow_log_url() == "/var/shadow"
+
+
+def test_a_replica_id_that_cannot_be_a_folder_name_is_refused() -> None:
+    with pytest.raises(ValidationError, match="replica_id"):
+        Settings(replica_id="gw/1")

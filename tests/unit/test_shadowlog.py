@@ -289,8 +289,8 @@ def test_concurrent_appends_lose_nothing(mem_root: str) -> None:
 
 
 class FailingRenames(MemoryFileSystem):
-    """The in-memory store (the same files as ``memory://``) whose next ``failures`` renames fail, as an
-    unreachable object store's do."""
+    """The in-memory store (the same files as ``memory://``) whose next ``failures`` publications fail
+    (a rename, or an object store's one PUT of a segment), as an unreachable object store's do."""
 
     cachable = False  # fsspec would hand every test the first instance, with its count spent
 
@@ -303,6 +303,12 @@ class FailingRenames(MemoryFileSystem):
             self.failures -= 1
             raise OSError("storage unavailable")
         super().mv(path1, path2, *args, **kwargs)
+
+    def pipe_file(self, path: str, value: bytes, *args: Any, **kwargs: Any) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise OSError("storage unavailable")
+        super().pipe_file(path, value, *args, **kwargs)
 
 
 def test_failed_write_is_retried_without_loss_or_duplicates(mem_root: str) -> None:

@@ -1,0 +1,101 @@
+"""The registry on a real S3 API (moto in server mode): publish from one state dir, pull into another's
+cache, every file checked against the manifest's sha256. The files are plain bytes: what a model holds
+is not the registry's business."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from distill.modelfiles import MANIFEST
+from distill.registry import CorruptObject, Manifest, MissingObject, Registry, Role
+from tests.s3_server import S3Server
+
+FILES = ["model.onnx", "tokenizer/tokenizer.json"]
+
+
+def manifest(version: int = 1) -> Manifest:
+    return Manifest(
+        name="classify-student",
+        version=version,
+        task="classify",
+        role=Role.STUDENT,
+        format="onnx",
+        files=FILES,
+        labels=["negative", "positive"],
+        tokenizer="tokenizer/tokenizer.json",
+    )
+
+
+def publish(registry: Registry, version: int = 1) -> Manifest:
+    with registry.stage("classify-student") as staging:
+        for rel in FILES:
+            (staging.path / rel).parent.mkdir(parents=True, exist_ok=True)
+            (staging.path / rel).write_bytes(f"v{version} {rel}".encode() * 1000)
+        return staging.commit(manifest(version))
+
+
+def object_key(bucket: str, prefix: str, ref: str, rel: str) -> tuple[str, str]:
+    name, version = ref.split("@")
+    return bucket.removeprefix("s3://"), f"{prefix}/{name}/{version}/{rel}"
+
+
+def test_a_model_published_to_s3_is_pulled_verified_into_another_state_dirs_cache(
+    s3_bucket: str, tmp_path: Path
+) -> None:
+    url = f"{s3_bucket}/registry"
+    publisher = Registry(tmp_path / "builder", url)
+    published = publish(publisher, 1)
+    assert set(published.sha256) == set(FILES)
+
+    replica = Registry(tmp_path / "replica", url)
+    assert [m.ref for m in replica.list()] == ["classify-student@1"]
+    folder = replica.path("classify-student@1")
+    assert folder == tmp_path / "replica" / "cache" / "models" / "classify-student" / "1"
+    for rel in FILES:
+        assert (folder / rel).read_bytes() == (publisher.path(published.ref) / rel).read_bytes()
+    assert Manifest.model_validate_json((folder / MANIFEST).read_text()) == published
+    assert replica.next_version("classify-student") == 2
+
+
+def test_a_version_whose_manifest_is_not_uploaded_yet_is_not_listed(
+    s3_bucket: str, s3_server: S3Server, tmp_path: Path
+) -> None:
+    url = f"{s3_bucket}/registry"
+    publish(Registry(tmp_path / "builder", url), 1)
+    bucket, key = object_key(s3_bucket, "registry", "classify-student@2", "model.onnx")
+    s3_server.client().put_object(Bucket=bucket, Key=key, Body=b"half of a model")  # type: ignore[attr-defined]
+    assert [m.ref for m in Registry(tmp_path / "replica", url).list()] == ["classify-student@1"]
+
+
+def test_a_corrupted_object_is_refused_by_name_and_nothing_is_cached(
+    s3_bucket: str, s3_server: S3Server, tmp_path: Path
+) -> None:
+    url = f"{s3_bucket}/registry"
+    publish(Registry(tmp_path / "builder", url), 1)
+    bucket, key = object_key(s3_bucket, "registry", "classify-student@1", "model.onnx")
+    s3_server.client().put_object(Bucket=bucket, Key=key, Body=b"tampered")  # type: ignore[attr-defined]
+
+    replica = Registry(tmp_path / "replica", url)
+    with pytest.raises(CorruptObject, match=rf"{s3_bucket}/{key} does not match its manifest"):
+        replica.path("classify-student@1")
+    cached = tmp_path / "replica" / "cache" / "models" / "classify-student"
+    assert list(cached.iterdir()) == []  # no entry, no half-pulled folder
+
+
+def test_a_missing_object_is_named_and_a_pulled_version_keeps_loading(
+    s3_bucket: str, s3_server: S3Server, tmp_path: Path
+) -> None:
+    url = f"{s3_bucket}/registry"
+    builder = Registry(tmp_path / "builder", url)
+    publish(builder, 1)
+    replica = Registry(tmp_path / "replica", url)
+    replica.path("classify-student@1")
+    publish(builder, 2)
+    bucket, key = object_key(s3_bucket, "registry", "classify-student@2", "tokenizer/tokenizer.json")
+    s3_server.client().delete_object(Bucket=bucket, Key=key)  # type: ignore[attr-defined]
+
+    with pytest.raises(MissingObject, match=rf"classify-student@2: object {s3_bucket}/{key} is missing"):
+        replica.path("classify-student@2")
+    assert (replica.path("classify-student@1") / "model.onnx").exists()
