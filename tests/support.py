@@ -68,6 +68,32 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+KDGATE = str(Path(sys.executable).with_name("kdgate"))
+
+
+def kdgate(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    """The installed `kdgate` program in a child process: for the runs that do the work."""
+    return subprocess.run([KDGATE, *args], capture_output=True, text=True, timeout=timeout)
+
+
+@dataclass(frozen=True)
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def kdgate_in_process(*args: str) -> CliResult:
+    """The same CLI run in this process (typer's runner), for refusals and quick reads: they do no heavy
+    work, and a fresh interpreter would spend seconds importing torch only to print a few lines."""
+    from typer.testing import CliRunner
+
+    from gateway.cli import app
+
+    result = CliRunner().invoke(app, list(args))
+    return CliResult(result.exit_code, result.stdout, result.stderr)
+
+
 def metric_sum(text: str, name: str, **labels: str) -> float:
     """Sum of the exposition lines of `name` whose labels include `labels` (0 when there are none)."""
     total = 0.0

@@ -21,7 +21,15 @@ from distill.generate.build import TINY_GENERATE_RECIPE, build_generate_student
 from distill.registry import Registry
 from distill.shadowlog.reader import read_shadow
 from gateway.continual.store import LoopStore, loop_store_path
-from tests.support import FAST, STUDENT, FakeClock, RunningServer, TrafficLoop, step_rollout
+from tests.support import (
+    FAST,
+    STUDENT,
+    FakeClock,
+    RunningServer,
+    TrafficLoop,
+    kdgate_in_process,
+    step_rollout,
+)
 
 CANDIDATE = "classify-student@2"
 
@@ -134,7 +142,7 @@ def test_standalone_watch_redistils_and_starts_a_canary_on_the_gateway(serve, st
     traffic = httpx.get(f"{server.url}/admin/traffic", headers=headers).json()["traffic"]["classify"]
     assert traffic[CANDIDATE] == 50
     # A second look right away does nothing: the canary is running.
-    again = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    again = kdgate_in_process(*cmd[1:])
     assert "rollout is progressing" in again.stdout, again.stdout
 
 
@@ -146,8 +154,10 @@ def test_generate_traffic_is_redistilled_and_promoted(serve, generate_state_dir:
     completions: the gate's floors are off and its margins and the canary's thresholds are wide; the
     loop's steps are what is tested.
 
-    The build is bound by steps, not time, so the student is the same on any machine: a few steps
-    fewer leave it disagreeing with the teacher on more live tokens than the canary's limit (0.95)."""
+    The build is bound by steps, not time, so that student is the same on any machine. The re-distilled
+    candidate's training is bound by time (`redistill_generate_budget_minutes`): on a loaded machine it
+    trains fewer steps, and one such candidate disagreed on 0.943 of 13.5k live tokens, an interval that
+    straddled a 0.95 limit for good. Hence 0.98: a garbage student disagrees on ~1.0."""
     sensible = replace(TINY_GENERATE_RECIPE, student_layers=(0, 1, 2, 3), budget_minutes=3.0, max_steps=28)
     student = build_generate_student(Registry(generate_state_dir), sensible, log=lambda _: None).ref
     candidate = f"generate-student@{int(student.split('@')[1]) + 1}"
@@ -174,7 +184,8 @@ def test_generate_traffic_is_redistilled_and_promoted(serve, generate_state_dir:
             "min_samples": 60,  # compared tokens
             "p99_slo_ms": 5000.0,  # per output token, with the shadow teacher on the same 2 cores
             "min_requests": 10,
-            "max_disagreement": 0.95,
+            "error_budget": 0.3,  # error-free requests pass it at the floor; 0.1 would take ~25 per step
+            "max_disagreement": 0.98,
             "max_kl": 19.0,  # below the generate kl_cap (20)
             "max_degenerate_rate": 0.99,
         },

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +22,7 @@ from distill.generate.runner import load_lm
 from distill.generate.teacher import gguf_path
 from distill.importing import ImportRefused, sha256_of
 from distill.registry import Manifest, Registry, Role
-from tests.support import TOPICS, save_foreign_classifier
+from tests.support import TOPICS, kdgate, kdgate_in_process, save_foreign_classifier
 
 
 @pytest.fixture(scope="module")
@@ -214,22 +212,21 @@ def test_bad_causal_lm_imports_are_refused_and_register_nothing(foreign: Path, t
     assert "cannot read" in refused_lm(junk)
 
 
-def kdgate(*args: str) -> subprocess.CompletedProcess[str]:
-    command = [str(Path(sys.executable).with_name("kdgate")), "models", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=600)
-
-
 def test_the_cli_imports_or_refuses_with_one_line_and_exit_2(foreign: Path, tmp_path: Path) -> None:
     state = str(tmp_path / "state")
-    done = kdgate("import", str(foreign), "--role", "teacher", "--state-dir", state)
+    done = kdgate("models", "import", str(foreign), "--role", "teacher", "--state-dir", state)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "registered classify-teacher-minilm-topics@1 (classify teacher)" in done.stdout
 
-    no_head = kdgate("import", str(base_encoder_dir()), "--role", "teacher", "--state-dir", state)
+    no_head = kdgate_in_process(
+        "models", "import", str(base_encoder_dir()), "--role", "teacher", "--state-dir", state
+    )
     assert no_head.returncode == 2
     assert len(no_head.stdout.strip().splitlines()) == 1
     assert "no sequence-classification head" in no_head.stdout
 
-    as_generate = kdgate("import", str(foreign), "--kind=generate", "--role=student", f"--state-dir={state}")
+    as_generate = kdgate_in_process(
+        "models", "import", str(foreign), "--kind=generate", "--role=student", f"--state-dir={state}"
+    )
     assert as_generate.returncode == 2 and "sequence classifier" in as_generate.stdout
     assert [m.ref for m in Registry(Path(state)).list()] == ["classify-teacher-minilm-topics@1"]

@@ -6,15 +6,13 @@ the task as `model`, beside no bundled model at all."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 
 from distill.corpora import bbc_paragraphs
 from distill.registry import Registry, Role
-from tests.support import start_server
+from tests.support import kdgate, kdgate_in_process, start_server
 
 # A poor but real student, fast: the fields of TINY_GENERATE_RECIPE that make it so.
 TINY = {
@@ -29,11 +27,6 @@ TINY = {
     "speed_tokens": 8,
     "speed_repeats": 1,
 }
-
-
-def kdgate(*args: str) -> subprocess.CompletedProcess[str]:
-    command = [str(Path(sys.executable).with_name("kdgate")), *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=900)
 
 
 def write_prompts(path: Path, n: int) -> Path:
@@ -62,10 +55,10 @@ def test_a_student_of_a_users_chat_teacher_is_distilled_on_their_prompts_and_ser
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "Hi"}\n{"messages": [{"role": "assistant", "content": "Hello"}]}\n')
-    refused = kdgate("distill", "--task", "chat", "--prompts", str(bad), *state)
+    refused = kdgate_in_process("distill", "--task", "chat", "--prompts", str(bad), *state)
     assert refused.returncode == 2 and "bad.jsonl:2" in refused.stdout + refused.stderr
     assert "end with the user's turn" in refused.stdout + refused.stderr
-    wrong_input = kdgate("distill", "--task", "chat", "--data", str(prompts), *state)
+    wrong_input = kdgate_in_process("distill", "--task", "chat", "--data", str(prompts), *state)
     assert wrong_input.returncode == 2 and "--prompts" in wrong_input.stdout + wrong_input.stderr
 
     done = kdgate(

@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,6 +23,8 @@ from tests.support import (
     TOPICS,
     FakeClock,
     TrafficLoop,
+    kdgate,
+    kdgate_in_process,
     metric_sum,
     save_foreign_classifier,
     step_rollout,
@@ -50,11 +50,6 @@ TEXTS = [
     "The band's new album tops the charts in its first week.",
     "A new smartphone chip promises longer battery life.",
 ]
-
-
-def kdgate(*args: str) -> subprocess.CompletedProcess[str]:
-    command = [str(Path(sys.executable).with_name("kdgate")), *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=900)
 
 
 @pytest.fixture(scope="module")
@@ -166,9 +161,11 @@ def test_a_student_is_distilled_from_the_users_texts_and_redistilled_from_its_sh
     assert student.lineage.recipe["student_base"] == str(teacher_weights.resolve())
     assert student.metrics["test_accuracy"] is None and 0.0 <= student.metrics["agreement"] <= 1.0
 
-    no_column = kdgate("distill", "--task", "topics", "--data", str(data), "--text-col", "body", *state)
+    no_column = kdgate_in_process(
+        "distill", "--task", "topics", "--data", str(data), "--text-col", "body", *state
+    )
     assert no_column.returncode == 2 and "no column 'body'" in no_column.stdout + no_column.stderr
-    no_task = kdgate("distill", "--task", "news", "--data", str(data), *state)
+    no_task = kdgate_in_process("distill", "--task", "news", "--data", str(data), *state)
     assert no_task.returncode == 2 and "no task 'news'" in no_task.stdout + no_task.stderr
     assert [m.ref for m in Registry(named_state).models_of("topics", Role.STUDENT)] == [student.ref]
 
@@ -189,7 +186,7 @@ def test_a_student_is_distilled_from_the_users_texts_and_redistilled_from_its_sh
 
     redistil = ("distill", "--task", "topics", "--from-shadow", "--gate", json.dumps(OPEN_GATE), *state)
     short = ("--recipe", json.dumps({"min_steps": 10}))
-    unknown_field = kdgate(*redistil, "--recipe", json.dumps({"min_stepz": 10}))
+    unknown_field = kdgate_in_process(*redistil, "--recipe", json.dumps({"min_stepz": 10}))
     assert unknown_field.returncode == 2 and "min_stepz" in unknown_field.stdout + unknown_field.stderr
     done = kdgate(*redistil, *short, "--result-json", str(tmp_path / "run.json"))
     assert done.returncode == 0, done.stdout + done.stderr
@@ -202,7 +199,7 @@ def test_a_student_is_distilled_from_the_users_texts_and_redistilled_from_its_sh
 
     with data.open("a") as extra:  # the pinned file changes: its texts can no longer be replayed
         extra.write(json.dumps({"text": "One more article."}) + "\n")
-    changed = kdgate(*redistil, *short)
+    changed = kdgate_in_process(*redistil, *short)
     assert changed.returncode == 1 and "changed since" in changed.stdout + changed.stderr
     assert Registry(named_state).latest_of("topics", Role.STUDENT).ref == "topics-student@2"
 
@@ -263,11 +260,13 @@ def test_a_student_starts_from_the_users_own_smaller_encoder_and_tokenizer(
     assert again.returncode == 0, again.stdout + again.stderr
     from_ref = Registry(named_state).latest_of("topics", Role.STUDENT)
     assert from_ref.lineage.recipe["student_base"] == str((Registry(named_state).path(ref) / "hf").resolve())
-    built = kdgate(
+    built = kdgate_in_process(
         "distill", "--task", "topics", "--data", str(data), "--student", "classify-student@1", *state
     )
     assert built.returncode == 2 and "no weights to start from" in built.stdout + built.stderr
 
     (small / "config.json").write_text(json.dumps({"model_type": "distilbert"}))
-    refused = kdgate("distill", "--task", "topics", "--data", str(data), "--student", str(small), *state)
+    refused = kdgate_in_process(
+        "distill", "--task", "topics", "--data", str(data), "--student", str(small), *state
+    )
     assert refused.returncode == 2 and "BERT-architecture" in refused.stdout + refused.stderr

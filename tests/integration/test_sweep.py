@@ -10,7 +10,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,10 +17,10 @@ from typing import Any
 import pytest
 
 from distill.registry import Registry
+from tests.support import KDGATE, kdgate_in_process
 
 pytestmark = pytest.mark.slow
 
-KDGATE = str(Path(sys.executable).with_name("kdgate"))
 # 4 points on 160 texts each (half of the 320 a pick trains on), tested on 200: seconds per point.
 GRID = ["--temperatures", "1,4", "--layers", "1,2", "--alphas", "0.9", "--fraction", "0.5"]
 RECIPE = json.dumps({"student_examples": 320, "eval_examples": 200, "threads": 2})
@@ -96,9 +95,9 @@ def test_a_sweep_resumes_after_kill_reports_its_frontier_and_picks_a_gated_stude
     rows = {m.group(1) for m in re.finditer(r"^\| ★? ?\| (T\S+) \|", report, re.MULTILINE)}
     assert rows == {p["id"] for p in points}
     assert marked == independent_frontier(points) and marked
-    shown = run([KDGATE, "distill", "sweep", "show", folder.name, "--state-dir", str(state_dir)])
+    shown = kdgate_in_process("distill", "sweep", "show", folder.name, "--state-dir", str(state_dir))
     assert shown.returncode == 0 and all(p["id"] in shown.stdout for p in points)
-    missing = run([KDGATE, "distill", "sweep", "show", "nope", "--state-dir", str(state_dir)])
+    missing = kdgate_in_process("distill", "sweep", "show", "nope", "--state-dir", str(state_dir))
     assert missing.returncode == 2 and len(missing.stdout.strip().splitlines()) == 1
 
     # 4. Pick: the same sweep (nothing retrained), the rule's point trained on the full 320 texts and
