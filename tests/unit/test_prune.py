@@ -13,6 +13,7 @@ import pytest
 import torch
 import typer
 from transformers import BertConfig
+from typer.testing import CliRunner
 
 from distill.classify.build import ClassifyRecipe
 from distill.classify.io import base_tokenizer, load_classifier, save_classifier
@@ -20,6 +21,7 @@ from distill.classify.model import EncoderClassifier, layer_widths
 from distill.classify.tokenize import BatchTokenizer
 from distill.workbench.grid import GridError, grid
 from distill.workbench.prune import PrunePlan, apply, importance, kept, plan
+from gateway.cli import app
 from gateway.cli.sweep import _grid
 
 HEADS, SIZE, CHANNELS = 3, 4, 6
@@ -145,3 +147,22 @@ def test_the_share_is_a_recipe_field_a_sweep_axis_and_refused_out_of_range() -> 
     with pytest.raises(typer.Exit) as refused:
         _grid("2", "0.9", "1", None, None, "0,1.2")
     assert refused.value.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    ("given", "named"),
+    [
+        (["--prune", "1.0"], "a share in [0, 1), got 1.0"),
+        (["--prune", "0.3", "--from-shadow"], "keeps its parent's shape"),
+        (["--prune", "0.3", "--task", "generate"], "built for classify students"),
+    ],
+)
+def test_kdgate_distill_refuses_a_prune_it_cannot_do_naming_the_option(
+    tmp_path: Path, given: list[str], named: str
+) -> None:
+    result = CliRunner().invoke(app, ["distill", *given, "--state-dir", str(tmp_path)])
+    assert (
+        result.exit_code == 2
+        and "--prune" in result.output
+        and named in " ".join(result.output.replace("│", " ").split())
+    )
