@@ -15,7 +15,7 @@ same process (the control: the registry's current student), size in MB.
 
 Without `--full` the teacher and every student train on `--examples` texts (default 1600) and are
 tested on `--eval` (default 500): minutes on 2 cores, for the comparison, not for the absolute
-figures of the product's default build. Writes loadtests/results/bench_workbench_prune.json.
+figures of the product's default build. Writes loadtests/results/bench_workbench_prune_<examples>.json.
 """
 
 from __future__ import annotations
@@ -100,7 +100,8 @@ def main() -> None:
     result = prune_bench(args)
     print(json.dumps(result, indent=2))
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"bench_workbench_{args.part}.json").write_text(json.dumps(result, indent=2) + "\n")
+    name = f"bench_workbench_{args.part}_{args.examples}{'_full' if args.full else ''}.json"
+    (RESULTS / name).write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":
