@@ -43,6 +43,7 @@ from distill.progress import ProgressBar
 from distill.registry import Calibration, Lineage, Manifest, Registry, Role, TaskKind, student_name
 from distill.trainer import train
 from distill.workbench.calibrate import calibration_of
+from distill.workbench.prune import prune_student
 from durablefs import write_with
 
 TEACHER_NAME = "classify-teacher"
@@ -93,6 +94,10 @@ class ClassifyRecipe:
     losses: tuple[str, ...] = ("logits",)
     hidden_weight: float = 1.0  # weight of the hidden-state MSE beside the logits term (whose weight is 1)
     attention_weight: float = 1.0  # weight of the attention KL beside the logits term
+    # Share (0 to <1) of the student's attention heads and of its feed-forward channels cut out before
+    # KD, the least important by |grad x activation| of the KD loss on a calibration slice (see
+    # `distill.workbench.prune`); KD then recovers. With student_layers 6 it prunes a copy of the teacher.
+    prune: float = 0.0
     student_lr: float = 1e-4
     student_head_lr: float = 1e-3
     int8_max_accuracy_drop: float = 0.005  # keep INT8 only if test accuracy drops by at most this
@@ -116,6 +121,8 @@ class ClassifyRecipe:
             raise ValueError(f"losses must hold 'logits' and any of {terms}, got {list(self.losses)}")
         if not (0 <= self.hidden_weight < math.inf and 0 <= self.attention_weight < math.inf):
             raise ValueError("hidden_weight and attention_weight must be >= 0")
+        if not 0 <= self.prune < 1:
+            raise ValueError(f"prune must be in [0, 1), got {self.prune}")
         if self.student_width is not None and (self.student_width < 32 or self.student_width % 32):
             raise ValueError(f"student_width must be a multiple of 32, got {self.student_width}")
         return self
@@ -283,6 +290,7 @@ def build_student(
     labels = torch.tensor(train_part.labels)
     model, tokenizer = student_init(registry, teacher, recipe)
     teacher_model = feature_teacher(registry, teacher, tokenizer) if needs_teacher_model(recipe) else None
+    pruned = prune_student(model, tokenizer, train_part.texts, soft, labels, recipe)
     desc = f"{student_name(teacher.task)}: distil"
     summary = distil(model, tokenizer, train_part.texts, soft, labels, recipe, desc, teacher=teacher_model)
     teacher_test = teacher_soft_labels(registry, teacher, split.test, log)
@@ -303,7 +311,7 @@ def build_student(
         lineage = Lineage(
             teacher=teacher.ref,
             data=_data_lineage(recipe, split, train_part, data_labelled),
-            recipe={"name": "hinton-kd", **asdict(recipe)},
+            recipe={"name": "hinton-kd", **asdict(recipe)} | ({"pruning": pruned} if pruned else {}),
             seed=recipe.seed,
             sweep=sweep,
         )

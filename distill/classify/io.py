@@ -10,12 +10,13 @@ from tokenizers import Tokenizer
 from transformers import BertConfig, BertModel
 from transformers.utils import logging as hf_logging
 
-from distill.classify.model import EncoderClassifier
+from distill.classify.model import EncoderClassifier, layer_widths, with_layer_widths
 from distill.classify.tokenize import TOKENIZER_FILE, BatchTokenizer
 from distill.corpora import package_dir
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+LAYER_WIDTHS = "kdgate_layer_widths"  # a pruned model's (heads, channels) per layer; absent when uniform
 
 
 def base_encoder_dir() -> Path:
@@ -56,6 +57,10 @@ def save_classifier(model: EncoderClassifier, directory: Path, tokenizer: BatchT
     directory.mkdir(parents=True, exist_ok=True)
     config = model.encoder.config.to_dict()
     config["kdgate_num_labels"] = model.head.out_features
+    widths = layer_widths(model)
+    uniform = (config["num_attention_heads"], config["intermediate_size"])
+    if any(width != uniform for width in widths):
+        config[LAYER_WIDTHS] = [list(width) for width in widths]
     (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2))
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(directory / WEIGHTS_FILE))
@@ -65,7 +70,10 @@ def save_classifier(model: EncoderClassifier, directory: Path, tokenizer: BatchT
 def load_classifier(directory: Path) -> EncoderClassifier:
     raw = json.loads((directory / CONFIG_FILE).read_text())
     num_labels = int(raw.pop("kdgate_num_labels"))
+    widths = [(int(h), int(c)) for h, c in raw.pop(LAYER_WIDTHS, [])]
     model = EncoderClassifier(BertConfig.from_dict(raw), num_labels)
+    if widths:
+        with_layer_widths(model, widths)
     model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
     return model.eval()
 

@@ -7,11 +7,13 @@ module cut to its first few layers. This file does no I/O (see `distill.classify
 from __future__ import annotations
 
 import copy
-from typing import NamedTuple
+from collections.abc import Sequence
+from typing import Any, NamedTuple, cast
 
 import torch
 from torch import nn
 from transformers import BertConfig, BertModel
+from transformers.pytorch_utils import prune_linear_layer
 
 
 class EncoderClassifier(nn.Module):
@@ -108,3 +110,52 @@ def narrowed_copy(model: EncoderClassifier, num_layers: int, width: int, seed: i
         student.head.weight.copy_(model.head.weight @ basis)  # (C, W)
         student.head.bias.copy_(model.head.bias)
     return student
+
+
+def encoder_layers(model: EncoderClassifier) -> list[Any]:
+    """The transformer layers of `model` (transformers' `BertLayer`s, typed Any: their submodules are
+    reached by attribute, which nn.Module types as `Tensor | Module`)."""
+    return list(model.encoder.encoder.layer)
+
+
+def _index(units: Sequence[int]) -> torch.LongTensor:
+    return cast(torch.LongTensor, torch.tensor(list(units), dtype=torch.long))
+
+
+def keep_units(layer: Any, heads: Sequence[int], channels: Sequence[int]) -> None:
+    """Cuts `layer` down to the attention `heads` and feed-forward `channels` listed (indices into what
+    it holds now), in place: the query/key/value rows and the attention output's columns of the other
+    heads go, as do the intermediate rows and output columns of the other channels. The Linear layers
+    are really smaller (an export is too), not masked. The attention reshapes to (…, -1, head size), so
+    it runs with however many heads are left."""
+    attention = layer.attention.self
+    size = attention.attention_head_size
+    rows = _index([h * size + i for h in heads for i in range(size)])
+    attention.query = prune_linear_layer(attention.query, rows)
+    attention.key = prune_linear_layer(attention.key, rows)
+    attention.value = prune_linear_layer(attention.value, rows)
+    layer.attention.output.dense = prune_linear_layer(layer.attention.output.dense, rows, dim=1)
+    attention.num_attention_heads, attention.all_head_size = len(heads), len(heads) * size
+    kept = _index(channels)
+    layer.intermediate.dense = prune_linear_layer(layer.intermediate.dense, kept)
+    layer.output.dense = prune_linear_layer(layer.output.dense, kept, dim=1)
+
+
+def layer_widths(model: EncoderClassifier) -> list[tuple[int, int]]:
+    """(attention heads, feed-forward channels) of each layer as its modules hold them: the config's for
+    every layer, unless the model was pruned."""
+    return [
+        (
+            layer.attention.self.query.out_features // layer.attention.self.attention_head_size,
+            layer.intermediate.dense.out_features,
+        )
+        for layer in encoder_layers(model)
+    ]
+
+
+def with_layer_widths(model: EncoderClassifier, widths: Sequence[tuple[int, int]]) -> EncoderClassifier:
+    """`model` (freshly built from its config) with each layer cut to the (heads, channels) of `widths`:
+    the shape a pruned model's saved weights load into."""
+    for layer, (heads, channels) in zip(encoder_layers(model), widths, strict=True):
+        keep_units(layer, range(heads), range(channels))
+    return model

@@ -1,4 +1,5 @@
-"""The grid of a sweep: every combination of temperature, α, student depth, width and KD losses, each
+"""The grid of a sweep: every combination of temperature, α, student depth, width, KD losses and pruning
+share, each
 with a stable id derived from its parameters alone (pure).
 
 The id is what makes a sweep resumable and a pick traceable: `points.jsonl` is keyed by it, so a
@@ -12,6 +13,8 @@ from. It reads as the parameters themselves, so a person can tell points apart w
 'T2-a0.5-L3-w128'
 >>> Point(2.0, 0.9, 2, losses=("logits", "hidden", "attention")).id
 'T2-a0.9-L2+hidden+attention'
+>>> Point(2.0, 0.9, 3, prune=0.3).id
+'T2-a0.9-L3-p0.3'
 >>> len(grid())   # the issue's default: 5 temperatures × 3 depths × 2 alphas
 30
 """
@@ -45,15 +48,17 @@ class Point:
     layers: int
     width: int | None = None  # None: the teacher's own width (its first `layers` layers)
     losses: tuple[str, ...] = LOGITS_ONLY  # "logits" and any of "hidden", "attention", in LOSS_TERMS order
+    prune: float = 0.0  # share of heads and feed-forward channels cut before KD (`distill.workbench.prune`)
 
     @property
     def id(self) -> str:
-        """Stable and readable: `T<temperature>-a<alpha>-L<layers>[-w<width>][+<loss>...]`, numbers in
-        their shortest form (2.0 and 2 are one point); logits-only KD adds nothing, so the ids of
-        sweeps from before the loss axis still name the same points."""
+        """Stable and readable: `T<temperature>-a<alpha>-L<layers>[-w<width>][-p<prune>][+<loss>...]`,
+        numbers in their shortest form (2.0 and 2 are one point); logits-only KD and no pruning add
+        nothing, so the ids of sweeps from before those axes still name the same points."""
         width = "" if self.width is None else f"-w{self.width}"
+        pruned = f"-p{_num(self.prune)}" if self.prune else ""
         extra = "".join(f"+{term}" for term in self.losses if term != "logits")
-        return f"T{_num(self.temperature)}-a{_num(self.alpha)}-L{self.layers}{width}{extra}"
+        return f"T{_num(self.temperature)}-a{_num(self.alpha)}-L{self.layers}{width}{pruned}{extra}"
 
     def params(self) -> dict[str, float | int | list[str] | None]:
         return {
@@ -62,6 +67,7 @@ class Point:
             "layers": self.layers,
             "width": self.width,
             "losses": list(self.losses),
+            "prune": self.prune,
         }
 
 
@@ -71,8 +77,9 @@ def grid(
     layers: Sequence[int] = DEFAULT_LAYERS,
     widths: Sequence[int | None] = (None,),
     losses: Sequence[tuple[str, ...]] = (LOGITS_ONLY,),
+    prunes: Sequence[float] = (0.0,),
 ) -> list[Point]:
-    """Every combination, in a fixed order (temperature slowest, then depth, α, width, losses);
+    """Every combination, in a fixed order (temperature slowest, then depth, α, width, losses, prune);
     duplicates (2 and 2.0) once. Raises `GridError` naming the option of a value out of range."""
     _check(temperatures, "--temperatures", lambda t: 0 < t <= 100, "in (0, 100]")
     _check(alphas, "--alphas", lambda a: 0 <= a <= 1, "in [0, 1]")
@@ -83,13 +90,14 @@ def grid(
         lambda w: w >= MIN_WIDTH and w % HEAD_SIZE == 0,
         f"a multiple of {HEAD_SIZE}, at least {MIN_WIDTH}",
     )
+    _check(prunes, "--prune", lambda s: 0 <= s < 1, "in [0, 1)")
     for terms in losses:
         if "logits" not in terms or not set(terms) <= set(LOSS_TERMS):
             raise GridError(f"--losses: {'+'.join(terms)} is not logits plus any of hidden, attention")
     seen: dict[str, Point] = {}
-    for t, n, a, w, k in itertools.product(temperatures, layers, alphas, widths, losses):
+    for t, n, a, w, k, s in itertools.product(temperatures, layers, alphas, widths, losses, prunes):
         ordered = tuple(term for term in LOSS_TERMS if term in k)
-        point = Point(float(t), float(a), int(n), None if w is None else int(w), ordered)
+        point = Point(float(t), float(a), int(n), None if w is None else int(w), ordered, float(s))
         seen.setdefault(point.id, point)
     return list(seen.values())
 

@@ -40,7 +40,8 @@ def pick(
     if chosen is None:
         raise NoPointMatches(f"no point of sweep {spec['id']} ({len(points)} recorded) meets {rule}")
     losses = tuple(chosen.get("losses") or LOGITS_ONLY)  # absent from points recorded before the axis
-    point = Point(chosen["temperature"], chosen["alpha"], chosen["layers"], chosen["width"], losses)
+    prune = float(chosen.get("prune") or 0.0)  # absent from points recorded before the axis
+    point = Point(chosen["temperature"], chosen["alpha"], chosen["layers"], chosen["width"], losses, prune)
     recipe = point_recipe(base_recipe(spec["recipe"]), point, spec["labelled"])
     lineage = {"id": spec["id"], "point": point.id, "rule": str(rule), "figures": chosen}
     log(f"picked {point.id} by '{rule}': training it on the full data")

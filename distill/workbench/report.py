@@ -28,6 +28,7 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("layers", "layers", "{}"),
     ("width", "width", "{}"),
     ("losses", "losses", "{}"),
+    ("prune", "prune", "{:g}"),
     ("accuracy", "accuracy", "{:.4f}"),
     ("agreement", "agreement", "{:.4f}"),
     ("kl", "KL", "{:.4f}"),

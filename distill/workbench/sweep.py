@@ -55,7 +55,12 @@ from distill.workbench.trial import MB, Baseline, SweepData, run_point
 from durablefs import write_json
 
 # ClassifyRecipe fields that came after the first sweeps, at their defaults (see `SweepSpec.id`).
-LATER_FIELDS: dict[str, Any] = {"losses": ("logits",), "hidden_weight": 1.0, "attention_weight": 1.0}
+LATER_FIELDS: dict[str, Any] = {
+    "losses": ("logits",),
+    "hidden_weight": 1.0,
+    "attention_weight": 1.0,
+    "prune": 0.0,
+}
 LATENCY_TEXTS = 300  # batch-1 calls per model per point: p99 is then the 3rd slowest
 
 Log = Callable[[str], None]

@@ -1,4 +1,5 @@
-"""One point of a sweep, top to bottom: build the student the point describes → distil it on the sweep's
+"""One point of a sweep, top to bottom: build the student the point describes → prune it (when the
+point says so) → distil it on the sweep's
 slice of the training data against the cached teacher logits → export INT8 ONNX → score it on the test
 split against the labels and the teacher → calibrate on the validation split → time it beside the
 reference → one record for `points.jsonl`.
@@ -29,6 +30,7 @@ from distill.registry import Manifest, Registry
 from distill.workbench.calibrate import calibration_of
 from distill.workbench.grid import Point
 from distill.workbench.latency import Session, measure, measure_pair
+from distill.workbench.prune import prune_student
 
 MB = 1e6
 
@@ -66,6 +68,7 @@ def point_recipe(recipe: ClassifyRecipe, point: Point, labelled: bool) -> Classi
         student_layers=point.layers,
         student_width=point.width,
         losses=point.losses,
+        prune=point.prune,
     )
 
 
@@ -86,6 +89,7 @@ def run_point(
     teacher_model = feature_teacher(registry, teacher, tokenizer) if needs_teacher_model(recipe) else None
     started = time.monotonic()
     labels = torch.tensor(data.train.labels)
+    pruned = prune_student(model, tokenizer, data.train.texts, data.soft, labels, recipe)
     summary = distil(
         model, tokenizer, data.train.texts, data.soft, labels, recipe, point.id, False, teacher_model
     )
@@ -116,6 +120,8 @@ def run_point(
         **timing,
         "size_mb": round(int8.stat().st_size / MB, 2),
         "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
+        "heads_kept": pruned["heads_kept"] if pruned else None,
+        "channels_kept": pruned["channels_kept"] if pruned else None,
         "train_seconds": round(train_seconds, 1),
         "train_examples": len(data.train.texts),
         "steps": int(summary["steps"]),

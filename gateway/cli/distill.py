@@ -71,6 +71,14 @@ def distill(
         ),
     ] = None,
     layers: Annotated[int, typer.Option(help="Transformer layers of the student (1-6).")] = 2,
+    prune: Annotated[
+        float,
+        typer.Option(
+            help="Classify: share (0 to <1) of the student's attention heads and feed-forward channels "
+            "cut out before KD, the least important by |grad x activation| on a calibration slice; KD "
+            "then recovers. With --layers 6, a pruned copy of the teacher.",
+        ),
+    ] = 0.0,
     examples: Annotated[
         int | None, typer.Option(help="Train-split texts to distil on (default 20000).")
     ] = None,
@@ -144,6 +152,10 @@ def distill(
     if ctx.invoked_subcommand is not None:
         return
     offline()
+    if not 0 <= prune < 1:
+        raise typer.BadParameter(f"a share in [0, 1), got {prune}", param_hint="--prune")
+    if prune and from_shadow:
+        raise typer.BadParameter("a re-distillation keeps its parent's shape", param_hint="--prune")
     if from_shadow:
         redistill_from_shadow(
             state_dir,
@@ -169,6 +181,8 @@ def distill(
                 "a generate student is cut from its teacher (it must share its tokenizer)",
                 param_hint="--student",
             )
+        if prune:
+            raise typer.BadParameter("pruning is built for classify students", param_hint="--prune")
         options = {"seed": seed, "temperature": temperature, "alpha": alpha}
         _distill_generate(state_dir, task, teacher, prompts, parent, budget, options, recipe_json)
         return
@@ -184,6 +198,7 @@ def distill(
         student_layers=layers,
         student_epochs=epochs or 1,
         calibrate=calibrate,
+        prune=prune,
     )
     if examples is not None:
         base = replace(base, student_examples=examples)

@@ -63,7 +63,13 @@ def sweep(
             "Default: logits only."
         ),
     ] = None,
-    prune: Annotated[str | None, typer.Option(help="Pruning shares; not built yet (only 0).")] = None,
+    prune: Annotated[
+        str | None,
+        typer.Option(
+            help="Shares of the student's attention heads and feed-forward channels pruned before KD "
+            "(by |grad x activation|), comma-separated, each in [0, 1), e.g. '0,0.3,0.5'. Default: 0 only."
+        ),
+    ] = None,
     teacher: Annotated[str | None, typer.Option(help="Teacher ref (default: the task's latest).")] = None,
     data: Annotated[
         Path | None, typer.Option(help="Your texts (CSV, JSONL, Parquet; default: the seed corpus).")
@@ -94,8 +100,8 @@ def sweep(
         str, typer.Option(help="The frontier's quality axis: agreement or accuracy.")
     ] = "agreement",
 ) -> None:
-    """Sweep KD temperature, α, student size and KD losses on a slice of the data; report the Pareto
-    frontier.
+    """Sweep KD temperature, α, student size, KD losses and pruning on a slice of the data; report the
+    Pareto frontier.
 
     The default grid is T 1,2,4,8,16 × layers 1,2,3 × α 0.5,0.9 (30 points) on 10% of the data.
 
@@ -109,9 +115,7 @@ def sweep(
     offline()
     from distill.workbench.rule import RuleError, parse_rule
 
-    points = _grid(temperatures, alphas, layers, widths, losses)
-    if prune is not None and [x.strip() for x in prune.split(",") if x.strip()] not in (["0"], ["0.0"]):
-        refuse("--prune", "pruning + KD is not built yet; only 0")
+    points = _grid(temperatures, alphas, layers, widths, losses, prune)
     if not 0 < fraction <= 1:
         refuse("--fraction", f"must be in (0, 1], got {fraction}")
     if quality not in QUALITIES:
@@ -154,7 +158,12 @@ def _one_line(resolve: Callable[..., Any], *args: Any) -> Any:
 
 
 def _grid(
-    temperatures: str, alphas: str, layers: str, widths: str | None, losses: str | None = None
+    temperatures: str,
+    alphas: str,
+    layers: str,
+    widths: str | None,
+    losses: str | None = None,
+    prune: str | None = None,
 ) -> list[Point]:
     from distill.workbench.grid import LOGITS_ONLY, GridError, grid, parse_list, parse_losses, parse_widths
 
@@ -165,6 +174,7 @@ def _grid(
             [int(n) for n in parse_list(layers, "--layers", int)],
             parse_widths(widths) if widths is not None else [None],
             parse_losses(losses) if losses is not None else [LOGITS_ONLY],
+            parse_list(prune, "--prune", float) if prune is not None else [0.0],
         )
     except GridError as exc:  # its message starts with the option's name
         option, _, message = str(exc).partition(": ")
