@@ -141,6 +141,10 @@ def test_containers_run_as_an_unprivileged_user(rendered: list[dict[str, Any]]) 
         assert pod["securityContext"]["runAsUser"] == int(image_user) != 0
         assert container["securityContext"]["allowPrivilegeEscalation"] is False
         assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+        if container["securityContext"].get("readOnlyRootFilesystem"):
+            # Where the image's processes write: the state dir, temp files, $HOME's caches.
+            mounted = {m["mountPath"] for m in container["volumeMounts"]}
+            assert {"/state", "/tmp", "/home/kdgate"} <= mounted
 
 
 def _parse(cli: Any, args: list[str]) -> None:
