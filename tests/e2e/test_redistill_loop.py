@@ -66,7 +66,7 @@ def test_bbc_traffic_to_a_tweet_student_is_redistilled_and_promoted(serve) -> No
         redistill_enabled=True,
         redistill_min_new_records=300,
         redistill_check_seconds=1.0,
-        redistill_threads=1,
+        redistill_threads=2,
         # A third of the default 60 training steps: the warm start only has to stay sane (the steps'
         # effect on agreement is tested on fixed data in tests/integration/test_redistill.py).
         redistill_recipes={"classify": {"min_steps": 20}},
@@ -114,7 +114,7 @@ def test_bbc_traffic_to_a_tweet_student_is_redistilled_and_promoted(serve) -> No
 def test_standalone_watch_redistils_and_starts_a_canary_on_the_gateway(serve, state_dir) -> None:
     """`kdgate distill watch --once` as its own process beside the gateway: trigger → gated student@2
     → loaded by the gateway over the admin API → its canary progressing."""
-    server = serve()
+    server = serve(shadow_idle_cpu=1.0)  # the shadow scores at the pace of a quiet gateway, not the floor's
     headers = server.admin_headers()
     split = {"weights": {STUDENT: 100}}
     assert httpx.put(f"{server.url}/admin/traffic/classify", json=split, headers=headers).status_code == 200

@@ -1,12 +1,12 @@
 """`kdgate distill sweep` end to end on the tiny teacher and student: a 4-point sweep killed with -9
 after its first point and resumed (no point trained twice), its report checked against a frontier
 recomputed here from points.jsonl, and a pick that registers a gated student with the sweep in its
-lineage. Every run is the real CLI in a child process, on this checkout's code."""
+lineage. The killed run is the real CLI in a child process (kill -9 needs one); the others run the same
+CLI in this process, which has torch imported already."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from distill.registry import Registry
-from tests.support import KDGATE, kdgate_in_process
+from tests.support import KDGATE, CliResult, kdgate_in_process
 
 pytestmark = pytest.mark.slow
 
@@ -32,8 +32,8 @@ def sweep_command(state_dir: Path, *extra: str) -> list[str]:
     return [KDGATE, "distill", "sweep", *GRID, "--recipe", RECIPE, "--state-dir", str(state_dir), *extra]
 
 
-def run(command: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=os.environ.copy())
+def run(command: list[str]) -> CliResult:
+    return kdgate_in_process(*command[1:])
 
 
 def the_sweep(state_dir: Path) -> Path:
