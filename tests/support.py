@@ -231,8 +231,12 @@ def poll(check, what: str, timeout: float = 30.0):  # type: ignore[no-untyped-de
 
 def start_gateway(state_dir: Path, **settings: object) -> tuple[subprocess.Popen[bytes], str]:
     """`kdgate serve` as a process of its own (a test may kill -9 it), ready; settings as KDGATE_* vars
-    (`workers=2`: a supervisor and its two workers on the port). Its output: <state_dir>/gateway.log."""
-    replica = start_replica("gateway", state_dir, settings, free_port())
+    (`workers=2`: a supervisor and its two workers on the port). Its output goes beside the state dir
+    (`gateway-<port>.log`): gateways may share a state dir, and tests look at what is in it."""
+    port = free_port()
+    replica = start_replica(
+        "gateway", state_dir, settings, port, log=state_dir.parent / f"gateway-{port}.log"
+    )
     wait_ready(replica, timeout=90)
     return replica.process, replica.url
 

@@ -16,7 +16,12 @@ app = typer.Typer(add_completion=False)
 @app.command()
 def main(
     seed: Annotated[
-        Path, typer.Option(help="State dir whose registry is published to the bucket (models to serve).")
+        Path,
+        typer.Option(
+            exists=True,
+            file_okay=False,
+            help="State dir whose registry is published to the bucket (the models to serve).",
+        ),
     ] = Path(".kdgate"),
     replicas: Annotated[int, typer.Option(min=1, help="Gateway replicas behind haproxy.")] = 3,
     root: Annotated[

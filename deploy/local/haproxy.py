@@ -84,7 +84,10 @@ class Haproxy:
         log = home / "haproxy.log"
         with log.open("wb") as out:
             process = subprocess.Popen(
-                [binary, "-f", str(config), "-db"], stdout=out, stderr=subprocess.STDOUT
+                [binary, "-f", str(config), "-db"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         return cls(process, port, stats_port, log)
 

@@ -1,5 +1,8 @@
 """Child processes of the local topology: free ports, a program that must be installed, stopping
-(terminate, then kill), waiting for an HTTP endpoint, and the tail of a log for error messages."""
+(terminate, then kill), waiting for an HTTP endpoint, and the tail of a log for error messages.
+
+The children run in sessions of their own (`start_new_session=True`): a Ctrl-C at the terminal reaches
+the launcher only, which then stops them in order (haproxy before the replicas it balances)."""
 
 from __future__ import annotations
 

@@ -61,6 +61,7 @@ class PrometheusServer:
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         server = cls(process, port, log)
         try:

@@ -2,8 +2,8 @@
 
 Settings go as `KDGATE_*` variables, as a Deployment's env would set them. The child runs the code of
 this checkout (PYTHONPATH), not whichever one the venv's `kdgate` script was installed from, and never
-builds models (`--no-build`): a replica serves what the registry holds. Its output goes to
-`<state_dir>/gateway.log`, whose tail is in the error when it does not become ready.
+builds models (`--no-build`): a replica serves what the registry holds. Its output goes to a log
+(`<state_dir>/gateway.log` by default), whose tail is in the error when it does not become ready.
 
 Example::
 
@@ -77,17 +77,21 @@ def start_replica(
     settings: Mapping[str, object],
     port: int,
     env: Mapping[str, str] | None = None,
+    log: Path | None = None,
 ) -> Replica:
     """`kdgate serve` on 127.0.0.1:`port`, started (not yet ready: see `wait_ready`). `env`: extra
-    variables, e.g. the AWS ones that point s3fs at the object store."""
+    variables, e.g. the AWS ones that point s3fs at the object store; `log`: where its output goes
+    (default `<state_dir>/gateway.log`)."""
     state_dir.mkdir(parents=True, exist_ok=True)
     variables = {**os.environ, **(env or {})}
     variables |= {f"KDGATE_{name.upper()}": setting_value(v) for name, v in settings.items()}
     variables["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     command = [kdgate_program(), "serve", "--state-dir", str(state_dir), "--port", str(port), "--no-build"]
-    log = state_dir / "gateway.log"
+    log = log or state_dir / "gateway.log"
     with log.open("wb") as out:
-        process = subprocess.Popen(command, env=variables, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            command, env=variables, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     return Replica(replica_id, port, state_dir, process, log)
 
 

@@ -26,7 +26,7 @@ import itertools
 import os
 import secrets
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 from types import TracebackType
 
@@ -132,8 +132,7 @@ class Topology:
             self.replicas.append(
                 start_replica(replica_id, self.root / replica_id, settings, port, self.s3.env())
             )
-        with ThreadPoolExecutor(len(self.replicas)) as pool:  # they load side by side
-            list(pool.map(wait_ready, self.replicas))
+        self._wait_ready()
         self.haproxy = self._stack.enter_context(
             Haproxy.start([r.address for r in self.replicas], self.root / "haproxy")
         )
@@ -150,6 +149,18 @@ class Topology:
         self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+    def _wait_ready(self) -> None:
+        """The replicas load side by side; the first that fails ends the wait (the others are stopped
+        by `close`, which their waits then see)."""
+        pool = ThreadPoolExecutor(len(self.replicas))
+        try:
+            futures = [pool.submit(wait_ready, replica) for replica in self.replicas]
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            for future in done:
+                future.result()
+        finally:
+            pool.shutdown(wait=False)
 
     def _stop_replicas(self) -> None:
         with ThreadPoolExecutor(max(1, len(self.replicas))) as pool:  # each drains for up to a second

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.local.processes import MissingBinary
+from deploy.local.processes import MissingBinary, require_binary
 from deploy.local.prometheus import PrometheusServer
 from distill.classify.build import load_split
 from tests.support import TINY_RECIPE
@@ -44,6 +44,16 @@ def prometheus_server(tmp_path: Path) -> Iterator[Callable[[list[str]], str]]:
     yield _start
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def topology_binaries() -> None:
+    """The servers of deploy/local's topology that come from Debian packages, installed (or skip/fail)."""
+    for name in ("prometheus", "haproxy"):
+        try:
+            require_binary(name, package=name)
+        except MissingBinary as error:
+            require_or_skip(error)
 
 
 @pytest.fixture(scope="session")
