@@ -32,11 +32,14 @@ CANDIDATE = "classify-student@2"
 REPLICAS = {"replica-1", "replica-2", "replica-3"}
 
 
-def segments_by_replica(shadow_url: str) -> dict[str, set[str]]:
-    """The shadow log's finished classify segments in the bucket, by the replica folder holding them."""
+def segments_by_replica(shadow_url: str, since: float = 0.0) -> dict[str, set[str]]:
+    """The shadow log's finished classify segments in the bucket sealed at `since` (epoch s) or later,
+    by the replica folder holding them."""
     fs, directory = task_dir(shadow_url, "classify")
     found: dict[str, set[str]] = {}
     for segment in list_segments(fs, directory):
+        if segment.time < since:
+            continue
         found.setdefault(segment.path.rsplit("/", 2)[-2], set()).add(segment.path)
     return found
 
@@ -79,6 +82,11 @@ def test_three_replicas_behind_haproxy_share_the_s3_registry_a_prometheus_canary
         marks["reloaded"] = time.monotonic()
 
         # (2) A canary judged from Prometheus, driven by the lease holder, all traffic through haproxy.
+        def served() -> dict[str, float]:  # requests each replica served the candidate, pinned or not
+            texts = {r.replica_id: metrics(r.url) for r in topo.replicas}
+            return {r: metric_sum(t, "kdgate_requests_total", model=CANDIDATE) for r, t in texts.items()}
+
+        before_canary, canary_started = served(), time.time()
         body = {"task": "classify", "candidate": CANDIDATE, **FAST}
         started = httpx.post(f"{topo.url}/admin/rollouts", json=body, headers=headers)
         assert started.status_code == 201, started.text
@@ -97,18 +105,13 @@ def test_three_replicas_behind_haproxy_share_the_s3_registry_a_prometheus_canary
         events = httpx.get(f"{topo.url}/admin/events?task=classify", headers=headers).json()["events"]
         assert [e["weights"].get(CANDIDATE) for e in events] == [5, 25, 50, 100, 100], events
         assert all(e["actor"] == "judge" for e in events[1:]), events
-        served = {
-            r.replica_id: metric_sum(metrics(r.url), "kdgate_requests_total", model=CANDIDATE)
-            for r in topo.replicas
-        }
-        assert all(n > 0 for n in served.values()), (
-            f"haproxy sent the candidate's traffic only to some: {served}"
-        )
+        canary = {r: n - before_canary[r] for r, n in served().items()}
+        assert all(canary.values()), f"haproxy sent the canary's requests to only some replicas: {canary}"
 
         # (4) Every replica's shadow records, under its own prefix in the bucket.
         poll(
-            lambda: set(segments_by_replica(topo.shadow_url)) == REPLICAS,
-            f"shadow segments of {sorted(REPLICAS)} in {topo.shadow_url}",
+            lambda: set(segments_by_replica(topo.shadow_url, since=canary_started)) == REPLICAS,
+            f"shadow segments of the canary's traffic from each of {sorted(REPLICAS)} in {topo.shadow_url}",
         )
 
         # (7) The S3 server stops mid-traffic: no client error, drops counted; back, records land again.
