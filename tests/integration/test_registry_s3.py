@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from deploy.local.s3 import S3Server
+from distill.faults import register_fault_model
 from distill.modelfiles import MANIFEST
-from distill.registry import CorruptObject, Manifest, MissingObject, Registry, Role
+from distill.registry import CorruptObject, FaultSpec, Manifest, MissingObject, Registry, Role
 
 FILES = ["model.onnx", "tokenizer/tokenizer.json"]
 
@@ -99,3 +100,13 @@ def test_a_missing_object_is_named_and_a_pulled_version_keeps_loading(
     with pytest.raises(MissingObject, match=rf"classify-student@2: object {s3_bucket}/{key} is missing"):
         replica.path("classify-student@2")
     assert (replica.path("classify-student@1") / "model.onnx").exists()
+
+
+def test_a_version_without_files_is_pulled_as_its_manifest(s3_bucket: str, tmp_path: Path) -> None:
+    """A fault wrapper is a manifest only (it names the model it wraps): pulled, it is a folder with it."""
+    url = f"{s3_bucket}/registry"
+    builder = Registry(tmp_path / "builder", url)
+    publish(builder, 1)
+    faulty = register_fault_model(builder, FaultSpec(wraps="classify-student@1", error_rate=1.0))
+    folder = Registry(tmp_path / "replica", url).path(faulty.ref)
+    assert Manifest.model_validate_json((folder / MANIFEST).read_text()) == faulty
