@@ -4,9 +4,9 @@ replicas that their rollout judge reads. All client traffic goes through haproxy
 
 One scenario, in order: a student published to the S3 registry from one place is loaded by every
 replica on reload; a canary of it, judged from Prometheus by the one replica holding the store's lease,
-is promoted; every replica writes shadow records under its own prefix in the bucket; with the S3 server
-stopped mid-traffic clients see no error and the replicas count dropped records, and once it is back
-new records land again."""
+is promoted; a faulty candidate after it is rolled back; every replica writes shadow records under its
+own prefix in the bucket; with the S3 server stopped mid-traffic clients see no error and the replicas
+count dropped records, and once it is back new records land again."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ from deploy.local.postgres import PostgresServer
 from deploy.local.s3 import S3Server
 from deploy.local.seed import copy_model
 from deploy.local.topology import Topology
-from distill.registry import MANIFEST, Registry
+from distill.faults import register_fault_model
+from distill.registry import MANIFEST, FaultSpec, Registry
 from distill.shadowlog.segments import list_segments, task_dir
 from tests.support import FAST, STUDENT, TrafficLoop, metric_sum, poll
 
@@ -42,6 +43,18 @@ def segments_by_replica(shadow_url: str, since: float = 0.0) -> dict[str, set[st
             continue
         found.setdefault(segment.path.rsplit("/", 2)[-2], set()).add(segment.path)
     return found
+
+
+def wait_for_end(url: str, headers: dict[str, str], timeout: float = 180.0) -> dict[str, Any]:
+    """The classify rollout's status once it has ended (promoted, rolled back or paused); `timeout`
+    bounds a failure only."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status: dict[str, Any] = httpx.get(f"{url}/admin/rollouts/classify", headers=headers).json()
+        if status["state"]["phase"] in ("promoted", "rolled_back", "paused"):
+            return status
+        assert time.monotonic() < deadline, f"the rollout did not end within {timeout:g} s: {status}"
+        time.sleep(0.25)
 
 
 def metrics(url: str) -> str:
@@ -90,14 +103,8 @@ def test_three_replicas_behind_haproxy_share_the_s3_registry_a_prometheus_canary
         body = {"task": "classify", "candidate": CANDIDATE, **FAST}
         started = httpx.post(f"{topo.url}/admin/rollouts", json=body, headers=headers)
         assert started.status_code == 201, started.text
-        status: dict[str, Any] = {}
         with TrafficLoop(topo.url, tweets) as loop:
-            deadline = time.monotonic() + 180  # bounds a failure only
-            while time.monotonic() < deadline:
-                status = httpx.get(f"{topo.url}/admin/rollouts/classify", headers=headers).json()
-                if status["state"]["phase"] in ("promoted", "rolled_back", "paused"):
-                    break
-                time.sleep(0.25)
+            status = wait_for_end(topo.url, headers)
         marks["promoted"] = time.monotonic()
         assert status["state"]["phase"] == "promoted", status
         assert set(loop.codes) == {200}, loop.codes
@@ -107,6 +114,26 @@ def test_three_replicas_behind_haproxy_share_the_s3_registry_a_prometheus_canary
         assert all(e["actor"] == "judge" for e in events[1:]), events
         canary = {r: n - before_canary[r] for r, n in served().items()}
         assert all(canary.values()), f"haproxy sent the canary's requests to only some replicas: {canary}"
+
+        # (3) A faulty candidate (every batch raises: the teacher answers for it, counted as fallbacks)
+        # is rolled back by the judge, all traffic through haproxy, no client error.
+        faulty = register_fault_model(topo.registry, FaultSpec(wraps=CANDIDATE, error_rate=1.0)).ref
+        for replica in topo.replicas:
+            reload = httpx.post(f"{replica.url}/admin/models/reload", headers=headers, timeout=60)
+            assert reload.status_code == 200, f"{replica.replica_id}: {reload.text}"
+        body = {"task": "classify", "candidate": faulty, **FAST}
+        started = httpx.post(f"{topo.url}/admin/rollouts", json=body, headers=headers)
+        assert started.status_code == 201, started.text
+        with TrafficLoop(topo.url, tweets) as loop:
+            status = wait_for_end(topo.url, headers)
+        marks["faulty rolled back"] = time.monotonic()
+        assert status["state"]["phase"] == "rolled_back", status
+        assert set(loop.codes) == {200}, loop.codes
+        last = httpx.get(f"{topo.url}/admin/events?task=classify", headers=headers).json()["events"][-1]
+        assert last["to_phase"] == "rolled_back", last
+        assert "error_burn" in {e["metric"] for e in last["evidence"] if e["verdict"] == "fail"}, last
+        traffic = httpx.get(f"{topo.url}/admin/traffic", headers=headers).json()["traffic"]["classify"]
+        assert traffic == {CANDIDATE: 100}, traffic
 
         # (4) Every replica's shadow records, under its own prefix in the bucket.
         poll(
