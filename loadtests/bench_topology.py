@@ -160,7 +160,7 @@ def main() -> None:
             for _ in range(2):  # warm both paths (connections, model threads) before measuring
                 latencies(topo.url, 20), latencies(topo.replicas[0].url, 20)
             targets = {"haproxy": topo.url, "direct": topo.replicas[0].url}
-            rounds = []
+            rounds: list[dict[str, Any]] = []
             for r in range(args.rounds):
                 order = ["haproxy", "direct"] if r % 2 == 0 else ["direct", "haproxy"]
                 measured = {name: summary(latencies(targets[name], args.requests)) for name in order}
