@@ -25,7 +25,7 @@ serve: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy gateway rollout durablefs distill statestore
+	$(BIN)/mypy gateway rollout durablefs distill statestore deploy
 
 test: lint
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/pytest

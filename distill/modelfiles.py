@@ -75,6 +75,7 @@ def pull(
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f"{PULL_PREFIX}{target.name}-{uuid.uuid4().hex[:8]}"
     try:
+        tmp.mkdir()  # a version may have no files (a fault wrapper), but always has its manifest
         for rel, digest in sorted(digests.items()):
             local = tmp / rel
             local.parent.mkdir(parents=True, exist_ok=True)

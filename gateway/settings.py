@@ -116,6 +116,11 @@ class Settings(BaseSettings):
     window_seconds: float = Field(3600.0, gt=0)  # live metric windows (rollout's local source)
     rollout_driver: Literal["local", "external"] = "local"  # external: `kdgate rollout run` drives
     rollout_tick_seconds: float = Field(1.0, gt=0)  # how often the in-process judge looks
+    # Replicas: the in-process judge reads a Prometheus that scrapes them all (rollout/prometheus.py)
+    # instead of the windows they publish to the store. None: the local source.
+    rollout_prometheus_url: str | None = None
+    # The shortest PromQL range: two scrape intervals at least, else a fresh step reads "no data".
+    rollout_prometheus_min_window_s: float = Field(30.0, gt=0)
 
     redistill_enabled: bool = False  # the continual loop: shadow log → new student → gate → canary
     redistill_min_new_records: int = Field(2000, ge=20)  # new shadow records that trigger a run...

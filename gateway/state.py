@@ -16,7 +16,7 @@ from distill.registry import Registry, TaskKind
 from distill.shadowlog.writer import ShadowLogWriter, ShadowLogWriters
 from durablefs import write_text
 from gateway.errors import ModelUnavailable, NotFound
-from gateway.rollouts.ports import LocalSource, MetricsSink, TrafficSetter
+from gateway.rollouts.ports import MetricsSink, TrafficSetter, metric_source
 from gateway.rollouts.published import DOCUMENT, WindowBoard
 from gateway.serving.inflight import InFlight
 from gateway.serving.metrics import GatewayMetrics
@@ -146,7 +146,7 @@ class GatewayState:
         controller = Controller(
             store.rollouts,
             store.audit,
-            LocalSource(window, board),
+            metric_source(settings, window, board),
             TrafficSetter(traffic, metrics, pool),
             MetricsSink(metrics),
             clock=clock,

@@ -16,10 +16,10 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from deploy.local.postgres import PostgresServer
+from deploy.local.s3 import S3Server
 from distill.classify.build import ensure_default_classify_models
 from distill.registry import Registry
-from tests.postgres_server import PostgresServer
-from tests.s3_server import S3Server
 from tests.support import TINY_RECIPE, RunningServer, build_generate_state, start_server
 
 

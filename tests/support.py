@@ -8,8 +8,6 @@ import asyncio
 import contextlib
 import itertools
 import json
-import os
-import socket
 import subprocess
 import sys
 import threading
@@ -26,6 +24,8 @@ import torch
 import uvicorn
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from deploy.local.processes import free_port
+from deploy.local.replicas import start_replica, wait_ready
 from distill.classify.build import ClassifyRecipe
 from distill.classify.io import base_encoder_dir
 from distill.generate.build import TINY_GENERATE_RECIPE, ensure_default_generate_models
@@ -60,12 +60,6 @@ FAST = {
     "p99_slo_ms": 1000.0,
     "max_kl": 3.0,
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 KDGATE = str(Path(sys.executable).with_name("kdgate"))
@@ -237,25 +231,14 @@ def poll(check, what: str, timeout: float = 30.0):  # type: ignore[no-untyped-de
 
 def start_gateway(state_dir: Path, **settings: object) -> tuple[subprocess.Popen[bytes], str]:
     """`kdgate serve` as a process of its own (a test may kill -9 it), ready; settings as KDGATE_* vars
-    (`workers=2`: a supervisor and its two workers on the port)."""
+    (`workers=2`: a supervisor and its two workers on the port). Its output goes beside the state dir
+    (`gateway-<port>.log`): gateways may share a state dir, and tests look at what is in it."""
     port = free_port()
-    env = {**os.environ, **{f"KDGATE_{k.upper()}": str(v) for k, v in settings.items()}}
-    # The code under test, not whichever checkout the venv's kdgate was installed from (its children too).
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    kdgate = Path(sys.executable).with_name("kdgate")
-    cmd = [str(kdgate), "serve", "--state-dir", str(state_dir), "--port", str(port), "--no-build"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        assert proc.poll() is None, "gateway exited during start"
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "gateway did not become ready"
-        time.sleep(0.2)
+    replica = start_replica(
+        "gateway", state_dir, settings, port, log=state_dir.parent / f"gateway-{port}.log"
+    )
+    wait_ready(replica, timeout=90)
+    return replica.process, replica.url
 
 
 # --- rollout controller parts for tests that drive a `Controller` directly ---

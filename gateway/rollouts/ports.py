@@ -1,5 +1,6 @@
-"""What the in-process rollout controller needs from the gateway: the local metric source (live
-windows), a weight setter (the traffic store), and an evidence sink (Prometheus gauges)."""
+"""What the in-process rollout controller needs from the gateway: a metric source (the live windows, or
+a Prometheus scraping every replica), a weight setter (the traffic store), and an evidence sink
+(Prometheus gauges)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,25 @@ from gateway.serving.metrics import GatewayMetrics
 from gateway.serving.pool import ModelPool
 from gateway.serving.traffic import TrafficStore
 from gateway.serving.window import LiveWindow
+from gateway.settings import Settings
+from rollout.driver import MetricSource
 from rollout.model import Event, Evidence, Observation, Phase, RolloutState
+from rollout.prometheus import PrometheusSource
+
+
+def metric_source(settings: Settings, window: LiveWindow, board: WindowBoard | None) -> MetricSource:
+    """Prometheus when `rollout_prometheus_url` is set (it reads what every replica served, on the wall
+    clock Prometheus keeps), else the windows of the processes on the store.
+
+    >>> settings = Settings(rollout_prometheus_url="http://prometheus:9090")
+    >>> type(metric_source(settings, LiveWindow(60.0), None)).__name__
+    'PrometheusSource'
+    """
+    if settings.rollout_prometheus_url is not None:
+        return PrometheusSource(
+            settings.rollout_prometheus_url, min_window_s=settings.rollout_prometheus_min_window_s
+        )
+    return LocalSource(window, board)
 
 
 class LocalSource:

@@ -1,96 +1,59 @@
 """E2E fixtures: a real Prometheus server scraping real gateways, plus the integration `serve` fixture.
 
-`prometheus_server(["127.0.0.1:8123"])` starts `prometheus` (scrape and evaluation every 1 s) on a free
-port with its own TSDB under the test's tmp dir, waits for `/-/ready` and returns its base URL; every
-server started is stopped (terminate, then kill) after the test. Without the binary the test is skipped,
-or fails under CI (`CI` set), where `.ci/run` installs the Debian `prometheus` package.
+`prometheus_server(["127.0.0.1:8123"])` starts `prometheus` (deploy/local/prometheus.py: scrape and
+evaluation every 1 s) on a free port with its own TSDB under the test's tmp dir, waits for `/-/ready`
+and returns its base URL; every server started is stopped (terminate, then kill) after the test.
+Without the binary the test is skipped, or fails under CI (`CI` set), where `.ci/run` installs the
+Debian `prometheus` package.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import httpx
 import pytest
-import yaml
 
+from deploy.local.processes import MissingBinary, require_binary
+from deploy.local.prometheus import PrometheusServer
 from distill.classify.build import load_split
-from tests.support import TINY_RECIPE, free_port
-
-SCRAPE_INTERVAL_S = 1.0
+from tests.support import TINY_RECIPE
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-
-
-def _log_tail(path: Path, lines: int = 20) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+def require_or_skip(error: MissingBinary) -> None:
+    """A missing server binary skips the test, or fails it under CI, which installs it."""
+    if os.environ.get("CI"):
+        pytest.fail(str(error))
+    pytest.skip(str(error))
 
 
 @pytest.fixture
 def prometheus_server(tmp_path: Path) -> Iterator[Callable[[list[str]], str]]:
-    binary = shutil.which("prometheus")
-    if binary is None:
-        message = "the prometheus binary is not installed (Debian package `prometheus`)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    started: list[subprocess.Popen[bytes]] = []
+    started: list[PrometheusServer] = []
 
     def _start(targets: list[str]) -> str:
-        home = tmp_path / f"prometheus-{len(started)}"
-        (home / "data").mkdir(parents=True)
-        config = {
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"},
-            "scrape_configs": [
-                {"job_name": "kdgate", "metrics_path": "/metrics", "static_configs": [{"targets": targets}]}
-            ],
-        }
-        (home / "prometheus.yml").write_text(yaml.safe_dump(config))
-        port = free_port()
-        log_path = home / "prometheus.log"
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                [
-                    binary,
-                    f"--config.file={home / 'prometheus.yml'}",
-                    f"--storage.tsdb.path={home / 'data'}",
-                    f"--web.listen-address=127.0.0.1:{port}",
-                    "--log.level=warn",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        started.append(process)
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"prometheus exited with {process.returncode}:\n{_log_tail(log_path)}")
-            try:
-                if httpx.get(f"{url}/-/ready", timeout=1).status_code == 200:
-                    return url
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"prometheus was not ready within 30 s:\n{_log_tail(log_path)}")
-            time.sleep(0.1)
+        try:
+            server = PrometheusServer.start(targets, tmp_path / f"prometheus-{len(started)}")
+        except MissingBinary as error:
+            require_or_skip(error)
+            raise
+        started.append(server)
+        return server.url
 
     yield _start
-    for process in started:
-        _stop(process)
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def topology_binaries() -> None:
+    """The servers of deploy/local's topology that come from Debian packages, installed (or skip/fail)."""
+    for name in ("prometheus", "haproxy"):
+        try:
+            require_binary(name, package=name)
+        except MissingBinary as error:
+            require_or_skip(error)
 
 
 @pytest.fixture(scope="session")

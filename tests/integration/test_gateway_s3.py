@@ -11,23 +11,13 @@ from pathlib import Path
 
 import httpx
 
-from distill.registry import MANIFEST, Registry
+from deploy.local.s3 import S3Server
+from deploy.local.seed import publish_all
+from distill.registry import MANIFEST
 from distill.shadowlog.reader import read_shadow
-from tests.s3_server import S3Server
 from tests.support import metric_sum, poll, send_keyed, start_server
 
 TEACHER, STUDENT = "classify-teacher@1", "classify-student@1"
-
-
-def publish_all(source: Path, builder: Path, url: str) -> Registry:
-    """Every model of the local registry in `source`, published to `url` from the state dir `builder`."""
-    local, remote = Registry(source), Registry(builder, url)
-    for manifest in local.list():
-        with remote.stage(manifest.name) as staging:
-            shutil.copytree(local.path(manifest.ref), staging.path, dirs_exist_ok=True)
-            (staging.path / MANIFEST).unlink()
-            staging.commit(manifest)
-    return remote
 
 
 def logged_ids(url: str) -> set[str]:
@@ -66,7 +56,7 @@ def test_a_gateway_on_s3_serves_pulled_models_and_survives_a_bucket_outage(
             newer = staging.commit(builder.get(STUDENT).model_copy(update={"version": 2}))
         missing = next(f for f in newer.files if f.endswith(".onnx"))
         bucket, prefix = s3_bucket.removeprefix("s3://"), "models/classify-student/2"
-        s3_server.client().delete_object(Bucket=bucket, Key=f"{prefix}/{missing}")  # type: ignore[attr-defined]
+        s3_server.client().delete_object(Bucket=bucket, Key=f"{prefix}/{missing}")
         reload = httpx.post(f"{server.url}/admin/models/reload", headers=headers, timeout=60)
         assert reload.status_code == 503
         assert f"{s3_bucket}/{prefix}/{missing} is missing" in reload.json()["error"]["message"]

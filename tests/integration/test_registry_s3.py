@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from deploy.local.s3 import S3Server
+from distill.faults import register_fault_model
 from distill.modelfiles import MANIFEST
-from distill.registry import CorruptObject, Manifest, MissingObject, Registry, Role
-from tests.s3_server import S3Server
+from distill.registry import CorruptObject, FaultSpec, Manifest, MissingObject, Registry, Role
 
 FILES = ["model.onnx", "tokenizer/tokenizer.json"]
 
@@ -65,7 +66,7 @@ def test_a_version_whose_manifest_is_not_uploaded_yet_is_not_listed(
     url = f"{s3_bucket}/registry"
     publish(Registry(tmp_path / "builder", url), 1)
     bucket, key = object_key(s3_bucket, "registry", "classify-student@2", "model.onnx")
-    s3_server.client().put_object(Bucket=bucket, Key=key, Body=b"half of a model")  # type: ignore[attr-defined]
+    s3_server.client().put_object(Bucket=bucket, Key=key, Body=b"half of a model")
     assert [m.ref for m in Registry(tmp_path / "replica", url).list()] == ["classify-student@1"]
 
 
@@ -75,7 +76,7 @@ def test_a_corrupted_object_is_refused_by_name_and_nothing_is_cached(
     url = f"{s3_bucket}/registry"
     publish(Registry(tmp_path / "builder", url), 1)
     bucket, key = object_key(s3_bucket, "registry", "classify-student@1", "model.onnx")
-    s3_server.client().put_object(Bucket=bucket, Key=key, Body=b"tampered")  # type: ignore[attr-defined]
+    s3_server.client().put_object(Bucket=bucket, Key=key, Body=b"tampered")
 
     replica = Registry(tmp_path / "replica", url)
     with pytest.raises(CorruptObject, match=rf"{s3_bucket}/{key} does not match its manifest"):
@@ -94,8 +95,18 @@ def test_a_missing_object_is_named_and_a_pulled_version_keeps_loading(
     replica.path("classify-student@1")
     publish(builder, 2)
     bucket, key = object_key(s3_bucket, "registry", "classify-student@2", "tokenizer/tokenizer.json")
-    s3_server.client().delete_object(Bucket=bucket, Key=key)  # type: ignore[attr-defined]
+    s3_server.client().delete_object(Bucket=bucket, Key=key)
 
     with pytest.raises(MissingObject, match=rf"classify-student@2: object {s3_bucket}/{key} is missing"):
         replica.path("classify-student@2")
     assert (replica.path("classify-student@1") / "model.onnx").exists()
+
+
+def test_a_version_without_files_is_pulled_as_its_manifest(s3_bucket: str, tmp_path: Path) -> None:
+    """A fault wrapper is a manifest only (it names the model it wraps): pulled, it is a folder with it."""
+    url = f"{s3_bucket}/registry"
+    builder = Registry(tmp_path / "builder", url)
+    publish(builder, 1)
+    faulty = register_fault_model(builder, FaultSpec(wraps="classify-student@1", error_rate=1.0))
+    folder = Registry(tmp_path / "replica", url).path(faulty.ref)
+    assert Manifest.model_validate_json((folder / MANIFEST).read_text()) == faulty

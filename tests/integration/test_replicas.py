@@ -13,9 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from deploy.local.postgres import PostgresServer
 from distill.faults import register_fault_model
 from distill.registry import FaultSpec, Registry
-from tests.postgres_server import PostgresServer
 from tests.support import FAST, STUDENT, TEACHER, poll, start_gateway
 
 

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
+from deploy.local.s3 import S3Server
 from distill.shadowlog.reader import read_shadow, shadow_stats
 from distill.shadowlog.segments import list_segments, task_dir
 from distill.shadowlog.writer import ShadowLogWriter
-from tests.s3_server import S3Server
 from tests.support import poll
 from tests.unit.test_shadowlog import record
 

@@ -17,13 +17,14 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from deploy.local.postgres import PostgresServer
+from deploy.local.processes import free_port
 from rollout.driver import Controller
 from rollout.model import Event, Phase, RolloutConfig, RolloutState
 from rollout.store import AuditLog, StaleRollout
 from statestore import StoreUnavailable
 from statestore.migrations import MIGRATIONS, migrate
 from statestore.postgres import PostgresStore, SchemaRefused
-from tests.postgres_server import PostgresServer, free_port
 from tests.support import ErroringSource, RecordedWeights
 
 CONFIG = RolloutConfig(steps=(5, 100), min_dwell_s=0.0, min_requests=30, max_disagreement=0.5)

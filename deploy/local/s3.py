@@ -1,4 +1,5 @@
-"""A real S3 API for tests: moto in server mode on 127.0.0.1 and a free port, in this process.
+"""A real S3 API: moto in server mode (its `server` extra, a dev dependency) on 127.0.0.1 and a free
+port, in this process (a thread).
 
 kdgate reaches it as it reaches any S3-compatible store: through s3fs, with the endpoint and the
 credentials in the standard AWS variables (`env()`), never in kdgate's own settings. `stop()` takes
@@ -18,11 +19,12 @@ from __future__ import annotations
 import logging
 import uuid
 from types import TracebackType
+from typing import Any
 
 import boto3
 from moto.server import ThreadedMotoServer
 
-from tests.postgres_server import free_port
+from deploy.local.processes import free_port
 
 
 class S3Server:
@@ -56,7 +58,7 @@ class S3Server:
         self.client().create_bucket(Bucket=name)
         return f"s3://{name}"
 
-    def client(self) -> object:
+    def client(self) -> Any:  # a boto3 S3 client (boto3 ships no type hints)
         env = self.env()
         return boto3.client(
             "s3",

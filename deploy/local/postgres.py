@@ -1,4 +1,4 @@
-"""A real PostgreSQL server for tests: a throwaway cluster on 127.0.0.1 and a free port.
+"""A real PostgreSQL server: a throwaway cluster on 127.0.0.1 and a free port (the state store).
 
 `initdb` into a fresh directory (trust authentication: it listens on loopback only and lives for one
 session), `pg_ctl start`, wait for `pg_isready`. Run as root (CI, containers) the binaries run as the
@@ -19,12 +19,13 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+
+from deploy.local.processes import free_port
 
 SUPERUSER = "postgres"
 
@@ -44,13 +45,6 @@ def postgres_bindir() -> Path:
         "PostgreSQL server binaries not found (no initdb under `pg_config --bindir` or "
         "/usr/lib/postgresql/*/bin): install them, e.g. `apt-get install postgresql`"
     )
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 class PostgresServer:

@@ -1,0 +1,174 @@
+"""The topology of a cluster on one machine (deploy/local/): three `kdgate serve` replicas behind haproxy,
+PostgreSQL as their state store, the registry and the shadow log on S3 (moto), a Prometheus scraping the
+replicas that their rollout judge reads. All client traffic goes through haproxy.
+
+One scenario, in order: a student published to the S3 registry from one place is loaded by every
+replica on reload; a canary of it, judged from Prometheus by the one replica holding the store's lease,
+is promoted; a faulty candidate after it is rolled back; every replica writes shadow records under its
+own prefix in the bucket; with the S3 server stopped mid-traffic clients see no error and the replicas
+count dropped records, and once it is back new records land again."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from deploy.local.postgres import PostgresServer
+from deploy.local.s3 import S3Server
+from deploy.local.seed import copy_model
+from deploy.local.topology import Topology
+from distill.faults import register_fault_model
+from distill.registry import MANIFEST, FaultSpec, Registry
+from distill.shadowlog.segments import list_segments, task_dir
+from tests.support import FAST, STUDENT, TrafficLoop, metric_sum, poll
+
+pytestmark = pytest.mark.slow
+
+CANDIDATE = "classify-student@2"
+REPLICAS = {"replica-1", "replica-2", "replica-3"}
+
+
+def segments_by_replica(shadow_url: str, since: float = 0.0) -> dict[str, set[str]]:
+    """The shadow log's finished classify segments in the bucket sealed at `since` (epoch s) or later,
+    by the replica folder holding them."""
+    fs, directory = task_dir(shadow_url, "classify")
+    found: dict[str, set[str]] = {}
+    for segment in list_segments(fs, directory):
+        if segment.time < since:
+            continue
+        found.setdefault(segment.path.rsplit("/", 2)[-2], set()).add(segment.path)
+    return found
+
+
+def wait_for_end(url: str, headers: dict[str, str], timeout: float = 180.0) -> dict[str, Any]:
+    """The classify rollout's status once it has ended (promoted, rolled back or paused); `timeout`
+    bounds a failure only."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status: dict[str, Any] = httpx.get(f"{url}/admin/rollouts/classify", headers=headers).json()
+        if status["state"]["phase"] in ("promoted", "rolled_back", "paused"):
+            return status
+        assert time.monotonic() < deadline, f"the rollout did not end within {timeout:g} s: {status}"
+        time.sleep(0.25)
+
+
+def metrics(url: str) -> str:
+    return httpx.get(f"{url}/metrics", timeout=10).text
+
+
+def test_three_replicas_behind_haproxy_share_the_s3_registry_a_prometheus_canary_and_the_shadow_log(
+    built_state: Path,
+    s3_server: S3Server,
+    postgres_server: PostgresServer,
+    tmp_path: Path,
+    tweets: list[str],
+    topology_binaries: None,
+) -> None:
+    marks = {"start": time.monotonic()}
+    # Small shadow segments, so records reach the bucket within a second of being scored.
+    settings = {"shadow_flush_rows": 8, "shadow_flush_seconds": 0.5}
+    topology = Topology(
+        built_state, tmp_path / "topology", settings=settings, s3=s3_server, postgres=postgres_server
+    )
+    with topology as topo:
+        assert topo.registry is not None
+        marks["up"] = time.monotonic()
+        headers = topo.admin_headers()
+
+        # (1) Published once to the S3 registry, loaded by every replica on reload, each serving it.
+        copy_model(Registry(built_state), STUDENT, topo.registry, "classify-student", version=2)
+        for replica in topo.replicas:
+            reload = httpx.post(f"{replica.url}/admin/models/reload", headers=headers, timeout=60)
+            assert reload.status_code == 200, f"{replica.replica_id}: {reload.text}"
+        for replica in topo.replicas:
+            pinned = httpx.post(
+                f"{replica.url}/classify", json={"text": "a fine day"}, headers={"x-kdgate-model": CANDIDATE}
+            )
+            assert pinned.status_code == 200, f"{replica.replica_id}: {pinned.text}"
+            assert pinned.headers["x-kdgate-model"] == CANDIDATE, replica.replica_id
+            assert (replica.state_dir / "cache" / "models" / "classify-student" / "2" / MANIFEST).exists()
+        marks["reloaded"] = time.monotonic()
+
+        # (2) A canary judged from Prometheus, driven by the lease holder, all traffic through haproxy.
+        def served() -> dict[str, float]:  # requests each replica served the candidate, pinned or not
+            texts = {r.replica_id: metrics(r.url) for r in topo.replicas}
+            return {r: metric_sum(t, "kdgate_requests_total", model=CANDIDATE) for r, t in texts.items()}
+
+        before_canary, canary_started = served(), time.time()
+        body = {"task": "classify", "candidate": CANDIDATE, **FAST}
+        started = httpx.post(f"{topo.url}/admin/rollouts", json=body, headers=headers)
+        assert started.status_code == 201, started.text
+        with TrafficLoop(topo.url, tweets) as loop:
+            status = wait_for_end(topo.url, headers)
+        marks["promoted"] = time.monotonic()
+        assert status["state"]["phase"] == "promoted", status
+        assert set(loop.codes) == {200}, loop.codes
+        assert status["controller"]["pid"] in {r.process.pid for r in topo.replicas}, status["controller"]
+        events = httpx.get(f"{topo.url}/admin/events?task=classify", headers=headers).json()["events"]
+        assert [e["weights"].get(CANDIDATE) for e in events] == [5, 25, 50, 100, 100], events
+        assert all(e["actor"] == "judge" for e in events[1:]), events
+        canary = {r: n - before_canary[r] for r, n in served().items()}
+        assert all(canary.values()), f"haproxy sent the canary's requests to only some replicas: {canary}"
+
+        # (3) A faulty candidate (every batch raises: the teacher answers for it, counted as fallbacks)
+        # is rolled back by the judge, all traffic through haproxy, no client error.
+        faulty = register_fault_model(topo.registry, FaultSpec(wraps=CANDIDATE, error_rate=1.0)).ref
+        for replica in topo.replicas:
+            reload = httpx.post(f"{replica.url}/admin/models/reload", headers=headers, timeout=60)
+            assert reload.status_code == 200, f"{replica.replica_id}: {reload.text}"
+        body = {"task": "classify", "candidate": faulty, **FAST}
+        started = httpx.post(f"{topo.url}/admin/rollouts", json=body, headers=headers)
+        assert started.status_code == 201, started.text
+        with TrafficLoop(topo.url, tweets) as loop:
+            status = wait_for_end(topo.url, headers)
+        marks["faulty rolled back"] = time.monotonic()
+        assert status["state"]["phase"] == "rolled_back", status
+        assert set(loop.codes) == {200}, loop.codes
+        last = httpx.get(f"{topo.url}/admin/events?task=classify", headers=headers).json()["events"][-1]
+        assert last["to_phase"] == "rolled_back", last
+        assert "error_burn" in {e["metric"] for e in last["evidence"] if e["verdict"] == "fail"}, last
+        traffic = httpx.get(f"{topo.url}/admin/traffic", headers=headers).json()["traffic"]["classify"]
+        assert traffic == {CANDIDATE: 100}, traffic
+
+        # (4) Every replica's shadow records, under its own prefix in the bucket.
+        poll(
+            lambda: set(segments_by_replica(topo.shadow_url, since=canary_started)) == REPLICAS,
+            f"shadow segments of the canary's traffic from each of {sorted(REPLICAS)} in {topo.shadow_url}",
+        )
+
+        # (7) The S3 server stops mid-traffic: no client error, drops counted; back, records land again.
+        with TrafficLoop(topo.url, tweets) as loop:
+            time.sleep(0.5)
+            s3_server.stop()
+            marks["s3 stopped"] = time.monotonic()
+            try:
+                for replica in topo.replicas:
+                    poll(
+                        lambda url=replica.url: metric_sum(
+                            metrics(url), "kdgate_shadow_total", outcome="dropped", reason="storage"
+                        ),
+                        f"{replica.replica_id} counted shadow records dropped for storage",
+                    )
+            finally:
+                s3_server.restart()
+            marks["drops counted"] = time.monotonic()
+            before = segments_by_replica(topo.shadow_url)
+
+            def fresh() -> dict[str, set[str]]:  # segments written since S3 came back, by replica
+                now = segments_by_replica(topo.shadow_url)
+                return {r: paths - before.get(r, set()) for r, paths in now.items()}
+
+            poll(
+                lambda: {r for r, paths in fresh().items() if paths} == REPLICAS,
+                f"new shadow segments of each of {sorted(REPLICAS)} once S3 was back",
+            )
+        marks["records again"] = time.monotonic()
+        assert set(loop.codes) == {200}, loop.codes
+    marks["end"] = time.monotonic()
+    laps = ", ".join(f"{b} +{marks[b] - marks[a]:.1f} s" for a, b in itertools.pairwise(marks))
+    print(f"\ntopology timings: {laps}")
