@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
 from distill.objectstore import filesystem, is_local
-from distill.registry import Registry, TaskKind
+from distill.registry import Registry, RegistryError, TaskKind
 from distill.shadowlog.writer import ShadowLogWriter, ShadowLogWriters
 from durablefs import write_text
 from gateway.errors import ModelUnavailable, NotFound
@@ -36,6 +37,7 @@ from rollout.lease import Lease, process_identity
 from statestore import StateStore, open_store
 
 M = TypeVar("M")
+log = logging.getLogger("kdgate.state")
 
 
 @dataclass
@@ -93,6 +95,18 @@ class GatewayState:
                 self.traffic.set(task, {teacher: 100})  # default, or the old split names a missing model
             refs = [r for r, t in loaded.items() if t == task]
             self.metrics.set_weights(task, self.traffic.get(task), refs)
+
+    def load_named(self, refs: Iterable[str]) -> None:
+        """Loads the registered models first if any of `refs` is not loaded here (blocking: call it off
+        the loop). Replicas share a registry: a model another process registered (the loop, an import, a
+        reload sent to another replica behind the balancer) is named to this one by an admin write before
+        it has loaded it. A model that cannot be loaded is left for the write's own check to name."""
+        if set(refs) <= set(self.pool.tasks_of()):
+            return
+        try:
+            self.load_models()
+        except RegistryError as exc:
+            log.warning("loading the registered models for an admin write: %s", exc)
 
     def unloaded(self) -> frozenset[str]:
         """The registered models this process has not loaded (blocking: reads the registry)."""

@@ -112,6 +112,7 @@ async def set_traffic(
     rollout of the task is progressing, unless it is paused or `?force=true` is given.
     """
     state = _state(request)
+    await asyncio.to_thread(state.load_named, update.weights)
     state.served_task(task)
     weights = validate_weights(task, update.weights, state.pool.tasks_of())
     rollout = state.store.rollouts.load(task)

@@ -35,6 +35,7 @@ def _state(request: Request) -> GatewayState:
 async def start_rollout(body: RolloutStart, request: Request) -> dict[str, Any]:
     """Start moving traffic of `task` from its baseline to `candidate`, step by step, judged as it goes."""
     state = _state(request)
+    await asyncio.to_thread(state.load_named, [body.candidate, *filter(None, [body.baseline])])
     rollout, config = rollouts.start_rollout(body, state.pool, state.traffic, state.controller)
     return {"state": rollout.to_dict(), "config": config.to_dict()}
 

@@ -6,11 +6,16 @@ One scenario, in order: a student published to the S3 registry from one place is
 replica on reload; a canary of it, judged from Prometheus by the one replica holding the store's lease,
 is promoted; a faulty candidate after it is rolled back; every replica writes shadow records under its
 own prefix in the bucket; with the S3 server stopped mid-traffic clients see no error and the replicas
-count dropped records, and once it is back new records land again."""
+count dropped records, and once it is back new records land again; the loop, as its own process,
+re-distils the promoted student from every replica's records in the bucket, registers the new one to S3
+and starts its canary, which every replica serves."""
 
 from __future__ import annotations
 
 import itertools
+import json
+import os
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -24,12 +29,19 @@ from deploy.local.seed import copy_model
 from deploy.local.topology import Topology
 from distill.faults import register_fault_model
 from distill.registry import MANIFEST, FaultSpec, Registry
+from distill.shadowlog.reader import read_shadow
 from distill.shadowlog.segments import list_segments, task_dir
-from tests.support import FAST, STUDENT, TrafficLoop, metric_sum, poll
+from tests.support import FAST, KDGATE, STUDENT, TrafficLoop, metric_sum, poll
 
 pytestmark = pytest.mark.slow
 
 CANDIDATE = "classify-student@2"
+REDISTILLED = "classify-student@3"
+WATCH_RECORDS = 200
+# The tiny models are weak and the held-out records few: the gate only has to let a sane candidate by
+# (it is tested on its own in tests/integration/test_redistill.py).
+WATCH_GATE = {"min_agreement": 0.0, "max_kl": 10.0, "min_accuracy": 0.0, "max_accuracy_drop": 0.2}
+WATCH_GATE |= {"max_agreement_drop": 0.2, "max_kl_rise": 0.5, "max_ece_rise": None}
 REPLICAS = {"replica-1", "replica-2", "replica-3"}
 
 
@@ -169,6 +181,41 @@ def test_three_replicas_behind_haproxy_share_the_s3_registry_a_prometheus_canary
             )
         marks["records again"] = time.monotonic()
         assert set(loop.codes) == {200}, loop.codes
+
+        # (5) The loop, a process of its own as in a cluster, re-distils the promoted student from every
+        # replica's records in the bucket, registers the new one to the S3 registry and (6) starts its
+        # canary through haproxy; the replicas that did not get the reload load it on their own.
+        assert read_shadow(topo.shadow_url, "classify", columns=["ts"]).num_rows >= WATCH_RECORDS
+        done = subprocess.run(
+            [
+                *(KDGATE, "distill", "watch", "--once", "--url", topo.url, "--token", topo.admin_token),
+                *("--state-dir", str(tmp_path / "loop"), "--registry-url", topo.registry_url),
+                *("--shadow-url", topo.shadow_url, "--min-new-records", str(WATCH_RECORDS)),
+                *("--gate", json.dumps(WATCH_GATE), "--recipe", '{"min_steps": 10}'),
+                *("--rollout-config", json.dumps({**FAST, "steps": [50, 100], "min_dwell_s": 600.0})),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={**os.environ, **s3_server.env()},
+        )
+        marks["redistilled"] = time.monotonic()
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert f"registered {REDISTILLED}; canary started" in done.stdout, done.stdout
+        redistilled = Registry(tmp_path / "reader", topo.registry_url).get(REDISTILLED)
+        assert redistilled.lineage.parent == CANDIDATE and redistilled.metrics["gate"]["passed"]
+        rollout = httpx.get(f"{topo.url}/admin/rollouts/classify", headers=headers).json()["state"]
+        assert rollout["candidate"] == REDISTILLED and rollout["phase"] == "progressing", rollout
+        with TrafficLoop(topo.url, tweets) as loop:
+            poll(
+                lambda: all(
+                    metric_sum(metrics(r.url), "kdgate_requests_total", model=REDISTILLED)
+                    for r in topo.replicas
+                ),
+                f"each replica serving its canary share with {REDISTILLED}",
+            )
+        assert set(loop.codes) == {200}, loop.codes
+        marks["canary everywhere"] = time.monotonic()
     marks["end"] = time.monotonic()
     laps = ", ".join(f"{b} +{marks[b] - marks[a]:.1f} s" for a, b in itertools.pairwise(marks))
     print(f"\ntopology timings: {laps}")

@@ -67,6 +67,14 @@ def test_replicas_share_the_split_and_hand_the_rollout_over(
         poll(newcomer_on_second, "the second replica loaded the newcomer and served it")
         assert {a.status_code for a in answers} == {200}  # the teacher answered until it was loaded
 
+        # Named by an admin write to a replica that has not loaded it (behind a balancer, the write may
+        # reach any replica): that replica loads the registered models first, then takes the write.
+        another = register_fault_model(Registry(state_dir), FaultSpec(wraps=STUDENT), name="another").ref
+        put = httpx.put(
+            f"{second_url}/admin/traffic/classify", json={"weights": {another: 100}}, headers=headers
+        )
+        assert put.status_code == 200, put.text
+
         # A rollout started through the second replica is driven by the first, which took the lease.
         body = {"task": "classify", "baseline": TEACHER, "candidate": STUDENT, **FAST, "min_dwell_s": 600.0}
         started = httpx.post(f"{second_url}/admin/rollouts", json=body, headers=headers)
