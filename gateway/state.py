@@ -14,7 +14,8 @@ from typing import TypeVar
 
 from distill.objectstore import filesystem, is_local
 from distill.registry import Registry, RegistryError, TaskKind
-from distill.shadowlog.writer import ShadowLogWriter, ShadowLogWriters
+from distill.shadowlog.by_task import ShadowLogWriters
+from distill.shadowlog.writer import ShadowLogWriter
 from durablefs import write_text
 from gateway.errors import ModelUnavailable, NotFound
 from gateway.rollouts.ports import MetricsSink, TrafficSetter, metric_source

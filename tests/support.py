@@ -88,6 +88,27 @@ def kdgate_in_process(*args: str) -> CliResult:
     return CliResult(result.exit_code, result.stdout, result.stderr)
 
 
+def shadow_record(
+    i: int, *, model: str = "student@1", teacher_served: bool = False, **over: Any
+) -> dict[str, Any]:
+    """Classify shadow record number `i` (one the teacher served carries no comparison), `over` replacing
+    or adding fields."""
+    rec: dict[str, Any] = {
+        "request_id": f"r{i}",
+        "served_model": "teacher@1" if teacher_served else model,
+        "teacher_model": "teacher@1",
+        "input_text": f"input number {i}",
+        "served_label": "pos",
+        "served_probs": [0.1, 0.2, 0.7],
+        "teacher_logits": None if teacher_served else [-1.0, 0.5, 2.0],
+        "agree": None if teacher_served else i % 4 != 0,
+        "kl": None if teacher_served else 0.01 * (i % 5),
+        "latency_ms": 3.5,
+    }
+    rec.update(over)
+    return rec
+
+
 def metric_sum(text: str, name: str, **labels: str) -> float:
     """Sum of the exposition lines of `name` whose labels include `labels` (0 when there are none)."""
     total = 0.0

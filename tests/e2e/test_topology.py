@@ -69,6 +69,20 @@ def wait_for_end(url: str, headers: dict[str, str], timeout: float = 180.0) -> d
         time.sleep(0.25)
 
 
+def rollout_to_its_end(
+    url: str, headers: dict[str, str], candidate: str, tweets: list[str]
+) -> dict[str, Any]:
+    """Starts a FAST canary of `candidate` through `url` and sends tweets until it has ended; its status.
+    Every client request must have been answered 200."""
+    body = {"task": "classify", "candidate": candidate, **FAST}
+    started = httpx.post(f"{url}/admin/rollouts", json=body, headers=headers)
+    assert started.status_code == 201, started.text
+    with TrafficLoop(url, tweets) as loop:
+        status = wait_for_end(url, headers)
+    assert set(loop.codes) == {200}, loop.codes
+    return status
+
+
 def metrics(url: str) -> str:
     return httpx.get(f"{url}/metrics", timeout=10).text
 
@@ -112,14 +126,9 @@ def test_three_replicas_behind_haproxy_share_the_s3_registry_a_prometheus_canary
             return {r: metric_sum(t, "kdgate_requests_total", model=CANDIDATE) for r, t in texts.items()}
 
         before_canary, canary_started = served(), time.time()
-        body = {"task": "classify", "candidate": CANDIDATE, **FAST}
-        started = httpx.post(f"{topo.url}/admin/rollouts", json=body, headers=headers)
-        assert started.status_code == 201, started.text
-        with TrafficLoop(topo.url, tweets) as loop:
-            status = wait_for_end(topo.url, headers)
+        status = rollout_to_its_end(topo.url, headers, CANDIDATE, tweets)
         marks["promoted"] = time.monotonic()
         assert status["state"]["phase"] == "promoted", status
-        assert set(loop.codes) == {200}, loop.codes
         assert status["controller"]["pid"] in {r.process.pid for r in topo.replicas}, status["controller"]
         events = httpx.get(f"{topo.url}/admin/events?task=classify", headers=headers).json()["events"]
         assert [e["weights"].get(CANDIDATE) for e in events] == [5, 25, 50, 100, 100], events
@@ -133,14 +142,9 @@ def test_three_replicas_behind_haproxy_share_the_s3_registry_a_prometheus_canary
         for replica in topo.replicas:
             reload = httpx.post(f"{replica.url}/admin/models/reload", headers=headers, timeout=60)
             assert reload.status_code == 200, f"{replica.replica_id}: {reload.text}"
-        body = {"task": "classify", "candidate": faulty, **FAST}
-        started = httpx.post(f"{topo.url}/admin/rollouts", json=body, headers=headers)
-        assert started.status_code == 201, started.text
-        with TrafficLoop(topo.url, tweets) as loop:
-            status = wait_for_end(topo.url, headers)
+        status = rollout_to_its_end(topo.url, headers, faulty, tweets)
         marks["faulty rolled back"] = time.monotonic()
         assert status["state"]["phase"] == "rolled_back", status
-        assert set(loop.codes) == {200}, loop.codes
         last = httpx.get(f"{topo.url}/admin/events?task=classify", headers=headers).json()["events"][-1]
         assert last["to_phase"] == "rolled_back", last
         assert "error_burn" in {e["metric"] for e in last["evidence"] if e["verdict"] == "fail"}, last

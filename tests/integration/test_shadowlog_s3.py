@@ -14,8 +14,7 @@ from deploy.local.s3 import S3Server
 from distill.shadowlog.reader import read_shadow, shadow_stats
 from distill.shadowlog.segments import list_segments, task_dir
 from distill.shadowlog.writer import ShadowLogWriter
-from tests.support import poll
-from tests.unit.test_shadowlog import record
+from tests.support import poll, shadow_record
 
 
 def test_segments_of_two_replicas_are_under_their_own_prefixes_and_read_back_together(s3_bucket: str) -> None:
@@ -23,7 +22,7 @@ def test_segments_of_two_replicas_are_under_their_own_prefixes_and_read_back_tog
     for replica, model in (("gw-a", "student@1"), ("gw-b", "student@2")):
         with ShadowLogWriter(root, "classify", replica=replica, flush_rows=4) as writer:
             for i in range(10):
-                writer.append(record(i, model=model, request_id=f"{replica}-{i}"))
+                writer.append(shadow_record(i, model=model, request_id=f"{replica}-{i}"))
 
     fs, directory = task_dir(root, "classify")
     folders = {seg.path.rsplit("/", 2)[-2] for seg in list_segments(fs, directory)}
@@ -49,20 +48,20 @@ def test_an_unreachable_bucket_drops_and_counts_records_and_writing_resumes_when
         root, "classify", replica="gw-a", flush_rows=5, max_pending_rows=10, background=True, on_drop=on_drop
     ).start()
     for i in range(5):
-        writer.append(record(i))
+        writer.append(shadow_record(i))
     poll(lambda: writer.counters.rows_written == 5, "the first segment written")
 
     s3_server.stop()
     try:
         for i in range(5, 40):
-            writer.append(record(i))  # never raises, never writes: the flusher thread does
+            writer.append(shadow_record(i))  # never raises, never writes: the flusher thread does
         poll(lambda: len(dropped) >= 20, "records dropped while the bucket is unreachable")
     finally:
         s3_server.restart()
     assert {reason for _, reason in dropped} == {"storage"}
 
     for i in range(40, 45):
-        writer.append(record(i))
+        writer.append(shadow_record(i))
     writer.close()  # flushes what waited out the outage
     counters = writer.counters
     assert counters.rows_written + counters.rows_dropped == counters.rows_appended == 45
@@ -79,7 +78,7 @@ def test_a_writer_opened_while_the_bucket_is_unreachable_writes_once_it_is_back(
     try:
         writer = ShadowLogWriter(root, "classify", replica="gw-a", flush_rows=5, background=True).start()
         for i in range(5):
-            writer.append(record(i))
+            writer.append(shadow_record(i))
     finally:
         s3_server.restart()
     writer.close()
@@ -94,7 +93,7 @@ def test_retention_lists_the_bucket_at_start_not_at_every_segment(
     with caplog.at_level(logging.INFO, logger="werkzeug"):  # moto's access log: one line per request
         writer = ShadowLogWriter(root, "classify", replica="gw-a", flush_rows=2, max_bytes=2**30).start()
         for i in range(20):
-            writer.append(record(i))
+            writer.append(shadow_record(i))
         writer.close()
     assert writer.counters.segments_written == 10
     listings = [r.getMessage() for r in caplog.records if "list-type=2" in r.getMessage()]

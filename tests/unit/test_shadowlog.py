@@ -19,6 +19,7 @@ from distill.shadowlog.reader import read_shadow, shadow_stats
 from distill.shadowlog.schema import SCHEMA_VERSION, SHADOW_SCHEMA
 from distill.shadowlog.segments import TMP_PREFIX, list_segments, task_dir
 from distill.shadowlog.writer import ShadowLogClosed, ShadowLogWriter
+from tests.support import shadow_record
 
 T0 = 1_750_000_000.0
 
@@ -29,23 +30,6 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
-
-
-def record(i: int, *, model: str = "student@1", teacher_served: bool = False, **over: Any) -> dict[str, Any]:
-    rec: dict[str, Any] = {
-        "request_id": f"r{i}",
-        "served_model": "teacher@1" if teacher_served else model,
-        "teacher_model": "teacher@1",
-        "input_text": f"input number {i}",
-        "served_label": "pos",
-        "served_probs": [0.1, 0.2, 0.7],
-        "teacher_logits": None if teacher_served else [-1.0, 0.5, 2.0],
-        "agree": None if teacher_served else i % 4 != 0,
-        "kl": None if teacher_served else 0.01 * (i % 5),
-        "latency_ms": 3.5,
-    }
-    rec.update(over)
-    return rec
 
 
 @pytest.fixture
@@ -65,10 +49,10 @@ def test_round_trip(mem_root: str) -> None:
     clock = FakeClock()
     topk_ids = [[5, 9], [1, 2], [7, 3]]  # (T=3, k=2)
     with ShadowLogWriter(mem_root, "classify", clock=clock) as w:
-        w.append(record(0, ts=T0 - 5))
-        w.append(record(1, teacher_served=True))
+        w.append(shadow_record(0, ts=T0 - 5))
+        w.append(shadow_record(1, teacher_served=True))
         w.append(
-            record(
+            shadow_record(
                 2, teacher_topk_ids=topk_ids, teacher_topk_logprobs=np.log([[0.5, 0.25]] * 3),
                 teacher_tail_mass=[0.25, 0.25, 0.25], token_agree=[True, False, True],
             )
@@ -95,26 +79,26 @@ def test_round_trip(mem_root: str) -> None:
 def test_bad_records_are_refused_at_append(mem_root: str) -> None:
     w = ShadowLogWriter(mem_root, "classify")
     with pytest.raises(ValueError, match="missing"):
-        w.append({k: v for k, v in record(0).items() if k != "served_label"})
+        w.append({k: v for k, v in shadow_record(0).items() if k != "served_label"})
     with pytest.raises(ValueError, match="unknown"):
-        w.append(record(0, colour="red"))
+        w.append(shadow_record(0, colour="red"))
     with pytest.raises(ValueError, match="task"):
-        w.append(record(0, task="generate"))
+        w.append(shadow_record(0, task="generate"))
     with pytest.raises(ValueError, match="dimension"):
-        w.append(record(0, teacher_logits=[[1.0, 2.0]]))
+        w.append(shadow_record(0, teacher_logits=[[1.0, 2.0]]))
     with pytest.raises(ValueError, match="input_sha256"):
-        w.append(record(0, input_text=None))
-    w.append(record(1, input_text=None, input_sha256="ab" * 32))  # already hashed upstream: accepted
+        w.append(shadow_record(0, input_text=None))
+    w.append(shadow_record(1, input_text=None, input_sha256="ab" * 32))  # already hashed upstream: accepted
     w.close()
     assert read_shadow(mem_root, "classify")["request_id"].to_pylist() == ["r1"]
     with pytest.raises(ShadowLogClosed):
-        w.append(record(2))
+        w.append(shadow_record(2))
 
 
 def test_flush_by_rows(mem_root: str) -> None:
     w = ShadowLogWriter(mem_root, "classify", flush_rows=10, clock=FakeClock())
     for i in range(25):
-        w.append(record(i))
+        w.append(shadow_record(i))
     assert len(segments(mem_root)) == 2
     assert read_shadow(mem_root, "classify").num_rows == 20
     w.close()
@@ -125,22 +109,22 @@ def test_flush_by_rows(mem_root: str) -> None:
 def test_flush_by_seconds(mem_root: str) -> None:
     clock = FakeClock()
     w = ShadowLogWriter(mem_root, "classify", flush_rows=1000, flush_seconds=2.0, clock=clock)
-    w.append(record(0))
+    w.append(shadow_record(0))
     clock.now += 1.0
-    w.append(record(1))
+    w.append(shadow_record(1))
     assert w.maybe_flush() == 0
     clock.now += 1.0  # 2 s after the OLDEST buffered row
     assert w.maybe_flush() == 2
     assert w.maybe_flush() == 0
-    w.append(record(2))
+    w.append(shadow_record(2))
     clock.now += 5.0
-    w.append(record(3))  # append itself flushes once the time is due
+    w.append(shadow_record(3))  # append itself flushes once the time is due
     assert w.counters.rows_written == 4 and len(segments(mem_root)) == 2
 
 
 def test_background_flusher(mem_root: str) -> None:
     w = ShadowLogWriter(mem_root, "classify", flush_seconds=0.05).start()
-    w.append(record(0))
+    w.append(shadow_record(0))
     deadline = time.monotonic() + 5
     while not segments(mem_root) and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -151,7 +135,7 @@ def test_background_flusher(mem_root: str) -> None:
 @pytest.mark.parametrize("compression", ["none", "zstd"])
 def test_redaction_leaves_no_input_in_any_byte(tmp_path: Path, compression: str) -> None:
     secret = "SECRET-needle"
-    recs = [record(i, input_text=f"{secret} {i} " + "x" * 40) for i in range(50)]
+    recs = [shadow_record(i, input_text=f"{secret} {i} " + "x" * 40) for i in range(50)]
     for redact in (False, True):
         root = str(tmp_path / f"redact-{redact}")
         w = ShadowLogWriter(root, "classify", flush_rows=20, redact_inputs=redact, compression=compression)
@@ -180,7 +164,7 @@ def test_retention_by_bytes(mem_root: str) -> None:
     w = ShadowLogWriter(mem_root, "classify", flush_rows=10, flush_seconds=1e9, clock=clock)
     for i in range(30):
         clock.now += 1
-        w.append(record(i))
+        w.append(shadow_record(i))
     sizes = [s.size for s in segments(mem_root)]
     assert len(sizes) == 3
     w.retention.max_bytes = sizes[-1] + sizes[-2]  # room for the two newest
@@ -188,7 +172,7 @@ def test_retention_by_bytes(mem_root: str) -> None:
     assert read_shadow(mem_root, "classify")["request_id"].to_pylist() == [f"r{i}" for i in range(10, 30)]
     for i in range(30, 40):  # retention also runs after every flush
         clock.now += 1
-        w.append(record(i))
+        w.append(shadow_record(i))
     assert read_shadow(mem_root, "classify")["request_id"].to_pylist()[0] == "r20"
 
 
@@ -200,7 +184,7 @@ def test_retention_by_age_keeps_the_protected_window(mem_root: str) -> None:
     )
     for i in range(20):  # 4 segments, flushed at T0+50, +100, +150, +200
         clock.now += 10
-        w.append(record(i))
+        w.append(shadow_record(i))
     assert len(segments(mem_root)) == 4
     w.retention.max_age_seconds = 100
     clock.now = T0 + 225  # the first two are older than 100 s, but training still reads from T0+90 on
@@ -214,7 +198,7 @@ def test_retention_by_age_keeps_the_protected_window(mem_root: str) -> None:
 
 def test_temp_files_are_ignored_and_cleaned_at_start(mem_root: str) -> None:
     with ShadowLogWriter(mem_root, "classify") as w:
-        w.append(record(0))
+        w.append(shadow_record(0))
     fs, directory = task_dir(mem_root, "classify")
     seg = segments(mem_root)[0].path
     fs.copy(seg, f"{directory}/{TMP_PREFIX}crashed.parquet")  # a whole one: must still be ignored
@@ -227,7 +211,7 @@ def test_temp_files_are_ignored_and_cleaned_at_start(mem_root: str) -> None:
 def test_unreadable_segment_is_skipped_and_reported(mem_root: str) -> None:
     with ShadowLogWriter(mem_root, "classify", flush_rows=2) as w:
         for i in range(4):
-            w.append(record(i))
+            w.append(shadow_record(i))
     fs, directory = task_dir(mem_root, "classify")
     bad = f"{directory}/seg-20250101T000000000Z-000001-deadbeef.parquet"
     fs.pipe(bad, b"not parquet at all")
@@ -242,7 +226,7 @@ def test_filter_by_model_time_and_columns(mem_root: str) -> None:
     with ShadowLogWriter(mem_root, "classify", flush_rows=7, clock=clock) as w:
         for i in range(40):
             clock.now = T0 + i
-            w.append(record(i, model="student-a@1" if i % 2 else "student-b@1"))
+            w.append(shadow_record(i, model="student-a@1" if i % 2 else "student-b@1"))
     t = read_shadow(mem_root, "classify", since=T0 + 10, until=T0 + 20, models=["student-a@1"])
     assert t["request_id"].to_pylist() == [f"r{i}" for i in range(11, 20, 2)]
     t = read_shadow(
@@ -259,7 +243,7 @@ def test_filter_by_model_time_and_columns(mem_root: str) -> None:
 def test_shadow_stats_per_model(mem_root: str) -> None:
     with ShadowLogWriter(mem_root, "classify", flush_rows=16) as w:
         for i in range(40):
-            w.append(record(i, teacher_served=i % 4 == 3))
+            w.append(shadow_record(i, teacher_served=i % 4 == 3))
     stats = {s["served_model"]: s for s in shadow_stats(mem_root, "classify")}
     student, teacher = stats["student@1"], stats["teacher@1"]
     ids = [i for i in range(40) if i % 4 != 3]
@@ -276,7 +260,7 @@ def test_concurrent_appends_lose_nothing(mem_root: str) -> None:
 
     def worker(k: int) -> None:
         for i in range(1000):
-            w.append(record(k * 1000 + i))
+            w.append(shadow_record(k * 1000 + i))
 
     threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
     for t in threads:
@@ -314,7 +298,7 @@ class FailingRenames(MemoryFileSystem):
 def test_failed_write_is_retried_without_loss_or_duplicates(mem_root: str) -> None:
     w = ShadowLogWriter(mem_root, "classify", flush_rows=5, fs=FailingRenames(failures=1))
     for i in range(7):
-        w.append(record(i))  # the 5th append's flush fails: logged and counted, not raised
+        w.append(shadow_record(i))  # the 5th append's flush fails: logged and counted, not raised
     assert w.counters.flush_errors == 1 and segments(mem_root) == []
     w.close()
     ids = read_shadow(mem_root, "classify")["request_id"].to_pylist()
@@ -341,7 +325,7 @@ def test_close_called_inside_an_append_is_deferred_not_lost(mem_root: str) -> No
     appended = 0
     with pytest.raises(ShadowLogClosed):
         for i in range(100):
-            w.append(record(i))
+            w.append(shadow_record(i))
             appended += 1
     assert w.closed
     ids = read_shadow(mem_root, "classify")["request_id"].to_pylist()
@@ -363,13 +347,13 @@ def test_retention_keeps_its_index_by_its_own_writes_and_deletes(mem_root: str) 
     w.retention.relist_seconds = math.inf
     for i in range(10):
         clock.now += 1
-        w.append(record(i))
+        w.append(shadow_record(i))
     sizes = [s.size for s in segments(mem_root)]
     w.retention.max_bytes = sum(sizes)  # room for two segments of this size
     assert w.enforce_retention() == 0  # the one listing
     for i in range(10, 40):  # six more segments; each flush's retention deletes the oldest
         clock.now += 1
-        w.append(record(i))
+        w.append(shadow_record(i))
     on_disk = segments(mem_root)
     assert sum(s.size for s in on_disk) <= w.retention.max_bytes and len(on_disk) >= 1
     assert read_shadow(mem_root, "classify")["request_id"].to_pylist()[-1] == "r39"
@@ -382,12 +366,12 @@ def test_retention_relisting_adds_other_writers_segments_and_drops_vanished_ones
     ours.retention.relist_seconds, ours.retention.max_bytes = math.inf, 10**9
     for i in range(10):
         clock.now += 1
-        ours.append(record(i))
+        ours.append(shadow_record(i))
     assert ours.enforce_retention() == 0  # indexed: our two segments
     theirs = ShadowLogWriter(mem_root, "classify", flush_rows=5, flush_seconds=1e9, clock=clock)
     for i in range(10, 20):
         clock.now += 1
-        theirs.append(record(i))
+        theirs.append(shadow_record(i))
     fs, _ = fsspec.core.url_to_fs(mem_root)
     fs.rm(segments(mem_root)[0].path)  # another writer's retention removed our oldest
     on_disk = segments(mem_root)
