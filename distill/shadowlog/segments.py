@@ -1,7 +1,8 @@
 """Shadow log segments: their names, the directory of a task, and listing the finished ones.
 
-A segment is ``seg-<utc ms>-<seq>-<writer id>.parquet``; a writer first writes ``.tmp-<uuid>.parquet`` and
-renames it (see ``writer.py``), so a name a reader looks at always holds a whole segment.
+A segment is ``seg-<utc ms>-<seq>-<writer id>.parquet``; a writer on a filesystem first writes
+``.tmp-<pid>-<uuid>.parquet`` and renames it (see ``writer.py``), so a name a reader looks at always holds
+a whole segment.
 
 >>> name = segment_name(1_700_000_000_123, 7, "abcd1234")
 >>> name
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import calendar
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -27,6 +29,7 @@ from distill.objectstore import filesystem
 _TASK_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 _SEG_RE = re.compile(r"^seg-(\d{8}T\d{9})Z-(\d+)-([0-9a-f]{8})\.parquet$")
 TMP_PREFIX = ".tmp-"
+_TMP_RE = re.compile(r"^\.tmp-(\d+)-[0-9a-f]+\.parquet$")
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,33 @@ def task_dir(
         raise ValueError(f"task must match {_TASK_RE.pattern}, got {task!r}")
     resolved, path = filesystem(root)
     return fs or resolved, f"{path.rstrip('/')}/{task}"
+
+
+def temp_name(pid: int, token: str) -> str:
+    """The name a segment is written under before its rename: it carries the writing process's id, so
+    a writer starting on a directory shared with live ones (gateways on one state dir) removes only
+    what a dead process left behind."""
+    return f"{TMP_PREFIX}{pid}-{token}.parquet"
+
+
+def orphaned_temp(path: str, alive: Callable[[int], bool]) -> bool:
+    """Whether ``path`` is a temp file no live process is writing: one whose writer's pid is not
+    ``alive``, or one named without a pid. Segments and other files are never orphans.
+
+    >>> orphaned_temp("/log/classify/" + temp_name(41, "ab12"), alive=lambda pid: pid == 41)
+    False
+    >>> orphaned_temp("/log/classify/" + temp_name(41, "ab12"), alive=lambda pid: False)
+    True
+    >>> orphaned_temp("/log/classify/.tmp-ab12.parquet", alive=lambda pid: True)
+    True
+    >>> orphaned_temp("/log/classify/seg-20231114T221320123Z-000007-abcd1234.parquet", lambda pid: False)
+    False
+    """
+    name = path.rsplit("/", 1)[-1]
+    if not name.startswith(TMP_PREFIX):
+        return False
+    match = _TMP_RE.match(name)
+    return match is None or not alive(int(match.group(1)))
 
 
 def replica_dir(directory: str, replica: str | None) -> str:

@@ -2,7 +2,7 @@
 
 Segments live under ``<root>/<task>/`` through fsspec, so a local path, ``s3://…`` or ``memory://`` work
 unchanged. Each flush writes ONE segment, ``seg-<utc ms>-<seq>-<writer id>.parquet``: on a filesystem
-to ``.tmp-<uuid>.parquet`` first, renamed once whole; on an object store with one PUT, which publishes
+to ``.tmp-<pid>-<uuid>.parquet`` first, renamed once whole; on an object store with one PUT, which publishes
 the whole object or nothing (a rename there is a copy and a delete, and s3fs looks each name up: five
 requests more per segment). A crash loses at most the unflushed rows and never leaves a half-written
 segment under a name a reader looks at. Segment names are in ``segments.py``, retention in
@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from distill.objectstore import is_local
 from distill.shadowlog.retention import Retention
 from distill.shadowlog.schema import PARQUET_OPTIONS, build_table, normalize_record
-from distill.shadowlog.segments import TMP_PREFIX, replica_dir, segment_name, task_dir
+from distill.shadowlog.segments import orphaned_temp, replica_dir, segment_name, task_dir, temp_name
 
 log = logging.getLogger(__name__)
 
@@ -343,14 +343,15 @@ class ShadowLogWriter:
             self._fs.pipe_file(final, buffer.getvalue())
             self.retention.written(final, buffer.tell())
             return
-        tmp = f"{self._dir}/{TMP_PREFIX}{uuid.uuid4().hex}.parquet"
+        tmp = f"{self._dir}/{temp_name(os.getpid(), uuid.uuid4().hex)}"
         try:
             with self._fs.open(tmp, "wb") as f:
                 pq.write_table(table, f, **options)
                 _fsync(f)  # the rename must not publish a file whose bytes a power loss can still eat
             self._fs.mv(tmp, final)
         except BaseException:
-            # Best effort: a leftover temp file is ignored by readers and cleaned at the next start.
+            # Best effort: a leftover temp file is ignored by readers, and removed by the next writer
+            # to start on this directory once this process is gone.
             with contextlib.suppress(Exception):
                 self._fs.rm(tmp)
             raise
@@ -362,7 +363,7 @@ class ShadowLogWriter:
         except FileNotFoundError:
             return
         for name in names:
-            if name.rsplit("/", 1)[-1].startswith(TMP_PREFIX):
+            if orphaned_temp(name, alive=_other_process_alive):
                 with contextlib.suppress(FileNotFoundError):
                     self._fs.rm(name)
 
@@ -391,3 +392,17 @@ def _fsync(f: Any) -> None:
         os.fsync(f.fileno())
     except (AttributeError, OSError, ValueError):  # memory://, object stores: no file descriptor
         pass
+
+
+def _other_process_alive(pid: int) -> bool:
+    """Whether another process with this id runs on this machine. Our own id counts as gone: a writer
+    starting here has nothing in flight, and in a container the gateway restarts under the same pid."""
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user
+        return True
+    return True

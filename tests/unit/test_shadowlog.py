@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
 import threading
 import time
 import uuid
@@ -17,7 +19,7 @@ from fsspec.implementations.memory import MemoryFileSystem
 
 from distill.shadowlog.reader import read_shadow, shadow_stats
 from distill.shadowlog.schema import SCHEMA_VERSION, SHADOW_SCHEMA
-from distill.shadowlog.segments import TMP_PREFIX, list_segments, task_dir
+from distill.shadowlog.segments import TMP_PREFIX, list_segments, task_dir, temp_name
 from distill.shadowlog.writer import ShadowLogClosed, ShadowLogWriter
 from tests.support import shadow_record
 
@@ -196,16 +198,22 @@ def test_retention_by_age_keeps_the_protected_window(mem_root: str) -> None:
     assert read_shadow(mem_root, "classify").num_rows == 10
 
 
-def test_temp_files_are_ignored_and_cleaned_at_start(mem_root: str) -> None:
+def test_temp_files_are_ignored_and_a_dead_writers_are_cleaned_at_start(mem_root: str) -> None:
     with ShadowLogWriter(mem_root, "classify") as w:
         w.append(shadow_record(0))
     fs, directory = task_dir(mem_root, "classify")
     seg = segments(mem_root)[0].path
-    fs.copy(seg, f"{directory}/{TMP_PREFIX}crashed.parquet")  # a whole one: must still be ignored
-    fs.pipe(f"{directory}/{TMP_PREFIX}torn.parquet", b"PAR1 half")
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a writer that has exited: nothing runs under its pid
+    fs.copy(seg, f"{directory}/{temp_name(gone.pid, 'c0ffee')}")  # a whole one: must still be ignored
+    fs.pipe(f"{directory}/{TMP_PREFIX}torn.parquet", b"PAR1 half")  # named before temps carried a pid
+    # Another gateway on the same directory, writing right now: its temp file is not ours to remove.
+    in_flight = temp_name(os.getppid(), "beef")
+    fs.pipe(f"{directory}/{in_flight}", b"PAR1 still being written")
     assert read_shadow(mem_root, "classify").num_rows == 1
     ShadowLogWriter(mem_root, "classify").close()
-    assert [p.rsplit("/", 1)[-1] for p in fs.ls(directory, detail=False)] == [seg.rsplit("/", 1)[-1]]
+    left = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(directory, detail=False))
+    assert left == sorted([seg.rsplit("/", 1)[-1], in_flight])
 
 
 def test_unreadable_segment_is_skipped_and_reported(mem_root: str) -> None:
