@@ -79,6 +79,9 @@ class Lineage(BaseModel):
 
     teacher: str | None = None  # ref of the teacher this model was distilled from
     parent: str | None = None  # previous student version it was warm-started from
+    # Progressive KD: the assistant whose logits it distilled on (teacher → via → this model); its
+    # figures are still against `teacher`.
+    via: str | None = None
     data: dict[str, Any] = Field(default_factory=dict)  # source, split, seed, sizes, time window
     recipe: dict[str, Any] = Field(default_factory=dict)  # name + hyper-parameters
     seed: int | None = None

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from distill.classify.assistant import assistant_for
 from distill.classify.evaluate import accuracy, compare_to_teacher
 from distill.classify.export import check_parity, export_onnx, onnx_logits, torch_logits
 from distill.classify.feature_kd import LOSS_TERMS
@@ -98,6 +99,10 @@ class ClassifyRecipe:
     # KD, the least important by |grad x activation| of the KD loss on a calibration slice (see
     # `distill.workbench.prune`); KD then recovers. With student_layers 6 it prunes a copy of the teacher.
     prune: float = 0.0
+    # Progressive KD: the ref of a registered classify model of the teacher's task and labels (an
+    # assistant, between the two in size) whose logits the student distils on instead of the teacher's;
+    # the figures stay against the teacher, which the student stands in for when served.
+    via: str | None = None
     student_lr: float = 1e-4
     student_head_lr: float = 1e-3
     int8_max_accuracy_drop: float = 0.005  # keep INT8 only if test accuracy drops by at most this
@@ -125,6 +130,8 @@ class ClassifyRecipe:
             raise ValueError(f"prune must be in [0, 1), got {self.prune}")
         if self.student_width is not None and (self.student_width < 32 or self.student_width % 32):
             raise ValueError(f"student_width must be a multiple of 32, got {self.student_width}")
+        if self.via is not None and self.losses != ("logits",):
+            raise ValueError("a student distilled via an assistant learns its logits only: losses ['logits']")
         return self
 
 
@@ -274,7 +281,8 @@ def build_student(
     Unlabelled data is pure KD (alpha 1), and the figures that need labels (accuracy, calibration, the
     INT8 check) are taken against the teacher's own answers. The student is the first `student_layers`
     layers of the recipe's `student_base`, else of the teacher (kdgate's own build, or a BERT-architecture
-    import), else of the packaged MiniLM."""
+    import), else of the packaged MiniLM. With the recipe's `via` it distils on that assistant's logits
+    instead of the teacher's (progressive KD; `distill.classify.progressive`)."""
     recipe = recipe.validated()
     torch.set_num_threads(recipe.threads)
     teacher = registry.get(teacher_ref)
@@ -286,7 +294,9 @@ def build_student(
         recipe = replace(recipe, alpha=1.0)
     train_part = _head(split.train, recipe.student_examples)
     started = time.monotonic()
-    soft = torch.from_numpy(teacher_soft_labels(registry, teacher, train_part, log))  # (N, C)
+    # Progressive KD: the assistant's logits are the soft targets; every figure stays the teacher's.
+    assistant = assistant_for(registry, teacher, recipe)
+    soft = torch.from_numpy(teacher_soft_labels(registry, assistant or teacher, train_part, log))  # (N, C)
     labels = torch.tensor(train_part.labels)
     model, tokenizer = student_init(registry, teacher, recipe)
     teacher_model = feature_teacher(registry, teacher, tokenizer) if needs_teacher_model(recipe) else None
@@ -310,6 +320,7 @@ def build_student(
         }
         lineage = Lineage(
             teacher=teacher.ref,
+            via=recipe.via,
             data=_data_lineage(recipe, split, train_part, data_labelled),
             recipe={"name": "hinton-kd", **asdict(recipe)} | ({"pruning": pruned} if pruned else {}),
             seed=recipe.seed,

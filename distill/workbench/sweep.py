@@ -60,6 +60,7 @@ LATER_FIELDS: dict[str, Any] = {
     "hidden_weight": 1.0,
     "attention_weight": 1.0,
     "prune": 0.0,
+    "via": None,
 }
 LATENCY_TEXTS = 300  # batch-1 calls per model per point: p99 is then the 3rd slowest
 

@@ -75,6 +75,16 @@ def distill(
             "then recovers. With --layers 6, a pruned copy of the teacher.",
         ),
     ] = 0.0,
+    via: Annotated[
+        str | None,
+        typer.Option(
+            help="Classify: progressive KD, teacher → assistant → student. N: first distil an assistant "
+            "of N layers (more than --layers; registered as the next student), then the student via it. "
+            "REF: via that registered model of the task, with the teacher's labels. The student learns "
+            "the assistant's logits; its figures stay against the teacher.",
+            metavar="N|REF",
+        ),
+    ] = None,
     examples: Annotated[
         int | None, typer.Option(help="Train-split texts to distil on (default 20000).")
     ] = None,
@@ -152,6 +162,8 @@ def distill(
         raise typer.BadParameter(f"a share in [0, 1), got {prune}", param_hint="--prune")
     if prune and from_shadow:
         raise typer.BadParameter("a re-distillation keeps its parent's shape", param_hint="--prune")
+    if via is not None and from_shadow:
+        raise typer.BadParameter("a re-distillation keeps its parent's shape", param_hint="--via")
     if from_shadow:
         redistill_from_shadow(
             state_dir,
@@ -179,6 +191,8 @@ def distill(
             )
         if prune:
             raise typer.BadParameter("pruning is built for classify students", param_hint="--prune")
+        if via is not None:
+            raise typer.BadParameter("progressive KD is built for classify students", param_hint="--via")
         options = {"seed": seed, "temperature": temperature, "alpha": alpha}
         _distill_generate(state_dir, task, teacher, prompts, parent, budget, options, recipe_json)
         return
@@ -202,7 +216,11 @@ def distill(
         base = replace(base, student_base=str(_student_base(state_dir, student).resolve()))
     if data is not None:
         base = with_data_file(base, data, text_col, label_col)
-    _distill_classify(state_dir, task, teacher, overridden(base, recipe_json, "--recipe"))
+    recipe = overridden(base, recipe_json, "--recipe")
+    via_layers = int(via) if via is not None and via.isascii() and via.isdigit() else None
+    if via is not None:  # N: the assistant's ref is known once it is built
+        recipe = replace(recipe, via=None if via_layers is not None else via)
+    _distill_classify(state_dir, task, teacher, recipe, via_layers)
 
 
 def _student_base(state_dir: Path, student: str) -> Path:
@@ -245,16 +263,25 @@ def _imported_weights(state_dir: Path, ref: str) -> Path:
     return folder
 
 
-def _distill_classify(state_dir: Path, task: str, teacher: str | None, recipe: ClassifyRecipe) -> None:
-    """A new student of classify task `task`, from `teacher` (default: the task's latest teacher)."""
+def _distill_classify(
+    state_dir: Path, task: str, teacher: str | None, recipe: ClassifyRecipe, via_layers: int | None = None
+) -> None:
+    """A new student of classify task `task`, from `teacher` (default: the task's latest teacher), via
+    the recipe's assistant, or via a new one `via_layers` deep."""
+    from distill.classify.assistant import assistant_for, via_layers_problem
     from distill.classify.build import build_student, build_teacher
+    from distill.classify.progressive import build_progressive
     from distill.datafile import DataFileError
     from distill.registry import Registry, RegistryError, Role
 
+    student_recipe = recipe if via_layers is None else replace(recipe, via="the assistant to build")
     try:
-        recipe.validated()
+        student_recipe.validated()
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
+    problem = via_layers_problem(via_layers, recipe.student_layers) if via_layers is not None else None
+    if problem is not None:
+        raise typer.BadParameter(problem, param_hint="--via")
     registry = Registry(state_dir)
     try:
         teacher_manifest = registry.get(teacher) if teacher else registry.latest_of(task, Role.TEACHER)
@@ -271,10 +298,18 @@ def _distill_classify(state_dir: Path, task: str, teacher: str | None, recipe: C
     if recipe.data_file is None and task != "classify":
         raise typer.BadParameter(f"task {task!r} needs your texts to distil on", param_hint="--data")
     try:
-        student = build_student(registry, recipe, teacher_manifest.ref, log=console.print)
+        assistant_for(registry, teacher_manifest, recipe)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--via") from exc
+    try:
+        if via_layers is None:
+            student = build_student(registry, recipe, teacher_manifest.ref, log=console.print)
+        else:
+            _, student = build_progressive(registry, recipe, teacher_manifest.ref, via_layers, console.print)
     except DataFileError as exc:  # raised as it reads the file, before any training
         raise typer.BadParameter(str(exc), param_hint="--data") from exc
-    typer.echo(json.dumps({"ref": student.ref, "metrics": student.metrics}, indent=2))
+    via = {"via": student.lineage.via} if student.lineage.via else {}
+    typer.echo(json.dumps({"ref": student.ref, **via, "metrics": student.metrics}, indent=2))
 
 
 def _distill_generate(
