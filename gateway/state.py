@@ -55,7 +55,7 @@ class GatewayState:
     generate_shadow: GenerateShadow | None
     store: StateStore  # the split, shadow rates, rollouts and audit log every process shares
     controller: Controller
-    shadow_protection: ShadowProtection  # set while a re-distillation reads the log from then on
+    shadow_protection: ShadowProtection  # what running re-distillations read, kept by every replica
     board: WindowBoard  # this process's live window published for the judge, and the others' (published.py)
     shadow_lease: Lease | None = None  # with several workers, only its holder shadows (shadow/lease.py)
     ready: bool = False  # the models registered at start are loaded
@@ -156,7 +156,7 @@ class GatewayState:
         metrics.track_store(store.up)
         rates = ShadowRates(store.document("shadow_rates"), settings)
         traffic = TrafficStore(store.document("traffic"))
-        protection = ShadowProtection()
+        protection = ShadowProtection(store.document("shadow_protection"))
         board = WindowBoard(store.document(DOCUMENT), window)
         controller = Controller(
             store.rollouts,

@@ -141,6 +141,13 @@ class AdminClient:
         """Set students' shadow rates (None: back to the default)."""
         return self.call("PUT", f"/admin/shadow/{_segment(task)}", {"rates": dict(rates)})
 
+    def hold_shadow(self, holder: str, since: float) -> dict[str, Any]:
+        """Keep the shadow log from `since` on out of every replica's retention until released."""
+        return self.call("PUT", f"/admin/shadow/holds/{_segment(holder)}", {"since": since})
+
+    def release_shadow(self, holder: str) -> dict[str, Any]:
+        return self.call("DELETE", f"/admin/shadow/holds/{_segment(holder)}")
+
 
 def _segment(name: str) -> str:
     return quote(name, safe="")

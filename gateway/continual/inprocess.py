@@ -21,13 +21,14 @@ from gateway.serving.traffic import TrafficStore
 from gateway.settings import Settings
 from gateway.shadow.protection import ShadowProtection
 from rollout.driver import Controller, NoRollout
+from rollout.lease import process_identity
 
 log = logging.getLogger("kdgate.redistill")
 
 
 class GatewayHost:
-    """The check's host inside the gateway: its own pool, split, rollout controller and the protection
-    its shadow log writers' retention reads."""
+    """The check's host inside the gateway: its own pool, split and rollout controller, and the shadow
+    log holds every replica's retention reads."""
 
     def __init__(
         self, pool: ModelPool, traffic: TrafficStore, controller: Controller, protection: ShadowProtection
@@ -36,6 +37,7 @@ class GatewayHost:
         self.traffic = traffic
         self.controller = controller
         self.protection = protection
+        self.holder = process_identity("continual loop")
 
     async def rollout_phase(self, task: str) -> str | None:
         try:
@@ -55,7 +57,13 @@ class GatewayHost:
         await asyncio.to_thread(start_rollout, body, self.pool, self.traffic, self.controller, "judge")
 
     def protect_shadow_after(self, since: float | None) -> None:
-        self.protection.since = since
+        if since is not None:
+            self.protection.hold(self.holder, since)
+            return
+        try:
+            self.protection.release(self.holder)
+        except Exception:  # the store is down: the hold expires on its own (protection.HOLD_TTL_S)
+            log.warning("could not release the shadow log hold of %s", self.holder, exc_info=True)
 
 
 def check_config(settings: Settings, task: str, kind: TaskKind) -> CheckConfig:

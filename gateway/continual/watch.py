@@ -11,17 +11,22 @@ candidate is registered it asks the gateway to load it and start its canary. Run
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from rollout.admin_client import AdminClient
+from rollout.admin_client import AdminClient, AdminError
+from rollout.lease import process_identity
+
+log = logging.getLogger("kdgate.redistill")
 
 
 class AdminHost:
-    """The check's host over a gateway's admin API. The gateway's shadow retention is its own: a run
-    from here cannot protect the segments it reads (keep retention longer than a run takes)."""
+    """The check's host over a gateway's admin API; a run's hold on the shadow log goes through it to
+    the state store, which every replica's retention reads."""
 
     def __init__(self, client: AdminClient) -> None:
         self.client = client
+        self.holder = process_identity("distill watch")
 
     async def rollout_phase(self, task: str) -> str | None:
         return self.client.rollout_phase(task)
@@ -36,4 +41,10 @@ class AdminHost:
         self.client.start_rollout({"task": task, "candidate": candidate, **overrides})
 
     def protect_shadow_after(self, since: float | None) -> None:
-        pass
+        if since is not None:
+            self.client.hold_shadow(self.holder, since)
+            return
+        try:
+            self.client.release_shadow(self.holder)
+        except AdminError:  # the hold expires on its own (gateway.shadow.protection.HOLD_TTL_S)
+            log.warning("could not release the shadow log hold of %s", self.holder, exc_info=True)

@@ -12,8 +12,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from distill.build_status import read_status
 from distill.registry import RegistryError
 from gateway.errors import Conflict, Forbidden, ModelUnavailable, Unauthorized
-from gateway.http.schemas import ShadowRatesUpdate, TrafficUpdate
+from gateway.http.schemas import ShadowHold, ShadowRatesUpdate, TrafficUpdate
 from gateway.serving.traffic import validate_weights
+from gateway.shadow.protection import HOLD_TTL_S
 from gateway.shadow.rates import validate_rates
 from gateway.state import GatewayState
 from rollout.model import Phase
@@ -153,7 +154,8 @@ async def get_shadow(request: Request) -> dict[str, object]:
                 "dropped": totals.dropped,
             }
         )
-    return {"enabled": state.shadow is not None, "models": rows}
+    holds = state.shadow_protection.holds()
+    return {"enabled": state.shadow is not None, "models": rows, "holds": holds}
 
 
 @router.put("/shadow/{task}")
@@ -169,3 +171,20 @@ async def set_shadow(task: str, update: ShadowRatesUpdate, request: Request) -> 
     await asyncio.to_thread(state.shadow_rates.update, changes)  # an fsync: not on the event loop
     rates = state.shadow_rates
     return {"task": task, "rates": {ref: rates.rate(ref) for ref in changes}, "overrides": rates.overrides()}
+
+
+@router.put("/shadow/holds/{holder}")
+async def hold_shadow(holder: str, hold: ShadowHold, request: Request) -> dict[str, object]:
+    """Keeps the shadow log's segments from `since` on out of every replica's retention while a run
+    started elsewhere (`kdgate distill watch`) reads them; holding again replaces the holder's hold."""
+    protection = _state(request).shadow_protection
+    await asyncio.to_thread(protection.hold, holder, hold.since, hold.ttl_s or HOLD_TTL_S)
+    return {"holds": protection.holds()}
+
+
+@router.delete("/shadow/holds/{holder}")
+async def release_shadow(holder: str, request: Request) -> dict[str, object]:
+    """Ends `holder`'s hold on the shadow log (a no-op when it holds none)."""
+    protection = _state(request).shadow_protection
+    await asyncio.to_thread(protection.release, holder)
+    return {"holds": protection.holds()}

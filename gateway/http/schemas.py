@@ -48,6 +48,16 @@ class ShadowRatesUpdate(BaseModel):
     rates: dict[str, Any] = Field(examples=[{"classify-student@2": 0.25}])
 
 
+class ShadowHold(BaseModel):
+    """A run reading the shadow log from `since` (epoch seconds) on; `ttl_s` bounds a hold nobody
+    releases (default: gateway.shadow.protection.HOLD_TTL_S)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    since: float = Field(ge=0, allow_inf_nan=False, examples=[1_700_000_000.0])
+    ttl_s: float | None = Field(None, gt=0, le=7 * 86400, allow_inf_nan=False)
+
+
 class ErrorBody(BaseModel):
     error: dict[str, str]
 

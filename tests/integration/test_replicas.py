@@ -1,7 +1,8 @@
 """Two gateways on one state store, as replicas share it: the local files of one state dir (replicas on
 one machine) or a PostgreSQL database (replicas anywhere). A split changed through one is served by the
 other (a model it has not loaded yet is answered for by the teacher until it is), one controller acts
-(the lease holder), and when its process is killed the other takes the rollout over from the stored
+(the lease holder), a re-distillation's hold on the shadow log taken through one is kept by both, and
+when its process is killed the other takes the rollout over from the stored
 state. On PostgreSQL, a gateway whose database goes away keeps serving its last split and refuses
 changes until the database is back."""
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -16,6 +18,8 @@ import pytest
 from deploy.local.postgres import PostgresServer
 from distill.faults import register_fault_model
 from distill.registry import FaultSpec, Registry
+from gateway.continual.watch import AdminHost
+from rollout.admin_client import AdminClient
 from tests.support import FAST, STUDENT, TEACHER, poll, start_gateway
 
 
@@ -50,6 +54,19 @@ def test_replicas_share_the_split_and_hand_the_rollout_over(
             for i in range(40)
         }
         assert served == {TEACHER, STUDENT}
+
+        # A run of `kdgate distill watch` holds the shadow log through the first replica: the second,
+        # whose retention deletes segments of the same log, keeps them too; released, it lets them go.
+        watch = AdminHost(AdminClient(first_url, headers["Authorization"].removeprefix("Bearer ")))
+        watch.protect_shadow_after(1_700_000_000.0)
+
+        def holds_on_second() -> dict[str, Any]:
+            return dict(httpx.get(f"{second_url}/admin/shadow", headers=headers).json()["holds"])
+
+        held = poll(holds_on_second, "the hold taken through the first replica reached the second")
+        assert [h["since"] for h in held.values()] == [1_700_000_000.0], held
+        watch.protect_shadow_after(None)
+        poll(lambda: not holds_on_second(), "the released hold left the second replica")
 
         # A model registered and loaded by the first replica only, then given the whole split.
         newcomer = register_fault_model(Registry(state_dir), FaultSpec(wraps=STUDENT), name="newcomer").ref
