@@ -42,6 +42,4 @@ EXPOSE 8000
 # Alive, not ready: a fresh /state builds its models for minutes, and /readyz answers 503 meanwhile.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
     CMD python3 -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('KDGATE_PORT', '8000'), timeout=4)"
-# `kdgate serve`'s --host and --port default to 127.0.0.1:8000 over KDGATE_HOST/KDGATE_PORT, so the
-# environment's values are handed to it here.
-CMD ["sh", "-c", "exec kdgate serve --host \"$KDGATE_HOST\" --port \"$KDGATE_PORT\""]
+CMD ["kdgate", "serve"]

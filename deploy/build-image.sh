@@ -79,7 +79,7 @@ if $SMOKE; then
     ctr=$(buildah "${STORAGE[@]}" from "$IMAGE")
     buildah "${STORAGE[@]}" run --isolation chroot --network host --volume "$state:/state" \
         --env KDGATE_HOST=127.0.0.1 --env "KDGATE_PORT=$port" "$ctr" \
-        -- sh -c 'exec kdgate serve --host "$KDGATE_HOST" --port "$KDGATE_PORT"' >&2 &
+        -- kdgate serve >&2 &
     server=$!
     # The gateway's exit status on this stop is not the smoke's: the trap keeps the script's own.
     trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true

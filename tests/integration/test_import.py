@@ -22,7 +22,7 @@ from distill.generate.runner import load_lm
 from distill.generate.teacher import gguf_path
 from distill.importing import ImportRefused, sha256_of
 from distill.registry import Manifest, Registry, Role
-from tests.support import TOPICS, kdgate, kdgate_in_process, save_foreign_classifier
+from tests.support import TOPICS, kdgate_in_process, save_foreign_classifier
 
 
 @pytest.fixture(scope="module")
@@ -214,7 +214,7 @@ def test_bad_causal_lm_imports_are_refused_and_register_nothing(foreign: Path, t
 
 def test_the_cli_imports_or_refuses_with_one_line_and_exit_2(foreign: Path, tmp_path: Path) -> None:
     state = str(tmp_path / "state")
-    done = kdgate("models", "import", str(foreign), "--role", "teacher", "--state-dir", state)
+    done = kdgate_in_process("models", "import", str(foreign), "--role", "teacher", "--state-dir", state)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "registered classify-teacher-minilm-topics@1 (classify teacher)" in done.stdout
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -22,7 +20,7 @@ from distill.gate import GateConfig
 from distill.generate.redistill import LMRedistillRecipe, redistill_generate
 from distill.registry import Registry
 from distill.shadowlog.reader import read_shadow
-from tests.support import kill_at_first_checkpoint, start_server
+from tests.support import kdgate_in_process, kill_at_first_checkpoint, start_server
 
 STUDENT = "generate-student@1"
 TOPICS = ["the weather", "football", "a new phone", "the stock market", "a cooking recipe", "a train strike"]
@@ -88,14 +86,13 @@ def shadowed_state(shadowed_template: Path, tmp_path: Path) -> Path:
 def test_cli_redistills_the_generate_student_and_the_gate_refuses_a_looping_one(
     shadowed_state: Path, tmp_path: Path
 ) -> None:
-    kdgate = str(Path(sys.executable).with_name("kdgate"))
-    cmd = [kdgate, "distill", "--task", "generate", "--from-shadow", "--state-dir", str(shadowed_state)]
+    cmd = ["distill", "--task", "generate", "--from-shadow", "--state-dir", str(shadowed_state)]
     # A step count, not a time budget: a busy machine fits fewer steps in a budget (4 instead of ~12 in
     # one CI run) and the gate then refuses the undertrained candidate.
     cmd += ["--steps", "12", "--gate", json.dumps(LOOSE), "--threads", "2"]
     cmd += ["--result-json", str(tmp_path / "result.json")]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = kdgate_in_process(*cmd)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summary = json.loads((tmp_path / "result.json").read_text())
     assert summary["registered"] == "generate-student@2" and summary["gate"]["passed"]
     assert summary["data"]["counts"]["shadow_window"] + summary["data"]["counts"]["holdout"] == 30
@@ -107,12 +104,7 @@ def test_cli_redistills_the_generate_student_and_the_gate_refuses_a_looping_one(
     assert manifest.lineage.recipe["name"] == "redistill-generate-from-shadow"
     for key in ("heldout_agreement", "heldout_kl", "seed_heldout_agreement", "degenerate_rate", "gate"):
         assert key in manifest.metrics
-    shown = subprocess.run(
-        [kdgate, "models", "show", "generate-student@2", "--state-dir", str(shadowed_state)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    shown = kdgate_in_process("models", "show", "generate-student@2", "--state-dir", str(shadowed_state))
     assert shown.returncode == 0 and "redistill-generate-from-shadow" in shown.stdout
     runs = (shadowed_state / "distill" / "runs.jsonl").read_text().splitlines()
     assert json.loads(runs[-1])["task"] == "generate"

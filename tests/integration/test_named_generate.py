@@ -12,7 +12,7 @@ import httpx
 
 from distill.corpora import bbc_paragraphs
 from distill.registry import Registry, Role
-from tests.support import kdgate, kdgate_in_process, start_server
+from tests.support import kdgate_in_process, start_server
 
 # A poor but real student, fast: the fields of TINY_GENERATE_RECIPE that make it so.
 TINY = {
@@ -49,7 +49,7 @@ def test_a_student_of_a_users_chat_teacher_is_distilled_on_their_prompts_and_ser
     state = ("--state-dir", str(tmp_path / "state"))
     folder = Registry(generate_built_state).path("generate-teacher@1")  # SmolLM2 as safetensors
     how = ("--task", "chat", "--role", "teacher", "--name", "chat-teacher")
-    imported = kdgate("models", "import", str(folder), *how, *state)
+    imported = kdgate_in_process("models", "import", str(folder), *how, *state)
     assert imported.returncode == 0, imported.stdout + imported.stderr
     prompts = write_prompts(tmp_path / "prompts.jsonl", 40)
 
@@ -61,7 +61,7 @@ def test_a_student_of_a_users_chat_teacher_is_distilled_on_their_prompts_and_ser
     wrong_input = kdgate_in_process("distill", "--task", "chat", "--data", str(prompts), *state)
     assert wrong_input.returncode == 2 and "--prompts" in wrong_input.stdout + wrong_input.stderr
 
-    done = kdgate(
+    done = kdgate_in_process(
         "distill", "--task", "chat", "--prompts", str(prompts), "--recipe", json.dumps(TINY), *state
     )
     assert done.returncode == 0, done.stdout + done.stderr

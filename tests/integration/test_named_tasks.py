@@ -23,7 +23,6 @@ from tests.support import (
     TOPICS,
     FakeClock,
     TrafficLoop,
-    kdgate,
     kdgate_in_process,
     metric_sum,
     save_foreign_classifier,
@@ -59,7 +58,7 @@ def topics_state(built_state: Path, tmp_path_factory: pytest.TempPathFactory) ->
     state = base / "state"
     shutil.copytree(built_state, state, copy_function=os.link)
     folder = save_foreign_classifier(base / "minilm-topics")
-    done = kdgate(
+    done = kdgate_in_process(
         *("models", "import", str(folder), "--task", "topics", "--role", "teacher"),
         *("--name", "topics-teacher", "--state-dir", str(state)),
     )
@@ -150,7 +149,7 @@ def test_a_student_is_distilled_from_the_users_texts_and_redistilled_from_its_sh
     data = tmp_path / "news.jsonl"
     data.write_text("".join(json.dumps({"text": p}) + "\n" for p in bbc_paragraphs(limit=150)))
     state = ("--state-dir", str(named_state))
-    done = kdgate("distill", "--task", "topics", "--data", str(data), "--layers", "1", *state)
+    done = kdgate_in_process("distill", "--task", "topics", "--data", str(data), "--layers", "1", *state)
     assert done.returncode == 0, done.stdout + done.stderr
     student = Registry(named_state).latest_of("topics", Role.STUDENT)
     assert student is not None and student.ref == "topics-student@1"
@@ -188,7 +187,7 @@ def test_a_student_is_distilled_from_the_users_texts_and_redistilled_from_its_sh
     short = ("--recipe", json.dumps({"min_steps": 10}))
     unknown_field = kdgate_in_process(*redistil, "--recipe", json.dumps({"min_stepz": 10}))
     assert unknown_field.returncode == 2 and "min_stepz" in unknown_field.stdout + unknown_field.stderr
-    done = kdgate(*redistil, *short, "--result-json", str(tmp_path / "run.json"))
+    done = kdgate_in_process(*redistil, *short, "--result-json", str(tmp_path / "run.json"))
     assert done.returncode == 0, done.stdout + done.stderr
     run = json.loads((tmp_path / "run.json").read_text())
     assert run["registered"] == "topics-student@2", run
@@ -236,7 +235,9 @@ def test_a_student_starts_from_the_users_own_smaller_encoder_and_tokenizer(
     data.write_text("".join(json.dumps({"text": p}) + "\n" for p in texts))
     small = users_small_bert(tmp_path / "small-bert", texts)
     state = ("--state-dir", str(named_state))
-    done = kdgate("distill", "--task", "topics", "--data", str(data), "--student", str(small), *state)
+    done = kdgate_in_process(
+        "distill", "--task", "topics", "--data", str(data), "--student", str(small), *state
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     student = Registry(named_state).latest_of("topics", Role.STUDENT)
     assert student is not None and student.lineage.recipe["student_base"] == str(small)
@@ -253,10 +254,12 @@ def test_a_student_starts_from_the_users_own_smaller_encoder_and_tokenizer(
     assert list(pinned.json()["results"][0]["probabilities"]) == TOPICS
 
     # The same model imported as a student of the task: a new student starts from its kept weights.
-    imported = kdgate("models", "import", str(small), "--task", "topics", "--role", "student", *state)
+    imported = kdgate_in_process(
+        "models", "import", str(small), "--task", "topics", "--role", "student", *state
+    )
     assert imported.returncode == 0, imported.stdout + imported.stderr
     ref = Registry(named_state).latest_of("topics", Role.STUDENT).ref
-    again = kdgate("distill", "--task", "topics", "--data", str(data), "--student", ref, *state)
+    again = kdgate_in_process("distill", "--task", "topics", "--data", str(data), "--student", ref, *state)
     assert again.returncode == 0, again.stdout + again.stderr
     from_ref = Registry(named_state).latest_of("topics", Role.STUDENT)
     assert from_ref.lineage.recipe["student_base"] == str((Registry(named_state).path(ref) / "hf").resolve())

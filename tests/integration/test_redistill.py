@@ -67,7 +67,7 @@ def test_redistilled_student_agrees_more_on_the_new_domain_and_is_registered(shi
     # gate's 0.02 from one tiny student to the next (the calibration gate is tested on its own).
     gate = replace(LOOSE, max_ece_rise=None)
     result = redistill(
-        registry, RedistillRecipe(since=start - 1, gate=gate, epochs=2), root, log=lambda _: None
+        registry, RedistillRecipe(since=start - 1, gate=gate, epochs=2, threads=2), root, log=lambda _: None
     )
     assert result.gate.passed, result.gate.reasons
     assert result.gate.candidate is not None and result.gate.parent is not None
@@ -86,7 +86,9 @@ def test_candidate_trained_on_corrupted_targets_is_refused(shifted) -> None:
     state_dir, root, start = shifted
     registry = Registry(state_dir)
     # A third of the steps of a real run: rotated targets pull the student off its parent at once.
-    recipe = RedistillRecipe(since=start - 1, gate=LOOSE, corrupt_targets=True, epochs=1, min_steps=20)
+    recipe = RedistillRecipe(
+        since=start - 1, gate=LOOSE, corrupt_targets=True, epochs=1, min_steps=20, threads=2
+    )
     result = redistill(registry, recipe, root, log=lambda _: None)
     assert not result.gate.passed
     assert any("worse than the parent" in r or "dropped below" in r for r in result.gate.reasons)
@@ -102,25 +104,26 @@ def test_a_killed_run_resumes_on_the_same_window_and_ends_with_the_same_student(
     state_dir, root, start = shifted
     reference_dir = state_dir.parent / "reference"
     shutil.copytree(state_dir, reference_dir, copy_function=os.link)
-    recipe = f"RedistillRecipe(since={start - 1!r}, gate=LOOSE, epochs=1, min_steps=8, checkpoint_every=2)"
+    steps = "epochs=1, min_steps=8, checkpoint_every=2, threads=2"
+    recipe = f"RedistillRecipe(since={start - 1!r}, gate={LOOSE!r}, {steps})"
     script = (
         "from pathlib import Path\n"
         "from distill.classify.redistill import RedistillRecipe, redistill\n"
+        "from distill.gate import GateConfig\n"
         "from distill.registry import Registry\n"
-        "from tests.integration.test_redistill import LOOSE\n"
         f"redistill(Registry(Path({str(state_dir)!r})), {recipe}, {root!r})\n"
     )
     until = kill_at_first_checkpoint(script, state_dir)
 
     resumed = redistill(
         Registry(state_dir),
-        RedistillRecipe(since=start - 1, gate=LOOSE, epochs=1, min_steps=8, checkpoint_every=2),
+        RedistillRecipe(since=start - 1, gate=LOOSE, epochs=1, min_steps=8, checkpoint_every=2, threads=2),
         root,
         log=lambda _: None,
     )
     reference = redistill(
         Registry(reference_dir),
-        RedistillRecipe(since=start - 1, until=until, gate=LOOSE, epochs=1, min_steps=8),
+        RedistillRecipe(since=start - 1, until=until, gate=LOOSE, epochs=1, min_steps=8, threads=2),
         str(reference_dir / "shadow"),
         log=lambda _: None,
     )

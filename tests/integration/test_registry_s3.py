@@ -4,14 +4,17 @@ is not the registry's business."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from deploy.local.s3 import S3Server
+from deploy.local.seed import copy_model
 from distill.faults import register_fault_model
 from distill.modelfiles import MANIFEST
 from distill.registry import CorruptObject, FaultSpec, Manifest, MissingObject, Registry, Role
+from tests.support import TEACHER, kdgate_in_process
 
 FILES = ["model.onnx", "tokenizer/tokenizer.json"]
 
@@ -110,3 +113,27 @@ def test_a_version_without_files_is_pulled_as_its_manifest(s3_bucket: str, tmp_p
     faulty = register_fault_model(builder, FaultSpec(wraps="classify-student@1", error_rate=1.0))
     folder = Registry(tmp_path / "replica", url).path(faulty.ref)
     assert Manifest.model_validate_json((folder / MANIFEST).read_text()) == faulty
+
+
+def test_the_cli_builds_imports_and_lists_models_in_the_s3_registry(
+    s3_bucket: str, state_dir: Path, tmp_path: Path
+) -> None:
+    """`--registry-url` (or KDGATE_REGISTRY_URL) on the commands that write models: a student distilled
+    from the bucket's teacher and a fault wrapper land in the bucket, where another machine lists them."""
+    url = f"{s3_bucket}/registry"
+    copy_model(Registry(state_dir), TEACHER, Registry(tmp_path / "seed", url), "classify-teacher")
+    user = ("--state-dir", str(tmp_path / "user"), "--registry-url", url)
+
+    few = {"student_examples": 64, "eval_examples": 50, "threads": 2}  # two batches: a quick student
+    built = kdgate_in_process("distill", "--layers", "1", "--recipe", json.dumps(few), *user)
+    assert built.returncode == 0, built.stdout + built.stderr
+    faulty = kdgate_in_process("models", "fault", "classify-student@1", "--error-rate", "1", *user)
+    assert faulty.returncode == 0, faulty.stdout + faulty.stderr
+
+    elsewhere = Registry(tmp_path / "another-machine", url)
+    refs = {m.ref for m in elsewhere.list()}
+    assert refs == {"classify-teacher@1", "classify-student@1", "classify-student-faulty@1"}
+    student = elsewhere.get("classify-student@1")
+    assert student.lineage.teacher == TEACHER and student.lineage.recipe["student_layers"] == 1
+    assert all((elsewhere.path(student.ref) / rel).is_file() for rel in student.files)
+    assert Registry(tmp_path / "user").list() == []  # nothing went to the local default registry

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,7 +13,7 @@ import pytest
 from distill.faults import register_fault_model
 from distill.registry import FaultSpec, Registry
 from distill.shadowlog.reader import read_shadow
-from tests.support import metric_sum, send_keyed
+from tests.support import kdgate_in_process, metric_sum, send_keyed
 
 TEACHER, STUDENT = "classify-teacher@1", "classify-student@1"
 
@@ -172,19 +170,13 @@ def test_a_rollouts_candidate_finds_room_in_a_full_queue_and_is_scored_first(ser
     assert metric_sum(text, "kdgate_shadow_compared_total", model=STUDENT) <= 2
 
 
-def kdgate(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(Path(sys.executable).with_name("kdgate")), *args], capture_output=True, text=True, timeout=60
-    )
-
-
 def test_shadow_rate_set_at_run_time_stops_sampling_and_survives_a_restart(serve, state_dir: Path) -> None:
     server = serve(shadow_flush_seconds=0.2)
     headers = server.admin_headers()
     split = {STUDENT: 100}
     httpx.put(f"{server.url}/admin/traffic/classify", json={"weights": split}, headers=headers)
     where = ["--url", server.url, "--state-dir", str(state_dir)]
-    done = kdgate("shadow", "rate", "classify", f"{STUDENT}=0", *where)
+    done = kdgate_in_process("shadow", "rate", "classify", f"{STUDENT}=0", *where)
     assert done.returncode == 0, done.stdout + done.stderr
 
     assert all(r.status_code == 200 for r in asyncio.run(send_keyed(server.url, 20, "unsampled")))
@@ -198,10 +190,12 @@ def test_shadow_rate_set_at_run_time_stops_sampling_and_survives_a_restart(serve
         bad = httpx.put(f"{server.url}/admin/shadow/classify", json={"rates": rates}, headers=headers)
         assert bad.status_code == 422 and bad.json()["error"]["field"] == field
     assert httpx.put(f"{server.url}/admin/shadow/classify", json={"rates": {STUDENT: 1}}).status_code == 401
-    refused = kdgate("shadow", "rate", "classify", f"{STUDENT}=2", *where)  # the gateway's error, exit 1
+    refused = kdgate_in_process(
+        "shadow", "rate", "classify", f"{STUDENT}=2", *where
+    )  # the gateway's error, exit 1
     assert refused.returncode == 1, refused.stdout + refused.stderr
     assert refused.stdout.startswith("422: {'type': 'invalid_input'"), refused.stdout
-    assert "0.00" in kdgate("shadow", "rates", *where).stdout
+    assert "0.00" in kdgate_in_process("shadow", "rates", *where).stdout
     server.stop()
 
     second = serve(shadow_flush_seconds=0.2)
