@@ -12,17 +12,22 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
+import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from distill.objectstore import is_local
 from distill.shadowlog.schema import SHADOW_SCHEMA
 from distill.shadowlog.segments import Segment, list_segments, task_dir
 
 log = logging.getLogger(__name__)
 
 OnSkip = Callable[[str, BaseException], None]
+# Segments fetched at once from an object store: a few MB each at most (a flush's rows), so a batch
+# stays well under a hundred MB in memory.
+FETCH_BATCH = 64
 TimeBound = float | datetime | None
 
 
@@ -146,19 +151,39 @@ def _scan(
     expr = None
     for c in conds:
         expr = c if expr is None else expr & c
-    for seg in list_segments(fs, directory):
-        # The name's time is >= every ts inside (the writer guarantees it), so older segments are skipped
-        # without opening them.
-        if since_ms is not None and round(seg.time * 1000) < since_ms:
-            continue
+    # The name's time is >= every ts inside (the writer guarantees it), so older segments are skipped
+    # without opening them.
+    wanted = [s for s in list_segments(fs, directory) if since_ms is None or round(s.time * 1000) >= since_ms]
+    for seg, source in _sources(fs, wanted):
         try:
-            table = pq.read_table(seg.path, filesystem=fs, columns=columns, filters=expr)
+            if isinstance(source, BaseException):
+                raise source
+            if isinstance(source, bytes):
+                table = pq.read_table(pa.BufferReader(source), columns=columns, filters=expr)
+            else:
+                table = pq.read_table(source, filesystem=fs, columns=columns, filters=expr)
         except FileNotFoundError:
             continue  # deleted by retention since the listing: not an error
         except Exception as e:  # a corrupt or foreign file must not hide the rest of the log
             (on_skip or _log_skip)(seg.path, e)
             continue
         yield seg, table
+
+
+def _sources(
+    fs: fsspec.AbstractFileSystem, segments: list[Segment]
+) -> Iterator[tuple[Segment, str | bytes | BaseException]]:
+    """Each segment with what it is read from: its path on a filesystem; on an object store its bytes,
+    or the error fetching them. Read one by one, every segment on S3 costs a few sequential requests
+    (its size, its footer, its columns); fetched whole, `FETCH_BATCH` at a time, they go concurrently."""
+    if is_local(fs):
+        yield from ((seg, seg.path) for seg in segments)
+        return
+    for start in range(0, len(segments), FETCH_BATCH):
+        batch = segments[start : start + FETCH_BATCH]
+        fetched = fs.cat([seg.path for seg in batch], on_error="return")
+        for seg in batch:
+            yield seg, fetched.get(fs._strip_protocol(seg.path), FileNotFoundError(seg.path))
 
 
 def _log_skip(path: str, err: BaseException) -> None:
