@@ -16,41 +16,55 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import boto3
-import httpx
-
 from distill.modelfiles import MANIFEST, file_digests
 from distill.registry import Registry
-from loadtests._server import free_port
-
-
-def start_moto(port: int) -> subprocess.Popen[bytes]:
-    moto = Path(sys.executable).with_name("moto_server")
-    proc = subprocess.Popen([str(moto), "-H", "127.0.0.1", "-p", str(port)], stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/moto-api/", timeout=1)
-            return proc
-        except httpx.TransportError:
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError("moto_server did not start") from None
-            time.sleep(0.1)
+from loadtests._moto import moto_bucket
 
 
 def size_mb(folder: Path) -> float:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20
+
+
+def measure(local: Registry, url: str, scratch: Path, ref: str, rounds: int) -> dict[str, Any]:
+    """Publishes `ref` to `url`, then pulls it `rounds` times into fresh caches, each beside the control."""
+    manifest = local.get(ref)
+    started = time.perf_counter()
+    with Registry(scratch / "publisher", url).stage(manifest.name) as staging:
+        shutil.copytree(local.path(ref), staging.path, dirs_exist_ok=True)
+        (staging.path / MANIFEST).unlink()
+        staging.commit(manifest)
+    publish_s = time.perf_counter() - started
+    pulls, copies = [], []
+    for i in range(rounds):
+        replica = Registry(scratch / f"replica-{ref}-{i}", url)
+        started = time.perf_counter()
+        replica.path(ref)
+        pulls.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        copied = shutil.copytree(local.path(ref), scratch / f"copy-{ref}-{i}")
+        file_digests(copied)
+        copies.append(time.perf_counter() - started)
+        shutil.rmtree(scratch / f"replica-{ref}-{i}")
+        shutil.rmtree(copied)
+    row = {
+        "model": ref,
+        "mb": round(size_mb(local.path(ref)), 1),
+        "files": len(manifest.sha256) or len(list(local.path(ref).rglob("*"))),
+        "publish_s": round(publish_s, 3),
+        "pull_s_median": round(statistics.median(pulls), 3),
+        "pull_s_all": [round(p, 3) for p in pulls],
+        "local_copy_and_sha256_s_median": round(statistics.median(copies), 3),
+    }
+    row["pull_over_local"] = round(row["pull_s_median"] / row["local_copy_and_sha256_s_median"], 2)
+    row["pull_mb_per_s"] = round(row["mb"] / row["pull_s_median"], 1)
+    return row
 
 
 def main() -> None:
@@ -61,58 +75,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("loadtests/results/bench_s3_pull.json"))
     args = parser.parse_args()
 
-    port = free_port()
-    os.environ.update(
-        AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}",
-        AWS_ACCESS_KEY_ID="bench",
-        AWS_SECRET_ACCESS_KEY="bench-secret",
-        AWS_DEFAULT_REGION="us-east-1",
-    )
-    moto = start_moto(port)
+    local = Registry(args.state_dir)
     scratch = Path(tempfile.mkdtemp(prefix="kdgate-s3-pull-"))
     results: list[dict[str, Any]] = []
     try:
-        boto3.client("s3").create_bucket(Bucket="bench")
-        url = "s3://bench/models"
-        local = Registry(args.state_dir)
-        remote = Registry(scratch / "publisher", url)
-        refs = args.models or [m.ref for m in local.list() if m.kind == "model"]
-        for ref in refs:
-            manifest = local.get(ref)
-            started = time.perf_counter()
-            with remote.stage(manifest.name) as staging:
-                shutil.copytree(local.path(ref), staging.path, dirs_exist_ok=True)
-                (staging.path / MANIFEST).unlink()
-                staging.commit(manifest)
-            publish_s = time.perf_counter() - started
-            pulls, copies = [], []
-            for i in range(args.rounds):
-                replica = Registry(scratch / f"replica-{ref}-{i}", url)
-                started = time.perf_counter()
-                replica.path(ref)
-                pulls.append(time.perf_counter() - started)
-                started = time.perf_counter()
-                copied = shutil.copytree(local.path(ref), scratch / f"copy-{ref}-{i}")
-                file_digests(copied)
-                copies.append(time.perf_counter() - started)
-                shutil.rmtree(scratch / f"replica-{ref}-{i}")
-                shutil.rmtree(copied)
-            row = {
-                "model": ref,
-                "mb": round(size_mb(local.path(ref)), 1),
-                "files": len(manifest.sha256) or len(list(local.path(ref).rglob("*"))),
-                "publish_s": round(publish_s, 3),
-                "pull_s_median": round(statistics.median(pulls), 3),
-                "pull_s_all": [round(p, 3) for p in pulls],
-                "local_copy_and_sha256_s_median": round(statistics.median(copies), 3),
-            }
-            row["pull_over_local"] = round(row["pull_s_median"] / row["local_copy_and_sha256_s_median"], 2)
-            row["pull_mb_per_s"] = round(row["mb"] / row["pull_s_median"], 1)
-            results.append(row)
-            print(json.dumps(row))
+        with moto_bucket("bench") as bucket:
+            for ref in args.models or [m.ref for m in local.list() if m.kind == "model"]:
+                results.append(measure(local, f"{bucket}/models", scratch, ref, args.rounds))
+                print(json.dumps(results[-1]))
     finally:
-        moto.terminate()
-        moto.wait(10)
         shutil.rmtree(scratch, ignore_errors=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"rounds": args.rounds, "models": results}, indent=2) + "\n")

@@ -16,20 +16,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import time
 from pathlib import Path
 
-import boto3
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from distill.shadowlog.reader import FETCH_BATCH, read_shadow
 from distill.shadowlog.segments import list_segments, task_dir
 from distill.shadowlog.writer import ShadowLogWriter
-from loadtests._server import free_port
-from loadtests.bench_s3_pull import start_moto
+from loadtests._moto import moto_bucket
 
 
 def record(i: int) -> dict[str, object]:
@@ -65,17 +62,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("loadtests/results/bench_shadow_read.json"))
     args = parser.parse_args()
 
-    port = free_port()
-    os.environ.update(
-        AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}",
-        AWS_ACCESS_KEY_ID="bench",
-        AWS_SECRET_ACCESS_KEY="bench-secret",
-        AWS_DEFAULT_REGION="us-east-1",
-    )
-    moto = start_moto(port)
-    try:
-        boto3.client("s3").create_bucket(Bucket="bench")
-        url = "s3://bench/shadow"
+    with moto_bucket("bench") as bucket:
+        url = f"{bucket}/shadow"
         for replica in range(args.replicas):
             with ShadowLogWriter(url, "classify", replica=f"r{replica}", flush_rows=args.flush_rows) as w:
                 for i in range(args.records):
@@ -90,9 +78,6 @@ def main() -> None:
             started = time.perf_counter()
             assert one_by_one(url) == rows == args.replicas * args.records
             control.append(time.perf_counter() - started)
-    finally:
-        moto.terminate()
-        moto.wait(10)
     result = {
         "segments": segments,
         "records": args.replicas * args.records,

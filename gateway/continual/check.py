@@ -57,7 +57,7 @@ class Host(Protocol):
 
     async def start_canary(self, task: str, candidate: str, overrides: dict[str, Any]) -> None: ...
 
-    def protect_shadow_after(self, since: float | None) -> None:
+    async def protect_shadow_after(self, since: float | None) -> None:
         """Keep shadow segments from `since` on out of retention while a run reads them (None: release)."""
         ...
 
@@ -145,12 +145,12 @@ class ContinualCheck:
             if not trigger.fire:
                 return f"no run: {trigger.reason}"
             until, reason = self.clock(), trigger.reason
-        self.host.protect_shadow_after(since if since is not None else 0.0)
+        await self.host.protect_shadow_after(since if since is not None else 0.0)
         try:
             with self.store.run(until, parent):
                 result = await run_child(self._command(since, until, parent), self._below_serving())
         finally:
-            self.host.protect_shadow_after(None)
+            await self.host.protect_shadow_after(None)
         if resumed := result.get("training", {}).get("resumed_from_step"):
             reason += f" (took up its checkpoint at step {resumed})"
         candidate = result.get("registered")

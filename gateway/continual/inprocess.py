@@ -56,12 +56,13 @@ class GatewayHost:
         body = RolloutStart(task=task, candidate=candidate, **overrides)
         await asyncio.to_thread(start_rollout, body, self.pool, self.traffic, self.controller, "judge")
 
-    def protect_shadow_after(self, since: float | None) -> None:
+    async def protect_shadow_after(self, since: float | None) -> None:
+        # A write to the state store (an fsync, or a PostgreSQL transaction): not on the event loop.
         if since is not None:
-            self.protection.hold(self.holder, since)
+            await asyncio.to_thread(self.protection.hold, self.holder, since)
             return
         try:
-            self.protection.release(self.holder)
+            await asyncio.to_thread(self.protection.release, self.holder)
         except Exception:  # the store is down: the hold expires on its own (protection.HOLD_TTL_S)
             log.warning("could not release the shadow log hold of %s", self.holder, exc_info=True)
 

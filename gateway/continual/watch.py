@@ -40,7 +40,7 @@ class AdminHost:
     async def start_canary(self, task: str, candidate: str, overrides: dict[str, Any]) -> None:
         self.client.start_rollout({"task": task, "candidate": candidate, **overrides})
 
-    def protect_shadow_after(self, since: float | None) -> None:
+    async def protect_shadow_after(self, since: float | None) -> None:
         if since is not None:
             self.client.hold_shadow(self.holder, since)
             return
