@@ -16,6 +16,7 @@ True
 from __future__ import annotations
 
 import calendar
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,7 +58,21 @@ def temp_name(pid: int, token: str) -> str:
     return f"{TMP_PREFIX}{pid}-{token}.parquet"
 
 
-def orphaned_temp(path: str, alive: Callable[[int], bool]) -> bool:
+def other_process_alive(pid: int) -> bool:
+    """Whether another process with this id runs on this machine. Our own id counts as gone: a writer
+    starting here has nothing in flight, and in a container the gateway restarts under the same pid."""
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user
+        return True
+    return True
+
+
+def orphaned_temp(path: str, alive: Callable[[int], bool] = other_process_alive) -> bool:
     """Whether ``path`` is a temp file no live process is writing: one whose writer's pid is not
     ``alive``, or one named without a pid. Segments and other files are never orphans.
 

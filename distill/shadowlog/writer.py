@@ -363,7 +363,7 @@ class ShadowLogWriter:
         except FileNotFoundError:
             return
         for name in names:
-            if orphaned_temp(name, alive=_other_process_alive):
+            if orphaned_temp(name):
                 with contextlib.suppress(FileNotFoundError):
                     self._fs.rm(name)
 
@@ -392,17 +392,3 @@ def _fsync(f: Any) -> None:
         os.fsync(f.fileno())
     except (AttributeError, OSError, ValueError):  # memory://, object stores: no file descriptor
         pass
-
-
-def _other_process_alive(pid: int) -> bool:
-    """Whether another process with this id runs on this machine. Our own id counts as gone: a writer
-    starting here has nothing in flight, and in a container the gateway restarts under the same pid."""
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, as another user
-        return True
-    return True
