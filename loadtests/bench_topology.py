@@ -20,12 +20,10 @@ Client and servers share the machine's cores.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import statistics
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -37,6 +35,7 @@ import httpx
 import numpy as np
 
 from deploy.local.topology import Topology
+from deploy.local.traffic import TrafficLoop
 from distill.faults import register_fault_model
 from distill.registry import FaultSpec, Role
 
@@ -54,39 +53,6 @@ ROLLOUT = {
 TEXTS = [f"review {i}: the service was {w}" for i, w in enumerate(["great", "awful", "fine", "slow"] * 50)]
 
 
-class Traffic:
-    """Client threads posting /classify to `url` until stopped; counts answers by status code."""
-
-    def __init__(self, url: str, threads: int = 4) -> None:
-        self.url = url
-        self.codes: dict[int, int] = {}
-        self._ids = itertools.count()
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
-
-    def __enter__(self) -> Traffic:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=30)
-
-    def _run(self) -> None:
-        with httpx.Client(base_url=self.url, timeout=30) as client:
-            while not self._stop.is_set():
-                i = next(self._ids)
-                try:
-                    code = client.post("/classify", json={"text": TEXTS[i % len(TEXTS)]}).status_code
-                except httpx.HTTPError:
-                    code = 0
-                with self._lock:
-                    self.codes[code] = self.codes.get(code, 0) + 1
-
-
 def rollback_time(topo: Topology, student: str, round_no: int) -> dict[str, Any]:
     """One faulty canary through haproxy: seconds from its start to its weight 0, and what clients saw."""
     assert topo.registry is not None
@@ -94,7 +60,7 @@ def rollback_time(topo: Topology, student: str, round_no: int) -> dict[str, Any]
     faulty = register_fault_model(topo.registry, FaultSpec(wraps=student, error_rate=1.0, seed=round_no)).ref
     for replica in topo.replicas:
         httpx.post(f"{replica.url}/admin/models/reload", headers=headers, timeout=60).raise_for_status()
-    with Traffic(topo.url) as traffic:
+    with TrafficLoop(topo.url, TEXTS) as traffic:
         time.sleep(1.0)  # clients running before the fault's onset
         started = time.monotonic()
         body = {"task": "classify", "candidate": faulty, **ROLLOUT}
@@ -112,7 +78,12 @@ def rollback_time(topo: Topology, student: str, round_no: int) -> dict[str, Any]
             raise RuntimeError(f"{faulty} still had weight after 300 s")
         elapsed = time.monotonic() - started
     phase = httpx.get(f"{topo.url}/admin/rollouts/classify", headers=headers).json()["state"]["phase"]
-    return {"candidate": faulty, "seconds": round(elapsed, 2), "phase": phase, "client_codes": traffic.codes}
+    return {
+        "candidate": faulty,
+        "seconds": round(elapsed, 2),
+        "phase": phase,
+        "client_codes": dict(traffic.codes),
+    }
 
 
 def latencies(url: str, n: int) -> list[float]:
