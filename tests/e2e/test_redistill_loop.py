@@ -16,20 +16,13 @@ from typing import Any
 
 import httpx
 
+from deploy.local.traffic import TrafficLoop
 from distill.corpora import bbc_paragraphs
 from distill.generate.build import TINY_GENERATE_RECIPE, build_generate_student
 from distill.registry import Registry
 from distill.shadowlog.reader import read_shadow
 from gateway.continual.store import LoopStore, loop_store_path
-from tests.support import (
-    FAST,
-    STUDENT,
-    FakeClock,
-    RunningServer,
-    TrafficLoop,
-    kdgate_in_process,
-    step_rollout,
-)
+from tests.support import FAST, STUDENT, FakeClock, RunningServer, kdgate_in_process, step_rollout
 
 CANDIDATE = "classify-student@2"
 

@@ -14,9 +14,10 @@ from typing import Any
 
 import httpx
 
+from deploy.local.traffic import TrafficLoop
 from distill.faults import register_fault_model
 from distill.registry import FaultSpec, Registry
-from tests.support import FakeClock, TrafficLoop, step_rollout
+from tests.support import FakeClock, step_rollout
 
 TEACHER = "generate-teacher@1"
 FAST = {

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from deploy.local.traffic import TrafficLoop
 from distill.faults import register_fault_model
 from distill.registry import FaultSpec, Registry
 from durablefs.shared import SharedDocument
@@ -26,7 +27,6 @@ from tests.support import (
     STUDENT,
     TEACHER,
     FakeClock,
-    TrafficLoop,
     rollout_status,
     start_gateway,
     step_rollout,

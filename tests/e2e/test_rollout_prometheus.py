@@ -13,9 +13,10 @@ from typing import Any
 import httpx
 import pytest
 
+from deploy.local.traffic import TrafficLoop
 from distill.faults import register_fault_model
 from distill.registry import FaultSpec, Registry
-from tests.support import FAST, STUDENT, TEACHER, TrafficLoop
+from tests.support import FAST, STUDENT, TEACHER
 
 
 @pytest.fixture

@@ -27,11 +27,12 @@ from deploy.local.postgres import PostgresServer
 from deploy.local.s3 import S3Server
 from deploy.local.seed import copy_model
 from deploy.local.topology import Topology
+from deploy.local.traffic import TrafficLoop
 from distill.faults import register_fault_model
 from distill.registry import MANIFEST, FaultSpec, Registry
 from distill.shadowlog.reader import read_shadow
 from distill.shadowlog.segments import list_segments, task_dir
-from tests.support import FAST, KDGATE, STUDENT, TrafficLoop, metric_sum, poll
+from tests.support import FAST, KDGATE, STUDENT, metric_sum, poll
 
 pytestmark = pytest.mark.slow
 

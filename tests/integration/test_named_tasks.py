@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from deploy.local.traffic import TrafficLoop
 from distill.corpora import bbc_paragraphs
 from distill.faults import register_fault_model
 from distill.registry import FaultSpec, Registry, Role
@@ -22,7 +23,6 @@ from tests.support import (
     FAST,
     TOPICS,
     FakeClock,
-    TrafficLoop,
     kdgate_in_process,
     metric_sum,
     save_foreign_classifier,
