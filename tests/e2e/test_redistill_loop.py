@@ -7,8 +7,6 @@ fake clock (`step_rollout`)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -85,10 +83,12 @@ def test_bbc_traffic_to_a_tweet_student_is_redistilled_and_promoted(serve) -> No
     split = {"weights": {STUDENT: 100}}
     assert httpx.put(f"{server.url}/admin/traffic/classify", json=split, headers=headers).status_code == 200
     paragraphs = bbc_paragraphs(limit=500, seed=3)
-    # Paced, not flat out: the training child and the shadow teacher (whose budget grows into idle
-    # cores) need CPU beside serving, as on a gateway that is not saturated.
+    # Paced, not flat out: the shadow teacher (whose budget grows into idle cores) needs CPU beside
+    # serving, as on a gateway that is not saturated; quieter still while the training child runs.
     with TrafficLoop(server.url, paragraphs, threads=2, max_seconds=900, pause_s=0.02) as loop:
+        quiet_while_it_trains(server.settings.state_dir, "classify", loop, timeout=420)
         wait_for_canary(server, "classify", CANDIDATE, timeout=420)
+        loop.pause_s = 0.02
         phase = step_rollout(server, clock, "classify", timeout=420)["state"]["phase"]
     assert phase == "promoted", phase
     assert set(loop.codes) == {200}
@@ -105,7 +105,7 @@ def test_bbc_traffic_to_a_tweet_student_is_redistilled_and_promoted(serve) -> No
 
 
 def test_standalone_watch_redistils_and_starts_a_canary_on_the_gateway(serve, state_dir) -> None:
-    """`kdgate distill watch --once` as its own process beside the gateway: trigger → gated student@2
+    """`kdgate distill watch --once` beside the gateway, reaching it only over HTTP: trigger → gated student@2
     → loaded by the gateway over the admin API → its canary progressing."""
     server = serve(shadow_idle_cpu=1.0)  # the shadow scores at the pace of a quiet gateway, not the floor's
     headers = server.admin_headers()
@@ -123,12 +123,11 @@ def test_standalone_watch_redistils_and_starts_a_canary_on_the_gateway(serve, st
     gate = {"min_agreement": 0.0, "max_kl": 10.0, "min_accuracy": 0.0, "max_accuracy_drop": 0.2}
     gate |= {"max_agreement_drop": 0.2, "max_kl_rise": 0.5}
     gate |= {"max_ece_rise": None}  # calibrated ECE on ~60 held-out records moves by more than 0.02
-    kdgate = Path(sys.executable).with_name("kdgate")
-    cmd = [str(kdgate), "distill", "watch", "--once", "--url", server.url, "--state-dir", str(state_dir)]
+    cmd = ["distill", "watch", "--once", "--url", server.url, "--state-dir", str(state_dir)]
     cmd += ["--min-new-records", "200", "--gate", json.dumps(gate), "--recipe", '{"min_steps": 20}']
     cmd += ["--threads", "2"]  # the gateway is idle while it trains
     cmd += ["--rollout-config", json.dumps({**FAST, "steps": [50, 100], "min_dwell_s": 600.0})]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    done = kdgate_in_process(*cmd)
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"registered {CANDIDATE}; canary started" in done.stdout, done.stdout
     rollout = httpx.get(f"{server.url}/admin/rollouts/classify", headers=headers).json()["state"]
@@ -136,7 +135,7 @@ def test_standalone_watch_redistils_and_starts_a_canary_on_the_gateway(serve, st
     traffic = httpx.get(f"{server.url}/admin/traffic", headers=headers).json()["traffic"]["classify"]
     assert traffic[CANDIDATE] == 50
     # A second look right away does nothing: the canary is running.
-    again = kdgate_in_process(*cmd[1:])
+    again = kdgate_in_process(*cmd)
     assert "rollout is progressing" in again.stdout, again.stdout
 
 

@@ -6,7 +6,7 @@ One scenario, in order: a student published to the S3 registry from one place is
 replica on reload; a canary of it, judged from Prometheus by the one replica holding the store's lease,
 is promoted; a faulty candidate after it is rolled back; every replica writes shadow records under its
 own prefix in the bucket; with the S3 server stopped mid-traffic clients see no error and the replicas
-count dropped records, and once it is back new records land again; the loop, as its own process,
+count dropped records, and once it is back new records land again; the loop, apart from the replicas,
 re-distils the promoted student from every replica's records in the bucket, registers the new one to S3
 and starts its canary, which every replica serves."""
 
@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -32,7 +30,7 @@ from distill.faults import register_fault_model
 from distill.registry import MANIFEST, FaultSpec, Registry
 from distill.shadowlog.reader import read_shadow
 from distill.shadowlog.segments import list_segments, task_dir
-from tests.support import FAST, KDGATE, STUDENT, metric_sum, poll
+from tests.support import FAST, STUDENT, kdgate_in_process, metric_sum, poll
 
 pytestmark = pytest.mark.slow
 
@@ -95,6 +93,7 @@ def test_three_replicas_behind_haproxy_share_the_s3_registry_a_prometheus_canary
     tmp_path: Path,
     tweets: list[str],
     topology_binaries: None,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     marks = {"start": time.monotonic()}
     # Small shadow segments, so records reach the bucket within a second of being scored.
@@ -187,22 +186,19 @@ def test_three_replicas_behind_haproxy_share_the_s3_registry_a_prometheus_canary
         marks["records again"] = time.monotonic()
         assert set(loop.codes) == {200}, loop.codes
 
-        # (5) The loop, a process of its own as in a cluster, re-distils the promoted student from every
-        # replica's records in the bucket, registers the new one to the S3 registry and (6) starts its
-        # canary through haproxy; the replicas that did not get the reload load it on their own.
+        # (5) The loop, apart from the replicas (it reaches them through haproxy only), re-distils the
+        # promoted student from every replica's records in the bucket, registers the new one to the S3
+        # registry and (6) starts its canary through haproxy; the replicas that did not get the reload
+        # load it on their own.
         assert read_shadow(topo.shadow_url, "classify", columns=["ts"]).num_rows >= WATCH_RECORDS
-        done = subprocess.run(
-            [
-                *(KDGATE, "distill", "watch", "--once", "--url", topo.url, "--token", topo.admin_token),
-                *("--state-dir", str(tmp_path / "loop"), "--registry-url", topo.registry_url),
-                *("--shadow-url", topo.shadow_url, "--min-new-records", str(WATCH_RECORDS)),
-                *("--gate", json.dumps(WATCH_GATE), "--recipe", '{"min_steps": 10}', "--threads", "2"),
-                *("--rollout-config", json.dumps({**FAST, "steps": [50, 100], "min_dwell_s": 600.0})),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=600,
-            env={**os.environ, **s3_server.env()},
+        for name, value in s3_server.env().items():
+            monkeypatch.setenv(name, value)
+        done = kdgate_in_process(
+            *("distill", "watch", "--once", "--url", topo.url, "--token", topo.admin_token),
+            *("--state-dir", str(tmp_path / "loop"), "--registry-url", topo.registry_url),
+            *("--shadow-url", topo.shadow_url, "--min-new-records", str(WATCH_RECORDS)),
+            *("--gate", json.dumps(WATCH_GATE), "--recipe", '{"min_steps": 10}', "--threads", "2"),
+            *("--rollout-config", json.dumps({**FAST, "steps": [50, 100], "min_dwell_s": 600.0})),
         )
         marks["redistilled"] = time.monotonic()
         assert done.returncode == 0, done.stdout + done.stderr

@@ -10,6 +10,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from distill.classify.redistill import RedistillRecipe, redistill
@@ -32,12 +33,17 @@ LOOSE = GateConfig(
 )
 
 
-def write_shadow(state_dir: Path, texts: list[str], start: float) -> str:
-    registry = Registry(state_dir)
-    teacher = load_runner(registry, TEACHER)
+@pytest.fixture(scope="module")
+def bbc_logits(built_state: Path) -> tuple[list[str], np.ndarray]:
+    """BBC paragraphs and the session teacher's logits on them, scored once for the module's tests."""
+    texts = bbc_paragraphs(limit=400, seed=1)
+    return texts, load_runner(Registry(built_state), TEACHER).predict_logits(texts)
+
+
+def write_shadow(state_dir: Path, texts: list[str], teacher_logits: np.ndarray, start: float) -> str:
     root = str(state_dir / "shadow")
     with ShadowLogWriter(root, "classify", flush_rows=100) as writer:
-        for i, (text, logits) in enumerate(zip(texts, teacher.predict_logits(texts), strict=True)):
+        for i, (text, logits) in enumerate(zip(texts, teacher_logits, strict=True)):
             writer.append(
                 {
                     "request_id": f"r{i}",
@@ -55,9 +61,9 @@ def write_shadow(state_dir: Path, texts: list[str], start: float) -> str:
 
 
 @pytest.fixture
-def shifted(state_dir: Path) -> tuple[Path, str, float]:
+def shifted(state_dir: Path, bbc_logits: tuple[list[str], np.ndarray]) -> tuple[Path, str, float]:
     start = time.time() - 60
-    return state_dir, write_shadow(state_dir, bbc_paragraphs(limit=400, seed=1), start), start
+    return state_dir, write_shadow(state_dir, *bbc_logits, start), start
 
 
 def test_redistilled_student_agrees_more_on_the_new_domain_and_is_registered(shifted) -> None:
