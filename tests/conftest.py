@@ -39,6 +39,14 @@ def state_dir(built_state: Path, tmp_path: Path) -> Path:
     return target
 
 
+@pytest.fixture(scope="module")
+def module_state_dir(built_state: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the built state for one test module (a server shared by its tests that change nothing)."""
+    target = tmp_path_factory.mktemp("module") / "state"
+    shutil.copytree(built_state, target, copy_function=os.link)
+    return target
+
+
 @pytest.fixture(scope="session")
 def generate_built_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A state dir holding generate-teacher@1 (the real SmolLM2) and a tiny-budget generate-student@1."""

@@ -7,6 +7,7 @@ import json
 import os
 import re
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -17,13 +18,23 @@ from distill.classify.evaluate import softmax
 from distill.classify.runner import load_runner
 from distill.faults import register_fault_model
 from distill.registry import FaultSpec, Registry
-from tests.support import metric_sum
+from tests.support import RunningServer, metric_sum, start_server
 
 TEACHER, STUDENT = "classify-teacher@1", "classify-student@1"
 
 
-def test_single_text_is_classified_with_model_and_request_id(serve) -> None:
-    server = serve()
+@pytest.fixture(scope="module")
+def shared(module_state_dir: Path) -> Iterator[RunningServer]:
+    """One server for the tests whose requests change nothing it holds (answers, refusals, reads): the
+    start and stop of a server of their own would be most of their time. A test that changes state, or
+    needs other settings, starts its own with `serve`."""
+    server = start_server(module_state_dir, max_texts=8, max_text_chars=100)
+    yield server
+    server.stop()
+
+
+def test_single_text_is_classified_with_model_and_request_id(shared) -> None:
+    server = shared
     response = httpx.post(f"{server.url}/classify", json={"text": "I love my new self-driving car"})
     assert response.status_code == 200
     body = response.json()
@@ -43,8 +54,8 @@ def server_timing_names(header: str) -> list[str]:
     return [entry.split(";")[0].strip() for entry in header.split(",")]
 
 
-def test_batch_is_classified_in_order(serve) -> None:
-    server = serve()
+def test_batch_is_classified_in_order(shared) -> None:
+    server = shared
     texts = ["terrible, I hate it", "it is a car", "wonderful news, so happy"]
     batch = httpx.post(f"{server.url}/classify", json={"texts": texts}).json()["results"]
     singles = [httpx.post(f"{server.url}/classify", json={"text": t}).json()["results"][0] for t in texts]
@@ -71,8 +82,8 @@ def test_batch_is_classified_in_order(serve) -> None:
         ({"text": "a", "colour": "red"}, 422, "colour"),
     ],
 )
-def test_bad_input_is_a_4xx_naming_the_field(serve, payload, status, field) -> None:
-    server = serve(max_texts=8, max_text_chars=100)
+def test_bad_input_is_a_4xx_naming_the_field(shared, payload, status, field) -> None:
+    server = shared
     response = httpx.post(f"{server.url}/classify", json=payload, headers={"x-request-id": "req-7"})
     assert response.status_code == status, response.text
     assert response.json()["error"]["field"] == field
@@ -80,15 +91,15 @@ def test_bad_input_is_a_4xx_naming_the_field(serve, payload, status, field) -> N
 
 
 @pytest.mark.parametrize("name", ["x-kdgate-key", "x-kdgate-model", "x-request-id"])
-def test_an_overlong_header_is_a_422_naming_it(serve, name: str) -> None:
-    server = serve()
+def test_an_overlong_header_is_a_422_naming_it(shared, name: str) -> None:
+    server = shared
     response = httpx.post(f"{server.url}/classify", json={"text": "hi"}, headers={name: "k" * 257})
     assert response.status_code == 422
     assert response.json()["error"]["field"] == name
 
 
-def test_malformed_json_is_a_400(serve) -> None:
-    server = serve()
+def test_malformed_json_is_a_400(shared) -> None:
+    server = shared
     response = httpx.post(
         f"{server.url}/classify",
         content=b'{"text": "unterminated',
@@ -98,8 +109,8 @@ def test_malformed_json_is_a_400(serve) -> None:
     assert response.json()["error"]["type"] == "malformed_request"
 
 
-def test_admin_needs_the_token(serve) -> None:
-    server = serve()
+def test_admin_needs_the_token(shared) -> None:
+    server = shared
     assert httpx.get(f"{server.url}/admin/traffic").status_code == 401
     wrong = httpx.get(f"{server.url}/admin/traffic", headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 403
@@ -121,8 +132,8 @@ def test_admin_needs_the_token(serve) -> None:
         ("generate", {STUDENT: 100}, f"weights.{STUDENT}", 422),  # a classify model cannot serve generate
     ],
 )
-def test_bad_traffic_split_is_refused_and_nothing_changes(serve, task, weights, field, status) -> None:
-    server = serve()
+def test_bad_traffic_split_is_refused_and_nothing_changes(shared, task, weights, field, status) -> None:
+    server = shared
     response = httpx.put(
         f"{server.url}/admin/traffic/{task}", json={"weights": weights}, headers=server.admin_headers()
     )
@@ -178,8 +189,8 @@ def test_weights_25_75_give_a_25_percent_share_and_keys_stick(serve) -> None:
     assert len(set(repeated)) == 1
 
 
-def test_pin_header_reaches_the_model_and_unknown_pin_is_refused(serve) -> None:
-    server = serve()
+def test_pin_header_reaches_the_model_and_unknown_pin_is_refused(shared) -> None:
+    server = shared
     pinned = httpx.post(f"{server.url}/classify", json={"text": "hi"}, headers={"x-kdgate-model": STUDENT})
     assert pinned.headers["x-kdgate-model"] == STUDENT
     unknown = httpx.post(f"{server.url}/classify", json={"text": "hi"}, headers={"x-kdgate-model": "nope@1"})
@@ -232,8 +243,8 @@ def test_burst_over_the_in_flight_bound_gets_429_at_once(serve, state_dir: Path)
     assert len(rejected.headers["x-request-id"]) == 32  # the id the gateway gave it
 
 
-def test_health_ready_metrics_and_docs(serve) -> None:
-    server = serve()
+def test_health_ready_metrics_and_docs(shared) -> None:
+    server = shared
     assert httpx.get(f"{server.url}/healthz").json() == {"status": "ok"}
     assert set(httpx.get(f"{server.url}/readyz").json()["models"]) >= {TEACHER, STUDENT}
     httpx.post(f"{server.url}/classify", json={"text": "hi"})
