@@ -243,12 +243,14 @@ def start_server(
     deadline = time.monotonic() + 60
     while not server.started:
         if time.monotonic() > deadline or not thread.is_alive():
+            server.should_exit = True
             raise RuntimeError("uvicorn did not start")
         time.sleep(0.02)
     port = server.servers[0].sockets[0].getsockname()[1]
     running = RunningServer(f"http://127.0.0.1:{port}", settings, server, thread, app.state.gw)
     while wait_ready and httpx.get(f"{running.url}/readyz").status_code != 200:
         if time.monotonic() > deadline:
+            running.stop()
             raise RuntimeError("models did not load")
         time.sleep(0.05)
     return running
@@ -271,7 +273,11 @@ def start_gateway(state_dir: Path, **settings: object) -> tuple[subprocess.Popen
     replica = start_replica(
         "gateway", state_dir, settings, port, log=state_dir.parent / f"gateway-{port}.log"
     )
-    wait_ready(replica, timeout=90)
+    try:
+        wait_ready(replica, timeout=90)
+    except BaseException:
+        replica.stop()  # a gateway that never became ready is not left running after the test
+        raise
     return replica.process, replica.url
 
 

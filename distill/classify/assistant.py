@@ -9,6 +9,7 @@ Example::
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from distill.registry import Manifest, Registry, RegistryError, TaskKind
@@ -48,6 +49,20 @@ def via_layers_problem(via_layers: int, student_layers: int) -> str | None:
         f"an assistant of {via_layers} layers must be deeper than the student (--layers {student_layers}) "
         f"and at most {MAX_LAYERS} deep"
     )
+
+
+def progressive_problem(recipe: ClassifyRecipe, via_layers: int) -> str | None:
+    """Why `recipe` cannot be built via a new assistant `via_layers` deep (one line), or None. Checked
+    before the assistant is built, so that a recipe that cannot work costs no training: the depths, then
+    the recipe as its student will run, with an assistant named."""
+    problem = via_layers_problem(via_layers, recipe.student_layers)
+    if problem is not None:
+        return problem
+    try:
+        replace(recipe, via=recipe.via or "the assistant to build").validated()
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def assistant_for(registry: Registry, teacher: Manifest, recipe: ClassifyRecipe) -> Manifest | None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from distill.classify.assistant import via_layers_problem
+from distill.classify.assistant import progressive_problem
 from distill.classify.build import ClassifyRecipe, Log, build_student
 from distill.gate import GateConfig
 from distill.registry import Manifest, Registry
@@ -33,10 +33,9 @@ def build_progressive(
     The assistant is a plain cut: unpruned and at the teacher's width, so that it sits between the two
     in size whatever the student's pruning or width. `gate_config` gates the student only: the assistant
     is a stepping stone, never served unless someone rolls it out."""
-    problem = via_layers_problem(via_layers, recipe.student_layers)
+    problem = progressive_problem(recipe, via_layers)
     if problem is not None:
         raise ValueError(problem)
-    replace(recipe, via=recipe.via or "assistant").validated()  # refused before the assistant's build
     step = replace(recipe, student_layers=via_layers, prune=0.0, student_width=None, via=None)
     assistant = build_student(registry, step, teacher_ref, log)
     student = build_student(registry, replace(recipe, via=assistant.ref), teacher_ref, log, gate_config)

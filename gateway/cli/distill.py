@@ -276,19 +276,18 @@ def _distill_classify(
 ) -> None:
     """A new student of classify task `task`, from `teacher` (default: the task's latest teacher), via
     the recipe's assistant, or via a new one `via_layers` deep."""
-    from distill.classify.assistant import assistant_for, via_layers_problem
+    from distill.classify.assistant import assistant_for, progressive_problem
     from distill.classify.build import build_student, build_teacher
     from distill.classify.progressive import build_progressive
     from distill.datafile import DataFileError
     from distill.registry import Registry, RegistryError, Role
 
-    student_recipe = recipe if via_layers is None else replace(recipe, via="the assistant to build")
-    try:
-        student_recipe.validated()
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from exc
-    problem = via_layers_problem(via_layers, recipe.student_layers) if via_layers is not None else None
-    if problem is not None:
+    if via_layers is None:
+        try:
+            recipe.validated()
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from exc
+    elif (problem := progressive_problem(recipe, via_layers)) is not None:
         raise typer.BadParameter(problem, param_hint="--via")
     registry = Registry(state_dir, registry_url)
     try:

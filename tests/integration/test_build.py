@@ -66,9 +66,10 @@ def test_runners_load_from_the_registry_and_agree_with_the_recorded_figures(buil
     assert t.shape == s.shape == (len(texts), 3)
     assert np.allclose(t.sum(-1), 1.0, atol=1e-5) and np.allclose(s.sum(-1), 1.0, atol=1e-5)
     agreement = float((t.argmax(-1) == s.argmax(-1)).mean())
-    # Recorded with the teacher's ONNX copy and 2 threads; here PyTorch with 1 thread. Near-ties (the tiny
-    # teacher is unsure) may flip a text or two: same figure within 2 points, not bit for bit.
-    assert agreement == pytest.approx(registry.get(STUDENT).metrics["agreement"], abs=0.02)
+    # Recorded on the export's own batches; the runner cuts the texts into length-sorted chunks, and the
+    # INT8 student quantizes its activations per batch, so near-ties (the tiny teacher is unsure) flip
+    # a few of the 200 texts: the same figure within 3 points, not bit for bit.
+    assert agreement == pytest.approx(registry.get(STUDENT).metrics["agreement"], abs=0.03)
     # The teacher's ONNX copy computes what its PyTorch weights compute.
     from distill.classify.runner import OnnxClassifierRunner
 
