@@ -1,52 +1,89 @@
-"""Workbench ablations at an equal training budget (issue 22, "Measure"). Part `prune`: students pruned
-by 30% and 50% of their heads and feed-forward channels, then KD, against students cut from the
-teacher to the same size.
+"""Workbench ablations at an equal training budget (issue 22, "Measure"), one part per subcommand.
 
     .venv/bin/python -m loadtests.bench_workbench prune --state-dir /tmp/kdgate-prune
     .venv/bin/python -m loadtests.bench_workbench prune --state-dir /tmp/kdgate-prune --examples 20000 --full
+    .venv/bin/python -m loadtests.bench_workbench via --state-dir /tmp/kdgate-via --examples 800 --eval 300
+    .venv/bin/python -m loadtests.bench_workbench via --state-dir /tmp/kdgate-via --layers 2 1 --via-layers 4
 
-Equal size: a transformer layer's weights are ~1.77M parameters at MiniLM's width, and pruning S of
-its heads and channels leaves (1 − S) of them, so 3 layers pruned 30% (2.1 layer-equivalents) and 4
-layers pruned 50% (2) stand against the 2-layer cut, and 2 layers pruned 50% (1) against the 1-layer
-cut. Every student is a point of one sweep (`distill.workbench.trial`): same training texts, same
-epochs, same KD (T 2, α 0.9), measured on its INT8 ONNX export — agreement and KL with the teacher,
-accuracy, ECE, p50/p99 at batch 1 on 1 thread timed call by call beside the reference student in the
-same process (the control: the registry's current student), size in MB.
+Both parts start from one teacher and one reference student (`ensure_default_classify_models`, with the
+teacher fine-tuned on `--examples` texts), and time each model's ONNX file (a prune point's INT8
+export, a registered model's served file) at batch 1 on 1 thread call by call beside that reference
+student in the same process (`distill.workbench.latency`):
+p50/p99 are the ratio to the reference measured beside it times the reference's own p50/p99 measured
+when the part began, so the machine's background load cancels. A fresh `--state-dir` per size: a
+state dir's teacher is reused whatever `--examples` says.
+
+Part `prune`: students pruned by 30% and 50% of their heads and feed-forward channels, then KD, against
+students cut from the teacher to the same size. A transformer layer's weights are ~1.77M parameters at
+MiniLM's width, and pruning S of its heads and channels leaves (1 − S) of them, so 3 layers pruned 30%
+(2.1 layer-equivalents) and 4 layers pruned 50% (2) stand against the 2-layer cut, and 2 layers pruned
+50% (1) against the 1-layer cut. Every student is a point of one sweep (`distill.workbench.trial`):
+same training texts, same epochs, same KD (T 2, α 0.9); agreement and KL with the teacher, accuracy,
+ECE, p50/p99, size in MB.
+
+Part `via`: direct KD (teacher → student of `--layers` layers) against progressive KD (teacher →
+assistant of `--via-layers` layers → the same student; `distill.classify.progressive`), each built and
+registered as the product builds it (`build_student`; INT8 only when INT8 keeps test accuracy within
+0.005, so one of two students may be served, and timed, as FP32: `served` says which). Equal budget
+means the *student's* budget: both students start from the teacher's first layers and train on the same
+`--examples` texts, for the same epochs and batch size, with the same T, α, learning rates and seed;
+only their soft targets differ (the teacher's logits, or the assistant's). The assistant trains on the
+same texts with the same recipe, and its training, plus labelling those texts with it (counted in the
+progressive student's seconds), is the progressive path's extra cost, reported beside it. The teacher's
+labels of the texts are computed once (for the reference student) and shared by every build.
 
 Without `--full` the teacher and every student train on `--examples` texts (default 1600) and are
-tested on `--eval` (default 500): minutes on 2 cores, for the comparison, not for the absolute
-figures of the product's default build. Writes loadtests/results/bench_workbench_prune_<examples>.json.
+tested on `--eval` (default 500): minutes on 2 cores, for the comparison, not for the absolute figures
+of the product's default build. Writes loadtests/results/bench_workbench_<part>_<examples>.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
+import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from distill.classify.build import ClassifyRecipe, ensure_default_classify_models
-from distill.registry import Registry
+import torch
+
+from distill.classify.assistant import via_layers_problem
+from distill.classify.build import ClassifyRecipe, build_student, ensure_default_classify_models, load_split
+from distill.classify.progressive import build_progressive
+from distill.registry import Manifest, Registry
 from distill.workbench.grid import Point
+from distill.workbench.latency import Session, measure
 from distill.workbench.points import POINTS_FILE, read_points, read_spec
-from distill.workbench.sweep import SweepSpec, run_sweep
+from distill.workbench.sweep import LATENCY_TEXTS, SweepSpec, onnx_file, run_sweep, session_of
+from distill.workbench.trial import MB, Baseline, latency_figures
 
 RESULTS = Path(__file__).parent / "results"
-FIELDS = ("params_m", "heads_kept", "channels_kept", "agreement", "kl", "accuracy", "ece")
+FIELDS: tuple[str, ...] = ("params_m", "heads_kept", "channels_kept", "agreement", "kl", "accuracy", "ece")
 FIELDS += ("p50_ms", "p99_ms", "p50_ms_raw", "ref_p50_ms", "size_mb", "train_seconds")
 # (cut student, the pruned students of its size)
 PAIRS = (
     (Point(2.0, 0.9, 2), (Point(2.0, 0.9, 3, prune=0.3), Point(2.0, 0.9, 4, prune=0.5))),
     (Point(2.0, 0.9, 1), (Point(2.0, 0.9, 2, prune=0.5),)),
 )
+# What a via row and a direct row are compared on (via minus direct)
+VIA_DELTAS = ("agreement", "kl", "accuracy", "ece", "calibrated_ece", "p50_ms", "size_mb")
 
 
-def prune_bench(args: argparse.Namespace) -> dict[str, Any]:
+def base_models(args: argparse.Namespace) -> tuple[Registry, ClassifyRecipe, Manifest, Manifest]:
+    """The registry, the base recipe, the teacher and the reference student both parts start from."""
     cap = {} if args.full else {"teacher_examples": args.examples, "eval_examples": args.eval}
     recipe = ClassifyRecipe(student_examples=args.examples, **cap)
     registry = Registry(args.state_dir)
     teacher, student = ensure_default_classify_models(registry, recipe)
+    return registry, recipe, teacher, student
+
+
+def prune_bench(args: argparse.Namespace) -> dict[str, Any]:
+    registry, recipe, teacher, student = base_models(args)
     points = [p for cut, pruned in PAIRS for p in (cut, *pruned)]
     spec = SweepSpec(teacher.task, teacher.ref, recipe, tuple(points), fraction=1.0)
     started = time.monotonic()
@@ -81,24 +118,152 @@ def prune_bench(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def via_bench(args: argparse.Namespace) -> dict[str, Any]:
+    registry, recipe, teacher, reference = base_models(args)
+    texts = load_split(recipe, teacher.labels).test.texts[:LATENCY_TEXTS]
+    control = session_of(registry, reference)
+    alone = measure(control, texts)
+    beside = (control, Baseline(alone.p50_ms, alone.p99_ms))
+    started = time.monotonic()
+    direct = {n: build_student(registry, replace(recipe, student_layers=n), teacher.ref) for n in args.layers}
+    first, *others = args.layers
+    assistant, via_first = build_progressive(
+        registry, replace(recipe, student_layers=first), teacher.ref, args.via_layers, _log
+    )
+    # One assistant serves every student depth: the second step of `build_progressive`, repeated.
+    via = {first: via_first} | {
+        n: build_student(registry, replace(recipe, student_layers=n, via=assistant.ref), teacher.ref)
+        for n in others
+    }
+    trained = time.monotonic() - started
+    rows = {"teacher": _figures(registry, teacher, beside, texts)}
+    rows["assistant"] = _figures(registry, assistant, beside, texts)
+    for n in args.layers:
+        rows[f"direct-L{n}"] = _figures(registry, direct[n], beside, texts)
+        rows[f"via{args.via_layers}-L{n}"] = _figures(registry, via[n], beside, texts)
+    comparisons = []
+    for n in args.layers:
+        a, b = rows[f"via{args.via_layers}-L{n}"], rows[f"direct-L{n}"]
+        progressive = a["train_seconds"] + rows["assistant"]["train_seconds"]
+        comparisons.append(
+            {"layers": n}
+            | {f"{field}_delta": _delta(a, b, field) for field in VIA_DELTAS}
+            | {"train_seconds_direct": b["train_seconds"], "train_seconds_progressive": round(progressive, 1)}
+            | {"served_direct": b["served"], "served_progressive": a["served"]}
+        )
+    return {
+        "machine": _machine(),
+        "wall_seconds": round(time.monotonic() - started, 1),
+        "train_wall_seconds": round(trained, 1),
+        "teacher": teacher.ref,
+        "reference_student": reference.ref,
+        "reference_alone": {"p50_ms": round(alone.p50_ms, 3), "p99_ms": round(alone.p99_ms, 3)},
+        "latency_texts": len(texts),
+        "recipe": {
+            "examples": args.examples,
+            "eval": None if args.full else args.eval,
+            "full": args.full,
+            "layers": args.layers,
+            "via_layers": args.via_layers,
+            "epochs": recipe.student_epochs,
+            "temperature": recipe.temperature,
+            "alpha": recipe.alpha,
+        },
+        "models": rows,
+        "comparisons": comparisons,
+    }
+
+
+def _figures(
+    registry: Registry, model: Manifest, beside: tuple[Session, Baseline], texts: list[str]
+) -> dict[str, Any]:
+    """A registered model's offline figures (from its manifest) and its latency beside the control."""
+    metrics, calibration = model.metrics, model.calibration
+    teacher = model.lineage.teacher is None  # the teacher agrees with itself, at KL 0
+    return {
+        "ref": model.ref,
+        "via": model.lineage.via,
+        "layers": None if teacher else model.lineage.recipe.get("student_layers"),
+        "agreement": 1.0 if teacher else _rounded(metrics.get("agreement")),
+        "kl": 0.0 if teacher else _rounded(metrics.get("mean_kl")),
+        "accuracy": _rounded(metrics.get("test_accuracy")),
+        "ece": _rounded(calibration.ece if calibration else None),
+        "calibrated_ece": _rounded(calibration.calibrated_ece if calibration else None),
+        **latency_figures(session_of(registry, model), beside, texts),
+        "size_mb": round(onnx_file(registry, model).stat().st_size / MB, 2),
+        "served": metrics.get("quantized", "fp32"),
+        "train_seconds": metrics.get("train_seconds"),
+        "train_examples": model.lineage.data.get("sizes", {}).get("train"),
+    }
+
+
+def _rounded(value: Any) -> float | None:
+    return None if value is None else round(float(value), 4)
+
+
 def _delta(a: dict[str, Any], b: dict[str, Any], field: str) -> float | None:
     if a.get(field) is None or b.get(field) is None:
         return None
     return round(a[field] - b[field], 4)
 
 
+def _machine() -> dict[str, Any]:
+    return {
+        "cpus": os.cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def _table(result: dict[str, Any]) -> str:
+    columns: tuple[str, ...] = (
+        "agreement",
+        "kl",
+        "accuracy",
+        "ece",
+        "calibrated_ece",
+        "p50_ms",
+        "p99_ms",
+        "size_mb",
+    )
+    columns += ("served", "train_seconds")
+    lines = ["model".ljust(14) + "".join(c[:10].rjust(11) for c in columns)]
+    for name, row in result["models"].items():
+        cells = ("-" if row[c] is None else str(row[c]) for c in columns)
+        lines.append(name.ljust(14) + "".join(cell.rjust(11) for cell in cells))
+    return "\n".join(lines)
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("part", choices=["prune"])
-    parser.add_argument("--state-dir", type=Path, default=Path("/tmp/kdgate-prune"))
-    parser.add_argument("--examples", type=int, default=1600, help="training texts of every student")
-    parser.add_argument("--eval", type=int, default=500, help="validation/test texts (without --full)")
-    parser.add_argument("--full", action="store_true", help="the default teacher and evaluation splits")
+    shared = argparse.ArgumentParser(add_help=False)
+    shared.add_argument("--state-dir", type=Path, help="registry of the teacher (default /tmp/kdgate-<part>)")
+    shared.add_argument("--examples", type=int, default=1600, help="training texts of every model")
+    shared.add_argument("--eval", type=int, default=500, help="validation/test texts (without --full)")
+    shared.add_argument("--full", action="store_true", help="the default teacher and evaluation splits")
+    parts = parser.add_subparsers(dest="part", required=True)
+    parts.add_parser("prune", parents=[shared], help="pruned students against cut students")
+    via = parts.add_parser("via", parents=[shared], help="direct KD against KD via an assistant")
+    via.add_argument("--layers", type=int, nargs="+", default=[2], help="student depths, each both ways")
+    via.add_argument("--via-layers", type=int, default=4, help="the assistant's depth")
     args = parser.parse_args()
-    result = prune_bench(args)
+    args.state_dir = args.state_dir or Path(f"/tmp/kdgate-{args.part}")
+    # Refused before the teacher trains: every student depth must sit below the assistant's.
+    problem = via_layers_problem(args.via_layers, max(args.layers)) if args.part == "via" else None
+    if problem is not None:
+        parser.error(problem)
+    result = prune_bench(args) if args.part == "prune" else via_bench(args)
     print(json.dumps(result, indent=2))
+    if args.part == "via":
+        print(_table(result))
     RESULTS.mkdir(exist_ok=True)
     name = f"bench_workbench_{args.part}_{args.examples}{'_full' if args.full else ''}.json"
     (RESULTS / name).write_text(json.dumps(result, indent=2) + "\n")

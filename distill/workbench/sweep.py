@@ -163,9 +163,9 @@ def _opened(
     if student is not None:
         references["student"] = _reference_figures(registry, student, data, is_teacher=False)
     texts = data.latency_texts(spec.latency_texts)
-    teacher_session = _session_of(registry, teacher)
+    teacher_session = session_of(registry, teacher)
     if student is not None:  # the teacher timed beside the reference: its latency on the same scale
-        pair = measure_pair(teacher_session, _session_of(registry, student), texts)
+        pair = measure_pair(teacher_session, session_of(registry, student), texts)
         references["student"] |= {
             "p50_ms": round(pair.reference.p50_ms, 3),
             "p99_ms": round(pair.reference.p99_ms, 3),
@@ -200,7 +200,7 @@ def _reference_figures(
     """A reference's figures on the sweep's own test split, so the report compares like with like."""
     texts = data.split.test.texts
     logits = data.teacher_test if is_teacher else load_runner(registry, model.ref, 2).predict_logits(texts)
-    onnx = _onnx_file(registry, model)
+    onnx = onnx_file(registry, model)
     return {
         "ref": model.ref,
         "accuracy": round(accuracy(logits, data.split.test.labels), 4) if data.labelled else None,
@@ -214,15 +214,16 @@ def _reference_session(registry: Registry, state: dict[str, Any]) -> tuple[Sessi
     if ref is None:
         return None
     student = state["references"]["student"]
-    return _session_of(registry, registry.get(ref)), Baseline(student["p50_ms"], student["p99_ms"])
+    return session_of(registry, registry.get(ref)), Baseline(student["p50_ms"], student["p99_ms"])
 
 
-def _session_of(registry: Registry, model: Manifest) -> Session:
+def session_of(registry: Registry, model: Manifest) -> Session:
+    """A latency session on the ONNX file `model` is served from."""
     directory = registry.path(model.ref)
-    return Session(_onnx_file(registry, model), BatchTokenizer.from_dir(directory, model.max_length))
+    return Session(onnx_file(registry, model), BatchTokenizer.from_dir(directory, model.max_length))
 
 
-def _onnx_file(registry: Registry, model: Manifest) -> Path:
+def onnx_file(registry: Registry, model: Manifest) -> Path:
     """The ONNX file a model is served from (a kdgate teacher's parity-checked ONNX copy)."""
     name = next((f for f in model.files if f.endswith(".onnx")), None)
     if name is None:

@@ -106,7 +106,7 @@ def run_point(
     calibration = calibration_of(
         onnx_logits(int8, tokenizer, val.texts), val.labels, test_logits, test.labels
     )
-    timing = _latency(Session(int8, tokenizer), reference, data.latency_texts(latency_texts))
+    timing = latency_figures(Session(int8, tokenizer), reference, data.latency_texts(latency_texts))
     record: dict[str, Any] = {
         "id": point.id,
         **point.params(),
@@ -131,10 +131,11 @@ def run_point(
     return record
 
 
-def _latency(
+def latency_figures(
     candidate: Session, reference: tuple[Session, Baseline] | None, texts: list[str]
 ) -> dict[str, float | None]:
-    """p50/p99 in ms: normalised by the reference when there is one (drift cancels), raw otherwise."""
+    """p50/p99 in ms of `candidate` over `texts`: normalised by the reference when there is one (drift
+    cancels), raw otherwise."""
     if reference is None:
         alone = measure(candidate, texts)
         p50, p99, raw, beside = alone.p50_ms, alone.p99_ms, alone, None
