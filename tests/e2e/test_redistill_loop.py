@@ -192,12 +192,11 @@ def test_generate_traffic_is_redistilled_and_promoted(serve, generate_state_dir:
         f"Write one sentence about {t}." for t in ("rain", "a goal", "a phone", "shares", "bread", "trains")
     ]
     body = lambda text: {"messages": [{"role": "user", "content": text}], "max_tokens": 12}  # noqa: E731
-    # One client thread with a think time until the canary starts, as on a gateway that is not
-    # saturated: the training child runs in SCHED_IDLE and needs the cores serving and the niced shadow
-    # teacher leave it. Then flat out: the canary's evidence comes with its traffic.
-    traffic = TrafficLoop(
-        server.url, topics, threads=1, max_seconds=1800, path="/generate", body=body, pause_s=0.5
-    )
+    # One client thread, flat out until the loop's run starts (the shadowed completions are what it
+    # waits for), then with a think time until the canary starts, as on a gateway that is not saturated:
+    # the training child runs in SCHED_IDLE and needs the cores serving and the niced shadow teacher
+    # leave it. Then flat out again: the canary's evidence comes with its traffic.
+    traffic = TrafficLoop(server.url, topics, threads=1, max_seconds=1800, path="/generate", body=body)
     with traffic as loop:
         quiet_while_it_trains(generate_state_dir, "generate", loop, timeout=900)
         wait_for_canary(server, "generate", candidate, timeout=900)  # bounds a failure only
