@@ -18,6 +18,7 @@ from pathlib import Path
 import fsspec
 
 MANIFEST = "manifest.json"
+CLAIM = ".claim"  # on a remote store: the object whose create-only PUT makes a version one writer's
 PULL_PREFIX = ".pull-"
 
 
@@ -50,9 +51,24 @@ def file_digests(folder: Path) -> dict[str, str]:
     }
 
 
-def publish(fs: fsspec.AbstractFileSystem, dest: str, folder: Path, files: list[str]) -> None:
-    """Uploads ``files`` of ``folder`` to ``dest``, then its manifest: the version appears (to a reader
-    listing manifests) only once every file is there."""
+def publish(fs: fsspec.AbstractFileSystem, dest: str, folder: Path, files: list[str], ref: str) -> None:
+    """Claims ``dest`` for this writer, uploads ``files`` of ``folder`` there, then its manifest: the
+    version appears (to a reader listing manifests) only once every file is there, and all its files
+    come from one writer.
+
+    The claim is a create-only PUT of ``dest/.claim`` (S3's ``If-None-Match: *``): of several writers
+    racing for one version exactly one wins, and the others get a RegistryError before uploading
+    anything. Without it both would upload, and the version would hold one writer's files under the
+    other's manifest. A writer that dies mid-upload leaves its claim, so the version stays unused:
+    `Registry.next_version` counts claims."""
+    claim = f"{dest}/{CLAIM}"
+    try:
+        fs.pipe_file(claim, f"{uuid.uuid4().hex}\n".encode(), mode="create")
+    except OSError as exc:  # FileExistsError, or s3fs's OSError for HTTP 412
+        fs.invalidate_cache(dest)
+        if not fs.exists(claim):
+            raise
+        raise RegistryError(f"{ref} is being registered by another writer: register the next one") from exc
     for rel in files:
         fs.put_file(str(folder / rel), f"{dest}/{rel}")
     fs.put_file(str(folder / MANIFEST), f"{dest}/{MANIFEST}")

@@ -36,8 +36,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from distill.modelfiles import CLAIM, PULL_PREFIX, file_digests, publish, pull
 from distill.modelfiles import MANIFEST as MANIFEST
-from distill.modelfiles import PULL_PREFIX, file_digests, publish, pull
 from distill.modelfiles import CorruptObject as CorruptObject
 from distill.modelfiles import MissingObject as MissingObject
 from distill.modelfiles import RegistryError as RegistryError
@@ -199,7 +199,8 @@ class Staging:
         if self.registry.exists(manifest.ref):
             raise RegistryError(f"{manifest.ref} already exists in the registry")
         if not self.registry.local:
-            publish(self.registry.fs, self.registry.location(manifest.ref), self.path, list(manifest.sha256))
+            location = self.registry.location(manifest.ref)
+            publish(self.registry.fs, location, self.path, list(manifest.sha256), manifest.ref)
         # Local: the rename is the publication, atomic on one filesystem. Remote: the files just
         # uploaded are the cache entry of this version.
         target = self.registry.folder / manifest.name / str(manifest.version)
@@ -335,8 +336,17 @@ class Registry:
         return {**{kind.value: kind for kind in TaskKind}, **{m.task: m.task_kind for m in self.list()}}
 
     def next_version(self, name: str) -> int:
+        """One past the newest version of `name`, published or (on a remote store) claimed: a claim is
+        a registration under way, or one that died mid-upload and left its number unused."""
         latest = self.latest(name)
-        return 1 if latest is None else latest.version + 1
+        newest = 0 if latest is None else latest.version
+        if not self.local:
+            self.fs.invalidate_cache(f"{self.base}/{name}")
+            for path in self.fs.find(f"{self.base}/{name}"):
+                parts = path[len(self.base) :].strip("/").split("/")
+                if len(parts) == 3 and parts[2] == CLAIM and parts[1].isascii() and parts[1].isdigit():
+                    newest = max(newest, int(parts[1]))
+        return newest + 1
 
     @contextmanager
     def stage(self, name: str) -> Iterator[Staging]:

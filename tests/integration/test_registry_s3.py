@@ -5,6 +5,8 @@ is not the registry's business."""
 from __future__ import annotations
 
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -12,8 +14,8 @@ import pytest
 from deploy.local.s3 import S3Server
 from deploy.local.seed import copy_model
 from distill.faults import register_fault_model
-from distill.modelfiles import MANIFEST
-from distill.registry import CorruptObject, FaultSpec, Manifest, MissingObject, Registry, Role
+from distill.modelfiles import CLAIM, MANIFEST
+from distill.registry import CorruptObject, FaultSpec, Manifest, MissingObject, Registry, RegistryError, Role
 from tests.support import TEACHER, kdgate_in_process
 
 FILES = ["model.onnx", "tokenizer/tokenizer.json"]
@@ -71,6 +73,53 @@ def test_a_version_whose_manifest_is_not_uploaded_yet_is_not_listed(
     bucket, key = object_key(s3_bucket, "registry", "classify-student@2", "model.onnx")
     s3_server.client().put_object(Bucket=bucket, Key=key, Body=b"half of a model")
     assert [m.ref for m in Registry(tmp_path / "replica", url).list()] == ["classify-student@1"]
+
+
+def test_a_version_another_writer_claimed_is_refused_before_any_upload_and_skipped_by_the_next(
+    s3_bucket: str, s3_server: S3Server, tmp_path: Path
+) -> None:
+    """A writer mid-upload (or one that died there) holds its version's claim: a second writer of that
+    version is refused before it uploads anything, and the next version number passes over it."""
+    url = f"{s3_bucket}/registry"
+    publish(Registry(tmp_path / "builder", url), 1)
+    bucket, key = object_key(s3_bucket, "registry", "classify-student@2", "model.onnx")
+    client = s3_server.client()
+    client.put_object(Bucket=bucket, Key=key.replace("model.onnx", CLAIM), Body=b"the other writer")
+    client.put_object(Bucket=bucket, Key=key, Body=b"the other writer's half of a model")
+    second = Registry(tmp_path / "second", url)
+    with pytest.raises(RegistryError, match="classify-student@2 is being registered by another writer"):
+        publish(second, 2)
+    assert client.get_object(Bucket=bucket, Key=key)["Body"].read() == b"the other writer's half of a model"
+    assert second.next_version("classify-student") == 3
+    assert publish(second, 3).ref == "classify-student@3"
+
+
+def test_of_two_writers_racing_for_one_version_exactly_one_registers_it_whole(
+    s3_bucket: str, tmp_path: Path
+) -> None:
+    url = f"{s3_bucket}/registry"
+    start = threading.Barrier(2)
+
+    def write(writer: str) -> Manifest | RegistryError:
+        registry = Registry(tmp_path / writer, url)
+        with registry.stage("classify-student") as staging:
+            for rel in FILES:
+                (staging.path / rel).parent.mkdir(parents=True, exist_ok=True)
+                (staging.path / rel).write_bytes(f"{writer} {rel}".encode() * 1000)
+            start.wait()
+            try:
+                return staging.commit(manifest(1))
+            except RegistryError as refused:
+                return refused
+
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(write, ["a", "b"]))
+    won = [r for r in results if isinstance(r, Manifest)]
+    assert len(won) == 1 and sum(isinstance(r, RegistryError) for r in results) == 1, results
+    reader = Registry(tmp_path / "reader", url)
+    folder = reader.path("classify-student@1")  # every file checked against the winner's manifest
+    writers = {(folder / rel).read_bytes().split(b" ")[0] for rel in FILES}
+    assert len(writers) == 1 and writers <= {b"a", b"b"}, writers
 
 
 def test_a_corrupted_object_is_refused_by_name_and_nothing_is_cached(
