@@ -3,7 +3,8 @@ an fsspec URL (distill/objectstore.py): `<state_dir>/models` by default, any loc
 `s3://bucket/prefix` shared by replicas on many machines.
 
 Registration is atomic: files are written into a hidden staging folder, the manifest last. On a local
-store the folder is renamed into place; on a remote one the files are uploaded and the manifest last
+store the folder is renamed into place; on a remote one the version is claimed (a create-only PUT that
+one of several racing writers wins), then the files are uploaded and the manifest last
 (distill/modelfiles.py). A reader lists manifests only, so it never sees half a model. A crash mid-way
 leaves only a staging folder, which is never listed and is swept on the next open.
 
