@@ -253,18 +253,10 @@ class Registry:
         return f"{self.base}/{parsed.name}/{parsed.version}"
 
     def list(self) -> list[Manifest]:
-        self.fs.invalidate_cache(self.base)  # s3fs caches listings: another replica may have published
         manifests = []
-        # One flat listing (on S3 one request per 1,000 objects) rather than a walk of every folder.
-        for path in sorted(self.fs.find(self.base)):
-            parts = path[len(self.base) :].strip("/").split("/")
-            if len(parts) != 3 or parts[2] != MANIFEST:
-                continue
-            name, version = parts[0], parts[1]
-            if name.startswith(".") or not (version.isascii() and version.isdigit()):
-                continue
+        for ref in self._versions_holding(MANIFEST):
             try:
-                manifests.append(self._read(ModelRef(name, int(version))))
+                manifests.append(self._read(ref))
             except FileNotFoundError:  # removed since the listing
                 continue
         return sorted(manifests, key=lambda m: (m.task, m.name, m.version))
@@ -342,12 +334,22 @@ class Registry:
         latest = self.latest(name)
         newest = 0 if latest is None else latest.version
         if not self.local:
-            self.fs.invalidate_cache(f"{self.base}/{name}")
-            for path in self.fs.find(f"{self.base}/{name}"):
-                parts = path[len(self.base) :].strip("/").split("/")
-                if len(parts) == 3 and parts[2] == CLAIM and parts[1].isascii() and parts[1].isdigit():
-                    newest = max(newest, int(parts[1]))
+            newest = max([newest, *(ref.version for ref in self._versions_holding(CLAIM, name))])
         return newest + 1
+
+    def _versions_holding(self, leaf: str, name: str | None = None) -> Iterator[ModelRef]:
+        """The versions (of `name`, or of every model) whose folder holds `leaf`, from one flat listing
+        (on S3 one request per 1,000 objects) rather than a walk of every folder. s3fs caches listings,
+        and another replica may have published since: the listing is always fresh."""
+        folder = self.base if name is None else f"{self.base}/{name}"
+        self.fs.invalidate_cache(folder)
+        for path in sorted(self.fs.find(folder)):
+            parts = path[len(self.base) :].strip("/").split("/")
+            if len(parts) != 3 or parts[2] != leaf:
+                continue
+            model, version = parts[0], parts[1]
+            if not model.startswith(".") and version.isascii() and version.isdigit():
+                yield ModelRef(model, int(version))
 
     @contextmanager
     def stage(self, name: str) -> Iterator[Staging]:

@@ -85,10 +85,11 @@ def test_bbc_traffic_to_a_tweet_student_is_redistilled_and_promoted(serve) -> No
     paragraphs = bbc_paragraphs(limit=500, seed=3)
     # Paced, not flat out: the shadow teacher (whose budget grows into idle cores) needs CPU beside
     # serving, as on a gateway that is not saturated; quieter still while the training child runs.
-    with TrafficLoop(server.url, paragraphs, threads=2, max_seconds=900, pause_s=0.02) as loop:
+    pace = 0.02
+    with TrafficLoop(server.url, paragraphs, threads=2, max_seconds=900, pause_s=pace) as loop:
         quiet_while_it_trains(server.settings.state_dir, "classify", loop, timeout=420)
         wait_for_canary(server, "classify", CANDIDATE, timeout=420)
-        loop.pause_s = 0.02
+        loop.pause_s = pace
         phase = step_rollout(server, clock, "classify", timeout=420)["state"]["phase"]
     assert phase == "promoted", phase
     assert set(loop.codes) == {200}
