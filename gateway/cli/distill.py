@@ -165,14 +165,14 @@ def distill(
     if via is not None and from_shadow:
         raise typer.BadParameter("a re-distillation keeps its parent's shape", param_hint="--via")
     if from_shadow:
+        kind = task_kind(task, state_dir, registry_url)
         redistill_from_shadow(
             state_dir,
             task,
+            kind,
             parent,
             result_json,
-            shadow_recipe(
-                task, state_dir, since, until, threads, seed, epochs, budget, steps, gate, recipe_json
-            ),
+            shadow_recipe(kind, since, until, threads, seed, epochs, budget, steps, gate, recipe_json),
             shadow_root,
             registry_url,
         )

@@ -14,7 +14,7 @@ import typer
 from distill.gate import GateConfig
 from durablefs import write_json
 from gateway.cli.common import console
-from gateway.cli.recipes import overridden, task_kind
+from gateway.cli.recipes import overridden
 
 if TYPE_CHECKING:
     from distill.runs import RunResult
@@ -23,8 +23,7 @@ STEPS_TIME_CAP_MINUTES = 24 * 60.0  # `--steps` without `--budget`: the step cou
 
 
 def shadow_recipe(
-    task: str,
-    state_dir: Path,
+    kind: str,
     since: float | None,
     until: float | None,
     threads: int,
@@ -35,17 +34,19 @@ def shadow_recipe(
     gate: str | None,
     overrides: str | None,
 ) -> Any:
-    """The re-distillation recipe of `task`'s kind, from the flags and then `--recipe`'s overrides."""
-    from distill.classify.redistill import RedistillRecipe
-    from distill.generate.redistill import GENERATE_GATE, LMRedistillRecipe
-
-    kind = task_kind(task, state_dir)
+    """The re-distillation recipe of a task of `kind`, from the flags and then `--recipe`'s overrides.
+    Each kind's module is imported only for its own runs: the classify one brings BERT's modelling
+    code, seconds of a /generate run's start for nothing."""
     if steps is not None and kind != "generate":
         raise typer.BadParameter("only for a generate task", param_hint="--steps")
     common: dict[str, Any] = {"since": since, "until": until, "threads": threads, "seed": seed}
     if kind == "classify":
+        from distill.classify.redistill import RedistillRecipe
+
         recipe: Any = RedistillRecipe(**common, epochs=epochs or 1, gate=_gate_config(gate, GateConfig()))
     else:
+        from distill.generate.redistill import GENERATE_GATE, LMRedistillRecipe
+
         recipe = LMRedistillRecipe(**common, gate=_gate_config(gate, GENERATE_GATE))
         if budget:
             recipe = replace(recipe, budget_minutes=budget)
@@ -57,16 +58,18 @@ def shadow_recipe(
 def redistill_from_shadow(
     state_dir: Path,
     task: str,
+    kind: str,
     parent: str | None,
     result_json: Path | None,
     recipe: Any,
     shadow_root: str | None,
     registry_url: str | None = None,
 ) -> None:
-    from distill.classify.redistill import RedistillRecipe, redistill
-    from distill.generate.redistill import redistill_generate
-
-    run = redistill if isinstance(recipe, RedistillRecipe) else redistill_generate
+    run: Callable[..., RunResult]
+    if kind == "classify":
+        from distill.classify.redistill import redistill as run
+    else:
+        from distill.generate.redistill import redistill_generate as run
     _run_and_report(run, recipe, state_dir, task, shadow_root, parent, result_json, registry_url)
 
 

@@ -1,4 +1,5 @@
-"""The /generate student's pieces on tiny random Llamas: KL, targets, batches, schedule, the KD loop."""
+"""The /generate student's pieces on tiny random Llamas: KL, targets, batches, schedule, the KD loop, the
+gate's loop probe."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from distill.generate.data import Prompt, in_heldout, prompt_texts, seed_prompts
-from distill.generate.kd import evaluate, kd_loss, lr_factor, make_batch, train_kd
+from distill.generate.degeneracy import is_degenerate
+from distill.generate.kd import degenerate_rate, evaluate, kd_loss, lr_factor, make_batch, train_kd
 from distill.generate.targets import TargetSet, teacher_targets
 from distill.generate.topk import topk_kl, topk_targets
 from tests.support import EOS, PAD, CharTokenizer, K, V, random_targets, tiny_llama
@@ -170,3 +172,21 @@ def test_seed_prompts_are_deterministic_disjoint_and_prefix_stable() -> None:
     assert seed_prompts("train", 50, seed=1) != train[:50]
     with pytest.raises(ValueError):
         seed_prompts("test", 5)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_the_batched_loop_probe_counts_what_each_prompt_alone_produces(seed: int) -> None:
+    """Prompts of different lengths, left-padded into one batch: the same loops as one prompt at a time
+    (untied random Llamas loop on some prompts, not all, so the rate says something)."""
+    model = tiny_llama(seed, tied=False)
+    rng = np.random.default_rng(seed)
+    prompts = [rng.integers(3, V, rng.integers(1, 12)).tolist() for _ in range(8)]
+    alone = []
+    with torch.inference_mode():
+        for p in prompts:
+            out = model.generate(
+                torch.tensor([p]), max_new_tokens=24, do_sample=False, eos_token_id=EOS, pad_token_id=EOS
+            )
+            alone.append(is_degenerate(out[0, len(p) :].tolist()))
+    assert 0 < sum(alone) < len(prompts)
+    assert degenerate_rate(model, prompts, 24, EOS) == sum(alone) / len(prompts)
