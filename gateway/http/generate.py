@@ -57,7 +57,7 @@ class RoutingHeaders:
     request_id: str | None  # x-request-id: to echo and log
 
 
-def routing_headers(
+async def routing_headers(  # async: FastAPI would run a plain def in its thread pool, per request
     x_kdgate_key: str | None = Header(None, max_length=MAX_HEADER_CHARS),
     x_kdgate_model: str | None = Header(None, max_length=MAX_HEADER_CHARS),
     x_request_id: str | None = Header(None, max_length=MAX_HEADER_CHARS),
