@@ -15,7 +15,16 @@ from deploy.local.s3 import S3Server
 from deploy.local.seed import copy_model
 from distill.faults import register_fault_model
 from distill.modelfiles import CLAIM, MANIFEST
-from distill.registry import CorruptObject, FaultSpec, Manifest, MissingObject, Registry, RegistryError, Role
+from distill.registry import (
+    CorruptObject,
+    FaultSpec,
+    Lineage,
+    Manifest,
+    MissingObject,
+    Registry,
+    RegistryError,
+    Role,
+)
 from tests.support import TEACHER, kdgate_in_process
 
 FILES = ["model.onnx", "tokenizer/tokenizer.json"]
@@ -186,3 +195,28 @@ def test_the_cli_builds_imports_and_lists_models_in_the_s3_registry(
     assert student.lineage.teacher == TEACHER and student.lineage.recipe["student_layers"] == 1
     assert all((elsewhere.path(student.ref) / rel).is_file() for rel in student.files)
     assert Registry(tmp_path / "user").list() == []  # nothing went to the local default registry
+
+
+def test_a_named_tasks_redistillation_finds_the_task_in_the_s3_registry(
+    s3_bucket: str, tmp_path: Path
+) -> None:
+    """`kdgate distill --from-shadow --task NAME --registry-url …` on a machine whose own state dir holds
+    nothing: the task is known from the bucket's models, so the run goes on to the task's shadow log
+    (empty here: refused for its size, exit 1) instead of failing on an unknown task (exit 2)."""
+    url = f"{s3_bucket}/registry"
+    registry = Registry(tmp_path / "seed", url)
+    for name, role in (("topics-teacher", Role.TEACHER), ("topics-student", Role.STUDENT)):
+        lineage = {"teacher": "topics-teacher@1"} if role is Role.STUDENT else {}
+        with registry.stage(name) as staging:
+            (staging.path / "model.onnx").write_bytes(b"never read: the run stops at its window")
+            staging.commit(
+                manifest()
+                .model_copy(update={"name": name, "task": "topics", "role": role, "files": ["model.onnx"]})
+                .model_copy(update={"lineage": Lineage(**lineage)})
+            )
+    done = kdgate_in_process(
+        *("distill", "--from-shadow", "--task", "topics", "--registry-url", url),
+        *("--state-dir", str(tmp_path / "elsewhere"), "--shadow-root", str(tmp_path / "shadow")),
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "only 0 usable" in done.stdout, done.stdout
