@@ -87,14 +87,15 @@ def watch(
     except ValueError as exc:
         raise typer.BadParameter(f"not valid JSON: {exc}") from exc
     # A reload answers once the new models are loaded: a longer wait than the other admin calls.
-    check = ContinualCheck(state_dir, AdminHost(AdminClient(url, secret, timeout=30.0)), config)
-    while True:
-        try:
-            console.print(f"{time.strftime('%H:%M:%S')} {asyncio.run(check.run_once())}")
-        except Exception as exc:  # the watch survives a failed check; the next one tries again
-            console.print(f"[red]{time.strftime('%H:%M:%S')} check failed: {exc}[/red]")
+    with AdminClient(url, secret, timeout=30.0) as admin:
+        check = ContinualCheck(state_dir, AdminHost(admin), config)
+        while True:
+            try:
+                console.print(f"{time.strftime('%H:%M:%S')} {asyncio.run(check.run_once())}")
+            except Exception as exc:  # the watch survives a failed check; the next one tries again
+                console.print(f"[red]{time.strftime('%H:%M:%S')} check failed: {exc}[/red]")
+                if once:
+                    raise typer.Exit(1) from exc
             if once:
-                raise typer.Exit(1) from exc
-        if once:
-            return
-        time.sleep(interval)
+                return
+            time.sleep(interval)

@@ -49,7 +49,8 @@ def test_observation_matches_the_gateways_own_counters(serve, prometheus_server)
     source = PrometheusSource(prom, min_window_s=2.0)
     wait_until(lambda: source.run_query('up{job="kdgate"}') == 1.0, 20, "the first scrape of the gateway")
 
-    AdminClient(server.url, server.token).set_weights("classify", {STUDENT: 50, TEACHER: 50})
+    with AdminClient(server.url, server.token) as admin:
+        admin.set_weights("classify", {STUDENT: 50, TEACHER: 50})
     traffic = httpx.get(f"{server.url}/admin/traffic", headers=server.admin_headers()).json()["traffic"]
     assert traffic["classify"] == {STUDENT: 50, TEACHER: 50}
 
@@ -105,12 +106,11 @@ def test_observation_matches_the_gateways_own_counters(serve, prometheus_server)
 
 def test_admin_client_reports_the_gateways_refusal(serve) -> None:
     server = serve()
-    client = AdminClient(server.url, server.token)
-    with pytest.raises(AdminError) as refused:
+    with AdminClient(server.url, server.token) as client, pytest.raises(AdminError) as refused:
         client.set_weights("classify", {STUDENT: 60, TEACHER: 60})
     assert refused.value.status == 422 and "100" in str(refused.value)
-    with pytest.raises(AdminError) as forbidden:
-        AdminClient(server.url, "not-the-token").set_weights("classify", {TEACHER: 100})
+    with AdminClient(server.url, "not-the-token") as stranger, pytest.raises(AdminError) as forbidden:
+        stranger.set_weights("classify", {TEACHER: 100})
     assert forbidden.value.status == 403 and "wrong admin token" in str(forbidden.value)
     traffic = httpx.get(f"{server.url}/admin/traffic", headers=server.admin_headers()).json()["traffic"]
     assert traffic["classify"].get(STUDENT, 0) != 60  # nothing changed
@@ -120,8 +120,12 @@ def test_unreachable_prometheus_is_unavailable_not_no_data() -> None:
     source = PrometheusSource(f"http://127.0.0.1:{free_port()}", timeout=2.0, min_window_s=2.0)
     with pytest.raises(MetricSourceUnavailable, match="unreachable"):
         source.observe(rollout_state(STUDENT, time.time() - 10))
-    with pytest.raises(AdminError, match="unreachable"):
-        AdminClient(f"http://127.0.0.1:{free_port()}", "t").set_weights("classify", {TEACHER: 100})
+    source.close()
+    with (
+        AdminClient(f"http://127.0.0.1:{free_port()}", "t") as admin,
+        pytest.raises(AdminError, match="unreachable"),
+    ):
+        admin.set_weights("classify", {TEACHER: 100})
 
 
 # --- parsing of canned Prometheus answers ------------------------------------------------------------

@@ -58,7 +58,8 @@ def test_replicas_share_the_split_and_hand_the_rollout_over(
 
         # A run of `kdgate distill watch` holds the shadow log through the first replica: the second,
         # whose retention deletes segments of the same log, keeps them too; released, it lets them go.
-        watch = AdminHost(AdminClient(first_url, headers["Authorization"].removeprefix("Bearer ")))
+        admin = AdminClient(first_url, headers["Authorization"].removeprefix("Bearer "))
+        watch = AdminHost(admin)
         asyncio.run(watch.protect_shadow_after(1_700_000_000.0))
 
         def holds_on_second() -> dict[str, Any]:
@@ -67,6 +68,7 @@ def test_replicas_share_the_split_and_hand_the_rollout_over(
         held = poll(holds_on_second, "the hold taken through the first replica reached the second")
         assert [h["since"] for h in held.values()] == [1_700_000_000.0], held
         asyncio.run(watch.protect_shadow_after(None))
+        admin.close()
         poll(lambda: not holds_on_second(), "the released hold left the second replica")
 
         # A model registered and loaded by the first replica only, then given the whole split.
