@@ -15,9 +15,9 @@ class ApiKeys(HTTPBearer):
     """The inference routers' dependency (`Depends(require_api_key)`); a no-op while no key is set.
 
     The check is the security scheme's own `__call__`, so FastAPI documents the scheme and resolves one
-    dependency per request, not a function depending on the scheme; and a coroutine, though it never
-    waits: FastAPI runs a plain `def` dependency in its thread pool, a hop to a thread and back on
-    every request."""
+    dependency per request, not a function depending on the scheme; and a coroutine, though nothing in
+    it waits on I/O: FastAPI runs a plain `def` dependency in its thread pool, a hop to a thread and
+    back on every request."""
 
     def __init__(self) -> None:
         super().__init__(auto_error=False)
