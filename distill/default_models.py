@@ -8,6 +8,9 @@ A step whose task already has a model in its role (built before, or imported) is
 
     steps = default_steps(ClassifyRecipe(), GenerateRecipe())
     build_missing(registry, steps, status_path(state_dir))
+
+Which models are the defaults, and in which order, is apart from how each is built
+(`default_models`): a gateway checks what is missing without importing the training code.
 """
 
 from __future__ import annotations
@@ -17,33 +20,49 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from distill.build_status import BuildStatus, StepState, StepStatus, phase_recorder
-from distill.classify.build import ClassifyRecipe, build_student, build_teacher
 from distill.progress import listening
 from distill.registry import Registry, Role
 from durablefs import write_json
 
 if TYPE_CHECKING:
+    from distill.classify.build import ClassifyRecipe
     from distill.generate.build import GenerateRecipe
 
 Log = Callable[[str], None]
 
 
 @dataclass(frozen=True)
-class BuildStep:
+class DefaultModel:
     task: str
     role: Role
-    build: Callable[[Registry, Log], object]
 
     @property
     def label(self) -> str:
         return f"{self.task} {self.role}"
 
 
+@dataclass(frozen=True)
+class BuildStep(DefaultModel):
+    build: Callable[[Registry, Log], object]
+
+
+M = TypeVar("M", bound=DefaultModel)
+
+
+def default_models(generate: bool) -> list[DefaultModel]:
+    """The default models in build order, the soonest to answer first; with `generate` False, no
+    /generate models."""
+    models = [DefaultModel("classify", Role.TEACHER), DefaultModel("classify", Role.STUDENT)]
+    if generate:
+        models = [DefaultModel("generate", Role.TEACHER), *models, DefaultModel("generate", Role.STUDENT)]
+    return models
+
+
 def default_steps(classify: ClassifyRecipe, generate: GenerateRecipe | None) -> list[BuildStep]:
-    """The default models in build order; with `generate` None, no /generate models."""
+    """`default_models`, each with how it is built; with `generate` None, no /generate models."""
 
     def generate_teacher(registry: Registry, log: Log) -> object:
         from distill.generate.teacher import ensure_generate_teacher
@@ -51,9 +70,13 @@ def default_steps(classify: ClassifyRecipe, generate: GenerateRecipe | None) -> 
         return ensure_generate_teacher(registry)
 
     def classify_teacher(registry: Registry, log: Log) -> object:
+        from distill.classify.build import build_teacher
+
         return build_teacher(registry, classify, log)
 
     def classify_student(registry: Registry, log: Log) -> object:
+        from distill.classify.build import build_student
+
         teacher = registry.latest_of("classify", Role.TEACHER)
         if teacher is None:
             raise RuntimeError("no classify teacher to distil from")
@@ -65,22 +88,23 @@ def default_steps(classify: ClassifyRecipe, generate: GenerateRecipe | None) -> 
         assert generate is not None
         return build_generate_student(registry, generate, log=log)
 
-    steps = [BuildStep("classify", Role.TEACHER, classify_teacher)]
-    steps.append(BuildStep("classify", Role.STUDENT, classify_student))
-    if generate is not None:
-        steps.insert(0, BuildStep("generate", Role.TEACHER, generate_teacher))
-        steps.append(BuildStep("generate", Role.STUDENT, generate_student))
-    return steps
+    builders = {
+        ("generate", Role.TEACHER): generate_teacher,
+        ("classify", Role.TEACHER): classify_teacher,
+        ("classify", Role.STUDENT): classify_student,
+        ("generate", Role.STUDENT): generate_student,
+    }
+    return [BuildStep(m.task, m.role, builders[m.task, m.role]) for m in default_models(generate is not None)]
 
 
-def missing(registry: Registry, steps: list[BuildStep]) -> list[BuildStep]:
-    """The steps whose task has no model in their role yet."""
-    return [s for s in steps if registry.latest_of(s.task, s.role) is None]
+def missing(registry: Registry, models: list[M]) -> list[M]:
+    """The models (or steps) whose task has no model in their role yet."""
+    return [m for m in models if registry.latest_of(m.task, m.role) is None]
 
 
-def planned(steps: list[BuildStep]) -> BuildStatus:
+def planned(models: list[M]) -> BuildStatus:
     """A build about to start: every step pending."""
-    return BuildStatus(steps=[StepStatus(task=s.task, role=s.role) for s in steps], started_at=time.time())
+    return BuildStatus(steps=[StepStatus(task=m.task, role=m.role) for m in models], started_at=time.time())
 
 
 def build_missing(registry: Registry, steps: list[BuildStep], status_file: Path, log: Log = print) -> bool:

@@ -25,7 +25,7 @@ from gateway.http.generation import (
     start_generation_request,
 )
 from gateway.http.schemas import GenerateRequest, GenerateResponse, Usage
-from gateway.serving.engine import Delta, Finished, GenerationParams
+from gateway.serving.generation_events import Delta, Finished, GenerationParams
 from gateway.state import GatewayState
 
 router = APIRouter(dependencies=[Depends(require_api_key)])

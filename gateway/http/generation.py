@@ -17,12 +17,16 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from gateway.errors import InvalidInput, ModelUnavailable, NotReady, Overloaded
-from gateway.serving.engine import Delta, Event, Failed, Finished, GenerationParams, Job
+from gateway.serving.generation_events import Delta, Event, Failed, Finished, GenerationParams
 from gateway.serving.pool import LoadedLM
 from gateway.shadow.generate import GenerateShadowItem
 from gateway.state import GatewayState
+
+if TYPE_CHECKING:  # the engine imports torch; a gateway that loads no LM never does
+    from gateway.serving.engine import Job
 
 log = logging.getLogger("kdgate.generate")
 TASK = "generate"

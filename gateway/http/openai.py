@@ -45,7 +45,7 @@ from gateway.http.generation import (
     start_generation_request,
 )
 from gateway.http.openai_schemas import ChatCompletionRequest, CompletionRequest, OpenAIRequest
-from gateway.serving.engine import Delta, Finished, GenerationParams, TokenLogprob
+from gateway.serving.generation_events import Delta, Finished, GenerationParams, TokenLogprob
 from gateway.state import GatewayState
 
 PREFIX = "/v1"

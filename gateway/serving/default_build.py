@@ -12,12 +12,10 @@ import contextlib
 import json
 import logging
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 from distill.build_status import StepState, read_status, status_path
-from distill.classify.build import ClassifyRecipe
-from distill.default_models import BuildStep, default_steps, missing, planned
+from distill.default_models import DefaultModel, default_models, missing, planned
 from durablefs import write_json
 from gateway.continual.child import below_serving, stop_child
 from gateway.settings import Settings
@@ -27,18 +25,10 @@ log = logging.getLogger("kdgate.build")
 POLL_SECONDS = 1.0
 
 
-def _steps(settings: Settings) -> list[BuildStep]:
-    classify = replace(ClassifyRecipe(dataset=settings.dataset), **settings.build_recipe)
-    generate = None
-    if settings.build_generate:
-        from distill.generate.build import GenerateRecipe
-
-        generate = replace(GenerateRecipe(), **settings.build_generate_recipe)
-    return default_steps(classify, generate)
-
-
-def missing_defaults(state: GatewayState) -> list[BuildStep]:
-    return missing(state.registry, _steps(state.settings))
+def missing_defaults(state: GatewayState) -> list[DefaultModel]:
+    """The default models the registry lacks. The build child (`kdgate models build`) builds them
+    with the settings' recipes; the gateway itself never imports the training code."""
+    return missing(state.registry, default_models(state.settings.build_generate))
 
 
 def build_command(settings: Settings) -> list[str]:
@@ -52,7 +42,7 @@ def build_command(settings: Settings) -> list[str]:
     return cmd
 
 
-def start_background_build(state: GatewayState, steps: list[BuildStep]) -> asyncio.Task[None]:
+def start_background_build(state: GatewayState, steps: list[DefaultModel]) -> asyncio.Task[None]:
     """Marks the tasks the build brings (their requests get 503 + Retry-After until then, and `/readyz`
     says `building`), shows its steps as pending, and starts the build on the running loop."""
     state.building = frozenset(s.task for s in steps)

@@ -6,18 +6,20 @@ from __future__ import annotations
 import gc
 import logging
 from dataclasses import dataclass
-from typing import TypeVar
-
-import torch
+from typing import TYPE_CHECKING, TypeVar
 
 from distill.classify.runner import Runner, load_runner
-from distill.generate.faults import FaultyLM
-from distill.generate.runner import CausalLM, load_lm
 from distill.registry import Manifest, Registry, RegistryError, Role, TaskKind
 from gateway.serving.batcher import MicroBatcher
-from gateway.serving.engine import GenerationEngine
 from gateway.serving.metrics import GatewayMetrics
 from gateway.settings import Settings
+
+if (
+    TYPE_CHECKING
+):  # torch and the LM code load with the first LM: a gateway of ONNX classifiers starts in ~1 s
+    from distill.generate.faults import FaultyLM
+    from distill.generate.runner import CausalLM
+    from gateway.serving.engine import GenerationEngine
 
 log = logging.getLogger("kdgate.pool")
 
@@ -112,6 +114,10 @@ class ModelPool:
         return LoadedModel(manifest, runner, batcher)
 
     def _load_lm(self, manifest: Manifest, loaded: dict[str, LoadedLM]) -> LoadedLM:
+        import torch
+
+        from gateway.serving.engine import GenerationEngine
+
         # torch's intra-op pool is per process and every engine thread uses it: with two models each on
         # 2 threads, a teacher prefill ran 20x slower here. One thread per engine; engines run side by side.
         torch.set_num_threads(self.settings.generate_threads)
@@ -126,6 +132,9 @@ class ModelPool:
         return LoadedLM(manifest, lm, engine.start())
 
     def _lm(self, manifest: Manifest, loaded: dict[str, LoadedLM]) -> CausalLM | FaultyLM:
+        from distill.generate.faults import FaultyLM
+        from distill.generate.runner import CausalLM, load_lm
+
         if manifest.kind == "fault":
             if manifest.fault is None:
                 raise RegistryError(f"{manifest.ref} is a fault model without a fault spec")

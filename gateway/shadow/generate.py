@@ -22,8 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from distill.generate.degeneracy import distinct_n, is_degenerate
-from distill.generate.runner import kl_against
-from gateway.serving.engine import Finished
+from gateway.serving.generation_events import Finished
 from gateway.serving.metrics import GatewayMetrics
 from gateway.serving.pool import LoadedLM, ModelPool
 from gateway.serving.window import LiveWindow
@@ -133,6 +132,8 @@ class GenerateShadow(ShadowPipeline[GenerateShadowItem]):
                     teacher_tail_mass=np.asarray(own.tail, dtype=np.float32),
                 )
             return record
+        from distill.generate.runner import kl_against  # torch: only a gateway serving an LM scores one
+
         student_logits = item.served.lm.completion_logits(item.prompt_ids, ids)  # (T, V)
         scores = teacher.lm.score(item.prompt_ids, ids, self.settings.shadow_topk)
         agree = scores.agreement(ids)  # (T,)

@@ -12,7 +12,8 @@ import torch
 
 from distill.generate.runner import DecodeState
 from gateway.errors import InvalidInput
-from gateway.serving.engine import Delta, Event, Finished, GenerationEngine, GenerationParams
+from gateway.serving.engine import GenerationEngine
+from gateway.serving.generation_events import Delta, Event, Finished, GenerationParams
 
 VOCAB = 128  # token id = character code
 T = TypeVar("T")

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from durablefs.shared import SharedDocument
-from gateway.serving.engine import Finished
+from gateway.serving.generation_events import Finished
 from gateway.serving.metrics import GatewayMetrics
 from gateway.serving.window import LiveWindow
 from gateway.settings import Settings
