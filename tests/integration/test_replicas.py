@@ -21,7 +21,7 @@ from distill.faults import register_fault_model
 from distill.registry import FaultSpec, Registry
 from gateway.continual.watch import AdminHost
 from rollout.admin_client import AdminClient
-from tests.support import FAST, STUDENT, TEACHER, poll, start_gateway
+from tests.support import FAST, STUDENT, TEACHER, metric_sum, poll, start_gateway
 
 
 def metric(url: str, name: str) -> float:
@@ -34,6 +34,7 @@ def test_replicas_share_the_split_and_hand_the_rollout_over(
     backend: str, state_dir: Path, request: pytest.FixtureRequest
 ) -> None:
     store = {} if backend == "local" else {"store": request.getfixturevalue("postgres_db_url")}
+    third = None
     first, first_url = start_gateway(state_dir, rollout_tick_seconds=0.25, shadow_enabled=False, **store)
     second, second_url = start_gateway(state_dir, rollout_tick_seconds=0.25, shadow_enabled=False, **store)
     headers = {"Authorization": f"Bearer {(state_dir / 'admin.token').read_text().strip()}"}
@@ -114,10 +115,20 @@ def test_replicas_share_the_split_and_hand_the_rollout_over(
         assert traffic == {TEACHER: 95, STUDENT: 5}
         events = httpx.get(f"{second_url}/admin/events?task=classify", headers=headers).json()["events"]
         assert [e["to_phase"] for e in events] == ["progressing"]  # the start, once: none lost or repeated
+
+        # A replica started mid-rollout serves the canary's split from its first request.
+        third, third_url = start_gateway(state_dir, rollout_tick_seconds=0.25, shadow_enabled=False, **store)
+        with httpx.Client(base_url=third_url) as client:
+            served = [client.post("/classify", json={"text": f"text {i}"}) for i in range(200)]
+        assert {r.status_code for r in served} == {200}
+        # 5% of 200 requests: all missing the student has odds 0.95^200 ≈ 4e-5
+        assert {r.headers["x-kdgate-model"] for r in served} == {TEACHER, STUDENT}
+        assert metric_sum(httpx.get(f"{third_url}/metrics").text, "kdgate_requests_total", model=STUDENT) < 40
     finally:
-        for proc in (first, second):
-            proc.kill()
-            proc.wait(timeout=10)
+        for proc in (first, second, third):
+            if proc is not None:
+                proc.kill()
+                proc.wait(timeout=10)
 
 
 @pytest.fixture
