@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from distill.registry import RegistryError
 from gateway.continual.check import ContinualCheck
 from gateway.continual.inprocess import GatewayHost, check_config, redistill_loop
+from gateway.continual.store import LoopStore, loop_document
 from gateway.errors import GatewayError, InvalidInput, MalformedRequest, NotFound, StoreDown
 from gateway.http import admin, classify, generate, openai, rollouts, v2
 from gateway.rollouts.published import PUBLISH_S
@@ -100,12 +101,20 @@ def _continual_loop(state: GatewayState) -> Coroutine[Any, Any, None]:
     kinds = state.registry.task_kinds()
     for task in set(settings.redistill_tasks) - set(kinds):
         log.warning("redistill_tasks names %r, which has no model: import one and restart", task)
+    lease = state.store.lease(host.holder, "continual")  # one loop of all the gateways on the store
     checks = [
-        ContinualCheck(settings.state_dir, host, check_config(settings, t, kinds[t]), registry=state.registry)
+        ContinualCheck(
+            settings.state_dir,
+            host,
+            check_config(settings, t, kinds[t]),
+            LoopStore(state.store.document(loop_document(t))),
+            lease=lease,
+            registry=state.registry,
+        )
         for t in settings.redistill_tasks
         if t in kinds
     ]
-    return redistill_loop(checks, settings.redistill_check_seconds, lambda: state.ready)
+    return redistill_loop(checks, settings.redistill_check_seconds, lambda: state.ready, lease)
 
 
 def create_app(

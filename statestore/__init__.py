@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from rollout.lease import Lease
 from rollout.store import EventLog, RolloutStates
@@ -32,6 +32,7 @@ __all__ = [
     "Document",
     "EventLog",
     "Lease",
+    "LeaseName",
     "RolloutStates",
     "StateStore",
     "StoreUnavailable",
@@ -39,6 +40,9 @@ __all__ = [
 ]
 
 Doc = dict[str, Any]
+# What a lease elects one process of all those sharing a store for: the rollout controller, and the
+# continual loop (one re-distillation per window, whichever gateway hosts it).
+LeaseName = Literal["controller", "continual"]
 
 
 class Document(Protocol):
@@ -66,8 +70,9 @@ class StateStore(Protocol):
         """The shared document `name` (`traffic`, `shadow_rates`); one object per name and store."""
         ...
 
-    def lease(self, identity: str) -> Lease:
-        """The controller lease, held under `identity` (`process_identity(...)`)."""
+    def lease(self, identity: str, name: LeaseName = "controller") -> Lease:
+        """The lease `name`, held under `identity` (`process_identity(...)`); each name is a lease of
+        its own."""
         ...
 
     def up(self) -> bool:

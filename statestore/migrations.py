@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import psycopg
 
-MIGRATION_LOCK = 0x6B64_6701  # pg_advisory_xact_lock key: "kdg" + 1; the controller lease uses + 2
+MIGRATION_LOCK = 0x6B64_6701  # pg_advisory_xact_lock key: "kdg" + 1; the leases take the next keys
 
 MIGRATIONS: list[tuple[int, str]] = [
     (

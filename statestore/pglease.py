@@ -1,4 +1,5 @@
-"""The controller lease in PostgreSQL: a session-level advisory lock on a connection of its own.
+"""A lease in PostgreSQL (the controller's, the continual loop's): a session-level advisory lock on a
+connection of its own, one lock key per lease.
 
 PostgreSQL drops the lock when the session ends, however its process ended (kill -9 too: the kernel
 closes the socket), so a survivor's next `acquire()` takes over without a timeout to wait out. A session
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from statestore import StoreUnavailable
+from statestore import LeaseName, StoreUnavailable
 from statestore.migrations import MIGRATION_LOCK
 
 if TYPE_CHECKING:
@@ -33,18 +34,20 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("kdgate.store")
 
-LEASE_LOCK = MIGRATION_LOCK + 1  # pg_try_advisory_lock key, per database
-LEASE_NAME = "controller"
+# pg_try_advisory_lock keys, per database; the row of `kdgate_lease` is the name
+LEASE_LOCKS: dict[LeaseName, int] = {"controller": MIGRATION_LOCK + 1, "continual": MIGRATION_LOCK + 2}
 
 
 class PgLease:
-    """The controller lease as `pg_try_advisory_lock` on a session of its own, the holder in
-    `kdgate_lease` beside the backend pid that holds the lock: `holder()` trusts the row only while
-    that session holds it (pg_locks)."""
+    """The lease `name` as `pg_try_advisory_lock` on a session of its own, the holder in `kdgate_lease`
+    beside the backend pid that holds the lock: `holder()` trusts the row only while that session holds
+    it (pg_locks)."""
 
-    def __init__(self, store: PostgresStore, identity: str) -> None:
+    def __init__(self, store: PostgresStore, identity: str, name: LeaseName = "controller") -> None:
         self._store = store
         self.identity = identity
+        self.name = name
+        self._key = LEASE_LOCKS[name]
         self._conn: psycopg.Connection | None = None
         self._held = False
         self._lock = threading.Lock()
@@ -54,7 +57,7 @@ class PgLease:
         answers False once (another may have acted since), and the next call tries to take it again."""
         with self._lock:
             if self._held and (self._conn is None or self._conn.closed):
-                log.warning("lost the controller lease: its session to %s ended", self._store.where)
+                log.warning("lost the %s lease: its session to %s ended", self.name, self._store.where)
                 self._drop()
                 return False
             if self._conn is None or self._conn.closed:
@@ -69,7 +72,7 @@ class PgLease:
                 return self._held
             except psycopg.Error as exc:
                 if self._held:
-                    log.warning("lost the controller lease: %s", self._store.reason(exc))
+                    log.warning("lost the %s lease: %s", self.name, self._store.reason(exc))
                 self._drop()
                 return False
 
@@ -81,7 +84,7 @@ class PgLease:
             "SELECT %s, %s, %s, %s, %s, pg_backend_pid() FROM taken WHERE ok "
             "ON CONFLICT (name) DO UPDATE SET identity = EXCLUDED.identity, pid = EXCLUDED.pid, "
             "host = EXCLUDED.host, since = EXCLUDED.since, backend_pid = EXCLUDED.backend_pid RETURNING 1",
-            (LEASE_LOCK, LEASE_NAME, self.identity, os.getpid(), socket.gethostname(), time.time()),
+            (self._key, self.name, self.identity, os.getpid(), socket.gethostname(), time.time()),
         ).fetchone()
         return row is not None
 
@@ -89,7 +92,7 @@ class PgLease:
         row = conn.execute(
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
             "AND pid = pg_backend_pid() AND classid::bigint = %s AND objid::bigint = %s AND objsubid = 1",
-            (LEASE_LOCK >> 32, LEASE_LOCK & 0xFFFF_FFFF),
+            (self._key >> 32, self._key & 0xFFFF_FFFF),
         ).fetchone()
         if row and row[0]:
             return True
@@ -104,7 +107,7 @@ class PgLease:
                 "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
                 "AND l.classid::bigint = %s AND l.objid::bigint = %s AND l.objsubid = 1 "
                 "WHERE h.name = %s",
-                (LEASE_LOCK >> 32, LEASE_LOCK & 0xFFFF_FFFF, LEASE_NAME),
+                (self._key >> 32, self._key & 0xFFFF_FFFF, self.name),
             ).fetchone()
         if row is None:
             return None
@@ -115,7 +118,7 @@ class PgLease:
             if self._conn is not None and self._held:
                 # Unlocked before the session closes: a successor's very next try finds it free.
                 with contextlib.suppress(psycopg.Error):
-                    self._conn.execute("SELECT pg_advisory_unlock(%s)", (LEASE_LOCK,))
+                    self._conn.execute("SELECT pg_advisory_unlock(%s)", (self._key,))
             self._drop()
 
     def _drop(self) -> None:

@@ -38,7 +38,7 @@ from psycopg.types.json import Jsonb
 
 from rollout.model import Event, RolloutConfig, RolloutState
 from rollout.store import check_current
-from statestore import Doc, StoreUnavailable
+from statestore import Doc, LeaseName, StoreUnavailable
 from statestore.migrations import SchemaTooNew, migrate
 from statestore.pglease import PgLease
 
@@ -114,8 +114,8 @@ class PostgresStore:
             self._refresh([name])
         return doc
 
-    def lease(self, identity: str) -> PgLease:
-        lease = PgLease(self, identity)
+    def lease(self, identity: str, name: LeaseName = "controller") -> PgLease:
+        lease = PgLease(self, identity, name)
         self._leases.append(lease)
         return lease
 

@@ -4,6 +4,7 @@ behind its balancer), talking to it over the admin API."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from typing import Annotated
@@ -62,12 +63,16 @@ def watch(
     """Watch the shadow log; re-distil, gate, register, and start a canary on the running gateway.
 
     Shares the gateway's state dir; use it instead of the gateway's built-in loop (redistill_enabled),
-    not beside it. Runs are one at a time, niced, and resumable if interrupted.
+    not beside it: on the local store the two contend for one lease, and only its holder checks. Runs
+    are one at a time, niced, and resumable if interrupted.
     """
     from distill.trigger import TriggerConfig
     from gateway.continual.check import CheckConfig, ContinualCheck
+    from gateway.continual.store import LoopStore, loop_document
     from gateway.continual.watch import AdminHost
     from rollout.admin_client import AdminClient
+    from rollout.lease import process_identity
+    from statestore import open_store
 
     secret = admin_token(token, state_dir)
     minimum = min_new_records or (2000 if task_kind(task, state_dir, registry_url) == "classify" else 300)
@@ -87,15 +92,21 @@ def watch(
     except ValueError as exc:
         raise typer.BadParameter(f"not valid JSON: {exc}") from exc
     # A reload answers once the new models are loaded: a longer wait than the other admin calls.
-    with AdminClient(url, secret, timeout=30.0) as admin:
-        check = ContinualCheck(state_dir, AdminHost(admin), config)
-        while True:
-            try:
-                console.print(f"{time.strftime('%H:%M:%S')} {asyncio.run(check.run_once())}")
-            except Exception as exc:  # the watch survives a failed check; the next one tries again
-                console.print(f"[red]{time.strftime('%H:%M:%S')} check failed: {exc}[/red]")
+    store = open_store(None, state_dir)
+    lease = store.lease(process_identity("kdgate distill watch"), "continual")
+    loop = LoopStore(store.document(loop_document(task)))
+    with AdminClient(url, secret, timeout=30.0) as admin, contextlib.closing(store):
+        check = ContinualCheck(state_dir, AdminHost(admin), config, loop, lease=lease)
+        try:
+            while True:
+                try:
+                    console.print(f"{time.strftime('%H:%M:%S')} {asyncio.run(check.run_once())}")
+                except Exception as exc:  # the watch survives a failed check; the next one tries again
+                    console.print(f"[red]{time.strftime('%H:%M:%S')} check failed: {exc}[/red]")
+                    if once:
+                        raise typer.Exit(1) from exc
                 if once:
-                    raise typer.Exit(1) from exc
-            if once:
-                return
-            time.sleep(interval)
+                    return
+                time.sleep(interval)
+        finally:
+            lease.release()  # a gateway's loop may take it at once, not only when this process ends

@@ -6,13 +6,21 @@ API). A host supplies only what differs, through `Host`; the decision is the pur
 fed from the shadow log in both: the records since the last run, and the serving student's
 disagreement with the teacher on them.
 
-    check = ContinualCheck(registry, host, CheckConfig(task="classify"))
+Every gateway sharing a store may host the loop; only the holder of the store's `continual` lease
+checks, so two never train on one window. What the loop remembers (`LoopStore`) is a document of the
+same store: the gateway that takes the lease over goes on from it, a stopped run's window included.
+
+    store = open_store(url, state_dir)
+    loop = LoopStore(store.document(loop_document("classify")))
+    lease = store.lease(process_identity("continual loop"), "continual")  # one per process, all tasks
+    check = ContinualCheck(state_dir, host, CheckConfig(task="classify"), loop, lease=lease)
     print(await check.run_once())   # what it did, for the log
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,7 +33,11 @@ from distill.registry import Registry, Role
 from distill.shadowlog.reader import read_shadow
 from distill.trigger import TriggerConfig, should_redistill
 from gateway.continual.child import below_serving, redistill_command, run_child
-from gateway.continual.store import LoopStore, loop_store_path
+from gateway.continual.store import LoopStore
+from rollout.lease import Lease
+from statestore import StoreUnavailable
+
+log = logging.getLogger("kdgate.redistill")
 
 ACTIVE_PHASES = ("progressing", "paused")  # one candidate at a time: a canary in flight blocks a run
 
@@ -107,6 +119,9 @@ class ContinualCheck:
         state_dir: Path,
         host: Host,
         config: CheckConfig,
+        loop: LoopStore,
+        *,
+        lease: Lease | None = None,
         clock: Callable[[], float] = time.time,
         registry: Registry | None = None,
     ) -> None:
@@ -115,7 +130,9 @@ class ContinualCheck:
         self.config = config
         self.task = config.task
         self.registry = registry or Registry(state_dir, config.registry_url)
-        self.store = LoopStore(loop_store_path(state_dir, config.task))
+        self.store = loop
+        self.lease = lease  # None: this check is the only loop on its store
+        self.leading = lease is None
         self.root = config.shadow_root or str(state_dir / "shadow")
         self.clock = clock
 
@@ -126,6 +143,8 @@ class ContinualCheck:
 
     async def run_once(self) -> str:
         """One look: maybe train, gate, register, load, start a canary. Returns what happened."""
+        if not await self._leads():
+            return f"no check here: {await self._holder()}"
         phase = await self.host.rollout_phase(self.task)
         if phase in ACTIVE_PHASES:
             return f"a {self.task} rollout is {phase}: waiting for it to finish"
@@ -161,6 +180,23 @@ class ContinualCheck:
             return f"{reason}; registered {candidate}"
         await self.host.start_canary(self.task, candidate, self.config.rollout)
         return f"{reason}; registered {candidate}; canary started"
+
+    async def _leads(self) -> bool:
+        if self.lease is None:
+            return True
+        held = await asyncio.to_thread(self.lease.acquire)  # a PostgreSQL query: not on the event loop
+        if held != self.leading:
+            log.info("%s the continual loop's lease", "took" if held else "lost")
+        self.leading = held
+        return held
+
+    async def _holder(self) -> str:
+        assert self.lease is not None
+        try:
+            holder = await asyncio.to_thread(self.lease.holder)
+        except StoreUnavailable as exc:
+            return f"the state store is unavailable ({exc})"
+        return f"{holder['identity']} holds the loop's lease" if holder else "the loop's lease is free"
 
     def _command(self, since: float | None, until: float, parent: str) -> list[str]:
         c = self.config

@@ -8,6 +8,7 @@ follows the thread that started it).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -21,7 +22,7 @@ from gateway.serving.traffic import TrafficStore
 from gateway.settings import Settings
 from gateway.shadow.protection import ShadowProtection
 from rollout.driver import Controller, NoRollout
-from rollout.lease import process_identity
+from rollout.lease import Lease, process_identity
 
 log = logging.getLogger("kdgate.redistill")
 
@@ -87,14 +88,22 @@ def check_config(settings: Settings, task: str, kind: TaskKind) -> CheckConfig:
     )
 
 
-async def redistill_loop(checks: list[ContinualCheck], interval: float, ready: Callable[[], bool]) -> None:
-    """Every `interval` seconds once the models are loaded, each task's check in turn."""
-    while not ready():
-        await asyncio.sleep(0.2)
-    while True:
-        await asyncio.sleep(interval)
-        for check in checks:
-            try:
-                log.info("re-distillation check of %s: %s", check.task, await check.run_once())
-            except Exception:  # the loop survives a failed run; the next check tries again
-                log.exception("re-distillation check failed for %s", check.task)
+async def redistill_loop(
+    checks: list[ContinualCheck], interval: float, ready: Callable[[], bool], lease: Lease | None = None
+) -> None:
+    """Every `interval` seconds once the models are loaded, each task's check in turn. The checks share
+    this process's `lease` (the store's `continual` one), which a stopping gateway lets go."""
+    try:
+        while not ready():
+            await asyncio.sleep(0.2)
+        while True:
+            await asyncio.sleep(interval)
+            for check in checks:
+                try:
+                    log.info("re-distillation check of %s: %s", check.task, await check.run_once())
+                except Exception:  # the loop survives a failed run; the next check tries again
+                    log.exception("re-distillation check failed for %s", check.task)
+    finally:
+        if lease is not None:
+            with contextlib.suppress(Exception):  # the store is down: its session's end frees it
+                lease.release()

@@ -1,33 +1,32 @@
-"""What the continual loop remembers between runs and restarts, per task."""
+"""What the continual loop remembers between runs and restarts, per task: a document of the state store,
+so a loop that moves to another gateway (its lease taken over, on another machine) goes on from it."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-from durablefs import write_json
+from statestore import Document
 
 
-def loop_store_path(state_dir: Path, task: str) -> Path:
-    """Where the loop remembers the end of its last window (classify keeps its original file name)."""
-    return state_dir / "distill" / ("loop.json" if task == "classify" else f"loop-{task}.json")
+def loop_document(task: str) -> str:
+    """The store document of `task`'s loop. On local files, `<state_dir>/distill/loop.json` (classify
+    keeps its original name) and `loop-<task>.json`, where earlier versions kept them."""
+    return "distill/loop" if task == "classify" else f"distill/loop-{task}"
 
 
 class LoopStore:
-    """`<state_dir>/distill/loop.json`: the end of the last window trained on (the next run starts there),
-    and the run under way, if any. A run the gateway stopped (restart, kill) is started again with the
-    same parent and window, so `kdgate distill` finds its checkpoint and resumes instead of starting over.
+    """The end of the last window trained on (the next run starts there), and the run under way, if
+    any. A run that was stopped (restart, kill) is started again with the same parent and window, so
+    `kdgate distill` finds its checkpoint and resumes instead of starting over.
     """
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, document: Document) -> None:
+        self.document = document
 
     def _read(self) -> dict[str, Any]:
-        loaded = json.loads(self.path.read_text()) if self.path.exists() else {}
-        return loaded if isinstance(loaded, dict) else {}
+        return self.document.read()
 
     def last_until(self) -> float | None:
         last = self._read().get("last_until")
@@ -51,14 +50,10 @@ class LoopStore:
         """Around one run: recorded as under way while it trains; on success the next window starts at
         `until`; on a failure (an Exception) the record is dropped, so a failing window is not retried
         forever. A stop (cancellation, Ctrl-C, kill) leaves it under way: the next start resumes it."""
-        self._write({**self._read(), "running": {"until": until, "parent": parent}})
+        self.document.update(lambda doc: doc | {"running": {"until": until, "parent": parent}})
         try:
             yield
         except Exception:
-            self._write({k: v for k, v in self._read().items() if k != "running"})
+            self.document.update(lambda doc: {k: v for k, v in doc.items() if k != "running"})
             raise
-        self._write({"last_until": until})
-
-    def _write(self, payload: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(self.path, payload)
+        self.document.update(lambda doc: {"last_until": until})

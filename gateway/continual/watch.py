@@ -3,9 +3,11 @@
 It shares the gateway's state dir (registry and shadow log on the same disk, or the same object store)
 and acts on the gateway only over its admin API: it reads the split and the rollout, and after a gated
 candidate is registered it asks the gateway to load it and start its canary. Run this or
-`redistill_enabled` in the gateway, not both: they would train twice on the same window.
+`redistill_enabled` in the gateway, not both; on the local store they contend for the one `continual`
+lease, so only one of them checks.
 
-    check = ContinualCheck(Path(".kdgate"), AdminHost(AdminClient(url, token)), CheckConfig())
+    loop = LoopStore(open_store(None, Path(".kdgate")).document(loop_document("classify")))
+    check = ContinualCheck(Path(".kdgate"), AdminHost(AdminClient(url, token)), CheckConfig(), loop)
     print(asyncio.run(check.run_once()))
 """
 

@@ -19,7 +19,8 @@ from distill.corpora import bbc_paragraphs
 from distill.generate.build import TINY_GENERATE_RECIPE, build_generate_student
 from distill.registry import Registry
 from distill.shadowlog.reader import read_shadow
-from gateway.continual.store import LoopStore, loop_store_path
+from gateway.continual.store import LoopStore, loop_document
+from statestore.local import LocalStore
 from tests.support import FAST, STUDENT, FakeClock, RunningServer, kdgate_in_process, step_rollout
 
 CANDIDATE = "classify-student@2"
@@ -41,7 +42,7 @@ def quiet_while_it_trains(state_dir: Path, task: str, loop: TrafficLoop, timeout
     """Once the loop's run is under way (its window is fixed), the client thinks longer between
     requests until the canary starts: the SCHED_IDLE child gets the cores a quiet gateway leaves it,
     instead of sharing them with traffic nothing reads yet. `timeout` bounds a failure only."""
-    store = LoopStore(loop_store_path(state_dir, task))
+    store = LoopStore(LocalStore(state_dir).document(loop_document(task)))
     deadline = time.monotonic() + timeout
     while store.running() is None:
         assert time.monotonic() < deadline, f"no re-distillation of {task} started"

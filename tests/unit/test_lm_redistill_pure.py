@@ -11,7 +11,8 @@ import pytest
 from distill.gate import Figures, GateConfig, gate
 from distill.generate.targets import corrupted, subset
 from gateway.continual.check import live_disagreement, offline_disagreement
-from gateway.continual.store import LoopStore, loop_store_path
+from gateway.continual.store import LoopStore, loop_document
+from statestore.local import LocalStore
 from tests.support import random_targets
 
 
@@ -90,16 +91,14 @@ def test_live_disagreement_counts_requests_for_classify_and_tokens_for_generate(
     assert live_disagreement(generate, "nobody@1") == (None, 0)
 
 
-def test_each_task_keeps_its_own_loop_state() -> None:
-    from pathlib import Path
-
-    root = Path("/state")
-    assert loop_store_path(root, "classify") == root / "distill" / "loop.json"  # unchanged for old states
-    assert loop_store_path(root, "generate") == root / "distill" / "loop-generate.json"
+def test_each_task_keeps_its_own_loop_state(tmp_path) -> None:
+    store = LocalStore(tmp_path)  # where earlier versions kept them: an old state dir reads as it is
+    assert store.document(loop_document("classify")).path == tmp_path / "distill" / "loop.json"
+    assert store.document(loop_document("generate")).path == tmp_path / "distill" / "loop-generate.json"
 
 
 def test_a_stopped_run_is_taken_up_again_with_its_window_and_a_failed_one_is_not(tmp_path) -> None:
-    store = LoopStore(tmp_path / "loop.json")
+    store = LoopStore(LocalStore(tmp_path).document(loop_document("classify")))
     with store.run(100.0, "s@1"):
         pass
     with pytest.raises(KeyboardInterrupt), store.run(200.0, "s@1"):  # stopped (Ctrl-C, cancellation)
@@ -116,6 +115,7 @@ def test_a_stopped_run_is_taken_up_again_with_its_window_and_a_failed_one_is_not
 
 
 def test_a_loop_state_written_before_runs_were_tracked_still_reads(tmp_path) -> None:
-    (tmp_path / "loop.json").write_text('{"last_until": 42.5}')
-    store = LoopStore(tmp_path / "loop.json")
+    (tmp_path / "distill").mkdir()
+    (tmp_path / "distill" / "loop.json").write_text('{"last_until": 42.5}')
+    store = LoopStore(LocalStore(tmp_path).document(loop_document("classify")))
     assert store.last_until() == 42.5 and store.interrupted("s@1") is None
