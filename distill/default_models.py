@@ -28,8 +28,8 @@ from distill.registry import Registry, Role
 from durablefs import write_json
 
 if TYPE_CHECKING:
-    from distill.classify.build import ClassifyRecipe
-    from distill.generate.build import GenerateRecipe
+    from distill.classify.recipe import ClassifyRecipe
+    from distill.generate.recipe import GenerateRecipe
 
 Log = Callable[[str], None]
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from distill.registry import TASK_NAME
@@ -179,6 +180,28 @@ class Settings(BaseSettings):
         """
         if isinstance(value, str):
             return [k.strip() for k in value.split(",") if k.strip()]
+        return value
+
+    @field_validator("build_recipe", "build_generate_recipe")
+    @classmethod
+    def _recipe_fields(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        """The build child would fail on a field its recipe does not have: refused at start instead.
+
+        >>> Settings(build_recipe={"teacher_epochs": 2, "epochs": 2})
+        Traceback (most recent call last):
+        ...
+        pydantic_core._pydantic_core.ValidationError: 1 validation error for Settings
+        build_recipe
+          Value error, unknown field 'epochs' (ClassifyRecipe fields: alpha, attention_weight, ...
+        """
+        from distill.classify.recipe import ClassifyRecipe
+        from distill.generate.recipe import GenerateRecipe
+
+        recipe = ClassifyRecipe if info.field_name == "build_recipe" else GenerateRecipe
+        known = sorted(f.name for f in dataclasses.fields(recipe))
+        unknown = sorted(set(value) - set(known))
+        if unknown:
+            raise ValueError(f"unknown field {unknown[0]!r} ({recipe.__name__} fields: {', '.join(known)})")
         return value
 
     @model_validator(mode="after")

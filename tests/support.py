@@ -24,8 +24,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from deploy.local.processes import free_port
 from deploy.local.replicas import start_replica, wait_ready
-from distill.classify.build import ClassifyRecipe
 from distill.classify.io import base_encoder_dir
+from distill.classify.recipe import ClassifyRecipe
 from distill.generate.build import TINY_GENERATE_RECIPE, ensure_default_generate_models
 from distill.generate.targets import TargetSet
 from distill.generate.topk import topk_targets

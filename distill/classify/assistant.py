@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from distill.registry import Manifest, Registry, RegistryError, TaskKind
 
 if TYPE_CHECKING:
-    from distill.classify.build import ClassifyRecipe
+    from distill.classify.recipe import ClassifyRecipe
 
 MAX_LAYERS = 6  # the teacher's depth: an assistant is cut from its first layers
 

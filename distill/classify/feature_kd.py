@@ -29,7 +29,6 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
 
 from distill.classify.model import EncoderClassifier
 
-LOSS_TERMS = ("logits", "hidden", "attention")
 KD_ATTENTION = "kdgate_kd_eager"  # the attention implementation a student trains with under attention KD
 _EPS = 1e-12  # floor of a probability under a log: masked keys have probability 0 on both sides
 

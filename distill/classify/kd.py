@@ -20,7 +20,7 @@ from distill.losses import kd_loss
 from distill.trainer import LossFn, train
 
 if TYPE_CHECKING:
-    from distill.classify.build import ClassifyRecipe
+    from distill.classify.recipe import ClassifyRecipe
 
 
 def needs_teacher_model(recipe: ClassifyRecipe) -> bool:

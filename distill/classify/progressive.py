@@ -14,7 +14,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from distill.classify.assistant import progressive_problem
-from distill.classify.build import ClassifyRecipe, Log, build_student
+from distill.classify.build import Log, build_student
+from distill.classify.recipe import ClassifyRecipe
 from distill.gate import GateConfig
 from distill.registry import Manifest, Registry
 

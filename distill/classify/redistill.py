@@ -24,10 +24,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from distill.classify.build import ClassifyRecipe, load_split, teacher_labelled, teacher_soft_labels
+from distill.classify.build import load_split, teacher_labelled, teacher_soft_labels
 from distill.classify.evaluate import accuracy, compare_to_teacher
 from distill.classify.io import load_classifier
 from distill.classify.model import EncoderClassifier
+from distill.classify.recipe import ClassifyRecipe
 from distill.classify.runner import load_runner
 from distill.classify.student_export import ExportedStudent, export_student, student_manifest
 from distill.classify.tokenize import BatchTokenizer

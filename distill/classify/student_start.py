@@ -15,7 +15,7 @@ from distill.classify.tokenize import BatchTokenizer
 from distill.registry import Manifest, Registry
 
 if TYPE_CHECKING:
-    from distill.classify.build import ClassifyRecipe
+    from distill.classify.recipe import ClassifyRecipe
 
 
 def with_student_start(registry: Registry, teacher: Manifest, recipe: ClassifyRecipe) -> ClassifyRecipe:

@@ -31,11 +31,7 @@ import numpy as np
 import torch
 
 from distill.gate import Figures, GateConfig
-from distill.generate.build import (
-    TOKENIZER_FILES,
-    GenerateRecipe,
-    load_targets,
-)
+from distill.generate.build import TOKENIZER_FILES, load_targets
 from distill.generate.kd import (
     bf16_is_native,
     degenerate_rate,
@@ -45,6 +41,7 @@ from distill.generate.kd import (
     load_student_lm,
     train_kd,
 )
+from distill.generate.recipe import GenerateRecipe
 from distill.generate.targets import TargetSet, corrupted, subset
 from distill.registry import Manifest, Role
 from distill.runs import Passed, RunContext, redistill_run

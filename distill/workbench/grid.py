@@ -25,13 +25,14 @@ import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from distill.classify.recipe import LOSS_TERMS
+
 DEFAULT_TEMPERATURES = (1.0, 2.0, 4.0, 8.0, 16.0)
 DEFAULT_LAYERS = (1, 2, 3)
 DEFAULT_ALPHAS = (0.5, 0.9)
 MAX_LAYERS = 6  # the MiniLM teacher's depth: a cut student has at most as many layers
 MIN_WIDTH, HEAD_SIZE = 32, 32  # a built student's hidden size is a multiple of its head size
 LOGITS_ONLY = ("logits",)
-LOSS_TERMS = ("logits", "hidden", "attention")  # as `ClassifyRecipe.losses` knows them, in this order
 
 
 class GridError(ValueError):

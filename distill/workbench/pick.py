@@ -14,7 +14,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from distill.classify.build import ClassifyRecipe, build_student
+from distill.classify.build import build_student
+from distill.classify.recipe import ClassifyRecipe
 from distill.gate import GateConfig, Refused
 from distill.registry import Manifest, Registry
 from distill.workbench.grid import LOGITS_ONLY, Point

@@ -33,7 +33,7 @@ from distill.losses import kd_loss
 from distill.trainer import LossFn
 
 if TYPE_CHECKING:
-    from distill.classify.build import ClassifyRecipe
+    from distill.classify.recipe import ClassifyRecipe
 
 CALIBRATION_BATCHES = 8  # of the recipe's batch size: 256 texts at 32, a few seconds on 2 cores
 

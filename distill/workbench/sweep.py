@@ -34,8 +34,9 @@ from typing import Any
 
 import torch
 
-from distill.classify.build import ClassifyRecipe, load_split, teacher_labelled, teacher_soft_labels
+from distill.classify.build import load_split, teacher_labelled, teacher_soft_labels
 from distill.classify.evaluate import accuracy, compare_to_teacher
+from distill.classify.recipe import ClassifyRecipe
 from distill.classify.runner import load_runner
 from distill.classify.tokenize import BatchTokenizer
 from distill.corpora import Split

@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from distill.classify.build import ClassifyRecipe
 from distill.classify.evaluate import accuracy, compare_to_teacher
 from distill.classify.export import export_onnx, onnx_logits, quantize_int8
 from distill.classify.kd import distil, needs_teacher_model
+from distill.classify.recipe import ClassifyRecipe
 from distill.classify.student_start import feature_teacher, student_init
 from distill.corpora import LabelledTexts, Split
 from distill.registry import Manifest, Registry

@@ -23,7 +23,7 @@ from gateway.cli.sweep import sweep_app
 from gateway.cli.watch import watch
 
 if TYPE_CHECKING:
-    from distill.classify.build import ClassifyRecipe
+    from distill.classify.recipe import ClassifyRecipe
 
 distill_app = typer.Typer(
     help="Distil students: a new version from the teacher or the shadow log, continually (watch), or a "
@@ -200,7 +200,7 @@ def distill(
         return
     if prompts is not None:
         raise typer.BadParameter("a classify task distils on --data", param_hint="--prompts")
-    from distill.classify.build import ClassifyRecipe
+    from distill.classify.recipe import ClassifyRecipe
 
     base = ClassifyRecipe(
         dataset=dataset,
@@ -334,8 +334,9 @@ def _distill_generate(
     task converts its GGUF teacher on first use) for `budget` minutes on `prompts` (default: the seed
     prompts), warm-started from `parent`."""
     from distill.datafile import DataFileError, file_sha256
-    from distill.generate.build import GenerateRecipe, build_generate_student
+    from distill.generate.build import build_generate_student
     from distill.generate.prompts_file import read_prompts
+    from distill.generate.recipe import GenerateRecipe
     from distill.generate.teacher import ensure_generate_teacher
     from distill.registry import Registry, RegistryError, Role
 

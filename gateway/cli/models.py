@@ -156,14 +156,14 @@ def models_build(
     from dataclasses import replace
 
     from distill.build_status import status_path
-    from distill.classify.build import ClassifyRecipe
+    from distill.classify.recipe import ClassifyRecipe
     from distill.default_models import build_missing, default_steps
     from distill.registry import Registry
 
     classify = replace(ClassifyRecipe(dataset=dataset), **json.loads(recipe or "{}"))
     lm = None
     if generate:
-        from distill.generate.build import GenerateRecipe
+        from distill.generate.recipe import GenerateRecipe
 
         lm = replace(GenerateRecipe(), **json.loads(generate_recipe or "{}"))
     steps = default_steps(classify, lm)

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from gateway.cli.common import DEFAULT_STATE, StateDir, offline
+from gateway.cli.common import DEFAULT_STATE, StateDir, console, offline
 
 
 def serve(
@@ -44,12 +44,19 @@ def serve(
     the state dir: one rollout controller, one shadow teacher, the judge reading them all."""
     offline()
     import uvicorn
+    from pydantic import ValidationError
 
     from gateway.app import create_app
     from gateway.settings import load_settings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = load_settings(config, state_dir=state_dir, host=host, port=port, workers=workers)
+    try:
+        settings = load_settings(config, state_dir=state_dir, host=host, port=port, workers=workers)
+    except ValidationError as exc:  # one line per bad setting, named as KDGATE_* and the YAML key say it
+        for error in exc.errors():
+            name = ".".join(str(part) for part in error["loc"]) or "settings"
+            console.print(f"[red]setting {name}: {error['msg']}[/red]", soft_wrap=True)
+        raise typer.Exit(2) from None
     if not build:
         settings = settings.model_copy(update={"build_missing_models": False})
     if settings.workers > 1:

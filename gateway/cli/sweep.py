@@ -130,7 +130,7 @@ def sweep(
     gate_config = _one_line(overridden, GateConfig(), gate, "--gate")
     if _one_line(task_kind, task, state_dir, registry_url) != "classify":
         refuse("--task", f"{task!r} is not a classify task: sweeps distil classifiers")
-    from distill.classify.build import ClassifyRecipe
+    from distill.classify.recipe import ClassifyRecipe
 
     recipe = ClassifyRecipe(dataset=dataset, seed=seed, student_examples=None)
     if data is not None:

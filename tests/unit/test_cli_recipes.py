@@ -3,14 +3,17 @@ either becomes the recipe they meant or is refused naming the field, before any 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import typer
 
-from distill.classify.build import ClassifyRecipe
+from distill.classify.recipe import ClassifyRecipe
 from distill.gate import GateConfig
-from distill.generate.build import GenerateRecipe
+from distill.generate.recipe import GenerateRecipe
 from gateway.cli.recipes import overridden
 from gateway.cli.sweep import _grid
+from tests.support import kdgate_in_process
 
 
 def test_fields_are_replaced_and_a_json_list_becomes_the_tuple_field() -> None:
@@ -41,3 +44,20 @@ def test_kd_losses_are_a_recipe_field_and_a_sweep_axis() -> None:
     with pytest.raises(typer.Exit) as refused:
         _grid("2", "0.9", "1", None, "logits,feelings")
     assert refused.value.exit_code == 2
+
+
+def test_serve_refuses_bad_settings_one_line_each_before_it_starts(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # The build child would only fail later on a recipe field it does not know: refused at start.
+    monkeypatch.setenv("KDGATE_BUILD_RECIPE", '{"teacher_epochs": 2, "epochz": 2}')
+    monkeypatch.setenv("KDGATE_BUILD_GENERATE_RECIPE", '{"max_steps": 4}')
+    monkeypatch.setenv("KDGATE_MAX_BATCH_SIZE", "0")
+    done = kdgate_in_process("serve", "--state-dir", str(tmp_path / "state"), "--port", "0", "--no-build")
+    assert done.returncode == 2, done.stdout + done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 2 and "Traceback" not in done.stdout + done.stderr
+    assert lines[0].startswith("setting build_recipe: ") and "unknown field 'epochz'" in lines[0]
+    assert "ClassifyRecipe fields: alpha," in lines[0]
+    assert lines[1].startswith("setting max_batch_size: ")
+    assert not (tmp_path / "state").exists()  # nothing written before the refusal

@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 
 from distill.build_status import StepState, StepStatus, read_status
-from distill.classify.build import ClassifyRecipe
+from distill.classify.recipe import ClassifyRecipe
 from distill.default_models import BuildStep, build_missing, default_steps, missing
-from distill.generate.build import GenerateRecipe
+from distill.generate.recipe import GenerateRecipe
 from distill.progress import ProgressBar
 from distill.registry import Manifest, Registry, Role
 

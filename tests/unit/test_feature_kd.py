@@ -11,9 +11,7 @@ import pytest
 import torch
 from transformers import BertConfig
 
-from distill.classify.build import ClassifyRecipe
 from distill.classify.feature_kd import (
-    LOSS_TERMS,
     FeatureDistiller,
     attention_loss,
     hidden_loss,
@@ -23,8 +21,8 @@ from distill.classify.feature_kd import (
 from distill.classify.io import base_tokenizer
 from distill.classify.kd import distil
 from distill.classify.model import EncoderClassifier, narrowed_copy, truncated_copy
+from distill.classify.recipe import ClassifyRecipe
 from distill.classify.tokenize import BatchTokenizer
-from distill.workbench import grid
 
 IDS = torch.tensor([[1, 5, 7, 2], [1, 5, 0, 0]])  # (B, T): the second text is padded
 MASK = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
@@ -132,8 +130,7 @@ def test_with_every_extra_weight_zero_the_kd_step_is_logits_only_kd() -> None:
     torch.testing.assert_close(runs[0][1], runs[1][1], rtol=0, atol=0)
 
 
-def test_the_grid_and_the_recipe_know_the_same_loss_terms() -> None:
-    assert grid.LOSS_TERMS == LOSS_TERMS
+def test_the_recipe_refuses_loss_sets_without_logits_or_with_unknown_terms() -> None:
     with pytest.raises(ValueError, match="losses"):
         ClassifyRecipe(losses=("hidden",)).validated()
     with pytest.raises(ValueError, match="losses"):

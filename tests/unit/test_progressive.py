@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from distill.classify.assistant import via_layers_problem, via_problem
-from distill.classify.build import ClassifyRecipe
+from distill.classify.recipe import ClassifyRecipe
 from distill.registry import Manifest, Role
 from distill.workbench.sweep import SweepSpec
 from gateway.cli import app

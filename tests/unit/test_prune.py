@@ -15,9 +15,9 @@ import typer
 from transformers import BertConfig
 from typer.testing import CliRunner
 
-from distill.classify.build import ClassifyRecipe
 from distill.classify.io import base_tokenizer, load_classifier, save_classifier
 from distill.classify.model import EncoderClassifier, layer_widths
+from distill.classify.recipe import ClassifyRecipe
 from distill.classify.tokenize import BatchTokenizer
 from distill.workbench.grid import GridError, grid
 from distill.workbench.prune import PrunePlan, apply, importance, kept, plan
