@@ -21,30 +21,43 @@ def free_port() -> int:
 
 
 @contextmanager
-def gateway(state_dir: Path, **settings: object) -> Iterator[str]:
-    """Yields the base URL of a ready gateway; settings become KDGATE_* environment variables."""
+def gateway(
+    state_dir: Path, poll_s: float = 0.2, tree: Path | None = None, **settings: object
+) -> Iterator[str]:
+    """Yields the base URL of a ready gateway; settings become KDGATE_* environment variables. `tree`:
+    the kdgate of another source tree (a git worktree of an older commit), for A/B runs."""
     port = free_port()
     env = {f"KDGATE_{k.upper()}": "none" if v is None else str(v) for k, v in settings.items()}
-    kdgate = Path(sys.executable).with_name("kdgate")
-    cmd = [str(kdgate), "serve", "--state-dir", str(state_dir), "--port", str(port), "--no-build"]
-    with _serving(cmd, env, f"http://127.0.0.1:{port}", "/readyz") as url:
+    kdgate = [str(Path(sys.executable).with_name("kdgate"))]
+    if tree is not None:
+        kdgate = [sys.executable, "-c", "from gateway.cli import app; app()"]
+        env["PYTHONPATH"] = str(tree)
+    cmd = [*kdgate, "serve", "--state-dir", str(state_dir), "--port", str(port), "--no-build"]
+    with _serving(cmd, env, f"http://127.0.0.1:{port}", "/readyz", poll_s, tree) as url:
         yield url
 
 
 @contextmanager
-def control(module: str, state_dir: Path, ref: str) -> Iterator[str]:
+def control(module: str, state_dir: Path, ref: str, poll_s: float = 0.2) -> Iterator[str]:
     """Yields the base URL of a benchmark control server serving `ref`: `loadtests.plain_wrapper` (the
     plainest FastAPI wrapper) or `loadtests.raw_wrapper` (no framework at all)."""
     port = free_port()
     cmd = [sys.executable, "-m", module, "--state-dir", str(state_dir), "--ref", ref, "--port", str(port)]
-    with _serving(cmd, {}, f"http://127.0.0.1:{port}", "/healthz") as url:
+    with _serving(cmd, {}, f"http://127.0.0.1:{port}", "/healthz", poll_s) as url:
         yield url
 
 
 @contextmanager
-def _serving(cmd: list[str], env: dict[str, str], url: str, ready_path: str) -> Iterator[str]:
+def _serving(
+    cmd: list[str],
+    env: dict[str, str],
+    url: str,
+    ready_path: str,
+    poll_s: float = 0.2,
+    cwd: Path | None = None,
+) -> Iterator[str]:
     base = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_WAIT_POLICY": "PASSIVE"}
-    root = Path(__file__).resolve().parents[1]
+    root = cwd or Path(__file__).resolve().parents[1]
     proc = subprocess.Popen(
         cmd, env={**base, **env}, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -60,7 +73,7 @@ def _serving(cmd: list[str], env: dict[str, str], url: str, ready_path: str) -> 
                 pass
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{url} did not become ready")
-            time.sleep(0.2)
+            time.sleep(poll_s)
         yield url
     finally:
         proc.terminate()

@@ -16,7 +16,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from distill.classify.build import ClassifyRecipe, build_student, build_teacher
+from distill.classify.build import build_student, build_teacher
+from distill.classify.recipe import ClassifyRecipe
 from distill.registry import Registry
 
 

@@ -29,10 +29,11 @@ import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from distill.classify.build import ClassifyRecipe, build_student
+from distill.classify.build import build_student
 from distill.classify.evaluate import accuracy, compare_to_teacher
 from distill.classify.importer import import_classifier
 from distill.classify.io import base_encoder_dir
+from distill.classify.recipe import ClassifyRecipe
 from distill.classify.runner import load_runner
 from distill.corpora import LabelledTexts, load_bbc
 from distill.datafile import file_sha256

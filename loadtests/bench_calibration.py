@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from distill.classify.build import ClassifyRecipe, ensure_default_classify_models, load_split
+from distill.classify.build import ensure_default_classify_models, load_split
 from distill.classify.evaluate import softmax
+from distill.classify.recipe import ClassifyRecipe
 from distill.classify.runner import load_runner
 from distill.registry import Manifest, Registry
 from distill.workbench.calibrate import expected_calibration_error

@@ -31,7 +31,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-from distill.classify.build import STUDENT_NAME, ClassifyRecipe, load_split
+from distill.classify.build import STUDENT_NAME, load_split
+from distill.classify.recipe import ClassifyRecipe
 from distill.faults import register_fault_model
 from distill.registry import FaultSpec, Registry
 from loadtests._server import admin_headers, gateway, scratch_copy

@@ -33,7 +33,8 @@ from urllib.parse import urlsplit
 import httpx
 import numpy as np
 
-from distill.classify.build import TEACHER_NAME, ClassifyRecipe, load_split
+from distill.classify.build import TEACHER_NAME, load_split
+from distill.classify.recipe import ClassifyRecipe
 from distill.classify.runner import Runner, load_runner
 from distill.registry import Registry
 from loadtests._server import control, gateway

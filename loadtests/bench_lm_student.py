@@ -23,7 +23,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from distill.generate.build import GenerateRecipe, build_generate_student
+from distill.generate.build import build_generate_student
+from distill.generate.recipe import GenerateRecipe
 from distill.registry import Registry
 
 KEPT = (

@@ -23,10 +23,11 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import numpy as np
 import torch
 
-from distill.classify.build import ONNX_FP32, STUDENT_NAME, TEACHER_NAME, ClassifyRecipe, load_split
+from distill.classify.build import ONNX_FP32, STUDENT_NAME, TEACHER_NAME, load_split
 from distill.classify.evaluate import accuracy, compare_to_teacher
 from distill.classify.io import load_classifier
 from distill.classify.model import truncated_copy
+from distill.classify.recipe import ClassifyRecipe
 from distill.classify.runner import OnnxClassifierRunner, Runner, TorchClassifierRunner, load_runner
 from distill.classify.tokenize import BatchTokenizer
 from distill.registry import Registry

@@ -32,7 +32,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-from distill.classify.build import STUDENT_NAME, TEACHER_NAME, ClassifyRecipe, load_split
+from distill.classify.build import STUDENT_NAME, TEACHER_NAME, load_split
+from distill.classify.recipe import ClassifyRecipe
 from distill.classify.runner import load_runner
 from distill.corpora import bbc_paragraphs
 from distill.registry import Registry

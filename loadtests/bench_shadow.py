@@ -29,7 +29,8 @@ import httpx
 import numpy as np
 import pyarrow.parquet as pq
 
-from distill.classify.build import STUDENT_NAME, TEACHER_NAME, ClassifyRecipe, load_split
+from distill.classify.build import STUDENT_NAME, TEACHER_NAME, load_split
+from distill.classify.recipe import ClassifyRecipe
 from distill.registry import Registry
 from loadtests._server import admin_headers, gateway, scratch_copy
 from loadtests.bench_gateway import lean_load, load, summary

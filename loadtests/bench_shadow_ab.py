@@ -34,7 +34,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from distill.classify.build import STUDENT_NAME, ClassifyRecipe, load_split
+from distill.classify.build import STUDENT_NAME, load_split
+from distill.classify.recipe import ClassifyRecipe
 from distill.registry import Registry
 from distill.shadowlog.segments import list_segments, segment_name, task_dir
 from distill.shadowlog.writer import ShadowLogWriter

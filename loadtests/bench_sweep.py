@@ -27,7 +27,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from distill.classify.build import ClassifyRecipe, ensure_default_classify_models
+from distill.classify.build import ensure_default_classify_models
+from distill.classify.recipe import ClassifyRecipe
 from distill.registry import Registry
 from distill.workbench.grid import Point, grid
 from distill.workbench.pareto import frontier

@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from distill.classify.build import ClassifyRecipe, load_split
+from distill.classify.build import load_split
+from distill.classify.recipe import ClassifyRecipe
 from loadtests._server import gateway
 from loadtests.bench_gateway import LeanClient, server_timing
 

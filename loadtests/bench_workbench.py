@@ -4,6 +4,7 @@
     .venv/bin/python -m loadtests.bench_workbench prune --state-dir /tmp/kdgate-prune --examples 20000 --full
     .venv/bin/python -m loadtests.bench_workbench via --state-dir /tmp/kdgate-via --examples 800 --eval 300
     .venv/bin/python -m loadtests.bench_workbench via --state-dir /tmp/kdgate-via --layers 2 1 --via-layers 4
+    .venv/bin/python -m loadtests.bench_workbench sweep --full     # the default 30-point sweep + a pick
 
 Both parts start from one teacher and one reference student (`ensure_default_classify_models`, with the
 teacher fine-tuned on `--examples` texts), and time each model's ONNX file (a prune point's INT8
@@ -32,6 +33,13 @@ same texts with the same recipe, and its training, plus labelling those texts wi
 progressive student's seconds), is the progressive path's extra cost, reported beside it. The teacher's
 labels of the texts are computed once (for the reference student) and shared by every build.
 
+Part `sweep`: the product's default sweep (`kdgate distill sweep`: T 1,2,4,8,16 × layers 1,2,3 ×
+α 0.5,0.9 on 10% of the training texts) against the default student, timed end to end; its frontier;
+the mean agreement per value of each knob (which knob moved agreement most, and by how much); then the
+pick "agreement max where p50_ms <= <the default student's p50, as the sweep measured it>", trained on
+the full data and gated as `--pick` does, beside the default student. With `--full` the default teacher
+and student are the product's default build (the first start's), or the ones already in `--state-dir`.
+
 Without `--full` the teacher and every student train on `--examples` texts (default 1600) and are
 tested on `--eval` (default 500): minutes on 2 cores, for the comparison, not for the absolute figures
 of the product's default build. Writes loadtests/results/bench_workbench_<part>_<examples>.json.
@@ -52,12 +60,18 @@ from typing import Any
 import torch
 
 from distill.classify.assistant import via_layers_problem
-from distill.classify.build import ClassifyRecipe, build_student, ensure_default_classify_models, load_split
+from distill.classify.build import build_student, ensure_default_classify_models, load_split
 from distill.classify.progressive import build_progressive
+from distill.classify.recipe import ClassifyRecipe
+from distill.gate import GateConfig, Refused
 from distill.registry import Manifest, Registry
-from distill.workbench.grid import Point
+from distill.workbench.grid import Point, grid
 from distill.workbench.latency import Session, measure
+from distill.workbench.pareto import frontier_ids
+from distill.workbench.pick import pick
 from distill.workbench.points import POINTS_FILE, read_points, read_spec
+from distill.workbench.report import write_report
+from distill.workbench.rule import parse_rule
 from distill.workbench.sweep import LATENCY_TEXTS, SweepSpec, onnx_file, run_sweep, session_of
 from distill.workbench.trial import MB, Baseline, latency_figures
 
@@ -120,10 +134,7 @@ def prune_bench(args: argparse.Namespace) -> dict[str, Any]:
 
 def via_bench(args: argparse.Namespace) -> dict[str, Any]:
     registry, recipe, teacher, reference = base_models(args)
-    texts = load_split(recipe, teacher.labels).test.texts[:LATENCY_TEXTS]
-    control = session_of(registry, reference)
-    alone = measure(control, texts)
-    beside = (control, Baseline(alone.p50_ms, alone.p99_ms))
+    texts, beside = _control(registry, recipe, teacher, reference)
     started = time.monotonic()
     direct = {n: build_student(registry, replace(recipe, student_layers=n), teacher.ref) for n in args.layers}
     first, *others = args.layers
@@ -157,7 +168,7 @@ def via_bench(args: argparse.Namespace) -> dict[str, Any]:
         "train_wall_seconds": round(trained, 1),
         "teacher": teacher.ref,
         "reference_student": reference.ref,
-        "reference_alone": {"p50_ms": round(alone.p50_ms, 3), "p99_ms": round(alone.p99_ms, 3)},
+        "reference_alone": {"p50_ms": round(beside[1].p50_ms, 3), "p99_ms": round(beside[1].p99_ms, 3)},
         "latency_texts": len(texts),
         "recipe": {
             "examples": args.examples,
@@ -172,6 +183,73 @@ def via_bench(args: argparse.Namespace) -> dict[str, Any]:
         "models": rows,
         "comparisons": comparisons,
     }
+
+
+def sweep_bench(args: argparse.Namespace) -> dict[str, Any]:
+    if args.full:  # the product's default build: its teacher and `classify-student@1`
+        registry = Registry(args.state_dir)
+        teacher, student = ensure_default_classify_models(registry, ClassifyRecipe())
+    else:
+        registry, _, teacher, student = base_models(args)
+    # The CLI's own recipe for a sweep: each point on `fraction` of the whole training split.
+    cap = {} if args.full else {"eval_examples": args.eval}
+    recipe = ClassifyRecipe(student_examples=None, **cap)
+    spec = SweepSpec(teacher.task, teacher.ref, recipe, tuple(grid()), fraction=args.fraction)
+    started = time.monotonic()
+    folder = run_sweep(registry, spec, on_point=lambda r, done, n: print(f"{done}/{n} {r['id']}", flush=True))
+    wall = time.monotonic() - started
+    report, plot = write_report(folder)
+    points = read_points(folder / POINTS_FILE)
+    references = read_spec(folder)["references"]
+    best_ids = frontier_ids(points, "agreement")
+    knobs = {knob: _means_by(points, knob) for knob in ("temperature", "alpha", "layers")}
+    spread = {knob: round(max(m.values()) - min(m.values()), 4) for knob, m in knobs.items()}
+    rule = parse_rule(f"agreement max where p50_ms <= {references['student']['p50_ms']}")
+    texts, beside = _control(registry, recipe, teacher, student)
+    models = {"teacher": _figures(registry, teacher, beside, texts)}
+    models["default"] = _figures(registry, student, beside, texts)
+    try:
+        picked = pick(registry, folder, rule, _log, GateConfig())
+        models["picked"] = _figures(registry, picked, beside, texts)
+        outcome: dict[str, Any] = {"registered": picked.ref, "gate": picked.metrics["gate"]}
+    except Refused as refused:  # the figures of the refused student are in the gate's result
+        outcome = {"registered": None, "gate": refused.result.to_dict()}
+    return {
+        "machine": _machine(),
+        "sweep": folder.name,
+        "report": str(report),
+        "pareto_png": str(plot),
+        "wall_seconds": round(wall, 1),
+        "points": len(points),
+        "train_examples": read_spec(folder)["train_examples"],
+        "references": references,
+        "frontier": [{k: p.get(k) for k in ("id", *FIELDS) if k in p} for p in points if p["id"] in best_ids],
+        "best_agreement": max(points, key=lambda p: p["agreement"])["id"],
+        "mean_agreement_by_knob": knobs,
+        "knob_spread": spread,
+        "pick": {"rule": str(rule), **outcome},
+        "models": models,  # the builds' own test split; p50/p99 timed beside the default student
+    }
+
+
+def _means_by(points: list[dict[str, Any]], knob: str) -> dict[str, float]:
+    values = sorted({p[knob] for p in points})
+    return {
+        str(v): round(
+            sum(p["agreement"] for p in points if p[knob] == v) / sum(p[knob] == v for p in points), 4
+        )
+        for v in values
+    }
+
+
+def _control(
+    registry: Registry, recipe: ClassifyRecipe, teacher: Manifest, reference: Manifest
+) -> tuple[list[str], tuple[Session, Baseline]]:
+    """Test texts to time on, and the reference student as the control every model is timed beside."""
+    texts = load_split(recipe, teacher.labels).test.texts[:LATENCY_TEXTS]
+    control = session_of(registry, reference)
+    alone = measure(control, texts)
+    return texts, (control, Baseline(alone.p50_ms, alone.p99_ms))
 
 
 def _figures(
@@ -254,15 +332,17 @@ def main() -> None:
     via = parts.add_parser("via", parents=[shared], help="direct KD against KD via an assistant")
     via.add_argument("--layers", type=int, nargs="+", default=[2], help="student depths, each both ways")
     via.add_argument("--via-layers", type=int, default=4, help="the assistant's depth")
+    sweep = parts.add_parser("sweep", parents=[shared], help="the default sweep, its frontier and a pick")
+    sweep.add_argument("--fraction", type=float, default=0.1, help="share of the training texts per point")
     args = parser.parse_args()
     args.state_dir = args.state_dir or Path(f"/tmp/kdgate-{args.part}")
     # Refused before the teacher trains: every student depth must sit below the assistant's.
     problem = via_layers_problem(args.via_layers, max(args.layers)) if args.part == "via" else None
     if problem is not None:
         parser.error(problem)
-    result = prune_bench(args) if args.part == "prune" else via_bench(args)
+    result = {"prune": prune_bench, "via": via_bench, "sweep": sweep_bench}[args.part](args)
     print(json.dumps(result, indent=2))
-    if args.part == "via":
+    if args.part in ("via", "sweep"):
         print(_table(result))
     RESULTS.mkdir(exist_ok=True)
     name = f"bench_workbench_{args.part}_{args.examples}{'_full' if args.full else ''}.json"

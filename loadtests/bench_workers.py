@@ -28,7 +28,8 @@ from typing import Any
 
 import httpx
 
-from distill.classify.build import ClassifyRecipe, load_split
+from distill.classify.build import load_split
+from distill.classify.recipe import ClassifyRecipe
 from loadtests._server import admin_headers, control, gateway, scratch_copy
 from loadtests.bench_gateway import lean_load
 
