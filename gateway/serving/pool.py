@@ -14,9 +14,8 @@ from gateway.serving.batcher import MicroBatcher
 from gateway.serving.metrics import GatewayMetrics
 from gateway.settings import Settings
 
-if (
-    TYPE_CHECKING
-):  # torch and the LM code load with the first LM: a gateway of ONNX classifiers starts in ~1 s
+# torch and the LM code load with the first LM: a gateway of ONNX classifiers starts in about a second
+if TYPE_CHECKING:
     from distill.generate.faults import FaultyLM
     from distill.generate.runner import CausalLM
     from gateway.serving.engine import GenerationEngine
