@@ -195,12 +195,20 @@ def sweep_bench(args: argparse.Namespace) -> dict[str, Any]:
     cap = {} if args.full else {"eval_examples": args.eval}
     recipe = ClassifyRecipe(student_examples=None, **cap)
     spec = SweepSpec(teacher.task, teacher.ref, recipe, tuple(grid()), fraction=args.fraction)
+    trained: list[str] = []  # in this run: a resumed sweep times only the points it had left
     started = time.monotonic()
-    folder = run_sweep(registry, spec, on_point=lambda r, done, n: print(f"{done}/{n} {r['id']}", flush=True))
+
+    def on_point(record: dict[str, Any], done: int, total: int) -> None:
+        trained.append(record["id"])
+        print(f"{done}/{total} {record['id']}", flush=True)
+
+    folder = run_sweep(registry, spec, on_point=on_point)
     wall = time.monotonic() - started
     report, plot = write_report(folder)
     points = read_points(folder / POINTS_FILE)
     references = read_spec(folder)["references"]
+    # The student the sweep was measured against when it began (a rerun's latest may be an earlier pick)
+    student = registry.get(references["student"]["ref"])
     best_ids = frontier_ids(points, "agreement")
     knobs = {knob: _means_by(points, knob) for knob in ("temperature", "alpha", "layers")}
     spread = {knob: round(max(m.values()) - min(m.values()), 4) for knob, m in knobs.items()}
@@ -221,6 +229,7 @@ def sweep_bench(args: argparse.Namespace) -> dict[str, Any]:
         "pareto_png": str(plot),
         "wall_seconds": round(wall, 1),
         "points": len(points),
+        "points_trained_in_wall_seconds": len(trained),
         "train_examples": read_spec(folder)["train_examples"],
         "references": references,
         "frontier": [{k: p.get(k) for k in ("id", *FIELDS) if k in p} for p in points if p["id"] in best_ids],
@@ -345,7 +354,8 @@ def main() -> None:
     if args.part in ("via", "sweep"):
         print(_table(result))
     RESULTS.mkdir(exist_ok=True)
-    name = f"bench_workbench_{args.part}_{args.examples}{'_full' if args.full else ''}.json"
+    size = "full" if args.part == "sweep" and args.full else f"{args.examples}{'_full' if args.full else ''}"
+    name = f"bench_workbench_{args.part}_{size}.json"
     (RESULTS / name).write_text(json.dumps(result, indent=2) + "\n")
 
 

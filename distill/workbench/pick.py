@@ -1,6 +1,6 @@
 """`--pick RULE`: the point of a finished sweep that the rule chooses, trained on the recipe's full
-training data (not the sweep's slice) by the usual student build, through the gate, into the registry,
-with the sweep's id, the point and the rule in its lineage.
+training data (not the sweep's slice) by the usual student build, exported INT8 as the sweep measured
+it, through the gate, into the registry, with the sweep's id, the point and the rule in its lineage.
 
 The outcome, registered or refused, is kept in the sweep's folder as `pick.json`.
 
@@ -10,7 +10,7 @@ The outcome, registered or refused, is kept in the sweep's folder as `pick.json`
 from __future__ import annotations
 
 import time
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,12 @@ def pick(
     losses = tuple(chosen.get("losses") or LOGITS_ONLY)  # absent from points recorded before the axis
     prune = float(chosen.get("prune") or 0.0)  # absent from points recorded before the axis
     point = Point(chosen["temperature"], chosen["alpha"], chosen["layers"], chosen["width"], losses, prune)
-    recipe = point_recipe(base_recipe(spec["recipe"]), point, spec["labelled"])
+    # Served as the sweep measured it, INT8: the rule chose the point by its INT8 export's latency and
+    # size. The build's own INT8 guard (fall back to FP32 past a 0.005 accuracy drop) would register a
+    # student twice as slow as the rule allowed; the gate still judges the INT8 student's figures.
+    recipe = replace(
+        point_recipe(base_recipe(spec["recipe"]), point, spec["labelled"]), int8_max_accuracy_drop=1.0
+    )
     lineage = {"id": spec["id"], "point": point.id, "rule": str(rule), "figures": chosen}
     log(f"picked {point.id} by '{rule}': training it on the full data")
     outcome: dict[str, Any] = {"at": time.time(), "rule": str(rule), "point": point.id}

@@ -88,7 +88,8 @@ def sweep(
     pick: Annotated[
         str | None,
         typer.Option(
-            help="Then train the point this rule picks on the full data, gate and register it, e.g. "
+            help="Then train the point this rule picks on the full data, gate and register it (INT8, as "
+            "the sweep measured it), e.g. "
             "'agreement max where p50_ms <= 1.0': METRIC max|min, then optionally 'where METRIC OP NUMBER', "
             "more limits joined by 'and'."
         ),

@@ -120,4 +120,5 @@ def test_a_sweep_resumes_after_kill_reports_its_frontier_and_picks_a_gated_stude
     assert student.lineage.sweep["id"] == folder.name and student.lineage.sweep["point"] == expected
     assert student.lineage.recipe["student_layers"] == 1 and student.lineage.data["sizes"]["train"] == 320
     assert student.metrics["gate"]["passed"] is True
+    assert student.metrics["quantized"] == "int8"  # served as the sweep measured it
     assert json.loads((folder / "pick.json").read_text())["registered"] == "classify-student@2"
