@@ -5,6 +5,7 @@
     .venv/bin/python -m loadtests.bench_workbench via --state-dir /tmp/kdgate-via --examples 800 --eval 300
     .venv/bin/python -m loadtests.bench_workbench via --state-dir /tmp/kdgate-via --layers 2 1 --via-layers 4
     .venv/bin/python -m loadtests.bench_workbench sweep --full     # the default 30-point sweep + a pick
+    .venv/bin/python -m loadtests.bench_workbench knobs --full     # after `sweep`: what made the pick better
 
 Both parts start from one teacher and one reference student (`ensure_default_classify_models`, with the
 teacher fine-tuned on `--examples` texts), and time each model's ONNX file (a prune point's INT8
@@ -40,6 +41,12 @@ pick "agreement max where p50_ms <= <the default student's p50, as the sweep mea
 the full data and gated as `--pick` does, beside the default student. With `--full` the default teacher
 and student are the product's default build (the first start's), or the ones already in `--state-dir`.
 
+Part `knobs` (after `sweep`, on its state dir): the pick differs from the default student in two ways,
+its point's knobs (T, α, layers) and its training texts (a pick trains on the whole training split, the
+default recipe on `student_examples`). Two students of the default recipe change one each: the pick's
+knobs on the default's texts, and the default's knobs on the pick's texts. All four are served INT8 (as a
+pick is) and timed beside the default student.
+
 Without `--full` the teacher and every student train on `--examples` texts (default 1600) and are
 tested on `--eval` (default 500): minutes on 2 cores, for the comparison, not for the absolute figures
 of the product's default build. Writes loadtests/results/bench_workbench_<part>_<examples>.json.
@@ -68,8 +75,8 @@ from distill.registry import Manifest, Registry
 from distill.workbench.grid import Point, grid
 from distill.workbench.latency import Session, measure
 from distill.workbench.pareto import frontier_ids
-from distill.workbench.pick import pick
-from distill.workbench.points import POINTS_FILE, read_points, read_spec
+from distill.workbench.pick import PICK_FILE, base_recipe, pick
+from distill.workbench.points import POINTS_FILE, read_points, read_spec, sweeps_root
 from distill.workbench.report import write_report
 from distill.workbench.rule import parse_rule
 from distill.workbench.sweep import LATENCY_TEXTS, SweepSpec, onnx_file, run_sweep, session_of
@@ -241,6 +248,34 @@ def sweep_bench(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def knobs_bench(args: argparse.Namespace) -> dict[str, Any]:
+    registry = Registry(args.state_dir)
+    (folder,) = sweeps_root(args.state_dir).iterdir()
+    spec, outcome = read_spec(folder), json.loads((folder / PICK_FILE).read_text())
+    teacher, default = registry.get(spec["teacher"]), registry.get(spec["reference"])
+    picked = registry.get(outcome["registered"])
+    knobs = {k: picked.lineage.recipe[k] for k in ("temperature", "alpha", "student_layers")}
+    base = replace(base_recipe(default.lineage.recipe), int8_max_accuracy_drop=1.0)  # served INT8
+    texts_of_pick = picked.lineage.data["sizes"]["train"]
+    built = {
+        "pick_knobs_default_texts": build_student(registry, replace(base, **knobs), teacher.ref, _log),
+        "default_knobs_pick_texts": build_student(
+            registry, replace(base, student_examples=texts_of_pick), teacher.ref, _log
+        ),
+    }
+    texts, beside = _control(registry, base, teacher, default)
+    models = {"default": _figures(registry, default, beside, texts)}
+    models |= {name: _figures(registry, model, beside, texts) for name, model in built.items()}
+    models["picked"] = _figures(registry, picked, beside, texts)
+    return {
+        "machine": _machine(),
+        "sweep": folder.name,
+        "pick_knobs": knobs,
+        "default_knobs": {k: default.lineage.recipe[k] for k in knobs},
+        "models": models,  # the builds' own test split; p50/p99 timed beside the default student
+    }
+
+
 def _means_by(points: list[dict[str, Any]], knob: str) -> dict[str, float]:
     values = sorted({p[knob] for p in points})
     return {
@@ -343,18 +378,24 @@ def main() -> None:
     via.add_argument("--via-layers", type=int, default=4, help="the assistant's depth")
     sweep = parts.add_parser("sweep", parents=[shared], help="the default sweep, its frontier and a pick")
     sweep.add_argument("--fraction", type=float, default=0.1, help="share of the training texts per point")
+    parts.add_parser("knobs", parents=[shared], help="after sweep: the pick's knobs and texts one at a time")
     args = parser.parse_args()
     args.state_dir = args.state_dir or Path(f"/tmp/kdgate-{args.part}")
     # Refused before the teacher trains: every student depth must sit below the assistant's.
     problem = via_layers_problem(args.via_layers, max(args.layers)) if args.part == "via" else None
     if problem is not None:
         parser.error(problem)
-    result = {"prune": prune_bench, "via": via_bench, "sweep": sweep_bench}[args.part](args)
+    parts_run = {"prune": prune_bench, "via": via_bench, "sweep": sweep_bench, "knobs": knobs_bench}
+    result = parts_run[args.part](args)
     print(json.dumps(result, indent=2))
-    if args.part in ("via", "sweep"):
+    if args.part in ("via", "sweep", "knobs"):
         print(_table(result))
     RESULTS.mkdir(exist_ok=True)
-    size = "full" if args.part == "sweep" and args.full else f"{args.examples}{'_full' if args.full else ''}"
+    size = (
+        "full"
+        if args.part in ("sweep", "knobs") and args.full
+        else f"{args.examples}{'_full' if args.full else ''}"
+    )
     name = f"bench_workbench_{args.part}_{size}.json"
     (RESULTS / name).write_text(json.dumps(result, indent=2) + "\n")
 
