@@ -11,6 +11,12 @@ student traffic), for the p99 cost of shadowing. Each measurement is `--requests
 `concurrency` keep-alive connections (`lean_load`: one connection per client thread, so at c=1 one
 worker answers everything: SO_REUSEPORT spreads connections, not requests).
 
+With `--baseline-tree`, the kdgate of another source tree (a git worktree of an older commit) with 1
+worker joins the rounds too, so a change to the request path is measured against it in the same run:
+
+    git worktree add /tmp/oldtree <commit>
+    .venv/bin/python -m loadtests.bench_workers --state-dir /tmp/tiny --baseline-tree /tmp/oldtree
+
 Targets (issue #20): workers=1 at least the plain wrapper's throughput at every c; workers=2 at least
 1.3x workers=1 at c=32; shadow on, p99 at most 1.2x shadow off at c=32.
 Writes loadtests/results/bench_workers.json. Client and servers share the machine's cores.
@@ -57,6 +63,10 @@ def ratios(result: dict[str, Any]) -> dict[str, float]:
     out = {
         f"workers1_over_plain_c{c}": rps["kdgate_workers_1"][c] / rps["plain_fastapi"][c] for c in CONCURRENCY
     }
+    if "kdgate_baseline_workers_1" in rps:
+        for c in CONCURRENCY:
+            baseline = rps["kdgate_baseline_workers_1"][c]
+            out[f"workers1_over_baseline_c{c}"] = rps["kdgate_workers_1"][c] / baseline
     out["workers2_over_workers1_c32"] = rps["kdgate_workers_2"][32] / rps["kdgate_workers_1"][32]
     for workers in (1, 2):
         shadowed = p99.get(f"kdgate_workers_{workers}_shadow_on")
@@ -80,6 +90,7 @@ def main() -> None:
     parser.add_argument("--student", default="classify-student@1")
     parser.add_argument("--requests", type=int, default=1000, help="requests per measurement")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--baseline-tree", type=Path, help="also an older kdgate (1 worker), for A/B")
     parser.add_argument("--note", default="", help="what the figures were taken on, kept with them")
     parser.add_argument("--out", type=Path, default=Path("loadtests/results/bench_workers.json"))
     args = parser.parse_args()
@@ -95,6 +106,11 @@ def main() -> None:
                 )
                 serving_student(url, state, args.student, workers)
                 urls[f"kdgate_workers_{workers}" + ("_shadow_on" if shadow else "")] = url
+        if args.baseline_tree is not None:
+            state = stack.enter_context(scratch_copy(args.state_dir))
+            url = stack.enter_context(gateway(state, tree=args.baseline_tree, max_in_flight=256))
+            serving_student(url, state, args.student, 1)
+            urls["kdgate_baseline_workers_1"] = url
         urls["plain_fastapi"] = stack.enter_context(
             control("loadtests.plain_wrapper", args.state_dir, args.student)
         )
@@ -120,6 +136,7 @@ def main() -> None:
             "student": args.student,
             "requests": args.requests,
             "rounds": args.rounds,
+            "baseline_tree": None if args.baseline_tree is None else str(args.baseline_tree),
             "note": args.note,
         },
     }

@@ -73,7 +73,10 @@ async def run_with_fallback(
         return teacher, await teacher.batcher.submit_timed(texts)
     timeout = state.settings.student_timeout_ms / 1000.0
     try:
-        return chosen, await asyncio.wait_for(chosen.batcher.submit_timed(texts), timeout)
+        # asyncio.timeout, not wait_for: on 3.11 wait_for wraps the call in a task of its own, two more
+        # turns of the event loop on every student request.
+        async with asyncio.timeout(timeout):
+            return chosen, await chosen.batcher.submit_timed(texts)
     except TimeoutError:
         reason = "timeout"
     except Exception:

@@ -34,6 +34,10 @@ class Batched:
     batch_size: int  # texts in the batch it rode in
 
 
+class BatcherClosed(RuntimeError):
+    """The model's batcher was closed (the gateway is stopping) before this request was answered."""
+
+
 @dataclass
 class _Pending:
     texts: list[str]
@@ -67,25 +71,37 @@ class MicroBatcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"run-{name}")
         self._task: asyncio.Task[None] | None = None
         self._carry: _Pending | None = None
+        self._unanswered: set[asyncio.Future[Batched]] = set()  # what `close` must not leave hanging
+        self._closed = False
 
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def close(self) -> None:
+        """Stops batching: every request not answered yet, queued or on the model's thread, fails with
+        `BatcherClosed` rather than waiting for ever, and so does every later `submit`."""
+        self._closed = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        for future in list(self._unanswered):
+            if not future.done():
+                future.set_exception(BatcherClosed("the model's batcher is closed"))
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def submit(self, texts: list[str]) -> np.ndarray:
         return (await self.submit_timed(texts)).logits
 
     async def submit_timed(self, texts: list[str]) -> Batched:
+        if self._closed:
+            raise BatcherClosed("the model's batcher is closed")
         self.start()
         future: asyncio.Future[Batched] = asyncio.get_running_loop().create_future()
+        self._unanswered.add(future)
+        future.add_done_callback(self._unanswered.discard)
         await self._queue.put(_Pending(texts, future))
         return await future
 

@@ -10,7 +10,7 @@ from typing import TypeVar
 import numpy as np
 import pytest
 
-from gateway.serving.batcher import MicroBatcher
+from gateway.serving.batcher import BatcherClosed, MicroBatcher
 
 T = TypeVar("T")
 
@@ -167,7 +167,7 @@ def test_observe_sees_each_batch_size() -> None:
     async def main() -> None:
         batcher = MicroBatcher(fn, max_batch=4, max_wait=0.05, observe=observed.append)
         try:
-            await asyncio.gather(*(batcher.submit([str(i)]) for i in range(6)))
+            await asyncio.wait_for(asyncio.gather(*(batcher.submit([str(i)]) for i in range(6))), timeout=10)
         finally:
             await batcher.close()
 
@@ -187,3 +187,37 @@ def test_a_cancelled_waiter_does_not_break_the_others() -> None:
 
     own_rows(["kept"], run(fn, body))
     assert fn.batches == [["kept"]]  # the cancelled request is dropped before the model runs
+
+
+class Slow(Recorder):
+    """A Recorder whose batches each take `seconds`: requests queue while one runs."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        rows = super().__call__(texts)
+        threading.Event().wait(self.seconds)
+        return rows
+
+
+def test_closing_fails_every_unanswered_request_instead_of_leaving_it_hanging() -> None:
+    fn = Slow(0.3)
+
+    async def main() -> tuple[np.ndarray | BaseException, ...]:
+        batcher = MicroBatcher(fn, max_batch=1, max_wait=0.0)
+        answered = await batcher.submit(["answered"])
+        running = asyncio.ensure_future(batcher.submit(["running"]))
+        await asyncio.sleep(0.05)  # "running" is on the model's thread
+        waiting = asyncio.ensure_future(batcher.submit(["waiting"]))
+        await asyncio.sleep(0)
+        await batcher.close()
+        late = asyncio.ensure_future(batcher.submit(["late"]))
+        gathered = asyncio.gather(running, waiting, late, return_exceptions=True)
+        return (answered, *await asyncio.wait_for(gathered, timeout=10))
+
+    answered, *unanswered = asyncio.run(main())
+    own_rows(["answered"], answered)
+    assert [type(outcome) for outcome in unanswered] == [BatcherClosed] * 3
+    assert fn.batches == [["answered"], ["running"]]
