@@ -4,6 +4,7 @@
     .venv/bin/python -m loadtests.bench_workbench prune --state-dir /tmp/kdgate-prune --examples 20000 --full
     .venv/bin/python -m loadtests.bench_workbench via --state-dir /tmp/kdgate-via --examples 800 --eval 300
     .venv/bin/python -m loadtests.bench_workbench via --state-dir /tmp/kdgate-via --layers 2 1 --via-layers 4
+    .venv/bin/python -m loadtests.bench_workbench losses --state-dir /tmp/kdgate-losses --layers 2 1
     .venv/bin/python -m loadtests.bench_workbench sweep --full     # the default 30-point sweep + a pick
     .venv/bin/python -m loadtests.bench_workbench knobs --full     # after `sweep`: what made the pick better
 
@@ -33,6 +34,13 @@ only their soft targets differ (the teacher's logits, or the assistant's). The a
 same texts with the same recipe, and its training, plus labelling those texts with it (counted in the
 progressive student's seconds), is the progressive path's extra cost, reported beside it. The teacher's
 labels of the texts are computed once (for the reference student) and shared by every build.
+
+Part `losses`: logits-only KD against + hidden states, + attention, and both (`distill.classify.feature_kd`:
+TinyBERT's hidden-state MSE and MiniLM's attention KL on the uniform layer map, each at weight 1), for
+students of `--layers` layers cut from the teacher. Every student is a point of one sweep, as in
+`prune`: same texts, epochs, T 2, α 0.9; only the loss terms differ, so each feature-KD student is
+compared with the logits-only student of its depth. Its extra training seconds are the teacher's
+forward pass beside every step, which logits-only KD reads from the soft-label cache.
 
 Part `sweep`: the product's default sweep (`kdgate distill sweep`: T 1,2,4,8,16 × layers 1,2,3 ×
 α 0.5,0.9 on 10% of the training texts) against the default student, timed end to end; its frontier;
@@ -90,8 +98,11 @@ PAIRS = (
     (Point(2.0, 0.9, 2), (Point(2.0, 0.9, 3, prune=0.3), Point(2.0, 0.9, 4, prune=0.5))),
     (Point(2.0, 0.9, 1), (Point(2.0, 0.9, 2, prune=0.5),)),
 )
-# What a via row and a direct row are compared on (via minus direct)
-VIA_DELTAS = ("agreement", "kl", "accuracy", "ece", "calibrated_ece", "p50_ms", "size_mb")
+LOSS_SETS = (("logits",), ("logits", "hidden"), ("logits", "attention"), ("logits", "hidden", "attention"))
+LOSS_FIELDS = ("losses", "calibrated_ece", *FIELDS)
+# What a variant is compared on with its control (variant minus control): via with direct, feature KD
+# with logits-only
+DELTAS = ("agreement", "kl", "accuracy", "ece", "calibrated_ece", "p50_ms", "size_mb")
 
 
 def base_models(args: argparse.Namespace) -> tuple[Registry, ClassifyRecipe, Manifest, Manifest]:
@@ -139,6 +150,38 @@ def prune_bench(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def losses_bench(args: argparse.Namespace) -> dict[str, Any]:
+    registry, recipe, teacher, student = base_models(args)
+    points = grid(temperatures=(2.0,), alphas=(0.9,), layers=args.layers, losses=LOSS_SETS)
+    spec = SweepSpec(teacher.task, teacher.ref, recipe, tuple(points), fraction=1.0)
+    started = time.monotonic()
+    folder = run_sweep(registry, spec, on_point=lambda r, done, n: print(f"{done}/{n} {r['id']}", flush=True))
+    recorded = {p["id"]: p for p in read_points(folder / POINTS_FILE)}
+    comparisons = []
+    for n in args.layers:
+        control = recorded[Point(2.0, 0.9, n).id]
+        for terms in LOSS_SETS[1:]:
+            figures = recorded[Point(2.0, 0.9, n, losses=terms).id]
+            comparisons.append(
+                {"layers": n, "losses": "+".join(terms), "against": control["id"]}
+                | {f"{field}_delta": _delta(figures, control, field) for field in DELTAS}
+                | {"train_seconds_ratio": round(figures["train_seconds"] / control["train_seconds"], 2)}
+            )
+    spec_record = read_spec(folder)
+    return {
+        "machine": _machine(),
+        "sweep": str(folder),
+        "wall_seconds": round(time.monotonic() - started, 1),
+        "teacher": teacher.ref,
+        "reference_student": student.ref,
+        "references": spec_record["references"],
+        "train_examples": spec_record["train_examples"],
+        "recipe": {"examples": args.examples, "eval": None if args.full else args.eval, "full": args.full},
+        "points": {p.id: {f: recorded[p.id].get(f) for f in LOSS_FIELDS} for p in points},
+        "comparisons": comparisons,
+    }
+
+
 def via_bench(args: argparse.Namespace) -> dict[str, Any]:
     registry, recipe, teacher, reference = base_models(args)
     texts, beside = _control(registry, recipe, teacher, reference)
@@ -165,7 +208,7 @@ def via_bench(args: argparse.Namespace) -> dict[str, Any]:
         progressive = a["train_seconds"] + rows["assistant"]["train_seconds"]
         comparisons.append(
             {"layers": n}
-            | {f"{field}_delta": _delta(a, b, field) for field in VIA_DELTAS}
+            | {f"{field}_delta": _delta(a, b, field) for field in DELTAS}
             | {"train_seconds_direct": b["train_seconds"], "train_seconds_progressive": round(progressive, 1)}
             | {"served_direct": b["served"], "served_progressive": a["served"]}
         )
@@ -373,6 +416,8 @@ def main() -> None:
     shared.add_argument("--full", action="store_true", help="the default teacher and evaluation splits")
     parts = parser.add_subparsers(dest="part", required=True)
     parts.add_parser("prune", parents=[shared], help="pruned students against cut students")
+    losses = parts.add_parser("losses", parents=[shared], help="logits-only KD against + hidden, + attention")
+    losses.add_argument("--layers", type=int, nargs="+", default=[2], help="student depths, each loss set")
     via = parts.add_parser("via", parents=[shared], help="direct KD against KD via an assistant")
     via.add_argument("--layers", type=int, nargs="+", default=[2], help="student depths, each both ways")
     via.add_argument("--via-layers", type=int, default=4, help="the assistant's depth")
@@ -385,7 +430,8 @@ def main() -> None:
     problem = via_layers_problem(args.via_layers, max(args.layers)) if args.part == "via" else None
     if problem is not None:
         parser.error(problem)
-    parts_run = {"prune": prune_bench, "via": via_bench, "sweep": sweep_bench, "knobs": knobs_bench}
+    parts_run = {"prune": prune_bench, "losses": losses_bench, "via": via_bench, "sweep": sweep_bench}
+    parts_run["knobs"] = knobs_bench
     result = parts_run[args.part](args)
     print(json.dumps(result, indent=2))
     if args.part in ("via", "sweep", "knobs"):
