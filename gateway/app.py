@@ -57,23 +57,36 @@ async def _follow_rollouts(state: GatewayState) -> None:
         await asyncio.sleep(state.settings.rollout_tick_seconds)
 
 
-async def _follow_registry(state: GatewayState) -> None:
-    """One of several workers: load the models another process registered (the worker that builds the
-    default models, `kdgate distill`, an import), as the builder reloads after each of its steps; a
-    worker on a fresh state would otherwise answer 503 until restarted."""
-    failed: frozenset[str] = frozenset()
+async def _follow_registry(state: GatewayState, seen: int) -> None:
+    """Load the models another gateway was told to load (a reload announced through the state store:
+    `registry_news.py`). One of several workers on a machine also looks at the registry itself on every
+    look, for what any process registered (the worker that builds the default models, `kdgate distill`,
+    an import), as the builder reloads after each of its steps: a worker on a fresh state would otherwise
+    answer 503 until restarted. Replicas on other machines list the registry only when told, so a
+    bucket is not listed every few seconds by each of them. `seen`: the generation of the news read
+    before this gateway listed the registry to load its models."""
+    failed = ""  # what the last failed look was loading: said once, not on every look
     while True:
         await asyncio.sleep(REGISTRY_FOLLOW_S)
-        new = await asyncio.to_thread(state.unloaded)
-        if not new:
-            continue
         try:
-            await asyncio.to_thread(state.load_models)
-            state.ready, failed = True, frozenset()
+            told = await asyncio.to_thread(state.registry_news.generation)
+        except StoreUnavailable:  # the store is away: a worker still looks at the registry itself
+            told = seen
+        if told == seen and state.settings.workers == 1:
+            continue
+        new: frozenset[str] = frozenset()
+        try:
+            new = await asyncio.to_thread(state.unloaded)
+            seen = told
+            if new:
+                await asyncio.to_thread(state.load_models)
+                state.ready = True
+            failed = ""
         except Exception:
-            if new != failed:  # said once per set of models, not every look
-                log.exception("loading the newly registered %s failed", ", ".join(sorted(new)))
-            failed = new
+            what = ", ".join(sorted(new)) or "models (the registry could not be listed)"
+            if what != failed:
+                log.exception("loading the newly registered %s failed", what)
+            failed = what
 
 
 async def _survive(look: Callable[[], object]) -> None:
@@ -139,6 +152,8 @@ def create_app(
                 log.exception("loading models failed")
                 state.load_error = f"{type(exc).__name__}: {exc}"
 
+        # Read before the models are listed: a reload announced after this is one the follower sees.
+        registry_generation = state.registry_news.generation()
         state.tasks["loader"] = asyncio.create_task(load())
         if settings.workers > 1:
             # One of several workers on the port: it takes connections (uvicorn listens after this
@@ -152,8 +167,7 @@ def create_app(
                 take_over_when_free(state.shadow_lease, shadows)
             )
         state.tasks["windows"] = asyncio.create_task(_publish_windows(state))
-        if settings.workers > 1:
-            state.tasks["registry"] = asyncio.create_task(_follow_registry(state))
+        state.tasks["registry"] = asyncio.create_task(_follow_registry(state, registry_generation))
         if settings.redistill_enabled:
             state.tasks["redistill"] = asyncio.create_task(_continual_loop(state))
         if settings.rollout_driver == "local":

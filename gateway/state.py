@@ -23,6 +23,8 @@ from gateway.rollouts.published import DOCUMENT, WindowBoard
 from gateway.serving.inflight import InFlight
 from gateway.serving.metrics import GatewayMetrics
 from gateway.serving.pool import ModelPool
+from gateway.serving.registry_news import DOCUMENT as REGISTRY_NEWS
+from gateway.serving.registry_news import RegistryNews
 from gateway.serving.routing import pick_model
 from gateway.serving.traffic import TrafficStore
 from gateway.serving.window import LiveWindow
@@ -57,6 +59,7 @@ class GatewayState:
     controller: Controller
     shadow_protection: ShadowProtection  # what running re-distillations read, kept by every replica
     board: WindowBoard  # this process's live window published for the judge, and the others' (published.py)
+    registry_news: RegistryNews  # models registered: every gateway on the store loads them
     shadow_lease: Lease | None = None  # with several workers, only its holder shadows (shadow/lease.py)
     ready: bool = False  # the models registered at start are loaded
     load_error: str | None = None
@@ -219,6 +222,7 @@ class GatewayState:
             controller=controller,
             shadow_protection=protection,
             board=board,
+            registry_news=RegistryNews(store.document(REGISTRY_NEWS)),
             shadow_lease=shadow_lease(settings.state_dir)
             if settings.shadow_enabled and settings.workers > 1
             else None,

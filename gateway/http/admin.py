@@ -80,13 +80,19 @@ async def list_models(request: Request) -> dict[str, object]:
 
 @router.post("/models/reload")
 async def reload_models(request: Request) -> dict[str, object]:
-    """Load models registered since the start (e.g. by `kdgate distill`) without a restart."""
+    """Load models registered since the start (e.g. by `kdgate distill`) without a restart, here and, by
+    word through the state store, on every gateway that shares it (within a few seconds)."""
     state = _state(request)
     before = set(state.pool.tasks_of())
     try:
         await asyncio.to_thread(state.load_models)
     except RegistryError as exc:  # the others are loaded; the models that serve keep serving
-        raise ModelUnavailable(f"not loaded: {exc}") from exc
+        failure: RegistryError | None = exc
+    else:
+        failure = None
+    await asyncio.to_thread(state.registry_news.announce)  # the other gateways load what they can too
+    if failure is not None:
+        raise ModelUnavailable(f"not loaded: {failure}") from failure
     return {"loaded": sorted(set(state.pool.tasks_of()) - before)}
 
 

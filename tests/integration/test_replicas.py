@@ -1,6 +1,7 @@
 """Two gateways on one state store, as replicas share it: the local files of one state dir (replicas on
 one machine) or a PostgreSQL database (replicas anywhere). A split changed through one is served by the
-other (a model it has not loaded yet is answered for by the teacher until it is), one controller acts
+other (a model it has not loaded yet is answered for by the teacher until it is), a reload asked of one
+is done by both (word of it goes through the store), one controller acts
 (the lease holder), a re-distillation's hold on the shadow log taken through one is kept by both, and
 when its process is killed the other takes the rollout over from the stored
 state. On PostgreSQL, a gateway whose database goes away keeps serving its last split and refuses
@@ -72,9 +73,18 @@ def test_replicas_share_the_split_and_hand_the_rollout_over(
         admin.close()
         poll(lambda: not holds_on_second(), "the released hold left the second replica")
 
-        # A model registered and loaded by the first replica only, then given the whole split.
+        # A model registered, and a reload asked of the first replica only: the word goes through the
+        # store, and the second loads it too, before any split names it.
         newcomer = register_fault_model(Registry(state_dir), FaultSpec(wraps=STUDENT), name="newcomer").ref
         assert httpx.post(f"{first_url}/admin/models/reload", headers=headers).status_code == 200
+
+        def loaded_on_second() -> bool:
+            models = httpx.get(f"{second_url}/admin/models", headers=headers).json()["models"]
+            return any(m["ref"] == newcomer and m["loaded"] for m in models)
+
+        poll(loaded_on_second, "the second replica loaded the model a reload of the first announced", 10)
+
+        # Then given the whole split: served by both.
         whole = {"weights": {newcomer: 100}}
         assert (
             httpx.put(f"{first_url}/admin/traffic/classify", json=whole, headers=headers).status_code == 200
@@ -85,16 +95,27 @@ def test_replicas_share_the_split_and_hand_the_rollout_over(
             answers.append(httpx.post(f"{second_url}/classify", json={"text": "a text"}))
             return answers[-1].headers.get("x-kdgate-model") == newcomer
 
-        poll(newcomer_on_second, "the second replica loaded the newcomer and served it")
-        assert {a.status_code for a in answers} == {200}  # the teacher answered until it was loaded
+        poll(newcomer_on_second, "the second replica served the newcomer")
+        assert {a.status_code for a in answers} == {200}
 
-        # Named by an admin write to a replica that has not loaded it (behind a balancer, the write may
-        # reach any replica): that replica loads the registered models first, then takes the write.
+        # Named by an admin write to a replica that has not loaded it, with no reload asked (behind a
+        # balancer, the write may reach any replica): that replica loads the registered models first,
+        # then takes the write.
         another = register_fault_model(Registry(state_dir), FaultSpec(wraps=STUDENT), name="another").ref
         put = httpx.put(
             f"{second_url}/admin/traffic/classify", json={"weights": {another: 100}}, headers=headers
         )
         assert put.status_code == 200, put.text
+        # The first replica, told nothing, meets the model in the split: the teacher answers for it
+        # while it loads in the background.
+        answers.clear()
+
+        def another_on_first() -> bool:
+            answers.append(httpx.post(f"{first_url}/classify", json={"text": "a text"}))
+            return answers[-1].headers.get("x-kdgate-model") == another
+
+        poll(another_on_first, "the first replica loaded the model the split named and served it")
+        assert {a.status_code for a in answers} == {200}
 
         # A rollout started through the second replica is driven by the first, which took the lease.
         body = {"task": "classify", "baseline": TEACHER, "candidate": STUDENT, **FAST, "min_dwell_s": 600.0}
