@@ -62,8 +62,8 @@ async def _follow_registry(state: GatewayState, seen: int) -> None:
     `registry_news.py`). One of several workers on a machine also looks at the registry itself on every
     look, for what any process registered (the worker that builds the default models, `kdgate distill`,
     an import), as the builder reloads after each of its steps: a worker on a fresh state would otherwise
-    answer 503 until restarted. Replicas on other machines list the registry only when told, so a
-    bucket is not listed every few seconds by each of them. `seen`: the generation of the news read
+    answer 503 until restarted. A gateway of one worker lists the registry only when told, so a bucket
+    is not listed every few seconds by each replica. `seen`: the generation of the news read
     before this gateway listed the registry to load its models."""
     failed = ""  # what the last failed look was loading: said once, not on every look
     while True:

@@ -1,10 +1,10 @@
 """Word, through the state store, that models were registered: what makes every replica load them.
 
 The registry's index stays beside its model files (a local folder, or a bucket every replica reads), so
-there is one source of truth for what is registered. The store carries only the news: a gateway that
-loads new models on an operator's `POST /admin/models/reload` bumps a generation, and every gateway on
-the store that sees it move lists the registry and loads what it has not (`gateway/app.py`'s registry
-follower). Without it, a replica behind a balancer learned of a model only when a split named it.
+there is one source of truth for what is registered. The store carries only the news: a gateway asked
+to reload (`POST /admin/models/reload`) bumps a generation, and every gateway on the store that sees it
+move lists the registry and loads what it has not (`gateway/app.py`'s registry follower). Without it,
+a replica behind a balancer learned of a model only when a split named it.
 
 >>> from statestore.local import LocalStore
 >>> import tempfile, pathlib
