@@ -114,13 +114,31 @@ def base_models(args: argparse.Namespace) -> tuple[Registry, ClassifyRecipe, Man
     return registry, recipe, teacher, student
 
 
-def prune_bench(args: argparse.Namespace) -> dict[str, Any]:
+def sweep_points(args: argparse.Namespace, points: list[Point]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Trains `points` as one sweep on every training text of the base models (a part's equal budget);
+    returns the recorded points by id, and what every such part reports about the run."""
     registry, recipe, teacher, student = base_models(args)
-    points = [p for cut, pruned in PAIRS for p in (cut, *pruned)]
     spec = SweepSpec(teacher.task, teacher.ref, recipe, tuple(points), fraction=1.0)
     started = time.monotonic()
     folder = run_sweep(registry, spec, on_point=lambda r, done, n: print(f"{done}/{n} {r['id']}", flush=True))
     recorded = {p["id"]: p for p in read_points(folder / POINTS_FILE)}
+    spec_record = read_spec(folder)
+    run = {
+        "machine": _machine(),
+        "sweep": str(folder),
+        "wall_seconds": round(time.monotonic() - started, 1),
+        "teacher": teacher.ref,
+        "reference_student": student.ref,
+        "references": spec_record["references"],
+        "train_examples": spec_record["train_examples"],
+        "recipe": {"examples": args.examples, "eval": None if args.full else args.eval, "full": args.full},
+    }
+    return recorded, run
+
+
+def prune_bench(args: argparse.Namespace) -> dict[str, Any]:
+    points = [p for cut, pruned in PAIRS for p in (cut, *pruned)]
+    recorded, run = sweep_points(args, points)
     comparisons = []
     for cut, pruned in PAIRS:
         control = recorded[cut.id]
@@ -137,26 +155,15 @@ def prune_bench(args: argparse.Namespace) -> dict[str, Any]:
                     "params_ratio": round(figures["params_m"] / control["params_m"], 3),
                 }
             )
-    return {
-        "sweep": str(folder),
-        "wall_seconds": round(time.monotonic() - started, 1),
-        "teacher": teacher.ref,
-        "reference_student": student.ref,
-        "references": read_spec(folder)["references"],
-        "train_examples": read_spec(folder)["train_examples"],
-        "recipe": {"examples": args.examples, "eval": None if args.full else args.eval, "full": args.full},
-        "points": {pid: {f: recorded[pid].get(f) for f in FIELDS} for pid in (p.id for p in points)},
+    return run | {
+        "points": {p.id: {f: recorded[p.id].get(f) for f in FIELDS} for p in points},
         "comparisons": comparisons,
     }
 
 
 def losses_bench(args: argparse.Namespace) -> dict[str, Any]:
-    registry, recipe, teacher, student = base_models(args)
     points = grid(temperatures=(2.0,), alphas=(0.9,), layers=args.layers, losses=LOSS_SETS)
-    spec = SweepSpec(teacher.task, teacher.ref, recipe, tuple(points), fraction=1.0)
-    started = time.monotonic()
-    folder = run_sweep(registry, spec, on_point=lambda r, done, n: print(f"{done}/{n} {r['id']}", flush=True))
-    recorded = {p["id"]: p for p in read_points(folder / POINTS_FILE)}
+    recorded, run = sweep_points(args, points)
     comparisons = []
     for n in args.layers:
         control = recorded[Point(2.0, 0.9, n).id]
@@ -167,16 +174,7 @@ def losses_bench(args: argparse.Namespace) -> dict[str, Any]:
                 | {f"{field}_delta": _delta(figures, control, field) for field in DELTAS}
                 | {"train_seconds_ratio": round(figures["train_seconds"] / control["train_seconds"], 2)}
             )
-    spec_record = read_spec(folder)
-    return {
-        "machine": _machine(),
-        "sweep": str(folder),
-        "wall_seconds": round(time.monotonic() - started, 1),
-        "teacher": teacher.ref,
-        "reference_student": student.ref,
-        "references": spec_record["references"],
-        "train_examples": spec_record["train_examples"],
-        "recipe": {"examples": args.examples, "eval": None if args.full else args.eval, "full": args.full},
+    return run | {
         "points": {p.id: {f: recorded[p.id].get(f) for f in LOSS_FIELDS} for p in points},
         "comparisons": comparisons,
     }
@@ -430,8 +428,13 @@ def main() -> None:
     problem = via_layers_problem(args.via_layers, max(args.layers)) if args.part == "via" else None
     if problem is not None:
         parser.error(problem)
-    parts_run = {"prune": prune_bench, "losses": losses_bench, "via": via_bench, "sweep": sweep_bench}
-    parts_run["knobs"] = knobs_bench
+    parts_run = {
+        "prune": prune_bench,
+        "losses": losses_bench,
+        "via": via_bench,
+        "sweep": sweep_bench,
+        "knobs": knobs_bench,
+    }
     result = parts_run[args.part](args)
     print(json.dumps(result, indent=2))
     if args.part in ("via", "sweep", "knobs"):

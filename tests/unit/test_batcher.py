@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -198,7 +199,7 @@ class Slow(Recorder):
 
     def __call__(self, texts: list[str]) -> np.ndarray:
         rows = super().__call__(texts)
-        threading.Event().wait(self.seconds)
+        time.sleep(self.seconds)
         return rows
 
 
