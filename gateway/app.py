@@ -28,6 +28,7 @@ from gateway.continual.inprocess import GatewayHost, check_config, redistill_loo
 from gateway.continual.store import LoopStore, loop_document
 from gateway.errors import GatewayError, InvalidInput, MalformedRequest, NotFound, StoreDown
 from gateway.http import admin, classify, generate, openai, rollouts, v2
+from gateway.http.auth import document_api_keys
 from gateway.rollouts.published import PUBLISH_S
 from gateway.serving.default_build import missing_defaults, start_background_build
 from gateway.settings import Settings
@@ -200,9 +201,11 @@ def create_app(
     app.include_router(generate.router)
     app.include_router(openai.router)
     app.include_router(v2.router)
+    app.include_router(v2.infer_router)
     app.include_router(admin.router)
     app.include_router(rollouts.router)
     _install_error_handlers(app)
+    document_api_keys(app)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

@@ -10,12 +10,12 @@ import uuid
 from dataclasses import dataclass
 
 import numpy as np
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 
 from distill.classify.runner import probabilities
 from distill.registry import TaskKind
 from gateway.errors import InvalidInput, ModelUnavailable, NotReady, Overloaded
-from gateway.http.auth import require_api_key
+from gateway.http.auth import ApiKeyRoute
 from gateway.http.body import header, openapi, read_json_body
 from gateway.http.schemas import ClassifyRequest, ClassifyResponse, Prediction
 from gateway.serving.batcher import Batched
@@ -24,7 +24,7 @@ from gateway.shadow.classify import ShadowItem
 from gateway.state import GatewayState
 
 log = logging.getLogger("kdgate.inference")
-router = APIRouter(dependencies=[Depends(require_api_key)])
+router = APIRouter(route_class=ApiKeyRoute)
 TASK = "classify"
 
 

@@ -15,7 +15,7 @@ from starlette.background import BackgroundTask
 
 from distill.registry import TaskKind
 from gateway.errors import NotReady
-from gateway.http.auth import require_api_key
+from gateway.http.auth import ApiKeyRoute
 from gateway.http.body import MAX_HEADER_CHARS
 from gateway.http.generation import (
     TASK,
@@ -28,7 +28,7 @@ from gateway.http.schemas import GenerateRequest, GenerateResponse, Usage
 from gateway.serving.generation_events import Delta, Finished, GenerationParams
 from gateway.state import GatewayState
 
-router = APIRouter(dependencies=[Depends(require_api_key)])
+router = APIRouter(route_class=ApiKeyRoute)
 
 
 def _state(request: Request) -> GatewayState:

@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.background import BackgroundTask
 
@@ -36,7 +36,7 @@ from gateway.errors import (
     NotReady,
     Unauthorized,
 )
-from gateway.http.auth import require_api_key
+from gateway.http.auth import ApiKeyRoute
 from gateway.http.body import MAX_HEADER_CHARS
 from gateway.http.generation import (
     Generation,
@@ -49,7 +49,7 @@ from gateway.serving.generation_events import Delta, Finished, GenerationParams,
 from gateway.state import GatewayState
 
 PREFIX = "/v1"
-router = APIRouter(prefix=PREFIX, tags=["openai"], dependencies=[Depends(require_api_key)])
+router = APIRouter(prefix=PREFIX, tags=["openai"], route_class=ApiKeyRoute)
 
 UNSUPPORTED = {
     "n": "only n=1 is served",

@@ -20,14 +20,15 @@ from __future__ import annotations
 
 import time
 import uuid
+from enum import Enum
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from distill.registry import TaskKind
 from gateway.errors import GatewayError, InvalidInput, NotFound, NotReady
-from gateway.http.auth import require_api_key
+from gateway.http.auth import ApiKeyRoute
 from gateway.http.body import MAX_HEADER_CHARS, header, openapi
 from gateway.http.classify import HEADERS, classify_texts, server_timing
 from gateway.http.tensors import (
@@ -45,7 +46,9 @@ from gateway.state import GatewayState
 
 PREFIX = "/v2"
 HEADER_LENGTH = "inference-header-content-length"  # the binary tensor extension's JSON header size
-router = APIRouter(prefix=PREFIX, tags=["open inference protocol v2"])
+TAGS: list[str | Enum] = ["open inference protocol v2"]
+router = APIRouter(prefix=PREFIX, tags=TAGS)  # health and metadata: open, as in KServe
+infer_router = APIRouter(prefix=PREFIX, tags=TAGS, route_class=ApiKeyRoute)  # inference: the API keys
 
 # v2 answers bad input with 400 (gateway/errors.py's table says 422 for the native routes).
 STATUS: dict[type[GatewayError], int] = {InvalidInput: 400}
@@ -145,7 +148,7 @@ INFER_DOCS: dict[str, Any] = {
 }
 
 
-@router.post("/models/{name}/infer", dependencies=[Depends(require_api_key)], **INFER_DOCS)
+@infer_router.post("/models/{name}/infer", **INFER_DOCS)
 async def infer(request: Request, name: str) -> Response:
     """Classifies the texts of the BYTES input `text` ([N] or [N, 1]) into `label` (BYTES [N]) and
     `probabilities` (FP32 [N, C]); `outputs` picks some of them by name. The response names the model
@@ -153,7 +156,7 @@ async def infer(request: Request, name: str) -> Response:
     return await _infer(request, name, None)
 
 
-@router.post("/models/{name}/versions/{version}/infer", dependencies=[Depends(require_api_key)], **INFER_DOCS)
+@infer_router.post("/models/{name}/versions/{version}/infer", **INFER_DOCS)
 async def version_infer(request: Request, name: str, version: str) -> Response:
     return await _infer(request, name, version)
 

@@ -229,6 +229,10 @@ def test_api_keys_guard_every_inference_route(server: RunningServer) -> None:
     for path, body in (("/generate", {"prompt": "Hi", "max_tokens": 1}), ("/classify", {"text": "hi"})):
         r = httpx.post(f"{server.url}{path}", json=body, timeout=60)
         assert r.status_code == 401 and r.json()["error"]["type"] == "unauthorized"  # kdgate's own shape
+    text = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["hi"]}]}
+    for path, body in (("/classify/topics", {"text": "hi"}), ("/v2/models/classify/infer", text)):
+        assert httpx.post(f"{server.url}{path}", json=body, timeout=60).status_code == 401, path
+    assert httpx.get(f"{server.url}/v2/health/live").status_code == 200  # v2 health stays open
     other = {"Authorization": "Bearer other-key"}
     r = httpx.post(
         f"{server.url}/generate", json={"prompt": "Hi", "max_tokens": 1}, headers=other, timeout=60
@@ -245,3 +249,13 @@ def test_routes_are_in_the_openapi_contract(server: RunningServer) -> None:
     fields = {"model", "messages", "max_completion_tokens", "logprobs", "top_logprobs"}
     assert fields <= set(body["properties"])
     assert {"/v1/completions", "/v1/models"} <= set(spec["paths"])
+    guarded = {
+        path
+        for path, operations in spec["paths"].items()
+        for operation in operations.values()
+        if operation.get("security") == [{"ApiKeys": []}]
+    }
+    inference = {"/classify", "/classify/{task}", "/generate", "/v1/models", "/v1/chat/completions"}
+    assert inference | {"/v2/models/{name}/infer"} <= guarded
+    assert not any(path.startswith(("/admin", "/healthz", "/readyz")) for path in guarded)
+    assert spec["components"]["securitySchemes"]["ApiKeys"]["scheme"] == "bearer"
