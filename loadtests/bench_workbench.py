@@ -5,6 +5,7 @@
     .venv/bin/python -m loadtests.bench_workbench via --state-dir /tmp/kdgate-via --examples 800 --eval 300
     .venv/bin/python -m loadtests.bench_workbench via --state-dir /tmp/kdgate-via --layers 2 1 --via-layers 4
     .venv/bin/python -m loadtests.bench_workbench losses --state-dir /tmp/kdgate-losses --layers 2 1
+    .venv/bin/python -m loadtests.bench_workbench losses --examples 6000 --full --attention-weight 3
     .venv/bin/python -m loadtests.bench_workbench sweep --full     # the default 30-point sweep + a pick
     .venv/bin/python -m loadtests.bench_workbench knobs --full     # after `sweep`: what made the pick better
 
@@ -41,6 +42,8 @@ students of `--layers` layers cut from the teacher. Every student is a point of 
 `prune`: same texts, epochs, T 2, α 0.9; only the loss terms differ, so each feature-KD student is
 compared with the logits-only student of its depth. Its extra training seconds are the teacher's
 forward pass beside every step, which logits-only KD reads from the soft-label cache.
+`--hidden-weight` / `--attention-weight` set the terms' weights (the result file's name then says them,
+e.g. `bench_workbench_losses_6000_full_hidden3_attention3.json`).
 
 Part `sweep`: the product's default sweep (`kdgate distill sweep`: T 1,2,4,8,16 × layers 1,2,3 ×
 α 0.5,0.9 on 10% of the training texts) against the default student, timed end to end; its frontier;
@@ -108,10 +111,16 @@ DELTAS = ("agreement", "kl", "accuracy", "ece", "calibrated_ece", "p50_ms", "siz
 def base_models(args: argparse.Namespace) -> tuple[Registry, ClassifyRecipe, Manifest, Manifest]:
     """The registry, the base recipe, the teacher and the reference student both parts start from."""
     cap = {} if args.full else {"teacher_examples": args.examples, "eval_examples": args.eval}
-    recipe = ClassifyRecipe(student_examples=args.examples, **cap)
+    recipe = ClassifyRecipe(student_examples=args.examples, **cap, **feature_weights(args))
     registry = Registry(args.state_dir)
     teacher, student = ensure_default_classify_models(registry, recipe)
     return registry, recipe, teacher, student
+
+
+def feature_weights(args: argparse.Namespace) -> dict[str, float]:
+    """The feature-KD terms' weights a `losses` run was given (the recipe's defaults otherwise)."""
+    names = ("hidden_weight", "attention_weight")
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 
 def sweep_points(args: argparse.Namespace, points: list[Point]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -131,7 +140,8 @@ def sweep_points(args: argparse.Namespace, points: list[Point]) -> tuple[dict[st
         "reference_student": student.ref,
         "references": spec_record["references"],
         "train_examples": spec_record["train_examples"],
-        "recipe": {"examples": args.examples, "eval": None if args.full else args.eval, "full": args.full},
+        "recipe": {"examples": args.examples, "eval": None if args.full else args.eval, "full": args.full}
+        | {name: getattr(recipe, name) for name in ("hidden_weight", "attention_weight")},
     }
     return recorded, run
 
@@ -416,6 +426,8 @@ def main() -> None:
     parts.add_parser("prune", parents=[shared], help="pruned students against cut students")
     losses = parts.add_parser("losses", parents=[shared], help="logits-only KD against + hidden, + attention")
     losses.add_argument("--layers", type=int, nargs="+", default=[2], help="student depths, each loss set")
+    losses.add_argument("--hidden-weight", type=float, help="the hidden-state term's weight (recipe: 1)")
+    losses.add_argument("--attention-weight", type=float, help="the attention term's weight (recipe: 1)")
     via = parts.add_parser("via", parents=[shared], help="direct KD against KD via an assistant")
     via.add_argument("--layers", type=int, nargs="+", default=[2], help="student depths, each both ways")
     via.add_argument("--via-layers", type=int, default=4, help="the assistant's depth")
@@ -445,7 +457,8 @@ def main() -> None:
         if args.part in ("sweep", "knobs") and args.full
         else f"{args.examples}{'_full' if args.full else ''}"
     )
-    name = f"bench_workbench_{args.part}_{size}.json"
+    weights = "".join(f"_{name.split('_')[0]}{value:g}" for name, value in feature_weights(args).items())
+    name = f"bench_workbench_{args.part}_{size}{weights}.json"
     (RESULTS / name).write_text(json.dumps(result, indent=2) + "\n")
 
 
