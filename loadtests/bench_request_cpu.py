@@ -132,6 +132,8 @@ async def measure(which: str, state_dir: Path, requests: int, profile: Path | No
     stop = await started(app)
     if which == "kdgate":
         while not app.state.gw.ready:
+            if app.state.gw.load_error is not None:
+                raise RuntimeError(f"the models did not load: {app.state.gw.load_error}")
             await asyncio.sleep(0.05)
         token = (state_dir / "admin.token").read_text().strip()
         split = json.dumps({"weights": {STUDENT: 100}}).encode()
@@ -150,8 +152,9 @@ async def measure(which: str, state_dir: Path, requests: int, profile: Path | No
         profiler = cProfile.Profile() if profile is not None and concurrency == CONCURRENCY[-1] else None
 
         async def client(counter: Iterator[int]) -> None:
-            for i in counter:
-                await call(app, "POST", "/classify", bodies[i % len(bodies)])
+            for i in counter:  # a refusal would make the figures those of an error path
+                answer = await call(app, "POST", "/classify", bodies[i % len(bodies)])
+                assert answer["status"] == 200, answer
 
         cpu = time.process_time()
         if profiler is not None:
