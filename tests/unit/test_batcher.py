@@ -178,16 +178,41 @@ def test_observe_sees_each_batch_size() -> None:
 
 
 def test_a_cancelled_waiter_does_not_break_the_others() -> None:
-    fn = Recorder()
+    fn = Gated()
 
-    async def body(batcher: MicroBatcher) -> np.ndarray:
-        doomed = asyncio.ensure_future(batcher.submit(["doomed"]))
-        await asyncio.sleep(0)  # let it enqueue
-        doomed.cancel()
-        return await batcher.submit(["kept"])
+    async def main() -> np.ndarray:
+        batcher = MicroBatcher(fn, max_batch=4, max_wait=0.0)
+        try:
+            busy = asyncio.ensure_future(batcher.submit(["busy"]))
+            while not fn.batches:  # "busy" is on the model's thread: what follows queues behind it
+                await asyncio.sleep(0.001)
+            doomed = asyncio.ensure_future(batcher.submit(["doomed"]))
+            await asyncio.sleep(0)  # let it enqueue
+            doomed.cancel()
+            kept = asyncio.ensure_future(batcher.submit(["kept"]))
+            await asyncio.sleep(0)
+            fn.gate.set()
+            await busy
+            return await asyncio.wait_for(kept, timeout=10)
+        finally:
+            fn.gate.set()
+            await batcher.close()
 
-    own_rows(["kept"], run(fn, body))
-    assert fn.batches == [["kept"]]  # the cancelled request is dropped before the model runs
+    own_rows(["kept"], asyncio.run(main()))
+    assert fn.batches == [["busy"], ["kept"]]  # the cancelled request is dropped before the model runs
+
+
+class Gated(Recorder):
+    """A Recorder whose batches wait for `gate`: requests queue behind the first until it opens."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        rows = super().__call__(texts)
+        self.gate.wait(10)
+        return rows
 
 
 class Slow(Recorder):
