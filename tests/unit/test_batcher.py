@@ -247,3 +247,25 @@ def test_closing_fails_every_unanswered_request_instead_of_leaving_it_hanging() 
     own_rows(["answered"], answered)
     assert [type(outcome) for outcome in unanswered] == [BatcherClosed] * 3
     assert fn.batches == [["answered"], ["running"]]
+
+
+def test_the_model_goes_from_batch_to_batch_while_the_event_loop_is_busy() -> None:
+    """The model's thread takes the next batch itself: a loop busy with other requests (here: blocked)
+    does not leave the model idle between batches."""
+    fn = Slow(0.02)
+
+    async def main() -> tuple[int, list[np.ndarray]]:
+        batcher = MicroBatcher(fn, max_batch=1, max_wait=0.0)
+        try:
+            waiting = [asyncio.ensure_future(batcher.submit([t])) for t in ["a", "bb", "ccc"]]
+            await asyncio.sleep(0)  # all three queued
+            time.sleep(0.5)  # the event loop is busy: no callback of the batcher's runs meanwhile
+            ran_meanwhile = len(fn.batches)
+            return ran_meanwhile, await asyncio.wait_for(asyncio.gather(*waiting), timeout=10)
+        finally:
+            await batcher.close()
+
+    ran_meanwhile, results = asyncio.run(main())
+    assert ran_meanwhile == 3
+    for text, result in zip(["a", "bb", "ccc"], results, strict=True):
+        own_rows([text], result)
