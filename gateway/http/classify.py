@@ -50,25 +50,19 @@ def check_limits(texts: list[str], state: GatewayState, field: str = "texts") ->
             )
 
 
-def choose(state: GatewayState, task: str, key: str, pinned: str | None) -> LoadedModel:
+def choose(state: GatewayState, task: str, key: str, pinned: str | None, teacher: LoadedModel) -> LoadedModel:
     models = state.pool.models
     if pinned is not None:
         model = models.get(pinned)
         if model is None or model.manifest.task != task:
             raise InvalidInput(f"no loaded {task} model {pinned!r}", field="x-kdgate-model")
         return model
-    teacher = state.pool.teacher_of(task)
-    if teacher is None:
-        raise state.no_model(task)
     return state.routed(task, key, models, teacher)
 
 
 async def run_with_fallback(
-    state: GatewayState, task: str, chosen: LoadedModel, texts: list[str]
+    state: GatewayState, task: str, chosen: LoadedModel, teacher: LoadedModel, texts: list[str]
 ) -> tuple[LoadedModel, Batched]:
-    teacher = state.pool.teacher_of(task)
-    if teacher is None:
-        raise state.no_model(task)
     if chosen is teacher:
         return teacher, await teacher.batcher.submit_timed(texts)
     timeout = state.settings.student_timeout_ms / 1000.0
@@ -133,11 +127,15 @@ async def classify_texts(
     if state.in_flight.count >= state.settings.max_in_flight:
         state.metrics.rejected.labels("overloaded").inc()
         raise Overloaded(f"more than {state.settings.max_in_flight} requests in flight; retry shortly")
-    chosen = choose(state, task, key or request_id, pinned)  # may refuse: before the in-flight count
+    # One teacher per request: the one a failed student falls back to is the one the shadow scores with.
+    teacher = state.pool.teacher_of(task)
+    if teacher is None:
+        raise state.no_model(task)
+    chosen = choose(state, task, key or request_id, pinned, teacher)  # may refuse: before the in-flight count
     state.in_flight.enter()
     started = time.perf_counter()
     try:
-        served, batched = await run_with_fallback(state, task, chosen, texts)
+        served, batched = await run_with_fallback(state, task, chosen, teacher, texts)
     except Exception as exc:
         state.metrics.requests.labels(task, chosen.ref, "503").inc()
         state.window.add(chosen.ref, requests=1, errors=1)
@@ -152,8 +150,7 @@ async def classify_texts(
     state.metrics.request_seconds.labels(task, served.ref).observe(elapsed)
     state.metrics.requests.labels(task, served.ref, "200").inc()
     state.window.add(chosen.ref, latency_ms=elapsed * 1000.0, requests=1, errors=0 if served is chosen else 1)
-    teacher = state.pool.teacher_of(task)
-    if state.shadow is not None and teacher is not None:
+    if state.shadow is not None:
         state.shadow.offer(
             ShadowItem(task, request_id, time.time(), served, texts, logits, elapsed * 1000.0), teacher
         )
