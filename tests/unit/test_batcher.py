@@ -252,14 +252,14 @@ def test_closing_fails_every_unanswered_request_instead_of_leaving_it_hanging() 
 def test_the_model_goes_from_batch_to_batch_while_the_event_loop_is_busy() -> None:
     """The model's thread takes the next batch itself: a loop busy with other requests (here: blocked)
     does not leave the model idle between batches."""
-    fn = Slow(0.02)
+    fn = Counting(3)
 
     async def main() -> tuple[int, list[np.ndarray]]:
         batcher = MicroBatcher(fn, max_batch=1, max_wait=0.0)
         try:
             waiting = [asyncio.ensure_future(batcher.submit([t])) for t in ["a", "bb", "ccc"]]
             await asyncio.sleep(0)  # all three queued
-            time.sleep(0.5)  # the event loop is busy: no callback of the batcher's runs meanwhile
+            fn.reached.wait(10)  # the event loop is blocked: no callback of the batcher's runs meanwhile
             ran_meanwhile = len(fn.batches)
             return ran_meanwhile, await asyncio.wait_for(asyncio.gather(*waiting), timeout=10)
         finally:
@@ -269,3 +269,18 @@ def test_the_model_goes_from_batch_to_batch_while_the_event_loop_is_busy() -> No
     assert ran_meanwhile == 3
     for text, result in zip(["a", "bb", "ccc"], results, strict=True):
         own_rows([text], result)
+
+
+class Counting(Recorder):
+    """A Recorder that sets `reached` once it has run `batches` batches."""
+
+    def __init__(self, batches: int) -> None:
+        super().__init__()
+        self.wanted = batches
+        self.reached = threading.Event()
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        rows = super().__call__(texts)
+        if len(self.batches) >= self.wanted:
+            self.reached.set()
+        return rows
