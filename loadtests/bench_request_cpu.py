@@ -1,7 +1,9 @@
 """CPU per /classify request of kdgate's app against the plain FastAPI wrapper of the same student file,
 in-process over ASGI: no sockets, no HTTP parsing, no client. What is left is the framework's and the
-gateway's own work around the model, which on a 2-core machine shared with the client is what
-separates them in `bench_workers` (issue #20, section 5).
+gateway's own work around the model: on a 2-core machine shared with the client, one of the things
+that separates them in `bench_workers` (issue #20, section 5). What it cannot show is time a thread
+spends waiting on another (a model idle between batches): for that, read each server thread's CPU and
+context switches (/proc/<pid>/task/*) under `bench_workers`' load.
 
     .venv/bin/python -m loadtests.bench_request_cpu --state-dir /tmp/tiny --rounds 4 --noop-model
     .venv/bin/python -m loadtests.bench_request_cpu --state-dir /tmp/tiny --profile /tmp/kdgate.prof
