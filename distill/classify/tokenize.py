@@ -42,10 +42,17 @@ class BatchTokenizer:
         return [len(e.ids) for e in self._encode(texts)]
 
     def __call__(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        encodings = self._encode(texts)
+        return self.pad(self._encode(texts))
+
+    def encode(self, texts: list[str]) -> list[Encoding]:
+        """Each text's tokens, truncated, unpadded: `pad` makes model inputs of any subset of them."""
+        return self._encode(texts)
+
+    def pad(self, encodings: list[Encoding]) -> tuple[np.ndarray, np.ndarray]:
+        """ids and attention mask (B, T), padded to the longest of `encodings`."""
         width = max((len(e.ids) for e in encodings), default=1)
-        ids = np.full((len(texts), width), self.pad_id, dtype=np.int64)  # (B, T)
-        mask = np.zeros((len(texts), width), dtype=np.int64)  # (B, T)
+        ids = np.full((len(encodings), width), self.pad_id, dtype=np.int64)  # (B, T)
+        mask = np.zeros((len(encodings), width), dtype=np.int64)  # (B, T)
         for row, enc in enumerate(encodings):
             ids[row, : len(enc.ids)] = enc.ids
             mask[row, : len(enc.ids)] = 1
