@@ -17,6 +17,7 @@ Example (in a route)::
 
 from __future__ import annotations
 
+import secrets
 from typing import Any, TypeVar
 
 from fastapi import Request
@@ -44,6 +45,12 @@ def header(request: Request, name: str) -> str | None:
     if value is not None and len(value) > MAX_HEADER_CHARS:
         raise InvalidInput(f"header longer than {MAX_HEADER_CHARS} characters ({len(value)})", field=name)
     return value
+
+
+def new_request_id() -> str:
+    """The id of a request whose caller gave none: 32 random hex digits, as `uuid4().hex` looks, without
+    building a `uuid.UUID` on every request (its constructor is pure Python)."""
+    return secrets.token_hex(16)
 
 
 def openapi(body: type[BaseModel], headers: dict[str, str]) -> dict[str, Any]:

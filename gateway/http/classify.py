@@ -6,17 +6,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from dataclasses import dataclass
 
 import numpy as np
 from fastapi import APIRouter, Request, Response
 
-from distill.classify.runner import probabilities
 from distill.registry import TaskKind
 from gateway.errors import InvalidInput, ModelUnavailable, NotReady, Overloaded
 from gateway.http.auth import ApiKeyRoute
-from gateway.http.body import header, openapi, read_json_body
+from gateway.http.body import header, new_request_id, openapi, read_json_body
 from gateway.http.schemas import ClassifyRequest, ClassifyResponse, Prediction
 from gateway.serving.batcher import Batched
 from gateway.serving.pool import LoadedModel
@@ -95,7 +93,11 @@ class Classified:
     chosen: LoadedModel
     served: LoadedModel
     batched: Batched
-    probabilities: np.ndarray  # (N, C), in the order of `served.manifest.labels`
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        """(N, C), in the order of `served.manifest.labels`."""
+        return self.batched.probabilities
 
     @property
     def fell_back(self) -> bool:
@@ -154,7 +156,7 @@ async def classify_texts(
         state.shadow.offer(
             ShadowItem(task, request_id, time.time(), served, texts, logits, elapsed * 1000.0), teacher
         )
-    return Classified(chosen, served, batched, probabilities(served.manifest, logits))
+    return Classified(chosen, served, batched)
 
 
 @router.post(
@@ -188,7 +190,7 @@ async def classify_task(request: Request, task: str) -> Response:
 async def _classify(request: Request, task: str) -> Response:
     entered = time.perf_counter()
     state = _state(request)
-    request_id = header(request, "x-request-id") or uuid.uuid4().hex
+    request_id = header(request, "x-request-id") or new_request_id()
     request.state.request_id = request_id  # error responses carry it too (app.py)
     if task != TASK:  # the bundled task answers 503 until its models are built, not 404
         state.served_task(task, TaskKind.CLASSIFY)
@@ -197,12 +199,9 @@ async def _classify(request: Request, task: str) -> Response:
     done = await classify_texts(state, body.items(), request_id, key, pinned, task=task)
     served = done.served
     labels = served.manifest.labels
-    results = [
-        Prediction(
-            label=labels[int(row.argmax())],
-            probabilities={lab: float(p) for lab, p in zip(labels, row, strict=True)},
-        )
-        for row in done.probabilities
+    results = [  # rows as lists of floats: iterating an array makes a numpy scalar per number
+        Prediction(label=labels[row.index(max(row))], probabilities=dict(zip(labels, row, strict=True)))
+        for row in done.probabilities.tolist()
     ]
     # Serialised here, once, by pydantic-core: returning the model would have FastAPI validate it a
     # second time and walk it through its encoder. `response_model` above still documents it.

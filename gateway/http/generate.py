@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +15,7 @@ from starlette.background import BackgroundTask
 from distill.registry import TaskKind
 from gateway.errors import NotReady
 from gateway.http.auth import ApiKeyRoute
-from gateway.http.body import MAX_HEADER_CHARS
+from gateway.http.body import MAX_HEADER_CHARS, new_request_id
 from gateway.http.generation import (
     TASK,
     Generation,
@@ -106,7 +105,7 @@ async def _generate(
     body: GenerateRequest, request: Request, response: Response, headers: RoutingHeaders, task: str
 ) -> GenerateResponse | StreamingResponse:
     state = _state(request)
-    request_id = headers.request_id or uuid.uuid4().hex
+    request_id = headers.request_id or new_request_id()
     request.state.request_id = request_id  # error responses carry it too (app.py)
     response.headers["x-request-id"] = request_id
     if task != TASK:  # the bundled task answers 503 until its models are built, not 404

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from typing import Any
@@ -37,7 +36,7 @@ from gateway.errors import (
     Unauthorized,
 )
 from gateway.http.auth import ApiKeyRoute
-from gateway.http.body import MAX_HEADER_CHARS
+from gateway.http.body import MAX_HEADER_CHARS, new_request_id
 from gateway.http.generation import (
     Generation,
     GenerationRequest,
@@ -135,7 +134,7 @@ async def _start(
     params = GenerationParams(
         max_tokens, body.temperature, body.top_p, body.stops(), body.seed, body.logprob_count()
     )
-    request_id = uuid.uuid4().hex
+    request_id = new_request_id()
     key = body.user or key_header
     asked = GenerationRequest(prompt, messages, params, request_id, key, pinned, "model", task)
     return await start_generation_request(state, asked)

@@ -19,7 +19,6 @@ Example (the official client)::
 from __future__ import annotations
 
 import time
-import uuid
 from enum import Enum
 from typing import Any
 
@@ -29,7 +28,7 @@ from fastapi.responses import JSONResponse
 from distill.registry import TaskKind
 from gateway.errors import GatewayError, InvalidInput, NotFound, NotReady
 from gateway.http.auth import ApiKeyRoute
-from gateway.http.body import MAX_HEADER_CHARS, header, openapi
+from gateway.http.body import MAX_HEADER_CHARS, header, new_request_id, openapi
 from gateway.http.classify import HEADERS, classify_texts, server_timing
 from gateway.http.tensors import (
     INPUT,
@@ -169,7 +168,7 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     if length is not None and not length.isdigit():
         raise InvalidInput(f"must be a byte count, got {length!r}", field=HEADER_LENGTH)
     body, texts = read_infer(await request.body(), None if length is None else int(length))
-    request_id = body.id or header(request, "x-request-id") or uuid.uuid4().hex
+    request_id = body.id or header(request, "x-request-id") or new_request_id()
     request.state.request_id = request_id  # error responses carry it too (app.py)
     key = header(request, "x-kdgate-key") or _parameter_key(body)
     pinned = model.ref if model is not None else header(request, "x-kdgate-model")

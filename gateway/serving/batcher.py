@@ -26,7 +26,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-BatchFn = Callable[[list[str]], np.ndarray]  # texts -> (B, C) logits
+# texts -> (logits, probabilities), each (B, C): both made on the model's thread, once per batch
+# (pool.scored), so the event loop only hands each request its rows.
+BatchFn = Callable[[list[str]], tuple[np.ndarray, np.ndarray]]
 ObserveFn = Callable[[int], None]  # called with each batch's size, on the model's thread
 
 
@@ -35,6 +37,7 @@ class Batched:
     """One request's rows of a batch, and where its time went (the `server-timing` header shows it)."""
 
     logits: np.ndarray  # (n, C)
+    probabilities: np.ndarray  # (n, C), what the model serves (calibrated softmax of `logits`)
     queued_s: float  # submit → its batch starts
     model_s: float  # the batch's model call, timed on the model's thread
     batch_size: int  # texts in the batch it rode in
@@ -60,7 +63,7 @@ class MicroBatcher:
 
     Example::
 
-        batcher = MicroBatcher(runner.predict_logits, max_batch=32, max_wait=0.002)
+        batcher = MicroBatcher(scored(runner, manifest), max_batch=32, max_wait=0.002)  # pool.scored
         logits = await batcher.submit(["hello"])      # (1, C)
     """
 
@@ -131,7 +134,7 @@ class MicroBatcher:
             if self._observe is not None:
                 self._observe(len(texts))
             started = time.perf_counter()
-            outcome: np.ndarray | Exception
+            outcome: tuple[np.ndarray, np.ndarray] | Exception
             try:
                 outcome = self._fn(texts)
             except Exception as exc:  # the model's failure belongs to each waiting request
@@ -166,7 +169,11 @@ class MicroBatcher:
 
     @staticmethod
     def _answer(
-        batch: list[_Pending], outcome: np.ndarray | Exception, started: float, model_s: float, size: int
+        batch: list[_Pending],
+        outcome: tuple[np.ndarray, np.ndarray] | Exception,
+        started: float,
+        model_s: float,
+        size: int,
     ) -> None:
         """On the event loop: each waiting request gets its own rows, or the model's exception."""
         offset = 0
@@ -176,6 +183,10 @@ class MicroBatcher:
                 if isinstance(outcome, Exception):
                     pending.future.set_exception(outcome)
                 else:
+                    logits, probabilities = outcome
+                    rows = slice(offset, offset + n)
                     queued = started - pending.enqueued
-                    pending.future.set_result(Batched(outcome[offset : offset + n], queued, model_s, size))
+                    pending.future.set_result(
+                        Batched(logits[rows], probabilities[rows], queued, model_s, size)
+                    )
             offset += n

@@ -8,9 +8,11 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
-from distill.classify.runner import Runner, load_runner
+import numpy as np
+
+from distill.classify.runner import Runner, load_runner, probabilities
 from distill.registry import Manifest, Registry, RegistryError, Role, TaskKind
-from gateway.serving.batcher import MicroBatcher
+from gateway.serving.batcher import BatchFn, MicroBatcher
 from gateway.serving.metrics import GatewayMetrics
 from gateway.settings import Settings
 
@@ -45,6 +47,18 @@ class LoadedLM:
     @property
     def ref(self) -> str:
         return self.manifest.ref
+
+
+def scored(runner: Runner, manifest: Manifest) -> BatchFn:
+    """A classifier's batch function: its logits and the probabilities it serves, both made on the
+    model's thread, once per batch. The event loop is the gateway's one core for HTTP: it only slices
+    each request's rows."""
+
+    def run(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        logits = runner.predict_logits(texts)
+        return logits, probabilities(manifest, logits)
+
+    return run
 
 
 def settle_heap() -> None:
@@ -104,7 +118,7 @@ class ModelPool:
         runner = load_runner(self.registry, manifest.ref, threads=threads, prefer_onnx=prefer_onnx)
         histogram = self.metrics.batch_size.labels(manifest.task, manifest.ref)
         batcher = MicroBatcher(
-            runner.predict_logits,
+            scored(runner, manifest),
             max_batch=self.settings.max_batch_size,
             max_wait=self.settings.max_wait_ms / 1000.0,
             name=manifest.ref,

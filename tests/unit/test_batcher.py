@@ -11,13 +11,14 @@ from typing import TypeVar
 import numpy as np
 import pytest
 
-from gateway.serving.batcher import BatcherClosed, MicroBatcher
+from gateway.serving.batcher import Batched, BatcherClosed, MicroBatcher
 
 T = TypeVar("T")
 
 
 class Recorder:
-    """texts -> (B, 2) rows [len(text), position in batch]; records batch sizes and the calling thread.
+    """texts -> (logits, probabilities): (B, 2) rows [len(text), position in batch], and the same rows
+    times 10; records batch sizes and the calling thread.
 
     Raises `RuntimeError` for any batch containing the text "boom".
     """
@@ -26,12 +27,13 @@ class Recorder:
         self.batches: list[list[str]] = []
         self.threads: list[int] = []
 
-    def __call__(self, texts: list[str]) -> np.ndarray:
+    def __call__(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         self.batches.append(list(texts))
         self.threads.append(threading.get_ident())
         if "boom" in texts:
             raise RuntimeError("model exploded")
-        return np.array([[len(t), i] for i, t in enumerate(texts)], dtype=np.float32)  # (B, 2)
+        rows = np.array([[len(t), i] for i, t in enumerate(texts)], dtype=np.float32)  # (B, 2)
+        return rows, rows * 10
 
     @property
     def sizes(self) -> list[int]:
@@ -70,6 +72,19 @@ def test_concurrent_submits_are_grouped_and_everyone_gets_its_own_rows() -> None
     assert sorted(t for batch in fn.batches for t in batch) == sorted(texts)
     for text, result in zip(texts, results, strict=True):
         own_rows([text], result)
+
+
+def test_each_request_gets_its_own_rows_of_the_logits_and_of_the_probabilities() -> None:
+    fn = Recorder()
+    requests = [["a", "bb"], ["ccc"], ["dddd", "eeeee", "ffffff"]]
+
+    async def body(batcher: MicroBatcher) -> list[Batched]:
+        return await asyncio.gather(*(batcher.submit_timed(r) for r in requests))
+
+    results = run(fn, body, max_batch=8)
+    for texts, result in zip(requests, results, strict=True):
+        own_rows(texts, result.logits)
+        own_rows(texts, result.probabilities / 10)
 
 
 def test_multi_text_submits_keep_their_rows_in_order() -> None:
@@ -209,7 +224,7 @@ class Gated(Recorder):
         super().__init__()
         self.gate = threading.Event()
 
-    def __call__(self, texts: list[str]) -> np.ndarray:
+    def __call__(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         rows = super().__call__(texts)
         self.gate.wait(10)
         return rows
@@ -222,7 +237,7 @@ class Slow(Recorder):
         super().__init__()
         self.seconds = seconds
 
-    def __call__(self, texts: list[str]) -> np.ndarray:
+    def __call__(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         rows = super().__call__(texts)
         time.sleep(self.seconds)
         return rows
@@ -279,7 +294,7 @@ class Counting(Recorder):
         self.wanted = batches
         self.reached = threading.Event()
 
-    def __call__(self, texts: list[str]) -> np.ndarray:
+    def __call__(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         rows = super().__call__(texts)
         if len(self.batches) >= self.wanted:
             self.reached.set()
