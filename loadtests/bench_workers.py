@@ -7,9 +7,11 @@ Servers, all up at once and measured in alternating rounds so drift of the machi
 `kdgate serve` with 1 and with 2 workers (the split at 100% on the student, shadow off), the plainest
 FastAPI wrapper of the same student file (`loadtests/plain_wrapper.py`) and the no-framework floor
 (`loadtests/raw_wrapper.py`); then both gateways again with the shadow on (the teacher scoring sampled
-student traffic), for the p99 cost of shadowing. Each measurement is `--requests` POST /classify from
-`concurrency` keep-alive connections (`lean_load`: one connection per client thread, so at c=1 one
-worker answers everything: SO_REUSEPORT spreads connections, not requests).
+student traffic), for the p99 cost of shadowing; after each of those the bench waits for the shadow to
+work off its backlog, which would otherwise load the next measurement. Each measurement is
+`--requests` POST /classify from `concurrency` keep-alive connections (`lean_load`: one connection
+per client thread, so at c=1 one worker answers everything: SO_REUSEPORT spreads connections, not
+requests).
 
 With `--baseline-tree`, the kdgate of another source tree (a git worktree of an older commit) with 1
 worker joins the rounds too, so a change to the request path is measured against it in the same run:
@@ -54,6 +56,24 @@ def serving_student(url: str, state_dir: Path, student: str, workers: int) -> No
         if time.monotonic() > deadline:
             raise RuntimeError(f"{workers} workers did not all answer on {url}")
         time.sleep(0.5)
+
+
+def shadow_backlog(url: str) -> float:
+    """Items the gateway's /classify shadow still has to score or log (`kdgate_shadow_queued`)."""
+    lines = httpx.get(f"{url}/metrics").text.splitlines()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith("kdgate_shadow_queued{"))
+
+
+def settle(url: str, timeout_s: float = 900) -> None:
+    """Waits until a shadowing gateway has worked off its backlog. Its teacher scores the traffic of the
+    measurement just taken for a while after it, on cores left idle (its budget grows with them), and
+    would otherwise load the next measurement, of whichever server comes next."""
+    deadline = time.monotonic() + timeout_s
+    while shadow_backlog(url) > 0:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the shadow of {url} did not drain in {timeout_s:.0f} s")
+        time.sleep(0.5)
+    time.sleep(1.0)  # the batch the teacher took last
 
 
 def ratios(result: dict[str, Any]) -> dict[str, float]:
@@ -120,14 +140,22 @@ def main() -> None:
         for url in urls.values():  # warm-up: every worker's connections, every model's first calls
             lean_load(url, texts, 8, 200)
         runs: dict[str, dict[int, list[dict[str, Any]]]] = {n: {c: [] for c in CONCURRENCY} for n in urls}
-        for _ in range(args.rounds):
+        names = list(urls)
+        for round_ in range(args.rounds):
+            # Each round starts one server further on, so an effect of the position in a round hits every
+            # server alike (in a run with a fixed order, the server always measured first at c=1 was the
+            # only one ~10% below its A/B figure).
+            order = names[round_ % len(names) :] + names[: round_ % len(names)]
             for concurrency in CONCURRENCY:
-                for name, url in urls.items():
+                for name in order:
+                    url = urls[name]
                     if name.endswith("_shadow_on") and concurrency != 32:
                         continue
                     result = lean_load(url, texts, concurrency, args.requests)
                     result.pop("latencies_ms")
                     runs[name][concurrency].append(result)
+                    if name.endswith("_shadow_on"):
+                        settle(url)
     result = {name: {f"c{c}": median_runs(r) for c, r in by_c.items() if r} for name, by_c in runs.items()}
     report = {
         "results": result,
