@@ -39,14 +39,10 @@ class BatchTokenizer:
         return TOKENIZER_FILE
 
     def lengths(self, texts: list[str]) -> list[int]:
-        return [len(e.ids) for e in self._encode(texts)]
+        return [len(e.ids) for e in self.encode(texts)]
 
     def __call__(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        return self.pad(self._encode(texts))
-
-    def encode(self, texts: list[str]) -> list[Encoding]:
-        """Each text's tokens, truncated, unpadded: `pad` makes model inputs of any subset of them."""
-        return self._encode(texts)
+        return self.pad(self.encode(texts))
 
     def pad(self, encodings: list[Encoding]) -> tuple[np.ndarray, np.ndarray]:
         """ids and attention mask (B, T), padded to the longest of `encodings`."""
@@ -58,7 +54,8 @@ class BatchTokenizer:
             mask[row, : len(enc.ids)] = 1
         return ids, mask
 
-    def _encode(self, texts: list[str]) -> list[Encoding]:
+    def encode(self, texts: list[str]) -> list[Encoding]:
+        """Each text's tokens, truncated, unpadded: `pad` makes model inputs of any subset of them."""
         # On the calling thread, text by text: `encode_batch` fans out to a rayon pool of one thread per
         # core. For a serving batch of a few tweets that saved no time and cost ~60% more tokenizer CPU
         # in spinning threads, on the cores the event loop and the other models share (the models' own

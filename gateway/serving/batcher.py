@@ -10,9 +10,10 @@ already holds a batch (loadtests/bench_gateway.py).
 Why the worker batches rather than an asyncio task that sends each batch to an executor: the model's
 thread goes from one batch straight to the next. With the task, it sat idle until a busy event loop
 noticed the last batch was done and sent the next; under load that idle time cost up to a third of
-the throughput (c=8 in loadtests/results/bench_workers.json). And a request costs the loop one queue
-put and a share of one callback, not an executor future chained to an asyncio one. A model never runs
-two batches at once, so its thread count is exactly what its runner was given.
+the throughput (c=8, bench_workers with --baseline-tree at the loop-side batcher, 099c0ae). And a
+request costs the loop one queue put and a share of one callback, not an executor future chained to an
+asyncio one. A model never runs two batches at once, so its thread count is exactly what its runner
+was given.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class MicroBatcher:
 
     Example::
 
-        batcher = MicroBatcher(scored(runner, manifest), max_batch=32, max_wait=0.002)  # pool.scored
+        batcher = MicroBatcher(scored(runner), max_batch=32, max_wait=0.002)  # pool.scored
         logits = await batcher.submit(["hello"])      # (1, C)
     """
 

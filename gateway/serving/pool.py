@@ -49,14 +49,14 @@ class LoadedLM:
         return self.manifest.ref
 
 
-def scored(runner: Runner, manifest: Manifest) -> BatchFn:
+def scored(runner: Runner) -> BatchFn:
     """A classifier's batch function: its logits and the probabilities it serves, both made on the
     model's thread, once per batch. The event loop is the gateway's one core for HTTP: it only slices
     each request's rows."""
 
     def run(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         logits = runner.predict_logits(texts)
-        return logits, probabilities(manifest, logits)
+        return logits, probabilities(runner.manifest, logits)
 
     return run
 
@@ -118,7 +118,7 @@ class ModelPool:
         runner = load_runner(self.registry, manifest.ref, threads=threads, prefer_onnx=prefer_onnx)
         histogram = self.metrics.batch_size.labels(manifest.task, manifest.ref)
         batcher = MicroBatcher(
-            scored(runner, manifest),
+            scored(runner),
             max_batch=self.settings.max_batch_size,
             max_wait=self.settings.max_wait_ms / 1000.0,
             name=manifest.ref,
