@@ -1,21 +1,23 @@
 """The inference routes served straight from the ASGI call, past FastAPI's router and request handler.
 
-Why: on /classify, FastAPI 0.165's routing (its included routers, matched lazily) and its request
-handler (dependency solving, exit stacks, the endpoint's context) cost ~150 µs of event-loop CPU a
-request: more than all of the gateway's own work around the model, on the one core that HTTP gets
-(issue #20, `loadtests/bench_workers.py`). The routes stay declared on their routers, so /docs
-documents them, and FastAPI serves whatever this middleware does not take.
+Why: on /classify, FastAPI 0.165's routing and request handler cost ~200 µs of event-loop CPU a
+request, on the one core that HTTP gets. Served directly, a request at concurrency 1 took 865 µs of
+the loop's CPU, against 1065 µs through FastAPI and 885 µs in the plain one-route FastAPI wrapper of the
+same model (issue #20; an A/B of 8 alternating rounds, the loop thread's CPU read from /proc). The
+routes stay declared on their routers, so /docs documents them, and FastAPI serves whatever this
+middleware does not take.
 
 What a route's handler gets here is what FastAPI gives it: the same `Request` (path parameters in
 `request.path_params` and as keyword arguments), the API key check of an `ApiKeyRoute` first, and the
 app's exception handlers in Starlette's order (the class's MRO; an exception none of them handles goes
 on to Starlette's handler of last resort, as it does from FastAPI). Only a handler that reads its
 request itself (`body.py`: the request and its path parameters, nothing else) can be served this way;
-a route that takes FastAPI parameters or has dependencies is refused when the app is built.
+a route that takes FastAPI parameters or has dependencies is refused when the app starts (Starlette
+builds its middleware on the first ASGI call, the lifespan's).
 
 Example (in `create_app`)::
 
-    app.add_middleware(DirectRoutes, routes=classify.router.routes)
+    app.add_middleware(DirectRoutes, routes=classify.router.routes)  # the rest go on to FastAPI
 """
 
 from __future__ import annotations

@@ -130,3 +130,10 @@ def test_an_unhandled_exception_goes_on_to_the_server_as_from_fastapi() -> None:
     to log: the direct path must not swallow it in that handler itself."""
     with TestClient(make_app(api_keys=[])) as client, pytest.raises(RuntimeError, match="a bug"):
         client.post("/items/broken")
+
+
+def test_under_a_proxys_prefix_the_routes_match_past_it() -> None:
+    app = make_app(api_keys=[])
+    with TestClient(app, root_path="/api") as client:
+        assert client.post("/api/items/abc").json()["routed"] is False
+        assert client.post("/apix/items/abc").status_code == 404  # not the prefix: FastAPI's 404
