@@ -39,7 +39,8 @@ def check_api_key(request: Request) -> None:
 
 class ApiKeyRoute(APIRoute):
     """The route class of inference routers: the API key is checked first (errors take the app's
-    handlers, in the protocol's own shape), and /docs shows the operation needing it."""
+    handlers, in the protocol's own shape), and /docs shows the operation needing it. `DirectRoutes`,
+    which serves the hottest of them past FastAPI's request handler, checks it the same way."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs["openapi_extra"] = {"security": [{SCHEME: []}], **(kwargs.get("openapi_extra") or {})}
