@@ -35,6 +35,10 @@ class MalformedRequest(GatewayError):
     status, kind = 400, "malformed_request"
 
 
+class PayloadTooLarge(GatewayError):
+    status, kind = 413, "payload_too_large"
+
+
 class Unauthorized(GatewayError):
     status, kind = 401, "unauthorized"
 

@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     build_recipe: dict[str, Any] = Field(default_factory=dict)  # overrides of the classify ClassifyRecipe
     build_generate_recipe: dict[str, Any] = Field(default_factory=dict)  # ...and of the GenerateRecipe
 
+    # Bytes of a request body, refused (413) before it is read whole. The default holds max_texts of
+    # max_text_chars even written as JSON escapes of astral characters (12 bytes each): raise it with them.
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     max_texts: int = Field(64, ge=1)  # texts per /classify request
     max_text_chars: int = Field(2000, ge=1)  # characters per text (the model reads ≤ 64 tokens anyway)
     max_in_flight: int = Field(64, ge=1)  # concurrent requests; more are answered 429 at once

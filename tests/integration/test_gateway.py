@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import openai
 import pytest
 
 from distill.classify.evaluate import softmax
@@ -21,6 +22,7 @@ from distill.registry import FaultSpec, Registry
 from tests.support import RunningServer, metric_sum, start_server
 
 TEACHER, STUDENT = "classify-teacher@1", "classify-student@1"
+BODY_LIMIT = 16384
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +30,7 @@ def shared(module_state_dir: Path) -> Iterator[RunningServer]:
     """One server for the tests whose requests change nothing it holds (answers, refusals, reads): the
     start and stop of a server of their own would be most of their time. A test that changes state, or
     needs other settings, starts its own with `serve`."""
-    server = start_server(module_state_dir, max_texts=8, max_text_chars=100)
+    server = start_server(module_state_dir, max_texts=8, max_text_chars=100, max_body_bytes=BODY_LIMIT)
     yield server
     server.stop()
 
@@ -107,6 +109,35 @@ def test_malformed_json_is_a_400(shared) -> None:
     )
     assert response.status_code == 400
     assert response.json()["error"]["type"] == "malformed_request"
+
+
+def test_a_body_over_the_byte_limit_is_a_413_in_each_protocols_shape(shared) -> None:
+    server = shared
+    big = "x" * BODY_LIMIT
+    with httpx.Client(base_url=server.url) as connection:
+        r = connection.post("/classify", json={"text": big}, headers={"x-request-id": "req-8"})
+        assert r.status_code == 413
+        assert r.json()["error"]["type"] == "payload_too_large" and r.json()["error"]["field"] == "body"
+        assert r.headers["x-request-id"] == "req-8"
+        # the refused body was never read: the connection still serves the next request, also after a
+        # body far over the server's read buffers (uvicorn drains what the client still sends)
+        assert connection.post("/classify", json={"text": "fine"}).status_code == 200
+        assert connection.post("/classify", json={"text": big * 128}).status_code == 413
+        assert connection.post("/classify", json={"text": "fine"}).status_code == 200
+    v2 = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [big]}]}
+    r = httpx.post(f"{server.url}/v2/models/classify/infer", json=v2)
+    assert r.status_code == 413 and r.json()["error"].startswith("body: ")  # v2's shape
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0)
+    with client, pytest.raises(openai.APIStatusError) as refused:
+        client.chat.completions.create(model="generate", messages=[{"role": "user", "content": big}])
+    assert refused.value.status_code == 413
+    assert (refused.value.type, refused.value.param) == ("invalid_request_error", "body")  # OpenAI's shape
+    # chunked (no declared length): read up to the limit, then refused; under it, served as usual
+    over = (b"x" * 4096 for _ in range(BODY_LIMIT // 4096 + 1))
+    assert httpx.post(f"{server.url}/classify", content=over).status_code == 413
+    under = (part.encode() for part in ('{"text": ', '"I love this phone"}'))
+    r = httpx.post(f"{server.url}/classify", content=under)
+    assert r.status_code == 200 and len(r.json()["results"]) == 1
 
 
 def test_admin_needs_the_token(shared) -> None:
