@@ -33,14 +33,21 @@ def write_json(path: Path, payload: Any, *, mode: int = 0o644) -> None:
     write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n", mode=mode)
 
 
-def write_text(path: Path, text: str, *, mode: int = 0o644) -> None:
-    """Replaces `path` with `text`; `mode` applies from the first byte (a secret is never world-readable)."""
-    write_with(path, lambda handle: handle.write(text.encode()), mode=mode)
+def write_text(path: Path, text: str, *, mode: int = 0o644, exclusive: bool = False) -> None:
+    """Replaces `path` with `text`; `mode` applies from the first byte (a secret is never world-readable).
+    `exclusive`: see `write_with`."""
+    write_with(path, lambda handle: handle.write(text.encode()), mode=mode, exclusive=exclusive)
 
 
-def write_with(path: Path, fill: Callable[[IO[bytes]], object], *, mode: int = 0o644) -> None:
+def write_with(
+    path: Path, fill: Callable[[IO[bytes]], object], *, mode: int = 0o644, exclusive: bool = False
+) -> None:
     """Replaces `path` with what `fill` writes into an open binary file (for writers such as
-    `torch.save` or `numpy.savez` that take a file object)."""
+    `torch.save` or `numpy.savez` that take a file object).
+
+    `exclusive`: create `path` only if it does not exist, else FileExistsError and `path` untouched.
+    Of processes racing to create it, exactly one wins and the others read the winner's whole file
+    (a hard link publishes the complete temp file at once, as the rename does)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")  # unique: concurrent writers never share
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
@@ -49,7 +56,11 @@ def write_with(path: Path, fill: Callable[[IO[bytes]], object], *, mode: int = 0
             fill(handle)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        if exclusive:
+            os.link(tmp, path)
+            tmp.unlink()
+        else:
+            os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

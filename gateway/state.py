@@ -188,6 +188,7 @@ class GatewayState:
                     on_drop=log_drops(metrics),
                     flush_rows=settings.shadow_flush_rows,
                     flush_seconds=settings.shadow_flush_seconds,
+                    max_pending_rows=settings.shadow_max_pending_rows,
                     max_bytes=settings.shadow_max_bytes,
                     max_age_seconds=settings.shadow_max_age_seconds,
                     redact_inputs=settings.redact_inputs,
@@ -231,10 +232,15 @@ class GatewayState:
 
 
 def ensure_token_file(state_dir: Path) -> str:
-    """The admin token from `<state_dir>/admin.token`, created (mode 0600) with a random token if absent."""
+    """The admin token from `<state_dir>/admin.token`, created (mode 0600) with a random token if absent.
+    The workers of `serve --workers N` start together on a fresh state dir: one creates the file, and
+    the others read its token rather than each keeping a token of their own."""
     path = token_path(state_dir)
     if path.exists():
         return path.read_text().strip()
     token = secrets.token_urlsafe(32)
-    write_text(path, token + "\n", mode=0o600)
+    try:
+        write_text(path, token + "\n", mode=0o600, exclusive=True)
+    except FileExistsError:
+        return path.read_text().strip()
     return token

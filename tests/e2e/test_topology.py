@@ -96,8 +96,10 @@ def test_three_replicas_behind_haproxy_share_the_s3_registry_a_prometheus_canary
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     marks = {"start": time.monotonic()}
-    # Small shadow segments, so records reach the bucket within a second of being scored.
-    settings = {"shadow_flush_rows": 8, "shadow_flush_seconds": 0.5}
+    # Small shadow segments, so records reach the bucket within a second of being scored; and few held
+    # while S3 is down, so each replica drops some within seconds even when the busy cores starve its
+    # teacher (at the default 20 segments' worth, one replica's drops once took over 30 s to begin).
+    settings = {"shadow_flush_rows": 8, "shadow_flush_seconds": 0.5, "shadow_max_pending_rows": 16}
     topology = Topology(
         built_state, tmp_path / "topology", settings=settings, s3=s3_server, postgres=postgres_server
     )

@@ -52,3 +52,12 @@ def test_a_shared_document_sees_another_writers_change_once_its_poll_is_due(tmp_
     assert reader.read() == {"classify": {"s@1": 100}}
     writer.update(lambda doc: doc | {"classify": {"s@2": 100}})
     assert reader.read() == {"classify": {"s@2": 100}}  # replaced file, new inode: seen at once
+
+
+def test_an_exclusive_write_never_replaces_a_file_that_exists(tmp_path: Path) -> None:
+    target = tmp_path / "admin.token"
+    write_text(target, "first\n", exclusive=True)
+    with pytest.raises(FileExistsError):
+        write_text(target, "second\n", exclusive=True)
+    assert target.read_text() == "first\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["admin.token"]
