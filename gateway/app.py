@@ -29,7 +29,7 @@ from gateway.continual.store import LoopStore, loop_document
 from gateway.errors import GatewayError, InvalidInput, MalformedRequest, NotFound, StoreDown
 from gateway.http import admin, classify, generate, openai, rollouts, v2
 from gateway.http.auth import document_api_keys
-from gateway.http.body_limit import BodyLimit
+from gateway.http.body_limit import BodyLimit, document_body_limit
 from gateway.http.direct import DirectRoutes
 from gateway.rollouts.published import PUBLISH_S
 from gateway.serving.default_build import missing_defaults, start_background_build
@@ -208,9 +208,10 @@ def create_app(
     app.include_router(rollouts.router)
     _install_error_handlers(app)
     document_api_keys(app)
+    document_body_limit(app, settings.body_bytes_limit)
     # The hot inference routes, past FastAPI's routing and request handler (gateway/http/direct.py).
     app.add_middleware(DirectRoutes, routes=[*classify.router.routes, *v2.infer_router.routes])
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, refuse=_error)  # added last: outside
+    app.add_middleware(BodyLimit, max_bytes=settings.body_bytes_limit, refuse=_error)  # added last: outside
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

@@ -12,6 +12,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from distill.registry import TASK_NAME
 
+JSON_ESCAPE_BYTES = 12  # the most a character takes in a JSON body: an astral one as "\ud83d\ude00"
+
 
 class Settings(BaseSettings):
     """Validated at start and passed down; nothing else reads the environment.
@@ -51,9 +53,9 @@ class Settings(BaseSettings):
     build_recipe: dict[str, Any] = Field(default_factory=dict)  # overrides of the classify ClassifyRecipe
     build_generate_recipe: dict[str, Any] = Field(default_factory=dict)  # ...and of the GenerateRecipe
 
-    # Bytes of a request body, refused (413) before it is read whole. The default holds max_texts of
-    # max_text_chars even written as JSON escapes of astral characters (12 bytes each): raise it with them.
-    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    # Bytes of a request body, refused (413) before it is read whole. None: see `body_bytes_limit`,
+    # which grows with the text limits below; a number: exactly that, even if it cuts under them.
+    max_body_bytes: int | None = Field(None, ge=1024)
     max_texts: int = Field(64, ge=1)  # texts per /classify request
     max_text_chars: int = Field(2000, ge=1)  # characters per text (the model reads ≤ 64 tokens anyway)
     max_in_flight: int = Field(64, ge=1)  # concurrent requests; more are answered 429 at once
@@ -209,6 +211,20 @@ class Settings(BaseSettings):
         if unknown:
             raise ValueError(f"unknown field {unknown[0]!r} ({recipe.__name__} fields: {', '.join(known)})")
         return value
+
+    @property
+    def body_bytes_limit(self) -> int:
+        """`max_body_bytes`, or by default 4 MiB or, if more, twice the largest text a request may carry
+        written as JSON escapes of astral characters (12 bytes a character): `max_texts` texts of
+        `max_text_chars`, or a prompt of `max_prompt_chars`. Raising a text limit raises this with it.
+
+        >>> Settings().body_bytes_limit, Settings(max_texts=1000).body_bytes_limit
+        (4194304, 48000000)
+        """
+        if self.max_body_bytes is not None:
+            return self.max_body_bytes
+        largest_chars = max(self.max_texts * self.max_text_chars, self.max_prompt_chars)
+        return max(4 * 1024 * 1024, 2 * JSON_ESCAPE_BYTES * largest_chars)
 
     @model_validator(mode="after")
     def _recipes_of_looped_tasks(self) -> Settings:

@@ -17,6 +17,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.routing import APIRoute
 
 from gateway.errors import Unauthorized
+from gateway.http.contract import Schema, complete_openapi
 from gateway.state import GatewayState
 
 SCHEME = "ApiKeys"  # the OpenAPI security scheme the guarded operations name
@@ -59,17 +60,12 @@ class ApiKeyRoute(APIRoute):
 def document_api_keys(app: FastAPI) -> None:
     """Adds the scheme `ApiKeyRoute` operations name to the app's OpenAPI components (FastAPI declares
     schemes only for dependencies)."""
-    build = app.openapi
 
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is not None:
-            return app.openapi_schema
-        schema = build()  # FastAPI keeps it as app.openapi_schema: completed here once
+    def add_scheme(schema: Schema) -> None:
         schema.setdefault("components", {}).setdefault("securitySchemes", {})[SCHEME] = {
             "type": "http",
             "scheme": "bearer",
             "description": "One of the gateway's api_keys; inference routes are open while none is set.",
         }
-        return schema
 
-    app.openapi = openapi  # type: ignore[method-assign]
+    complete_openapi(app, add_scheme)

@@ -1,4 +1,4 @@
-"""Request bodies bounded in bytes before anything reads them whole (`settings.max_body_bytes`).
+"""Request bodies bounded in bytes before anything reads them whole (`settings.body_bytes_limit`).
 
 A body that declares a bigger `content-length` is refused at once, before a byte of it is read. A
 chunked body (no declared length) is read here up to the limit and then handed on, or refused the moment
@@ -9,17 +9,18 @@ parsing. A body of declared length needs no counting: the HTTP parser delivers n
 
 Example (in `create_app`)::
 
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, refuse=_error)  # app.py's shapes
+    app.add_middleware(BodyLimit, max_bytes=settings.body_bytes_limit, refuse=_error)  # app.py's shapes
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from fastapi import Request, Response
+from fastapi import FastAPI, Request, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import GatewayError, PayloadTooLarge
+from gateway.http.contract import Schema, complete_openapi
 
 Refuse = Callable[[Request, GatewayError], Response]  # (request, error) -> the protocol's error response
 
@@ -52,6 +53,23 @@ class BodyLimit:
         error = PayloadTooLarge(f"{what}; at most {self.max_bytes} bytes (max_body_bytes)", field="body")
         response = self.refuse(Request(scope), error)
         await response(scope, _no_body, send)
+
+
+def document_body_limit(app: FastAPI, max_bytes: int) -> None:
+    """Adds the 413 to every operation of the app's OpenAPI contract that takes a body (the middleware
+    answers it before any route runs, so FastAPI cannot know of it)."""
+    response = {
+        "description": f"The request body is over {max_bytes} bytes (max_body_bytes); the error comes "
+        "in the shape of the protocol the path speaks."
+    }
+
+    def add_413(schema: Schema) -> None:
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                if "requestBody" in operation:
+                    operation.setdefault("responses", {})["413"] = response
+
+    complete_openapi(app, add_413)
 
 
 def _framing(headers: list[tuple[bytes, bytes]]) -> tuple[int | None, bool]:

@@ -249,6 +249,8 @@ def test_routes_are_in_the_openapi_contract(server: RunningServer) -> None:
     fields = {"model", "messages", "max_completion_tokens", "logprobs", "top_logprobs"}
     assert fields <= set(body["properties"])
     assert {"/v1/completions", "/v1/models"} <= set(spec["paths"])
+    assert "413" in chat["responses"]  # the body limit, answered before the route runs
+    assert "413" not in spec["paths"]["/v1/models"]["get"]["responses"]
     guarded = {
         path
         for path, operations in spec["paths"].items()

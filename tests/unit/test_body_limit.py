@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
 
 from gateway.errors import GatewayError
-from gateway.http.body_limit import BodyLimit
+from gateway.http.body_limit import BodyLimit, document_body_limit
 
 LIMIT = 1000
 calls: list[int] = []  # body sizes the app was called with
@@ -25,13 +25,18 @@ def refuse(request: Request, error: GatewayError) -> JSONResponse:
 def client() -> Iterator[TestClient]:
     app = FastAPI()
 
-    @app.post("/echo")
+    @app.post("/echo", openapi_extra={"requestBody": {"content": {"application/octet-stream": {}}}})
     async def echo(request: Request) -> JSONResponse:
         body = await request.body()
         calls.append(len(body))
         return JSONResponse({"size": len(body)})
 
+    @app.get("/size")
+    async def size() -> dict[str, int]:
+        return {"size": 0}
+
     app.add_middleware(BodyLimit, max_bytes=LIMIT, refuse=refuse)
+    document_body_limit(app, LIMIT)
     calls.clear()
     with TestClient(app) as client:
         yield client
@@ -62,3 +67,9 @@ def test_a_body_over_the_limit_is_refused_413_in_the_given_shape_and_the_app_nev
 
 def test_requests_without_a_body_pass(client: TestClient) -> None:
     assert client.post("/echo").json() == {"size": 0}
+
+
+def test_the_413_is_in_the_contract_of_every_operation_that_takes_a_body(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    assert str(LIMIT) in paths["/echo"]["post"]["responses"]["413"]["description"]
+    assert "413" not in paths["/size"]["get"]["responses"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from pydantic import ValidationError
 
@@ -67,3 +69,17 @@ def test_the_shadow_logs_earlier_setting_name_still_works(monkeypatch: pytest.Mo
 def test_a_replica_id_that_cannot_be_a_folder_name_is_refused() -> None:
     with pytest.raises(ValidationError, match="replica_id"):
         Settings(replica_id="gw/1")
+
+
+def test_the_default_body_limit_grows_with_the_text_limits_and_an_explicit_one_is_kept() -> None:
+    assert Settings().body_bytes_limit == 4 * 1024 * 1024
+    for limits in ({"max_texts": 1000}, {"max_text_chars": 20_000}, {"max_prompt_chars": 1_000_000}):
+        settings = Settings(**limits)
+        texts = ["\U0001f600" * settings.max_text_chars] * settings.max_texts  # 12 bytes a character
+        largest = max(
+            len(json.dumps({"texts": texts})),
+            len(json.dumps({"prompt": "\U0001f600" * settings.max_prompt_chars})),
+        )
+        assert largest > 4 * 1024 * 1024, limits
+        assert settings.body_bytes_limit >= largest, limits
+    assert Settings(max_body_bytes=2048, max_texts=1000).body_bytes_limit == 2048
