@@ -108,6 +108,12 @@ class PrometheusSource:
     def close(self) -> None:
         self._client.close()
 
+    def __enter__(self) -> PrometheusSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def window_s(self, state: RolloutState, now: float) -> int:
         """The query range: time since the step started, whole seconds rounded up, at least the minimum."""
         elapsed = now - state.step_started_at

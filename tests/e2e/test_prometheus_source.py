@@ -46,62 +46,64 @@ def wait_until(predicate: Any, timeout: float, what: str) -> None:
 def test_observation_matches_the_gateways_own_counters(serve, prometheus_server) -> None:
     server = serve(shadow_flush_rows=64)
     prom = prometheus_server([server.url.removeprefix("http://")])
-    source = PrometheusSource(prom, min_window_s=2.0)
-    wait_until(lambda: source.run_query('up{job="kdgate"}') == 1.0, 20, "the first scrape of the gateway")
+    with PrometheusSource(prom, min_window_s=2.0) as source:
+        wait_until(lambda: source.run_query('up{job="kdgate"}') == 1.0, 20, "the first scrape of the gateway")
 
-    with AdminClient(server.url, server.token) as admin:
-        admin.set_weights("classify", {STUDENT: 50, TEACHER: 50})
-    traffic = httpx.get(f"{server.url}/admin/traffic", headers=server.admin_headers()).json()["traffic"]
-    assert traffic["classify"] == {STUDENT: 50, TEACHER: 50}
+        with AdminClient(server.url, server.token) as admin:
+            admin.set_weights("classify", {STUDENT: 50, TEACHER: 50})
+        traffic = httpx.get(f"{server.url}/admin/traffic", headers=server.admin_headers()).json()["traffic"]
+        assert traffic["classify"] == {STUDENT: 50, TEACHER: 50}
 
-    started_at = time.time() - 0.5
-    responses = asyncio.run(send_keyed(server.url, 200, "prom"))
-    assert all(r.status_code == 200 for r in responses)
-    n_student = [r.headers["x-kdgate-model"] for r in responses].count(STUDENT)
-    assert 40 < n_student < 160
+        started_at = time.time() - 0.5
+        responses = asyncio.run(send_keyed(server.url, 200, "prom"))
+        assert all(r.status_code == 200 for r in responses)
+        n_student = [r.headers["x-kdgate-model"] for r in responses].count(STUDENT)
+        assert 40 < n_student < 160
 
-    def gateway_text() -> str:
-        return httpx.get(f"{server.url}/metrics").text
+        def gateway_text() -> str:
+            return httpx.get(f"{server.url}/metrics").text
 
-    wait_until(
-        lambda: metric_sum(gateway_text(), "kdgate_shadow_total", model=STUDENT) >= n_student,
-        30,
-        "the shadow worker to score every student request",
-    )
-    text = gateway_text()
-    requests = metric_sum(text, "kdgate_requests_total", model=STUDENT) + metric_sum(
-        text, "kdgate_fallbacks_total", model=STUDENT
-    )
-    compared = metric_sum(text, "kdgate_shadow_compared_total", model=STUDENT)
-    kl_sum = metric_sum(text, "kdgate_shadow_kl_sum", model=STUDENT)
-    assert requests == n_student and compared > 0
+        wait_until(
+            lambda: metric_sum(gateway_text(), "kdgate_shadow_total", model=STUDENT) >= n_student,
+            30,
+            "the shadow worker to score every student request",
+        )
+        text = gateway_text()
+        requests = metric_sum(text, "kdgate_requests_total", model=STUDENT) + metric_sum(
+            text, "kdgate_fallbacks_total", model=STUDENT
+        )
+        compared = metric_sum(text, "kdgate_shadow_compared_total", model=STUDENT)
+        kl_sum = metric_sum(text, "kdgate_shadow_kl_sum", model=STUDENT)
+        assert requests == n_student and compared > 0
 
-    # Wait until Prometheus has scraped the gateway after the traffic: its latest raw values are the
-    # gateway's final ones.
-    selector = f'{{model="{STUDENT}"}}'
-    wait_until(
-        lambda: (
-            source.run_query(f"sum(kdgate_requests_total{selector})") == requests
-            and source.run_query(f"sum(kdgate_shadow_compared_total{selector})") == compared
-        ),
-        20,
-        "a scrape after the traffic",
-    )
+        # Wait until Prometheus has scraped the gateway after the traffic: its latest raw values are the
+        # gateway's final ones.
+        selector = f'{{model="{STUDENT}"}}'
+        wait_until(
+            lambda: (
+                source.run_query(f"sum(kdgate_requests_total{selector})") == requests
+                and source.run_query(f"sum(kdgate_shadow_compared_total{selector})") == compared
+            ),
+            20,
+            "a scrape after the traffic",
+        )
 
-    obs = source.observe(rollout_state(STUDENT, started_at))
-    assert not obs.unreadable
-    assert obs.requests == pytest.approx(requests, rel=0.15)
-    assert obs.compared == pytest.approx(compared, rel=0.15)
-    assert 0 <= obs.disagreed <= obs.compared * 1.0001
-    assert obs.kl_sum == pytest.approx(kl_sum, rel=0.15, abs=1e-6)
-    assert obs.errors == 0
-    assert obs.p99_ms is not None and math.isfinite(obs.p99_ms) and obs.p99_ms > 0
-    assert obs.baseline_p99_ms is not None and math.isfinite(obs.baseline_p99_ms) and obs.baseline_p99_ms > 0
+        obs = source.observe(rollout_state(STUDENT, started_at))
+        assert not obs.unreadable
+        assert obs.requests == pytest.approx(requests, rel=0.15)
+        assert obs.compared == pytest.approx(compared, rel=0.15)
+        assert 0 <= obs.disagreed <= obs.compared * 1.0001
+        assert obs.kl_sum == pytest.approx(kl_sum, rel=0.15, abs=1e-6)
+        assert obs.errors == 0
+        assert obs.p99_ms is not None and math.isfinite(obs.p99_ms) and obs.p99_ms > 0
+        assert (
+            obs.baseline_p99_ms is not None and math.isfinite(obs.baseline_p99_ms) and obs.baseline_p99_ms > 0
+        )
 
-    # A candidate that served nothing: no data (zero counts, no latency), never a healthy-looking zero p99.
-    idle = source.observe(rollout_state("classify-student@9", started_at))
-    assert (idle.compared, idle.disagreed, idle.kl_sum, idle.requests, idle.errors) == (0, 0, 0, 0, 0)
-    assert idle.p99_ms is None and not idle.unreadable
+        # A candidate that served nothing: no data (zero counts, no latency), never a healthy zero p99.
+        idle = source.observe(rollout_state("classify-student@9", started_at))
+        assert (idle.compared, idle.disagreed, idle.kl_sum, idle.requests, idle.errors) == (0, 0, 0, 0, 0)
+        assert idle.p99_ms is None and not idle.unreadable
 
 
 def test_admin_client_reports_the_gateways_refusal(serve) -> None:
@@ -117,10 +119,11 @@ def test_admin_client_reports_the_gateways_refusal(serve) -> None:
 
 
 def test_unreachable_prometheus_is_unavailable_not_no_data() -> None:
-    source = PrometheusSource(f"http://127.0.0.1:{free_port()}", timeout=2.0, min_window_s=2.0)
-    with pytest.raises(MetricSourceUnavailable, match="unreachable"):
+    with (
+        PrometheusSource(f"http://127.0.0.1:{free_port()}", timeout=2.0, min_window_s=2.0) as source,
+        pytest.raises(MetricSourceUnavailable, match="unreachable"),
+    ):
         source.observe(rollout_state(STUDENT, time.time() - 10))
-    source.close()
     with (
         AdminClient(f"http://127.0.0.1:{free_port()}", "t") as admin,
         pytest.raises(AdminError, match="unreachable"),
@@ -140,9 +143,15 @@ class CannedPrometheus:
     body: str = ""
     delay_s: float = 0.0
     seen: list[dict[str, str]] = field(default_factory=list)
+    sources: list[PrometheusSource] = field(default_factory=list)
 
     def reply(self, status: int, body: object) -> None:
         self.status, self.body = status, body if isinstance(body, str) else json.dumps(body)
+
+    def source(self, **options: Any) -> PrometheusSource:
+        """A source reading this server, closed with it (its client holds a keep-alive connection)."""
+        self.sources.append(PrometheusSource(self.url, **options))
+        return self.sources[-1]
 
 
 def vector(*values: str) -> dict[str, object]:
@@ -177,12 +186,14 @@ def canned() -> Iterator[CannedPrometheus]:
     thread.start()
     state.url = f"http://127.0.0.1:{httpd.server_address[1]}"
     yield state
+    for source in state.sources:
+        source.close()
     httpd.shutdown()
     httpd.server_close()
 
 
 def test_values_empty_and_nan_results(canned: CannedPrometheus) -> None:
-    source = PrometheusSource(canned.url, min_window_s=2.0)
+    source = canned.source(min_window_s=2.0)
     canned.reply(200, vector("12.5"))
     assert source.run_query("q") == 12.5
     canned.reply(200, {"status": "success", "data": {"resultType": "scalar", "result": [1.0, "3"]}})
@@ -198,7 +209,7 @@ def test_values_empty_and_nan_results(canned: CannedPrometheus) -> None:
 @pytest.mark.parametrize("answer", [vector(), vector("NaN")])
 def test_no_data_observes_zero_counts_and_no_latency(canned: CannedPrometheus, answer: object) -> None:
     canned.reply(200, answer)
-    obs = PrometheusSource(canned.url, min_window_s=2.0).observe(rollout_state(STUDENT, time.time() - 30))
+    obs = canned.source(min_window_s=2.0).observe(rollout_state(STUDENT, time.time() - 30))
     assert obs == type(obs)()  # zero counts, None latencies, readable
 
 
@@ -219,19 +230,19 @@ def test_failed_or_unusable_answers_raise(
 ) -> None:
     canned.reply(status, body)
     with pytest.raises(MetricSourceUnavailable, match=match):
-        PrometheusSource(canned.url).run_query("q")
+        canned.source().run_query("q")
 
 
 def test_slow_prometheus_times_out(canned: CannedPrometheus) -> None:
     canned.reply(200, vector("1"))
     canned.delay_s = 1.0
     with pytest.raises(MetricSourceUnavailable, match="timed out"):
-        PrometheusSource(canned.url, timeout=0.2).run_query("q")
+        canned.source(timeout=0.2).run_query("q")
 
 
 def test_window_and_evaluation_time_follow_the_clock(canned: CannedPrometheus) -> None:
     canned.reply(200, vector("1"))
-    source = PrometheusSource(canned.url, min_window_s=2.0, clock=lambda: 1_700_000_100.0)
+    source = canned.source(min_window_s=2.0, clock=lambda: 1_700_000_100.0)
     source.observe(rollout_state(STUDENT, 1_700_000_089.2))  # 10.8 s ago -> [11s]
     assert len(canned.seen) == 7
     assert {q["time"] for q in canned.seen} == {"1700000100.000"}
