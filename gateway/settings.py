@@ -117,7 +117,7 @@ class Settings(BaseSettings):
     shadow_flush_rows: int = Field(512, ge=1)  # a segment is written every N records...
     shadow_flush_seconds: float = Field(2.0, gt=0)  # ...or after this long, whichever comes first
     # Records held in memory while the shadow log's store fails; past this the oldest are dropped
-    # (counted in kdgate_shadow_total{outcome="dropped",reason="storage"}). None: 20 segments' worth.
+    # (counted in kdgate_shadow_total{outcome="dropped",reason="storage"}). None: 20 × shadow_flush_rows.
     shadow_max_pending_rows: int | None = Field(None, ge=1)
     shadow_max_bytes: int | None = Field(2 * 1024**3, ge=1)  # retention: total size of the log
     shadow_max_age_seconds: float | None = Field(14 * 86400.0, gt=0)  # retention: age of a segment
