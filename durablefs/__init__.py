@@ -20,6 +20,8 @@ and `distill` all write state and `rollout` and `distill` import neither each ot
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import uuid
@@ -47,7 +49,8 @@ def write_with(
 
     `exclusive`: create `path` only if it does not exist, else FileExistsError and `path` untouched.
     Of processes racing to create it, exactly one wins and the others read the winner's whole file
-    (a hard link publishes the complete temp file at once, as the rename does)."""
+    (a hard link publishes the complete temp file at once, as the rename does). On a filesystem
+    without hard links (vfat, some FUSE and SMB mounts) it is the plain replace, last writer wins."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")  # unique: concurrent writers never share
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
@@ -57,14 +60,30 @@ def write_with(
             handle.flush()
             os.fsync(handle.fileno())
         if exclusive:
-            os.link(tmp, path)
-            tmp.unlink()
+            _publish_new(tmp, path)
         else:
             os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def _publish_new(tmp: Path, path: Path) -> None:
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno not in _NO_HARD_LINKS:
+            raise
+        os.replace(tmp, path)
+        return
+    with contextlib.suppress(OSError):  # published already: a temp file left over is only litter
+        tmp.unlink()
+
+
+_NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS}
 
 
 def append_line(path: Path, line: str) -> None:

@@ -1,6 +1,7 @@
 """A fresh gateway answers before its default models exist: it listens at once, builds them in a child
 below serving (teachers first), answers a task with no model yet 503 + Retry-After, and serves each model
-as its build step registers it."""
+as its build step registers it. A second gateway on the same state dir (a worker of `serve --workers 2`)
+builds nothing itself: it follows the first one's build and serves the same models as they come."""
 
 from __future__ import annotations
 
@@ -21,14 +22,14 @@ def wait_until(condition, timeout: float, what: str):  # type: ignore[no-untyped
 
 
 def test_a_fresh_gateway_listens_at_once_and_serves_each_model_as_it_is_built(tmp_path: Path) -> None:
-    server = start_server(
-        tmp_path / "fresh",
-        build_missing_models=True,
-        build_generate=False,  # the tiny classify models stand for all: the mechanism is one
+    settings = {
+        "build_missing_models": True,
+        "build_generate": False,  # the tiny classify models stand for all: the mechanism is one
         # Two batches of training each, figures on 50 texts: the test is about when each model is served.
-        build_recipe=TINY | {"teacher_examples": 64, "student_examples": 64, "eval_examples": 50},
-        wait_ready=False,
-    )
+        "build_recipe": TINY | {"teacher_examples": 64, "student_examples": 64, "eval_examples": 50},
+    }
+    server = start_server(tmp_path / "fresh", wait_ready=False, **settings)
+    other = start_server(tmp_path / "fresh", wait_ready=False, **settings)
     try:
         wait_until(
             lambda: httpx.get(f"{server.url}/readyz").json()["status"] != "loading", 60, "the first load"
@@ -37,6 +38,12 @@ def test_a_fresh_gateway_listens_at_once_and_serves_each_model_as_it_is_built(tm
         assert ready.status_code == 503, ready.text
         assert ready.json()["status"] == "building"
         assert ready.json()["tasks"] == {"classify": "building", "generate": "missing"}
+        wait_until(
+            lambda: httpx.get(f"{other.url}/readyz").json()["status"] != "loading",
+            60,
+            "the other's first load",
+        )
+        assert httpx.get(f"{other.url}/readyz").json()["status"] == "building"
         early = httpx.post(f"{server.url}/classify", json={"text": "what a day"})
         assert early.status_code == 503, early.text
         assert int(early.headers["retry-after"]) > 0
@@ -75,5 +82,24 @@ def test_a_fresh_gateway_listens_at_once_and_serves_each_model_as_it_is_built(tm
             headers={"x-kdgate-model": "classify-student@1"},
         )
         assert pinned.status_code == 200 and pinned.json()["model"] == "classify-student@1", pinned.text
+
+        # The other gateway built nothing (one child ran each step), waited, and serves the same models.
+        log = (tmp_path / "fresh" / "build" / "build.log").read_text()
+        assert log.count("building the classify teacher") == 1, log
+        wait_until(
+            lambda: (
+                not httpx.get(f"{other.url}/admin/build", headers=other.admin_headers()).json()["running"]
+            ),
+            timeout=60,
+            what="the other gateway's end of the build",
+        )
+        for model in ("classify-teacher@1", "classify-student@1"):
+            served = httpx.post(
+                f"{other.url}/classify", json={"text": "a"}, headers={"x-kdgate-model": model}
+            )
+            assert served.status_code == 200 and served.json()["model"] == model, served.text
     finally:
-        server.stop()
+        try:
+            server.stop()
+        finally:
+            other.stop()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import stat
 from pathlib import Path
 from typing import IO
@@ -60,4 +62,16 @@ def test_an_exclusive_write_never_replaces_a_file_that_exists(tmp_path: Path) ->
     with pytest.raises(FileExistsError):
         write_text(target, "second\n", exclusive=True)
     assert target.read_text() == "first\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["admin.token"]
+
+
+def test_an_exclusive_write_on_a_filesystem_without_hard_links_still_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_links(source: object, target: object) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted")  # as vfat answers link(2)
+
+    monkeypatch.setattr(os, "link", no_links)
+    write_text(tmp_path / "admin.token", "first\n", mode=0o600, exclusive=True)
+    assert (tmp_path / "admin.token").read_text() == "first\n"
     assert [p.name for p in tmp_path.iterdir()] == ["admin.token"]
